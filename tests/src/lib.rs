@@ -1,0 +1,122 @@
+//! Shared helpers for Flotilla's end-to-end tests.
+//!
+//! Tests run against real local Kubernetes clusters that `tests/cluster up NAME`
+//! starts (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok,
+//! built from Go modules by `tests/build-k8s`). `tests/run` starts the fleet, names it
+//! in `FLOTILLA_TEST_CLUSTERS`, runs the workspace's tests, and stops it again.
+
+use std::path::{Path, PathBuf};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// The clusters `tests/run` starts when `FLOTILLA_TEST_CLUSTERS` is not set.
+pub const DEFAULT_FLEET: &[&str] = &["east", "west"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "local cluster {name:?} is not running: {path} does not exist \
+         (start the fleet with `tests/run`, or one cluster with `tests/cluster up {name}`)"
+    )]
+    NotRunning { name: String, path: PathBuf },
+
+    #[error("reading the kubeconfig of cluster {name:?} at {path}")]
+    Kubeconfig {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+
+    #[error("building a client for cluster {name:?}")]
+    Client {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// One local cluster started by `tests/cluster up`.
+#[derive(Clone, Debug)]
+pub struct LocalCluster {
+    name: String,
+    dir: PathBuf,
+}
+
+impl LocalCluster {
+    /// Finds the running cluster `name` under the clusters folder.
+    pub fn named(name: &str) -> Result<Self, Error> {
+        let cluster = Self {
+            name: name.to_owned(),
+            dir: clusters_dir().join(name),
+        };
+        let kubeconfig = cluster.kubeconfig_path();
+        if !kubeconfig.is_file() {
+            return Err(Error::NotRunning {
+                name: cluster.name,
+                path: kubeconfig,
+            });
+        }
+        Ok(cluster)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The folder holding this cluster's certificates, logs and process ids.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// A kube client with cluster-admin rights on this cluster.
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        let path = self.kubeconfig_path();
+        let kubeconfig = Kubeconfig::read_from(&path).map_err(|source| Error::Kubeconfig {
+            name: self.name.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    name: self.name.clone(),
+                    path,
+                    source,
+                })?;
+        kube::Client::try_from(config).map_err(|source| Error::Client {
+            name: self.name.clone(),
+            source,
+        })
+    }
+}
+
+/// The fleet under test: the clusters named in `FLOTILLA_TEST_CLUSTERS`
+/// (comma-separated), or [`DEFAULT_FLEET`].
+pub fn fleet() -> Result<Vec<LocalCluster>, Error> {
+    match std::env::var("FLOTILLA_TEST_CLUSTERS") {
+        Ok(names) => names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(LocalCluster::named)
+            .collect(),
+        Err(_) => DEFAULT_FLEET
+            .iter()
+            .map(|n| LocalCluster::named(n))
+            .collect(),
+    }
+}
+
+/// Where `tests/cluster` keeps each cluster's state: `FLOTILLA_CLUSTERS_DIR`, or
+/// `tests/.clusters` in this checkout.
+pub fn clusters_dir() -> PathBuf {
+    std::env::var_os("FLOTILLA_CLUSTERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".clusters"))
+}

@@ -1,0 +1,8 @@
+# Versions of everything tests/ builds from Go modules. Changing one starts a new cache folder.
+K8S_VERSION=v1.35.4        # must match tests/k8s/go.mod and the k8s-openapi feature in Cargo.toml
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+KUSTOMIZE_VERSION=v5.8.3
+# Bump when the build recipe itself changes, so an old cache is not reused.
+BUILD_RECIPE=r1
+CACHE_TAG="k8s-$K8S_VERSION-$BUILD_RECIPE"
