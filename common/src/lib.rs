@@ -4,6 +4,33 @@
 //! This crate does no I/O and depends on no async runtime, QUIC stack or Kubernetes
 //! client. Time and randomness are passed in, so everything here is deterministic
 //! under test.
+//!
+//! # Where to start reading
+//!
+//! - [`model`]: the shared vocabulary (apps, resources, sync status, health).
+//! - [`bundle`]: a [`Bundle`](bundle::Bundle) is one app's rendered objects for one
+//!   cluster at one generation, encoded canonically so its digest is stable. An
+//!   [`Envelope`](bundle::Envelope) carries it with a signature.
+//! - [`signing`]: the hub signs with a [`BundleSigner`](signing::BundleSigner); the
+//!   agent opens envelopes with [`signing::verify`], which returns the bundle or a
+//!   [`VerifyError`](signing::VerifyError) to branch on. Key sets rotate through
+//!   signed [`KeySetUpdate`](signing::KeySetUpdate)s.
+//! - [`message`]: every message the hub and agent exchange.
+//! - [`frame`]: a `u32` big-endian length and a bincode body, decoded with a hard
+//!   limit checked before anything is allocated.
+//! - [`protocol`]: the sans-IO state machines, [`HubSession`](protocol::HubSession)
+//!   and [`AgentSession`](protocol::AgentSession). Feed them input with
+//!   `handle_*(now, …)`, take output with `poll_*()`.
+//!
+//! Every decoder of untrusted bytes here returns a typed error on garbage; none
+//! panics, and none allocates more than twice the bytes it was given.
+
+pub mod bundle;
+pub mod codec;
+#[cfg(test)]
+mod fixture;
+pub mod model;
+pub mod signing;
 
 /// The version of Flotilla that built this crate, as reported by both binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
