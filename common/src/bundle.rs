@@ -274,7 +274,10 @@ impl Bundle {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut objects: Vec<&Object> = self.objects.iter().collect();
         objects.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-        if let Some(pair) = objects.windows(2).find(|w| w[0].sort_key() == w[1].sort_key()) {
+        if let Some(pair) = objects
+            .windows(2)
+            .find(|w| w[0].sort_key() == w[1].sort_key())
+        {
             return Err(Error::DuplicateObject(Box::new(pair[0].resource())));
         }
         let canonical = CanonicalBundle {

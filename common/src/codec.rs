@@ -42,7 +42,10 @@ pub enum DecodeFailure {
     TooLarge(usize),
 }
 
-fn decode_exact<T: DeserializeOwned, C: Config>(bytes: &[u8], config: C) -> Result<T, DecodeFailure> {
+fn decode_exact<T: DeserializeOwned, C: Config>(
+    bytes: &[u8],
+    config: C,
+) -> Result<T, DecodeFailure> {
     let (value, read) =
         bincode::serde::decode_from_slice::<T, C>(bytes, config).map_err(DecodeFailure::Invalid)?;
     if read != bytes.len() {
@@ -64,8 +67,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeFailu
         };
     }
     by_limit!(
-        10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
-        32
+        10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32
     );
     Err(DecodeFailure::TooLarge(bytes.len()))
 }

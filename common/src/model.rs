@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// Bundles carry these (`created_at`, `not_after`), so they are wall-clock, not
 /// monotonic. The caller reads the clock and passes the value in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -78,7 +80,11 @@ pub struct Gvk {
 
 impl Gvk {
     /// Builds a group, version and kind.
-    pub fn new(group: impl Into<String>, version: impl Into<String>, kind: impl Into<String>) -> Self {
+    pub fn new(
+        group: impl Into<String>,
+        version: impl Into<String>,
+        kind: impl Into<String>,
+    ) -> Self {
         Self {
             group: group.into(),
             version: version.into(),
@@ -114,7 +120,9 @@ pub enum SyncStatus {
 ///
 /// The variants are ordered from best to worst, so an app's health is the maximum
 /// of its resources' health (see [`Health::worst`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Health {
     /// Everything is as it should be.
     Healthy,

@@ -287,7 +287,8 @@ impl KeySet {
 
     /// Decodes untrusted bytes into a key set, validating every key.
     pub fn decode(bytes: &[u8]) -> Result<Self, KeySetError> {
-        codec::decode(bytes).map_err(|failure: DecodeFailure| KeySetError::Malformed(failure.to_string()))
+        codec::decode(bytes)
+            .map_err(|failure: DecodeFailure| KeySetError::Malformed(failure.to_string()))
     }
 
     /// Checks that `update` is signed by a key in this set and is newer, and
@@ -330,7 +331,8 @@ impl KeySetUpdate {
 
     /// Decodes untrusted bytes; [`KeySet::apply_update`] decides whether to trust it.
     pub fn decode(bytes: &[u8]) -> Result<Self, KeySetError> {
-        codec::decode(bytes).map_err(|failure: DecodeFailure| KeySetError::Malformed(failure.to_string()))
+        codec::decode(bytes)
+            .map_err(|failure: DecodeFailure| KeySetError::Malformed(failure.to_string()))
     }
 }
 
@@ -393,8 +395,8 @@ pub fn verify(
             now: expect.now,
         });
     }
-    let bundle =
-        Bundle::decode(&envelope.payload).map_err(|error| VerifyError::Malformed(error.to_string()))?;
+    let bundle = Bundle::decode(&envelope.payload)
+        .map_err(|error| VerifyError::Malformed(error.to_string()))?;
     if bundle.cluster != envelope.cluster
         || bundle.generation != envelope.generation
         || bundle.not_after != envelope.not_after

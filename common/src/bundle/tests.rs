@@ -43,19 +43,30 @@ fn manifests_are_stored_as_canonical_json() {
         std::str::from_utf8(&object.manifest).unwrap(),
         r#"{"apiVersion":"v1","data":{"value":"b"},"kind":"ConfigMap","metadata":{"name":"a","namespace":"default"}}"#
     );
-    assert_eq!(canonical_json(&object.manifest_json().unwrap()), object.manifest);
+    assert_eq!(
+        canonical_json(&object.manifest_json().unwrap()),
+        object.manifest
+    );
 }
 
 #[test]
 fn envelope_round_trips_through_its_encoding() {
-    let envelope = fixture::signer(1).sign(&fixture::bundle("web", 1, 2)).unwrap();
-    assert_eq!(Envelope::decode(&envelope.encode().unwrap()).unwrap(), envelope);
+    let envelope = fixture::signer(1)
+        .sign(&fixture::bundle("web", 1, 2))
+        .unwrap();
+    assert_eq!(
+        Envelope::decode(&envelope.encode().unwrap()).unwrap(),
+        envelope
+    );
 }
 
 #[test]
 fn truncated_bundle_bytes_are_a_decode_error() {
     let bytes = fixture::bundle("web", 1, 3).encode().unwrap();
     for len in 0..bytes.len() {
-        assert!(matches!(Bundle::decode(&bytes[..len]), Err(Error::Decode(_))));
+        assert!(matches!(
+            Bundle::decode(&bytes[..len]),
+            Err(Error::Decode(_))
+        ));
     }
 }

@@ -18,7 +18,13 @@ fn a_signed_bundle_verifies_and_comes_back_unchanged() {
     let signer = fixture::signer(1);
     let bundle = fixture::bundle("web", 3, 4);
     let envelope = signer.sign(&bundle).unwrap();
-    let opened = verify(&envelope, &fixture::trusting(&[&signer]), expect(), never_applied).unwrap();
+    let opened = verify(
+        &envelope,
+        &fixture::trusting(&[&signer]),
+        expect(),
+        never_applied,
+    )
+    .unwrap();
     assert_eq!(opened.digest().unwrap(), bundle.digest().unwrap());
     assert_eq!(opened.generation, 3);
 }
@@ -51,7 +57,12 @@ fn a_tampered_payload_with_a_recomputed_digest_has_a_bad_signature() {
     other.objects[0] = fixture::config_map("cm-0", "evil");
     envelope.payload = other.encode().unwrap();
     envelope.digest = Digest::of(&envelope.payload);
-    let result = verify(&envelope, &fixture::trusting(&[&signer]), expect(), never_applied);
+    let result = verify(
+        &envelope,
+        &fixture::trusting(&[&signer]),
+        expect(),
+        never_applied,
+    );
     assert_eq!(result, Err(VerifyError::BadSignature(signer.key_id())));
 }
 
@@ -60,7 +71,12 @@ fn a_payload_that_does_not_match_its_digest_is_rejected() {
     let signer = fixture::signer(1);
     let mut envelope = signer.sign(&fixture::bundle("web", 1, 2)).unwrap();
     envelope.payload.push(0);
-    let result = verify(&envelope, &fixture::trusting(&[&signer]), expect(), never_applied);
+    let result = verify(
+        &envelope,
+        &fixture::trusting(&[&signer]),
+        expect(),
+        never_applied,
+    );
     assert!(matches!(result, Err(VerifyError::DigestMismatch { .. })));
 }
 
@@ -139,7 +155,12 @@ fn an_expired_bundle_is_rejected() {
         now: bundle.not_after,
     };
     assert_eq!(
-        verify(&envelope, &fixture::trusting(&[&signer]), at_expiry, never_applied),
+        verify(
+            &envelope,
+            &fixture::trusting(&[&signer]),
+            at_expiry,
+            never_applied
+        ),
         Err(VerifyError::Expired {
             not_after: bundle.not_after,
             now: bundle.not_after,
@@ -157,7 +178,12 @@ fn a_signed_header_that_disagrees_with_the_bundle_is_malformed() {
     envelope.generation = 99;
     envelope.signature = signer.key.sign(&envelope.signed_bytes()).to_bytes();
     assert!(matches!(
-        verify(&envelope, &fixture::trusting(&[&signer]), expect(), never_applied),
+        verify(
+            &envelope,
+            &fixture::trusting(&[&signer]),
+            expect(),
+            never_applied
+        ),
         Err(VerifyError::Malformed(_))
     ));
 }
@@ -237,7 +263,10 @@ fn a_replayed_key_set_update_is_rejected() {
 fn key_sets_refuse_empty_duplicate_and_invalid_keys() {
     let key = fixture::signer(1).public_key();
     assert!(matches!(KeySet::new(1, &[]), Err(Error::KeyCount(0))));
-    assert!(matches!(KeySet::new(1, &[key, key]), Err(Error::DuplicateKey(_))));
+    assert!(matches!(
+        KeySet::new(1, &[key, key]),
+        Err(Error::DuplicateKey(_))
+    ));
     assert!(matches!(
         KeySet::new(1, &[[0u8; 32]; MAX_KEYS + 1]),
         Err(Error::KeyCount(_))
@@ -264,9 +293,15 @@ fn key_sets_refuse_empty_duplicate_and_invalid_keys() {
 fn key_sets_round_trip_and_garbage_is_malformed() {
     let set = fixture::trusting(&[&fixture::signer(1), &fixture::signer(2)]);
     assert_eq!(KeySet::decode(&set.encode().unwrap()).unwrap(), set);
-    assert!(matches!(KeySet::decode(b"garbage"), Err(KeySetError::Malformed(_))));
+    assert!(matches!(
+        KeySet::decode(b"garbage"),
+        Err(KeySetError::Malformed(_))
+    ));
     let update = fixture::signer(1).sign_key_set(&set);
-    assert_eq!(KeySetUpdate::decode(&update.encode().unwrap()).unwrap(), update);
+    assert_eq!(
+        KeySetUpdate::decode(&update.encode().unwrap()).unwrap(),
+        update
+    );
 }
 
 #[test]
@@ -278,5 +313,13 @@ fn expiry_is_strict_one_second_before_is_accepted() {
         cluster: CLUSTER,
         now: Timestamp(bundle.not_after.0 - 1),
     };
-    assert!(verify(&envelope, &fixture::trusting(&[&signer]), just_before, never_applied).is_ok());
+    assert!(
+        verify(
+            &envelope,
+            &fixture::trusting(&[&signer]),
+            just_before,
+            never_applied
+        )
+        .is_ok()
+    );
 }
