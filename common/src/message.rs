@@ -1,0 +1,385 @@
+//! Every message the hub and the agent exchange, and the protocol versions they
+//! negotiate.
+//!
+//! Messages travel as [`crate::frame`]s on three kinds of QUIC stream, named by
+//! [`Channel`]: the long-lived control stream, one stream per bundle from the hub,
+//! and one stream per status report from the agent.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{Digest, Envelope};
+use crate::model::{AppRef, ClusterFacts, Health, ResourceRef, SyncStatus, Timestamp};
+use crate::signing::{KeySet, KeySetUpdate, VerifyError};
+
+/// A protocol version number.
+pub type ProtocolVersion = u16;
+
+/// The protocol versions this build speaks, newest first.
+pub const SUPPORTED_VERSIONS: &[ProtocolVersion] = &[1];
+
+/// Picks the newest version both sides speak, if any.
+pub fn negotiate(offered: &[ProtocolVersion]) -> Option<ProtocolVersion> {
+    SUPPORTED_VERSIONS
+        .iter()
+        .copied()
+        .find(|version| offered.contains(version))
+}
+
+/// The kind of stream a message travels on. Each has its own frame size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// The bidirectional control stream: hello, heartbeats, acks, commands.
+    Control,
+    /// A unidirectional hub-to-agent stream carrying one bundle.
+    Bundle,
+    /// A unidirectional agent-to-hub stream carrying one status report.
+    Status,
+}
+
+impl Channel {
+    /// The channel a message must travel on.
+    pub fn of(message: &Message) -> Channel {
+        match message {
+            Message::Bundle(_) => Channel::Bundle,
+            Message::Status(_) => Channel::Status,
+            _ => Channel::Control,
+        }
+    }
+}
+
+/// One message of the hub⇄agent protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Agent → hub, on its first connection: asks to join with a bootstrap token.
+    Register(Register),
+    /// Hub → agent: registration accepted.
+    Registered(Registered),
+    /// Agent → hub, first on every connection: versions and what is applied.
+    Hello(Hello),
+    /// Hub → agent: the version chosen; the session is established.
+    Welcome(Welcome),
+    /// Either way: proof of life, echoed by the hub.
+    Heartbeat(Heartbeat),
+    /// Hub → agent: a signed bundle.
+    Bundle(Envelope),
+    /// Agent → hub: what became of a bundle.
+    BundleAck(BundleAck),
+    /// Agent → hub: the state of one app.
+    Status(Status),
+    /// Hub → agent: a status report is stored and need not be resent.
+    StatusAck(StatusAck),
+    /// Hub → agent: do something now.
+    Command(Command),
+    /// Agent → hub: what became of a command.
+    CommandResult(CommandResult),
+    /// Hub → agent: a new trusted key set, signed by a current key.
+    KeySetUpdate(KeySetUpdate),
+    /// Either way: the sender is closing the session, and why.
+    Goodbye(Goodbye),
+}
+
+/// Asks the hub to register this cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// The single-use bootstrap token from `flotilla cluster add`.
+    pub token: String,
+    /// The agent's Ed25519 public key, for its client certificate.
+    pub public_key: [u8; 32],
+    /// What the agent found out about its cluster.
+    pub facts: ClusterFacts,
+}
+
+/// Registration accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The agent's client certificate, DER-encoded.
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+    /// The bundle keys to trust.
+    pub key_set: KeySet,
+}
+
+/// The generation and digest an agent last applied for one app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The app.
+    pub app: AppRef,
+    /// Its last applied generation.
+    pub generation: u64,
+    /// That bundle's digest.
+    pub digest: Digest,
+}
+
+/// Opens every session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Every protocol version the agent speaks.
+    pub versions: Vec<ProtocolVersion>,
+    /// The last applied bundle of every app, sorted by app.
+    pub applied: Vec<Applied>,
+}
+
+/// Accepts a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides now speak.
+    pub version: ProtocolVersion,
+    /// How often the agent should send a heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Proof of life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Counts up per session; the hub echoes it.
+    pub sequence: u64,
+}
+
+/// The outcome of a bundle on the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BundleOutcome {
+    /// Verified, stored and applied.
+    Applied,
+    /// Refused by verification; never applied.
+    Rejected(Rejection),
+    /// Verified, but applying failed.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Why the agent refused a bundle, mirroring [`VerifyError`] so the hub can
+/// branch on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// See [`VerifyError::UnknownKey`].
+    UnknownKey,
+    /// See [`VerifyError::BadSignature`].
+    BadSignature,
+    /// See [`VerifyError::DigestMismatch`].
+    DigestMismatch,
+    /// See [`VerifyError::WrongCluster`].
+    WrongCluster,
+    /// See [`VerifyError::Stale`].
+    Stale {
+        /// The generation the agent has applied.
+        last_applied: u64,
+    },
+    /// See [`VerifyError::Expired`].
+    Expired,
+    /// See [`VerifyError::Malformed`].
+    Malformed,
+    /// The bundle's AppProject does not allow one of its objects.
+    NotPermitted {
+        /// Which object, and why.
+        message: String,
+    },
+}
+
+impl From<&VerifyError> for Rejection {
+    fn from(error: &VerifyError) -> Self {
+        match error {
+            VerifyError::UnknownKey(_) => Rejection::UnknownKey,
+            VerifyError::BadSignature(_) => Rejection::BadSignature,
+            VerifyError::DigestMismatch { .. } => Rejection::DigestMismatch,
+            VerifyError::WrongCluster { .. } => Rejection::WrongCluster,
+            VerifyError::Stale { last_applied, .. } => Rejection::Stale {
+                last_applied: *last_applied,
+            },
+            VerifyError::Expired { .. } => Rejection::Expired,
+            VerifyError::Malformed(_) => Rejection::Malformed,
+        }
+    }
+}
+
+/// What became of a bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleAck {
+    /// The app, when the agent could tell; a bundle too broken to decode has none.
+    pub app: Option<AppRef>,
+    /// The generation from the envelope.
+    pub generation: u64,
+    /// The digest from the envelope.
+    pub digest: Digest,
+    /// What happened to it.
+    pub outcome: BundleOutcome,
+}
+
+/// The sync state and health of one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// Which resource.
+    pub resource: ResourceRef,
+    /// Whether it matches the bundle.
+    pub sync: SyncStatus,
+    /// Its health.
+    pub health: Health,
+    /// A human-readable explanation, if any.
+    pub message: Option<String>,
+}
+
+/// One field that changed in the cluster behind Flotilla's back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftEntry {
+    /// Which resource.
+    pub resource: ResourceRef,
+    /// The field path, such as `.spec.replicas`.
+    pub path: String,
+    /// The desired value as canonical JSON, `None` if the field should be absent.
+    pub old: Option<String>,
+    /// The live value as canonical JSON, `None` if the field is gone.
+    pub new: Option<String>,
+    /// The field manager that made the change, if known.
+    pub field_manager: Option<String>,
+}
+
+/// How serious an event is, as in Kubernetes events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// Expected.
+    Normal,
+    /// Worth a look.
+    Warning,
+}
+
+/// Something that happened to an app on the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When it happened.
+    pub at: Timestamp,
+    /// How serious it is.
+    pub kind: EventKind,
+    /// A CamelCase reason, such as `SyncSucceeded`.
+    pub reason: String,
+    /// A human-readable message.
+    pub message: String,
+    /// The resource concerned, if any.
+    pub resource: Option<ResourceRef>,
+}
+
+/// The state of one app on the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Numbers the report within the agent's lifetime; set by the agent session and
+    /// echoed in [`StatusAck`].
+    pub sequence: u64,
+    /// The app.
+    pub app: AppRef,
+    /// The generation applied.
+    pub generation: u64,
+    /// Whether the app matches its bundle.
+    pub sync: SyncStatus,
+    /// The worst health of its resources.
+    pub health: Health,
+    /// Every resource's state.
+    pub resources: Vec<ResourceStatus>,
+    /// Fields changed behind Flotilla's back.
+    pub drift: Vec<DriftEntry>,
+    /// Events since the last report.
+    pub events: Vec<Event>,
+}
+
+/// A status report is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusAck {
+    /// The acknowledged report's sequence number.
+    pub sequence: u64,
+}
+
+/// What the hub asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// Apply the current bundle now (manual sync).
+    SyncNow,
+    /// Compare live state again and report.
+    Refresh,
+    /// Report the diff between live and desired state without applying.
+    Diff,
+}
+
+/// A request from the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Chosen by the hub, echoed in the result.
+    pub request_id: u64,
+    /// The app concerned.
+    pub app: AppRef,
+    /// What to do.
+    pub kind: CommandKind,
+}
+
+/// The outcome of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// Done; the message says what happened.
+    Done {
+        /// What happened.
+        message: String,
+    },
+    /// Could not be done.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// What became of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The command's request id.
+    pub request_id: u64,
+    /// Its outcome.
+    pub outcome: CommandOutcome,
+    /// For `Diff` and `Refresh`, the drift found.
+    pub drift: Vec<DriftEntry>,
+}
+
+/// Why a session ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GoodbyeReason {
+    /// No protocol version in common.
+    UnsupportedVersion {
+        /// What the agent offered.
+        offered: Vec<ProtocolVersion>,
+        /// What the hub speaks.
+        supported: Vec<ProtocolVersion>,
+    },
+    /// Registration was refused (bad or used token).
+    RegistrationRefused,
+    /// The cluster was removed and its certificate revoked.
+    Revoked,
+    /// The peer sent something the protocol does not allow at this point.
+    ProtocolViolation,
+    /// Nothing was heard from the peer for too long.
+    HeartbeatTimeout,
+    /// The sender is shutting down.
+    Shutdown,
+}
+
+/// Ends a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goodbye {
+    /// Why, for the peer to branch on.
+    pub reason: GoodbyeReason,
+    /// The same for a person to read.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_picks_a_common_version() {
+        assert_eq!(negotiate(&[7, 1]), Some(1));
+        assert_eq!(negotiate(&[2, 3]), None);
+        assert_eq!(negotiate(&[]), None);
+    }
+
+    #[test]
+    fn bundles_and_statuses_have_their_own_channels() {
+        let ack = Message::StatusAck(StatusAck { sequence: 1 });
+        assert_eq!(Channel::of(&ack), Channel::Control);
+    }
+}
