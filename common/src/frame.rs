@@ -213,7 +213,9 @@ impl FrameDecoder {
                     return Ok(None);
                 }
                 let len = check_len(self.prefix, self.limit)?;
-                self.body = Vec::with_capacity(len);
+                // Grow with the bytes that actually arrive, so a prefix alone cannot
+                // make every open stream hold a full-limit buffer.
+                self.body = Vec::with_capacity(len.min(CONTROL_LIMIT));
                 self.body_len = Some(len);
                 len
             }

@@ -29,6 +29,8 @@ pub mod bundle;
 pub mod codec;
 #[cfg(test)]
 mod fixture;
+pub mod frame;
+pub mod message;
 pub mod model;
 pub mod signing;
 
