@@ -14,7 +14,10 @@ fn a_frame_round_trips() {
         u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
         frame.len() - 4
     );
-    assert_eq!(decode(&frame, Channel::Control, &limits).unwrap(), heartbeat());
+    assert_eq!(
+        decode(&frame, Channel::Control, &limits).unwrap(),
+        heartbeat()
+    );
 }
 
 #[test]
@@ -41,13 +44,18 @@ fn an_oversized_length_prefix_is_rejected_before_allocation() {
 
 #[test]
 fn the_bundle_limit_is_configurable() {
-    let envelope = fixture::signer(1).sign(&fixture::bundle("web", 1, 50)).unwrap();
+    let envelope = fixture::signer(1)
+        .sign(&fixture::bundle("web", 1, 50))
+        .unwrap();
     let message = Message::Bundle(envelope);
     let roomy = Limits::default();
     let frame = encode(&message, &roomy).unwrap();
     assert_eq!(decode(&frame, Channel::Bundle, &roomy).unwrap(), message);
     let tight = Limits::default().with_bundle_limit(1024);
-    assert!(matches!(encode(&message, &tight), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        encode(&message, &tight),
+        Err(Error::TooLarge { .. })
+    ));
     assert!(matches!(
         decode(&frame, Channel::Bundle, &tight),
         Err(Error::TooLarge { limit: 1024, .. })
@@ -98,7 +106,9 @@ fn several_frames_in_one_read_come_out_one_at_a_time() {
 #[test]
 fn a_bundle_on_the_control_stream_is_rejected() {
     let limits = Limits::default();
-    let envelope = fixture::signer(1).sign(&fixture::bundle("web", 1, 1)).unwrap();
+    let envelope = fixture::signer(1)
+        .sign(&fixture::bundle("web", 1, 1))
+        .unwrap();
     let frame = encode(&Message::Bundle(envelope), &limits).unwrap();
     assert!(matches!(
         decode(&frame, Channel::Control, &limits),
