@@ -1,6 +1,9 @@
 //! `tests/cluster` fails clearly: a taken port, a crashed component and a cluster that
 //! is not ready in time are each reported with the component's name and its log.
 
+// Integration-test helpers are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
