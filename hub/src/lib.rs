@@ -1,0 +1,7 @@
+//! The Flotilla hub: reads desired state from Git, renders it for every cluster,
+//! signs it, and pushes it to the agents.
+//!
+//! Start reading at [`source`] (Git), then [`app`] (Argo CD Applications), [`render`]
+//! (directory, kustomize and helm) and [`store`] (the sled database).
+
+pub mod source;
