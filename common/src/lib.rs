@@ -32,6 +32,7 @@ mod fixture;
 pub mod frame;
 pub mod message;
 pub mod model;
+pub mod protocol;
 pub mod signing;
 
 /// The version of Flotilla that built this crate, as reported by both binaries.

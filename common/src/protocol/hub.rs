@@ -1,0 +1,377 @@
+//! The hub's side of one agent's sessions.
+
+use super::*;
+
+/// Where the hub's conversation with one agent stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// No connection.
+    Down,
+    /// Connected; waiting for `Hello` or `Register`.
+    Opening,
+    /// `Register` received; waiting for the driver to accept or refuse it.
+    Registering,
+    /// `Welcome` sent.
+    Up(ProtocolVersion),
+    /// `Goodbye` queued; waiting for the driver to drop the connection.
+    Closing,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Down => "disconnected",
+            State::Opening => "waiting for hello",
+            State::Registering => "registering",
+            State::Up(_) => "established",
+            State::Closing => "closing",
+        }
+    }
+}
+
+/// What the hub driver must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubEvent {
+    /// An agent asks to register; answer with [`HubSession::accept_registration`]
+    /// or [`HubSession::refuse_registration`].
+    Registering(Register),
+    /// The session is established at `version`; `applied` is what the agent has.
+    Established {
+        /// The negotiated version.
+        version: ProtocolVersion,
+        /// The agent's last applied bundle per app.
+        applied: Vec<Applied>,
+    },
+    /// The agent speaks no version the hub does; a `Goodbye` saying so is queued.
+    VersionRefused {
+        /// The versions it offered.
+        offered: Vec<ProtocolVersion>,
+    },
+    /// What became of a bundle.
+    BundleAck(BundleAck),
+    /// A status report: store it, then call [`HubSession::ack_status`].
+    Status(Status),
+    /// What became of a command.
+    CommandResult(CommandResult),
+    /// The agent said goodbye.
+    Goodbye(Goodbye),
+    /// Nothing heard from the agent for too long; drop the connection.
+    PeerSilent,
+}
+
+/// The hub's state machine for one agent. It lives as long as the cluster is
+/// registered, across connections.
+#[derive(Debug)]
+pub struct HubSession {
+    timing: Timing,
+    state: State,
+    liveness: Option<Liveness>,
+    /// The newest signed bundle per app.
+    latest: BTreeMap<AppRef, Envelope>,
+    /// What the agent has applied, from `Hello` and acks.
+    peer_applied: BTreeMap<AppRef, (u64, Digest)>,
+    /// Generations sent on this connection and not yet acknowledged.
+    in_flight: BTreeMap<AppRef, u64>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<HubEvent>,
+}
+
+impl HubSession {
+    /// A session with no connection yet.
+    pub fn new(timing: Timing) -> Self {
+        Self {
+            timing,
+            state: State::Down,
+            liveness: None,
+            latest: BTreeMap::new(),
+            peer_applied: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The agent connected.
+    pub fn handle_connected(&mut self, now: Instant) {
+        self.state = State::Opening;
+        self.liveness = Some(Liveness::new(now, self.timing.silence_limit));
+        self.in_flight.clear();
+        self.transmits.clear();
+    }
+
+    /// The connection is gone. Anything unsent is dropped; what the agent still
+    /// needs is worked out again from its next `Hello`.
+    pub fn handle_disconnected(&mut self, _now: Instant) {
+        self.state = State::Down;
+        self.liveness = None;
+        self.in_flight.clear();
+        self.transmits.clear();
+    }
+
+    /// A message from the agent.
+    pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<()> {
+        if let Some(liveness) = &mut self.liveness {
+            liveness.heard(now);
+        }
+        match (self.state, message) {
+            (State::Down | State::Closing, _) => Ok(()),
+            (_, Message::Goodbye(goodbye)) => {
+                self.state = State::Closing;
+                self.events.push_back(HubEvent::Goodbye(goodbye));
+                Ok(())
+            }
+            (State::Opening, Message::Register(register)) => {
+                self.state = State::Registering;
+                self.events.push_back(HubEvent::Registering(register));
+                Ok(())
+            }
+            (State::Opening, Message::Hello(hello)) => {
+                self.handle_hello(hello);
+                Ok(())
+            }
+            (State::Up(_), Message::Heartbeat(heartbeat)) => {
+                self.transmits
+                    .push_back(Transmit::new(Message::Heartbeat(heartbeat)));
+                Ok(())
+            }
+            (State::Up(_), Message::BundleAck(ack)) => {
+                self.handle_bundle_ack(&ack);
+                self.events.push_back(HubEvent::BundleAck(ack));
+                Ok(())
+            }
+            (State::Up(_), Message::Status(status)) => {
+                self.events.push_back(HubEvent::Status(status));
+                Ok(())
+            }
+            (State::Up(_), Message::CommandResult(result)) => {
+                self.events.push_back(HubEvent::CommandResult(result));
+                Ok(())
+            }
+            (state, message) => {
+                let error = Error::Unexpected {
+                    message: message_name(&message),
+                    state: state.name(),
+                };
+                self.close(GoodbyeReason::ProtocolViolation, error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    fn handle_hello(&mut self, hello: Hello) {
+        let Some(version) = negotiate(&hello.versions) else {
+            self.close(
+                GoodbyeReason::UnsupportedVersion {
+                    offered: hello.versions.clone(),
+                    supported: SUPPORTED_VERSIONS.to_vec(),
+                },
+                format!(
+                    "this hub speaks protocol versions {SUPPORTED_VERSIONS:?}, the agent offered {:?}; upgrade the agent",
+                    hello.versions
+                ),
+            );
+            self.events.push_back(HubEvent::VersionRefused {
+                offered: hello.versions,
+            });
+            return;
+        };
+        self.state = State::Up(version);
+        self.peer_applied = hello
+            .applied
+            .iter()
+            .map(|applied| (applied.app.clone(), (applied.generation, applied.digest)))
+            .collect();
+        self.transmits
+            .push_back(Transmit::new(Message::Welcome(Welcome {
+                version,
+                heartbeat_interval_ms: u64::try_from(self.timing.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+            })));
+        self.events.push_back(HubEvent::Established {
+            version,
+            applied: hello.applied,
+        });
+        let needed: Vec<AppRef> = self
+            .latest
+            .keys()
+            .filter(|app| self.peer_needs(app))
+            .cloned()
+            .collect();
+        for app in needed {
+            self.send_bundle(&app);
+        }
+    }
+
+    fn handle_bundle_ack(&mut self, ack: &BundleAck) {
+        let app = ack.app.clone().or_else(|| {
+            self.latest
+                .iter()
+                .find(|(_, envelope)| envelope.digest == ack.digest)
+                .map(|(app, _)| app.clone())
+        });
+        let Some(app) = app else { return };
+        if self.in_flight.get(&app) == Some(&ack.generation) {
+            self.in_flight.remove(&app);
+        }
+        if ack.outcome == BundleOutcome::Applied {
+            let newer = self
+                .peer_applied
+                .get(&app)
+                .is_none_or(|(generation, _)| ack.generation > *generation);
+            if newer {
+                self.peer_applied.insert(app, (ack.generation, ack.digest));
+            }
+        }
+    }
+
+    /// Whether the agent lacks the newest bundle of `app` and it is not on its way.
+    fn peer_needs(&self, app: &AppRef) -> bool {
+        let Some(envelope) = self.latest.get(app) else {
+            return false;
+        };
+        let applied_older = self
+            .peer_applied
+            .get(app)
+            .is_none_or(|(generation, _)| envelope.generation > *generation);
+        applied_older && self.in_flight.get(app) != Some(&envelope.generation)
+    }
+
+    fn send_bundle(&mut self, app: &AppRef) {
+        if let Some(envelope) = self.latest.get(app) {
+            self.in_flight.insert(app.clone(), envelope.generation);
+            self.transmits
+                .push_back(Transmit::new(Message::Bundle(envelope.clone())));
+        }
+    }
+
+    /// Makes `envelope` the newest bundle of `app` and sends it if the agent is
+    /// connected and lacks it. An envelope not newer than the one held is ignored;
+    /// returns whether it was taken.
+    pub fn publish(&mut self, app: AppRef, envelope: Envelope) -> bool {
+        let newer = self
+            .latest
+            .get(&app)
+            .is_none_or(|held| envelope.generation > held.generation);
+        if !newer {
+            return false;
+        }
+        self.latest.insert(app.clone(), envelope);
+        if matches!(self.state, State::Up(_)) && self.peer_needs(&app) {
+            self.send_bundle(&app);
+        }
+        true
+    }
+
+    /// Apps whose newest bundle the agent has not acknowledged as applied.
+    pub fn apps_behind(&self) -> Vec<AppRef> {
+        self.latest
+            .iter()
+            .filter(|(app, envelope)| {
+                self.peer_applied
+                    .get(*app)
+                    .is_none_or(|(generation, _)| envelope.generation > *generation)
+            })
+            .map(|(app, _)| app.clone())
+            .collect()
+    }
+
+    /// Accepts a pending registration.
+    pub fn accept_registration(&mut self, registered: Registered) -> Result<()> {
+        if self.state != State::Registering {
+            return Err(Error::NotReady {
+                action: "accept a registration",
+                state: self.state.name(),
+            });
+        }
+        self.transmits
+            .push_back(Transmit::new(Message::Registered(registered)));
+        Ok(())
+    }
+
+    /// Refuses a pending registration and closes the session.
+    pub fn refuse_registration(&mut self, message: impl Into<String>) {
+        self.close(GoodbyeReason::RegistrationRefused, message);
+    }
+
+    /// Acknowledges a status report, once the driver has stored it.
+    pub fn ack_status(&mut self, sequence: u64) {
+        if matches!(self.state, State::Up(_)) {
+            self.transmits
+                .push_back(Transmit::new(Message::StatusAck(StatusAck { sequence })));
+        }
+    }
+
+    /// Sends a command.
+    pub fn send_command(&mut self, command: Command) -> Result<()> {
+        self.send_when_up("send a command", Message::Command(command))
+    }
+
+    /// Sends a new key set.
+    pub fn send_key_set_update(&mut self, update: KeySetUpdate) -> Result<()> {
+        self.send_when_up("send a key set update", Message::KeySetUpdate(update))
+    }
+
+    fn send_when_up(&mut self, action: &'static str, message: Message) -> Result<()> {
+        if !matches!(self.state, State::Up(_)) {
+            return Err(Error::NotReady {
+                action,
+                state: self.state.name(),
+            });
+        }
+        self.transmits.push_back(Transmit::new(message));
+        Ok(())
+    }
+
+    /// Queues a `Goodbye` and stops accepting messages on this connection.
+    pub fn close(&mut self, reason: GoodbyeReason, message: impl Into<String>) {
+        if matches!(self.state, State::Down | State::Closing) {
+            return;
+        }
+        self.transmits
+            .push_back(Transmit::new(goodbye(reason, message)));
+        self.state = State::Closing;
+    }
+
+    /// Time has passed; call at [`HubSession::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let overdue = self.liveness.is_some_and(|l| l.is_overdue(now));
+        if overdue
+            && matches!(
+                self.state,
+                State::Opening | State::Registering | State::Up(_)
+            )
+        {
+            self.close(
+                GoodbyeReason::HeartbeatTimeout,
+                "no heartbeat from the agent",
+            );
+            self.events.push_back(HubEvent::PeerSilent);
+        }
+    }
+
+    /// When to call [`HubSession::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Down | State::Closing => None,
+            _ => self.liveness.map(|l| l.deadline()),
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        self.events.pop_front()
+    }
+
+    /// The negotiated version, once established.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        match self.state {
+            State::Up(version) => Some(version),
+            _ => None,
+        }
+    }
+}
