@@ -323,3 +323,79 @@ fn expiry_is_strict_one_second_before_is_accepted() {
         .is_ok()
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn signed() -> &'static (KeySet, Vec<u8>) {
+        static SIGNED: OnceLock<(KeySet, Vec<u8>)> = OnceLock::new();
+        SIGNED.get_or_init(|| {
+            let signer = fixture::signer(1);
+            let bytes = signer
+                .sign(&fixture::bundle("web", 2, 3))
+                .unwrap()
+                .encode()
+                .unwrap();
+            (fixture::trusting(&[&signer]), bytes)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_envelopes_are_rejected_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            let (trusted, _) = signed();
+            prop_assert!(verify_bytes(&bytes, trusted, expect(), never_applied).is_err());
+        }
+
+        #[test]
+        fn any_changed_byte_in_a_signed_envelope_is_rejected(
+            index in any::<prop::sample::Index>(),
+            xor in 1u8..=255,
+        ) {
+            let (trusted, bytes) = signed();
+            let mut changed = bytes.clone();
+            let at = index.index(changed.len());
+            changed[at] ^= xor;
+            prop_assert!(verify_bytes(&changed, trusted, expect(), never_applied).is_err());
+        }
+
+        #[test]
+        fn truncated_or_extended_envelopes_are_rejected(
+            cut in any::<prop::sample::Index>(),
+            extra in proptest::collection::vec(any::<u8>(), 1..16),
+        ) {
+            let (trusted, bytes) = signed();
+            let truncated = &bytes[..cut.index(bytes.len())];
+            prop_assert!(verify_bytes(truncated, trusted, expect(), never_applied).is_err());
+            let mut extended = bytes.clone();
+            extended.extend_from_slice(&extra);
+            prop_assert!(verify_bytes(&extended, trusted, expect(), never_applied).is_err());
+        }
+
+        #[test]
+        fn garbage_bundles_and_key_sets_give_typed_errors(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            let _ = Bundle::decode(&bytes);
+            let _ = KeySet::decode(&bytes);
+            if let Ok(update) = KeySetUpdate::decode(&bytes) {
+                let (trusted, _) = signed();
+                prop_assert!(trusted.apply_update(&update).is_err());
+            }
+        }
+
+        #[test]
+        fn digest_is_the_same_for_every_object_order(
+            order in Just((0..12usize).collect::<Vec<_>>()).prop_shuffle(),
+        ) {
+            let bundle = fixture::bundle("web", 1, 12);
+            let mut shuffled = bundle.clone();
+            shuffled.objects = order.iter().map(|&i| bundle.objects[i].clone()).collect();
+            prop_assert_eq!(bundle.digest().unwrap(), shuffled.digest().unwrap());
+        }
+    }
+}
