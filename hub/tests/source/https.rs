@@ -1,0 +1,1 @@
+//! Fetching over https on loopback, behind Basic authentication.
