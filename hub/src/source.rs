@@ -20,6 +20,7 @@ use std::time::Duration;
 pub use cache::RepoCache;
 pub use repo::{CommitId, Limits, Repo, RepoFile};
 pub use spec::{Credentials, RepoSpec};
+pub use webhook::{PushEvent, PushedRef};
 
 /// How often a repository is polled when no webhook arrives: 180 s, as in Argo CD.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(180);
