@@ -86,7 +86,6 @@ impl WorkRepo {
     }
 
     /// A bare copy under `root`, as a Git server would hold it.
-    #[allow(dead_code, reason = "the https tests serve it")]
     pub fn bare_copy(&self, root: &Path, name: &str) -> PathBuf {
         let target = root.join(name);
         git(
