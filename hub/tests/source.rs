@@ -1,5 +1,5 @@
 //! `hub::source` against real Git repositories made by the `git` CLI, served from
-//! local paths, file:// urls and https on loopback.
+//! local paths, file:// urls, and https and ssh on loopback.
 
 #[path = "source/fixture.rs"]
 mod fixture;
@@ -7,3 +7,5 @@ mod fixture;
 mod https;
 #[path = "source/local.rs"]
 mod local;
+#[path = "source/ssh.rs"]
+mod ssh;
