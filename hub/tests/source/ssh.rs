@@ -35,11 +35,11 @@ struct Sshd {
 }
 
 impl Sshd {
-    fn start() -> Option<Self> {
-        if !Path::new(SSHD).exists() {
-            eprintln!("skipping: {SSHD} is not installed (Debian package openssh-server)");
-            return None;
-        }
+    fn start() -> Self {
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} is not installed (Debian package openssh-server; tests/install-prereqs installs it)"
+        );
         // sshd insists on its privilege separation directory.
         let _ = std::fs::create_dir_all("/run/sshd");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -91,7 +91,7 @@ impl Sshd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(sshd)
+        sshd
     }
 
     fn log(&self) -> String {
@@ -137,7 +137,7 @@ fn served_fleet() -> (tempfile::TempDir, PathBuf, crate::fixture::WorkRepo) {
 
 #[test]
 fn ssh_with_a_private_key_and_known_hosts_fetches() {
-    let Some(sshd) = Sshd::start() else { return };
+    let sshd = Sshd::start();
     let (_root, bare, work) = served_fleet();
     let (_dir, cache) = cache();
     let spec = RepoSpec::with_credentials(
@@ -160,7 +160,7 @@ fn ssh_with_a_private_key_and_known_hosts_fetches() {
 
 #[test]
 fn a_wrong_ssh_key_is_an_auth_error() {
-    let Some(sshd) = Sshd::start() else { return };
+    let sshd = Sshd::start();
     let (_root, bare, _work) = served_fleet();
     let (other, _) = keygen(&sshd.dir.path().join("stranger_key"));
     let (_dir, cache) = cache();
@@ -179,7 +179,7 @@ fn a_wrong_ssh_key_is_an_auth_error() {
 
 #[test]
 fn an_unknown_ssh_host_key_is_refused() {
-    let Some(sshd) = Sshd::start() else { return };
+    let sshd = Sshd::start();
     let (_root, bare, _work) = served_fleet();
     let (_, impostor) = keygen(&sshd.dir.path().join("impostor_key"));
     let (_dir, cache) = cache();
