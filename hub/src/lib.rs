@@ -4,4 +4,5 @@
 //! Start reading at [`source`] (Git), then [`app`] (Argo CD Applications), [`render`]
 //! (directory, kustomize and helm) and [`store`] (the sled database).
 
+pub mod app;
 pub mod source;

@@ -1,0 +1,794 @@
+//! Argo CD `Application` and `AppProject` manifests, read exactly as Argo CD users
+//! write them (`argoproj.io/v1alpha1`).
+//!
+//! Every field is either understood or refused: an unknown field (a typo) and a field
+//! Argo CD has but Flotilla does not support are both errors that name the field's
+//! path, never silently dropped. Fields the API server owns (`status`, `uid`,
+//! `resourceVersion`, ...) are accepted and ignored, so a manifest exported from a
+//! live Argo CD still loads.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use project::AppProject;
+
+mod project;
+#[cfg(test)]
+mod tests;
+
+/// The API version of every Argo CD kind Flotilla reads.
+pub const API_VERSION: &str = "argoproj.io/v1alpha1";
+/// The finalizer that makes deleting an Application delete what it deployed.
+pub const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
+/// `destination.server` of the cluster Argo CD itself runs in.
+pub const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
+/// The cluster name that [`IN_CLUSTER_SERVER`] stands for.
+pub const IN_CLUSTER_NAME: &str = "in-cluster";
+
+/// Why a manifest was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The text is not valid YAML.
+    #[error("{origin}: invalid YAML: {source}")]
+    Yaml {
+        origin: String,
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    /// A document is not an Argo CD kind Flotilla reads.
+    #[error(
+        "{origin}: document {index}: {found} is not an Argo CD Application or AppProject ({API_VERSION})"
+    )]
+    NotArgo {
+        origin: String,
+        index: usize,
+        found: String,
+    },
+    /// A field has the wrong type, or is unknown (a typo or a newer Argo CD field).
+    #[error("{origin}: {kind} {name:?}: field {path}: {message}")]
+    Field {
+        origin: String,
+        kind: &'static str,
+        name: String,
+        path: String,
+        message: String,
+    },
+    /// Argo CD has this field, but Flotilla does not support it.
+    #[error("{origin}: {kind} {name:?}: field {path} is not supported by Flotilla: {why}")]
+    Unsupported {
+        origin: String,
+        kind: &'static str,
+        name: String,
+        path: String,
+        why: &'static str,
+    },
+    /// The fields are individually valid but do not make sense together.
+    #[error("{origin}: {kind} {name:?}: {path}: {message}")]
+    Invalid {
+        origin: String,
+        kind: &'static str,
+        name: String,
+        path: String,
+        message: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A manifest from an Argo CD repo: one of the kinds Flotilla reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Manifest {
+    Application(Box<Application>),
+    AppProject(Box<AppProject>),
+}
+
+/// Reads every document of a YAML stream that is an Argo CD kind. Empty documents
+/// are skipped; any other kind is an error, since a file handed to Flotilla as an
+/// Application that holds something else is a mistake worth hearing about.
+pub fn parse_manifests(text: &str, origin: &str) -> Result<Vec<Manifest>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|source| Error::Yaml {
+        origin: origin.to_owned(),
+        source: Box::new(source),
+    })?;
+    let mut out = Vec::new();
+    for (index, doc) in docs.into_iter().enumerate() {
+        if doc.is_null() {
+            continue;
+        }
+        let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+        match (api_version, kind) {
+            (API_VERSION, "Application") => out.push(Manifest::Application(Box::new(
+                Application::from_value(doc, origin)?,
+            ))),
+            (API_VERSION, "AppProject") => out.push(Manifest::AppProject(Box::new(
+                AppProject::from_value(doc, origin)?,
+            ))),
+            _ => {
+                return Err(Error::NotArgo {
+                    origin: origin.to_owned(),
+                    index,
+                    found: format!("{kind:?} in {api_version:?}"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deserializes `doc` into `T`, naming the path of the first bad field.
+pub(crate) fn typed<T: DeserializeOwned>(
+    doc: Value,
+    origin: &str,
+    kind: &'static str,
+) -> Result<T> {
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    serde_path_to_error::deserialize(doc).map_err(|e| Error::Field {
+        origin: origin.to_owned(),
+        kind,
+        name,
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+/// A field the API server or a controller owns: accepted, and dropped on reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServerOwned;
+
+impl<'de> Deserialize<'de> for ServerOwned {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Self)
+    }
+}
+
+/// `metadata`: what a user sets, plus the server-owned fields, accepted and ignored.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub finalizers: Vec<String>,
+    #[serde(default, skip_serializing)]
+    uid: ServerOwned,
+    #[serde(default, skip_serializing)]
+    resource_version: ServerOwned,
+    #[serde(default, skip_serializing)]
+    generation: ServerOwned,
+    #[serde(default, skip_serializing)]
+    creation_timestamp: ServerOwned,
+    #[serde(default, skip_serializing)]
+    managed_fields: ServerOwned,
+    #[serde(default, skip_serializing)]
+    self_link: ServerOwned,
+}
+
+/// An Argo CD `Application`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Application {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ApplicationSpec,
+    /// Owned by the controller; accepted so exported manifests load, then ignored.
+    #[serde(default, skip_serializing)]
+    status: ServerOwned,
+    #[serde(default, skip_serializing)]
+    operation: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplicationSpec {
+    #[serde(default = "default_project")]
+    pub project: String,
+    #[serde(default)]
+    pub source: Option<Source>,
+    #[serde(default, skip_serializing)]
+    sources: Option<Value>,
+    pub destination: Destination,
+    #[serde(default)]
+    pub sync_policy: Option<SyncPolicy>,
+    #[serde(default)]
+    pub ignore_differences: Vec<IgnoreDifference>,
+    #[serde(default)]
+    pub info: Vec<Info>,
+    #[serde(default)]
+    pub revision_history_limit: Option<i64>,
+    #[serde(default, skip_serializing)]
+    source_hydrator: Option<Value>,
+}
+
+fn default_project() -> String {
+    "default".to_owned()
+}
+
+/// Where the manifests come from: a path in a Git repo, or a chart in a Helm repo.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    #[serde(rename = "repoURL")]
+    pub repo_url: String,
+    /// A branch, tag or commit for Git; a chart version (or range) for Helm repos.
+    #[serde(default = "default_revision")]
+    pub target_revision: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub chart: Option<String>,
+    #[serde(default)]
+    pub helm: Option<Helm>,
+    #[serde(default)]
+    pub kustomize: Option<Kustomize>,
+    #[serde(default)]
+    pub directory: Option<Directory>,
+    /// A label for the source, shown in the UI; harmless.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing)]
+    plugin: Option<Value>,
+    #[serde(default, rename = "ref", skip_serializing)]
+    ref_: Option<Value>,
+}
+
+fn default_revision() -> String {
+    "HEAD".to_owned()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Helm {
+    #[serde(default)]
+    pub release_name: Option<String>,
+    /// Values as one YAML string.
+    #[serde(default)]
+    pub values: Option<String>,
+    /// Values as a structured object; merged over `values`.
+    #[serde(default)]
+    pub values_object: Option<Value>,
+    /// Values files, relative to the chart (or `$values/...` refs, unsupported).
+    #[serde(default)]
+    pub value_files: Vec<String>,
+    #[serde(default)]
+    pub ignore_missing_value_files: bool,
+    #[serde(default)]
+    pub parameters: Vec<HelmParameter>,
+    #[serde(default)]
+    pub file_parameters: Vec<HelmFileParameter>,
+    #[serde(default)]
+    pub skip_crds: bool,
+    #[serde(default)]
+    pub skip_tests: bool,
+    #[serde(default)]
+    pub skip_schema_validation: bool,
+    #[serde(default)]
+    pub pass_credentials: bool,
+    /// Only `v3` exists.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub kube_version: Option<String>,
+    #[serde(default)]
+    pub api_versions: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelmParameter {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub force_string: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelmFileParameter {
+    pub name: String,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kustomize {
+    #[serde(default)]
+    pub name_prefix: Option<String>,
+    #[serde(default)]
+    pub name_suffix: Option<String>,
+    /// `name=newName:tag`, `name:tag`, `name@digest`, as `kustomize edit set image` takes.
+    #[serde(default)]
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub common_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub common_annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub force_common_labels: bool,
+    #[serde(default)]
+    pub force_common_annotations: bool,
+    #[serde(default)]
+    pub label_without_selector: bool,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub replicas: Vec<KustomizeReplica>,
+    #[serde(default)]
+    pub patches: Vec<Value>,
+    #[serde(default)]
+    pub components: Vec<String>,
+    #[serde(default)]
+    pub kube_version: Option<String>,
+    #[serde(default)]
+    pub api_versions: Vec<String>,
+    #[serde(default, skip_serializing)]
+    common_annotations_envsubst: Option<Value>,
+    #[serde(default, skip_serializing)]
+    version: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KustomizeReplica {
+    pub name: String,
+    pub count: Value,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Directory {
+    #[serde(default)]
+    pub recurse: bool,
+    /// A glob, or `{a,b}` alternatives, matched against paths relative to the source path.
+    #[serde(default)]
+    pub include: Option<String>,
+    #[serde(default)]
+    pub exclude: Option<String>,
+    #[serde(default, skip_serializing)]
+    jsonnet: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncPolicy {
+    #[serde(default)]
+    pub automated: Option<Automated>,
+    #[serde(default)]
+    pub sync_options: Vec<String>,
+    #[serde(default)]
+    pub retry: Option<Retry>,
+    #[serde(default)]
+    pub managed_namespace_metadata: Option<ManagedNamespaceMetadata>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Automated {
+    #[serde(default)]
+    pub prune: bool,
+    #[serde(default)]
+    pub self_heal: bool,
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// Argo CD 3: `enabled: false` keeps the block but switches automation off.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    #[serde(default)]
+    pub refresh: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub factor: Option<i64>,
+    #[serde(default)]
+    pub max_duration: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagedNamespaceMetadata {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IgnoreDifference {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub json_pointers: Vec<String>,
+    #[serde(default)]
+    pub jq_path_expressions: Vec<String>,
+    #[serde(default)]
+    pub managed_fields_managers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Info {
+    pub name: String,
+    pub value: String,
+}
+
+/// How an Application's source is rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A chart from a Helm repository (`chart` is set).
+    HelmRepo,
+    /// Whatever the path holds: chosen from the files, as Argo CD does.
+    Detect,
+    Helm,
+    Kustomize,
+    Directory,
+}
+
+/// The sync options Argo CD defines, as `Name=value`. Anything else is refused.
+const SYNC_OPTIONS: &[(&str, &[&str])] = &[
+    ("CreateNamespace", &["true", "false"]),
+    ("PruneLast", &["true", "false"]),
+    (
+        "PrunePropagationPolicy",
+        &["foreground", "background", "orphan"],
+    ),
+    ("ApplyOutOfSyncOnly", &["true", "false"]),
+    ("ServerSideApply", &["true", "false"]),
+    ("Replace", &["true", "false"]),
+    ("Validate", &["true", "false"]),
+    ("RespectIgnoreDifferences", &["true", "false"]),
+    ("FailOnSharedResource", &["true", "false"]),
+    ("SkipDryRunOnMissingResource", &["true", "false"]),
+    ("Prune", &["true", "false", "confirm"]),
+    ("Delete", &["true", "false", "confirm"]),
+];
+
+/// Checks `Name=value` sync options against the ones Argo CD defines.
+pub fn check_sync_option(option: &str) -> Result<(), String> {
+    let Some((name, value)) = option.split_once('=') else {
+        return Err(format!(
+            "sync option {option:?} is not of the form Name=value"
+        ));
+    };
+    match SYNC_OPTIONS.iter().find(|(n, _)| *n == name) {
+        None => Err(format!("unknown sync option {name:?}")),
+        Some((_, values)) if !values.contains(&value) => Err(format!(
+            "sync option {name} takes one of {}, not {value:?}",
+            values.join(", ")
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+impl Application {
+    /// Reads one Application from YAML text.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
+        let mut found = parse_manifests(text, origin)?
+            .into_iter()
+            .filter_map(|m| match m {
+                Manifest::Application(app) => Some(app),
+                Manifest::AppProject(_) => None,
+            });
+        match (found.next(), found.next()) {
+            (Some(app), None) => Ok(*app),
+            (None, _) => Err(Error::NotArgo {
+                origin: origin.to_owned(),
+                index: 0,
+                found: "no Application".to_owned(),
+            }),
+            (Some(app), Some(_)) => Err(Error::Invalid {
+                origin: origin.to_owned(),
+                kind: "Application",
+                name: app.metadata.name.clone(),
+                path: "(file)".to_owned(),
+                message: "holds more than one Application; pass one".to_owned(),
+            }),
+        }
+    }
+
+    /// Reads and validates one Application from a parsed document.
+    pub fn from_value(doc: Value, origin: &str) -> Result<Self> {
+        let app: Self = typed(doc, origin, "Application")?;
+        app.validate(origin)?;
+        Ok(app)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// The source. An `Application` only exists once validated, and validation
+    /// refuses one without a source.
+    pub fn source(&self) -> &Source {
+        self.spec
+            .source
+            .as_ref()
+            .expect("invariant: a validated Application has a source")
+    }
+
+    /// True when the app deletes what it deployed once it is itself deleted.
+    pub fn cascades(&self) -> bool {
+        self.metadata
+            .finalizers
+            .iter()
+            .any(|f| f == RESOURCES_FINALIZER)
+    }
+
+    /// The automated policy, if automation is on.
+    pub fn automated(&self) -> Option<&Automated> {
+        self.spec
+            .sync_policy
+            .as_ref()
+            .and_then(|p| p.automated.as_ref())
+            .filter(|a| a.enabled != Some(false))
+    }
+
+    /// True when the sync options hold `Name=true` (options are case-sensitive, as in Argo CD).
+    pub fn sync_option(&self, name: &str) -> Option<&str> {
+        self.spec
+            .sync_policy
+            .as_ref()?
+            .sync_options
+            .iter()
+            .find_map(|o| o.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let name = self.metadata.name.clone();
+        let invalid = |path: &str, message: String| Error::Invalid {
+            origin: origin.to_owned(),
+            kind: "Application",
+            name: name.clone(),
+            path: path.to_owned(),
+            message,
+        };
+        let unsupported = |path: &str, why: &'static str| Error::Unsupported {
+            origin: origin.to_owned(),
+            kind: "Application",
+            name: name.clone(),
+            path: path.to_owned(),
+            why,
+        };
+
+        if !is_dns_subdomain(&self.metadata.name) {
+            return Err(invalid(
+                "metadata.name",
+                "must be a lowercase DNS name (a-z, 0-9, '-', '.'), at most 253 characters"
+                    .to_owned(),
+            ));
+        }
+        if self.operation.is_some() {
+            return Err(unsupported(
+                "operation",
+                "start a sync with `flotilla app sync` instead of writing an operation",
+            ));
+        }
+        if self.spec.sources.is_some() {
+            return Err(unsupported(
+                "spec.sources",
+                "an Application has one source in Flotilla; use spec.source",
+            ));
+        }
+        if self.spec.source_hydrator.is_some() {
+            return Err(unsupported(
+                "spec.sourceHydrator",
+                "source hydration is not implemented",
+            ));
+        }
+        let Some(source) = &self.spec.source else {
+            return Err(invalid("spec.source", "is required".to_owned()));
+        };
+        if source.plugin.is_some() {
+            return Err(unsupported(
+                "spec.source.plugin",
+                "config management plugins are not implemented",
+            ));
+        }
+        if source.ref_.is_some() {
+            return Err(unsupported(
+                "spec.source.ref",
+                "refs only exist for multiple sources",
+            ));
+        }
+        if source.repo_url.trim().is_empty() {
+            return Err(invalid("spec.source.repoURL", "is required".to_owned()));
+        }
+        match (&source.chart, &source.path) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "spec.source",
+                    "sets both chart (a Helm repository) and path (a Git repository); set one"
+                        .to_owned(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "spec.source.path",
+                    "is required unless chart is set".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(path) = source
+            .path
+            .as_ref()
+            .filter(|p| p.starts_with('/') || p.split('/').any(|part| part == ".."))
+        {
+            return Err(invalid(
+                "spec.source.path",
+                format!("{path:?} must stay inside the repository"),
+            ));
+        }
+        let types = [
+            source.helm.is_some(),
+            source.kustomize.is_some(),
+            source.directory.is_some(),
+        ];
+        if types.iter().filter(|t| **t).count() > 1 {
+            return Err(invalid(
+                "spec.source",
+                "sets more than one of helm, kustomize and directory; set one".to_owned(),
+            ));
+        }
+        if source.chart.is_some() && (source.kustomize.is_some() || source.directory.is_some()) {
+            return Err(invalid(
+                "spec.source",
+                "a chart is rendered with helm only".to_owned(),
+            ));
+        }
+        if let Some(helm) = &source.helm {
+            if let Some(v) = helm.version.as_deref().filter(|v| *v != "v3") {
+                return Err(invalid(
+                    "spec.source.helm.version",
+                    format!("only v3 exists, not {v:?}"),
+                ));
+            }
+            if helm.value_files.iter().any(|f| f.starts_with('$')) {
+                return Err(unsupported(
+                    "spec.source.helm.valueFiles",
+                    "$ref value files need multiple sources",
+                ));
+            }
+            if helm.values_object.as_ref().is_some_and(|v| !v.is_object()) {
+                return Err(invalid(
+                    "spec.source.helm.valuesObject",
+                    "must be a mapping".to_owned(),
+                ));
+            }
+        }
+        if let Some(k) = &source.kustomize {
+            if k.common_annotations_envsubst.is_some() {
+                return Err(unsupported(
+                    "spec.source.kustomize.commonAnnotationsEnvsubst",
+                    "environment substitution is not implemented",
+                ));
+            }
+            if k.version.is_some() {
+                return Err(unsupported(
+                    "spec.source.kustomize.version",
+                    "Flotilla runs the one kustomize it ships with",
+                ));
+            }
+        }
+        if source
+            .directory
+            .as_ref()
+            .is_some_and(|d| d.jsonnet.is_some())
+        {
+            return Err(unsupported(
+                "spec.source.directory.jsonnet",
+                "jsonnet is not implemented",
+            ));
+        }
+
+        let dest = &self.spec.destination;
+        match (&dest.server, &dest.name) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "spec.destination",
+                    "sets both server and name; set one".to_owned(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "spec.destination",
+                    "needs server or name".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+
+        if let Some(policy) = &self.spec.sync_policy {
+            for (i, option) in policy.sync_options.iter().enumerate() {
+                check_sync_option(option)
+                    .map_err(|m| invalid(&format!("spec.syncPolicy.syncOptions[{i}]"), m))?;
+            }
+        }
+        for (i, ignore) in self.spec.ignore_differences.iter().enumerate() {
+            if let Some(p) = ignore.json_pointers.iter().find(|p| !p.starts_with('/')) {
+                return Err(invalid(
+                    &format!("spec.ignoreDifferences[{i}].jsonPointers"),
+                    format!("{p:?} is not a JSON pointer (it must start with '/')"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How the source is rendered, from what the Application says.
+    pub fn source_kind(&self) -> SourceKind {
+        let source = self.source();
+        if source.chart.is_some() {
+            SourceKind::HelmRepo
+        } else if source.helm.is_some() {
+            SourceKind::Helm
+        } else if source.kustomize.is_some() {
+            SourceKind::Kustomize
+        } else if source.directory.is_some() {
+            SourceKind::Directory
+        } else {
+            SourceKind::Detect
+        }
+    }
+}
+
+/// RFC 1123 subdomain, as Kubernetes names objects.
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}

@@ -1,0 +1,299 @@
+use super::*;
+
+const GUESTBOOK: &str = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: guestbook
+  namespace: argocd
+  finalizers:
+    - resources-finalizer.argocd.argoproj.io
+spec:
+  project: web
+  source:
+    repoURL: https://git.example/fleet.git
+    targetRevision: release-2
+    path: apps/guestbook/overlays/prod
+    kustomize:
+      namePrefix: prod-
+      nameSuffix: -v2
+      images:
+        - guestbook=registry.example/guestbook:2.1.0
+      commonLabels:
+        tier: web
+      commonAnnotations:
+        owner: team-web
+  destination:
+    server: https://kubernetes.default.svc
+    namespace: guestbook
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: true
+    syncOptions:
+      - CreateNamespace=true
+      - PrunePropagationPolicy=foreground
+      - PruneLast=true
+      - ApplyOutOfSyncOnly=true
+      - ServerSideApply=true
+  ignoreDifferences:
+    - group: apps
+      kind: Deployment
+      jsonPointers:
+        - /spec/replicas
+      managedFieldsManagers:
+        - kube-controller-manager
+"#;
+
+fn only_app(text: &str) -> Application {
+    Application::from_yaml(text, "test.yaml").unwrap()
+}
+
+fn err(text: &str) -> String {
+    Application::from_yaml(text, "apps/bad.yaml")
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn a_kustomize_application_reads_every_field_users_write() {
+    let app = only_app(GUESTBOOK);
+    assert_eq!(app.name(), "guestbook");
+    assert_eq!(app.spec.project, "web");
+    assert!(app.cascades());
+    let source = app.source();
+    assert_eq!(source.repo_url, "https://git.example/fleet.git");
+    assert_eq!(source.target_revision, "release-2");
+    assert_eq!(source.path.as_deref(), Some("apps/guestbook/overlays/prod"));
+    let k = source.kustomize.as_ref().unwrap();
+    assert_eq!(k.name_prefix.as_deref(), Some("prod-"));
+    assert_eq!(k.name_suffix.as_deref(), Some("-v2"));
+    assert_eq!(k.images, ["guestbook=registry.example/guestbook:2.1.0"]);
+    assert_eq!(k.common_labels["tier"], "web");
+    assert_eq!(k.common_annotations["owner"], "team-web");
+    assert_eq!(app.source_kind(), SourceKind::Kustomize);
+    assert_eq!(
+        app.spec.destination.server.as_deref(),
+        Some(IN_CLUSTER_SERVER)
+    );
+    assert_eq!(app.spec.destination.namespace.as_deref(), Some("guestbook"));
+    let automated = app.automated().unwrap();
+    assert!(automated.prune && automated.self_heal && !automated.allow_empty);
+    assert_eq!(app.sync_option("CreateNamespace"), Some("true"));
+    assert_eq!(
+        app.sync_option("PrunePropagationPolicy"),
+        Some("foreground")
+    );
+    assert_eq!(app.sync_option("Replace"), None);
+    assert_eq!(
+        app.spec.ignore_differences[0].json_pointers,
+        ["/spec/replicas"]
+    );
+    assert_eq!(
+        app.spec.ignore_differences[0].managed_fields_managers,
+        ["kube-controller-manager"]
+    );
+}
+
+#[test]
+fn a_helm_repo_application_reads_chart_values_and_parameters() {
+    let app = only_app(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata: {name: metrics}
+spec:
+  source:
+    repoURL: https://charts.example/stable
+    chart: metrics-stack
+    targetRevision: 12.4.1
+    helm:
+      releaseName: metrics
+      values: |
+        retention: 7d
+      valuesObject:
+        grafana: {enabled: true}
+      valueFiles: [values-prod.yaml]
+      parameters:
+        - name: replicas
+          value: "3"
+          forceString: true
+  destination: {name: east, namespace: monitoring}
+"#,
+    );
+    assert_eq!(app.spec.project, "default");
+    assert_eq!(app.source_kind(), SourceKind::HelmRepo);
+    let helm = app.source().helm.as_ref().unwrap();
+    assert_eq!(helm.release_name.as_deref(), Some("metrics"));
+    assert_eq!(helm.values.as_deref(), Some("retention: 7d\n"));
+    assert_eq!(
+        helm.values_object.as_ref().unwrap()["grafana"]["enabled"],
+        true
+    );
+    assert_eq!(helm.value_files, ["values-prod.yaml"]);
+    assert_eq!(helm.parameters[0].name, "replicas");
+    assert!(helm.parameters[0].force_string);
+    assert_eq!(app.spec.destination.name.as_deref(), Some("east"));
+    assert!(app.automated().is_none(), "no syncPolicy means manual sync");
+}
+
+#[test]
+fn a_directory_application_reads_recurse_include_and_exclude() {
+    let app = only_app(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata: {name: plain}
+spec:
+  source:
+    repoURL: /srv/git/fleet
+    path: manifests
+    directory: {recurse: true, include: "{*.yaml,*.json}", exclude: "drafts/*"}
+  destination: {server: "https://10.1.2.3:6443"}
+  syncPolicy: {automated: {enabled: false, prune: true}}
+"#,
+    );
+    let d = app.source().directory.as_ref().unwrap();
+    assert!(d.recurse);
+    assert_eq!(d.include.as_deref(), Some("{*.yaml,*.json}"));
+    assert_eq!(d.exclude.as_deref(), Some("drafts/*"));
+    assert_eq!(app.source().target_revision, "HEAD");
+    assert!(
+        app.automated().is_none(),
+        "enabled: false switches automation off"
+    );
+}
+
+#[test]
+fn a_misspelt_field_is_an_error_naming_its_path() {
+    let text = GUESTBOOK.replace("targetRevision: release-2", "targetRevison: release-2");
+    let e = err(&text);
+    assert!(e.contains("spec.source"), "{e}");
+    assert!(e.contains("targetRevison"), "{e}");
+    assert!(e.contains("apps/bad.yaml"), "{e}");
+}
+
+#[test]
+fn unsupported_argo_fields_are_refused_by_name_never_dropped() {
+    for (from, to, path) in [
+        ("  source:\n", "  sources: []\n  source:\n", "spec.sources"),
+        (
+            "    kustomize:\n",
+            "    plugin: {name: cdk8s}\n    kustomize:\n",
+            "spec.source.plugin",
+        ),
+        (
+            "      namePrefix: prod-\n",
+            "      namePrefix: prod-\n      version: v4.5.7\n",
+            "spec.source.kustomize.version",
+        ),
+    ] {
+        let e = err(&GUESTBOOK.replacen(from, to, 1));
+        assert!(
+            e.contains(path) && e.contains("not supported"),
+            "{path}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_sync_option_argo_does_not_define_is_refused() {
+    let e = err(&GUESTBOOK.replace("PruneLast=true", "PruneFirst=true"));
+    assert!(
+        e.contains("syncOptions[2]") && e.contains("PruneFirst"),
+        "{e}"
+    );
+    let e = err(&GUESTBOOK.replace(
+        "PrunePropagationPolicy=foreground",
+        "PrunePropagationPolicy=eager",
+    ));
+    assert!(e.contains("foreground, background, orphan"), "{e}");
+}
+
+#[test]
+fn malformed_yaml_names_the_file_and_line() {
+    let e =
+        err("apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: [broken\n");
+    assert!(
+        e.contains("apps/bad.yaml") && e.contains("invalid YAML"),
+        "{e}"
+    );
+    assert!(e.contains("line 4") || e.contains("4:"), "no line in: {e}");
+}
+
+#[test]
+fn destination_needs_exactly_one_of_server_and_name() {
+    let both = GUESTBOOK.replace(
+        "    server: https://kubernetes.default.svc\n",
+        "    server: https://kubernetes.default.svc\n    name: east\n",
+    );
+    assert!(err(&both).contains("sets both server and name"));
+    let neither = GUESTBOOK.replace("    server: https://kubernetes.default.svc\n", "");
+    assert!(err(&neither).contains("needs server or name"));
+}
+
+#[test]
+fn a_source_path_leaving_the_repo_is_refused() {
+    let e = err(&GUESTBOOK.replace("path: apps/guestbook/overlays/prod", "path: ../../etc"));
+    assert!(e.contains("must stay inside the repository"), "{e}");
+}
+
+#[test]
+fn an_application_exported_from_a_live_argo_cd_still_loads() {
+    let exported = GUESTBOOK.replace(
+        "  namespace: argocd\n",
+        "  namespace: argocd\n  uid: 6c0f\n  resourceVersion: \"123\"\n  generation: 4\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\n",
+    ) + "status:\n  sync: {status: Synced}\n";
+    assert_eq!(only_app(&exported), only_app(GUESTBOOK));
+}
+
+#[test]
+fn projects_and_applications_load_from_one_stream_and_empty_documents_are_skipped() {
+    let text = format!(
+        "---\n---\n{GUESTBOOK}\n---\n{}",
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AppProject
+metadata: {name: web, namespace: argocd}
+spec:
+  description: The web team
+  sourceRepos: ["https://git.example/*"]
+  destinations:
+    - {server: "*", namespace: "guestbook*"}
+  clusterResourceWhitelist:
+    - {group: "", kind: Namespace}
+  namespaceResourceBlacklist:
+    - {group: "", kind: ResourceQuota}
+  roles:
+    - name: deployer
+      policies: ["p, proj:web:deployer, applications, sync, web/*, allow"]
+      groups: [web-team]
+  syncWindows:
+    - {kind: deny, schedule: "0 22 * * *", duration: 8h, applications: ["*"], manualSync: true}
+"#
+    );
+    let manifests = parse_manifests(&text, "fleet.yaml").unwrap();
+    assert_eq!(manifests.len(), 2);
+    let Manifest::AppProject(project) = &manifests[1] else {
+        panic!("second is the project")
+    };
+    assert_eq!(project.name(), "web");
+    assert_eq!(project.spec.source_repos, ["https://git.example/*"]);
+    assert_eq!(project.spec.cluster_resource_whitelist[0].kind, "Namespace");
+    assert_eq!(project.spec.roles[0].groups, ["web-team"]);
+    assert!(project.spec.sync_windows[0].manual_sync);
+}
+
+#[test]
+fn a_document_of_another_kind_is_refused() {
+    let e = parse_manifests(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        "x.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"ConfigMap\"") && e.contains("not an Argo CD"),
+        "{e}"
+    );
+}
