@@ -5,4 +5,5 @@
 //! (directory, kustomize and helm) and [`store`] (the sled database).
 
 pub mod app;
+pub mod render;
 pub mod source;

@@ -1,0 +1,319 @@
+//! Rendering: an Application at a commit, for one cluster, becomes bundle objects.
+//!
+//! Plain directories are rendered in Rust ([`directory`]); kustomize and helm apps run
+//! the real binaries ([`kustomize`], [`helm`]) in a private copy of the tree, with a
+//! deadline. Results are cached by everything that can change them: commit, path,
+//! source parameters, destination namespace, cluster facts and tool versions. A
+//! failure is an error for that app, never an empty result.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_common::bundle::Object;
+use flotilla_common::model::ClusterFacts;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::app::{Application, Directory, SourceKind};
+use crate::source::{self, CommitId, Limits, Repo, RepoFile};
+
+pub mod directory;
+pub mod helm;
+pub mod kustomize;
+pub mod objects;
+mod tool;
+
+pub use objects::sort_for_apply;
+pub use tool::{DEFAULT_TIMEOUT, Tools};
+
+#[cfg(test)]
+mod tests;
+
+/// Why an app did not render.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the app's files from Git failed (missing path, symlink, size limit, ...).
+    #[error(transparent)]
+    Source(#[from] source::Error),
+    /// A manifest file is not valid YAML or JSON, or holds something that is not an object.
+    #[error("{file}: {message}")]
+    Manifest { file: String, message: String },
+    /// A rendered document lacks apiVersion, kind or metadata.name.
+    #[error("a rendered document is not a Kubernetes object: {what}")]
+    NotAnObject { what: String },
+    /// The same object is rendered twice.
+    #[error("{object} is rendered more than once")]
+    Duplicate { object: String },
+    /// An Argo CD or Helm annotation has a value Flotilla cannot use.
+    #[error("{object}: annotation {annotation}: {message}")]
+    Annotation {
+        object: String,
+        annotation: &'static str,
+        message: String,
+    },
+    /// An include or exclude glob does not compile.
+    #[error("directory glob {pattern:?}: {message}")]
+    Glob { pattern: String, message: String },
+    /// A kustomization names a remote base; renders come from the commit alone.
+    #[error("{file}: remote base {entry:?} is not allowed; vendor it into the repository")]
+    RemoteBase { file: String, entry: String },
+    /// A Helm value file or file parameter cannot be used.
+    #[error("helm value file {file}: {message}")]
+    ValueFile { file: String, message: String },
+    /// The tool is not installed where Flotilla looked.
+    #[error("{tool} is not available at {path} (set FLOTILLA_{} or put it on PATH)", tool.to_uppercase())]
+    ToolMissing {
+        tool: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tool failed; its stderr says why.
+    #[error("{tool} {args} failed ({status}):\n{stderr}")]
+    ToolFailed {
+        tool: String,
+        args: String,
+        status: String,
+        stderr: String,
+    },
+    /// The tool ran past its deadline and was killed.
+    #[error("{tool} did not finish within {timeout:?} and was killed")]
+    ToolTimeout { tool: String, timeout: Duration },
+    /// A local file operation failed.
+    #[error("{what} ({path})")]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The cluster an app is rendered for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Target<'a> {
+    /// The cluster's name, for messages.
+    pub cluster: &'a str,
+    /// Its version and APIs, for Helm and for knowing which kinds are namespaced.
+    /// Without them (the CLI with no cluster), common defaults are used.
+    pub facts: Option<&'a ClusterFacts>,
+}
+
+/// How many renders the cache keeps before it starts over.
+const CACHE_ENTRIES: usize = 4096;
+
+/// Renders Applications, caching results.
+pub struct Renderer {
+    tools: Tools,
+    limits: Limits,
+    tool_versions: OnceCell<String>,
+    cache: Mutex<HashMap<[u8; 32], Arc<Vec<Object>>>>,
+}
+
+impl Renderer {
+    pub fn new(tools: Tools) -> Self {
+        Self {
+            tools,
+            limits: Limits::default(),
+            tool_versions: OnceCell::new(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Renders `app` at `commit` of `repo` (ignored for charts from a Helm repository)
+    /// for `target`, in apply order.
+    ///
+    /// Reading the tree is synchronous disk I/O on the local bare clone; fetching,
+    /// the slow part, happens before, in [`source`].
+    pub async fn render(
+        &self,
+        app: &Application,
+        repo: Option<&Repo>,
+        commit: Option<&CommitId>,
+        target: Target<'_>,
+    ) -> Result<Arc<Vec<Object>>> {
+        let key = self.cache_key(app, commit, target).await;
+        if let Some(hit) = self.cache_get(&key) {
+            return Ok(hit);
+        }
+        let manifests = self.manifests(app, repo, commit, target).await?;
+        let mut objects = objects::to_objects(
+            manifests,
+            app.spec.destination.namespace.as_deref(),
+            target.facts,
+        )?;
+        sort_for_apply(&mut objects);
+        let objects = Arc::new(objects);
+        self.cache_put(key, objects.clone());
+        Ok(objects)
+    }
+
+    async fn manifests(
+        &self,
+        app: &Application,
+        repo: Option<&Repo>,
+        commit: Option<&CommitId>,
+        target: Target<'_>,
+    ) -> Result<Vec<serde_json::Value>> {
+        let source = app.source();
+        if app.source_kind() == SourceKind::HelmRepo {
+            let scratch = scratch_dir()?;
+            let chart = helm::Chart::Repo {
+                url: &source.repo_url,
+                name: source.chart.as_deref().unwrap_or_default(),
+                version: &source.target_revision,
+            };
+            let out = helm::template(&self.tools, app, chart, target.facts, scratch.path()).await?;
+            return parse_output("helm template", &out);
+        }
+        let (Some(repo), Some(commit)) = (repo, commit) else {
+            return Err(Error::Manifest {
+                file: app.source().repo_url.clone(),
+                message: "a Git source needs a fetched repository and a commit".to_owned(),
+            });
+        };
+        let path = repo.normalize_path(source.path.as_deref().unwrap_or(""))?;
+        let mut kind = app.source_kind();
+        let mut files: Option<Vec<RepoFile>> = None;
+        if matches!(kind, SourceKind::Detect | SourceKind::Directory) {
+            let read = repo.files(commit, &path, &self.limits)?;
+            if kind == SourceKind::Detect {
+                kind = detect(&read, &path);
+            }
+            files = Some(read);
+        }
+        match (kind, files) {
+            (SourceKind::Directory, Some(files)) => {
+                let default = Directory::default();
+                let options = source.directory.as_ref().unwrap_or(&default);
+                directory::render(&files, &path, options)
+            }
+            (kind, _) => {
+                let scratch = scratch_dir()?;
+                let root = scratch.path().join("repo");
+                repo.export(commit, &root, &self.limits)?;
+                let app_dir = root.join(&path);
+                let out = if kind == SourceKind::Helm {
+                    let chart = helm::Chart::Dir {
+                        root: &root,
+                        dir: &app_dir,
+                    };
+                    helm::template(&self.tools, app, chart, target.facts, scratch.path()).await?
+                } else {
+                    kustomize::build(&self.tools, &root, &app_dir, source.kustomize.as_ref())
+                        .await?
+                };
+                let tool = if kind == SourceKind::Helm {
+                    "helm template"
+                } else {
+                    "kustomize build"
+                };
+                parse_output(tool, &out)
+            }
+        }
+    }
+
+    async fn cache_key(
+        &self,
+        app: &Application,
+        commit: Option<&CommitId>,
+        target: Target<'_>,
+    ) -> [u8; 32] {
+        let versions = self
+            .tool_versions
+            .get_or_init(|| self.tools.versions())
+            .await;
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field(commit.map(CommitId::as_str).unwrap_or("").as_bytes());
+        field(&serde_json::to_vec(app.source()).unwrap_or_default());
+        field(&serde_json::to_vec(&app.spec.destination.namespace).unwrap_or_default());
+        field(app.name().as_bytes());
+        field(&serde_json::to_vec(&target.facts).unwrap_or_default());
+        field(versions.as_bytes());
+        h.finalize().into()
+    }
+
+    fn cache_get(&self, key: &[u8; 32]) -> Option<Arc<Vec<Object>>> {
+        self.cache.lock().ok()?.get(key).cloned()
+    }
+
+    fn cache_put(&self, key: [u8; 32], objects: Arc<Vec<Object>>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, objects);
+        }
+    }
+}
+
+/// What an undecorated source path holds, as Argo CD decides: a kustomization
+/// makes it kustomize, a Chart.yaml makes it helm, anything else is a directory.
+fn detect(files: &[RepoFile], path: &str) -> SourceKind {
+    let at = |name: &str| {
+        let want = if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}/{name}")
+        };
+        files.iter().any(|f| f.path == want)
+    };
+    if kustomize::KUSTOMIZATION_FILES.iter().any(|n| at(n)) {
+        SourceKind::Kustomize
+    } else if at("Chart.yaml") {
+        SourceKind::Helm
+    } else {
+        SourceKind::Directory
+    }
+}
+
+fn scratch_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("flotilla-render-")
+        .tempdir()
+        .map_err(|source| Error::Io {
+            what: "creating a scratch folder for rendering".to_owned(),
+            path: std::env::temp_dir(),
+            source,
+        })
+}
+
+fn parse_output(tool: &str, out: &[u8]) -> Result<Vec<serde_json::Value>> {
+    let mut manifests = Vec::new();
+    directory::parse_file(&format!("output of {tool}"), out, &mut manifests)?;
+    Ok(manifests)
+}
+
+/// Prints objects as one multi-document YAML stream, in the order given.
+pub fn to_yaml_stream(objects: &[Object]) -> Result<String> {
+    let mut out = String::new();
+    for object in objects {
+        let manifest = object.manifest_json().map_err(|e| Error::Manifest {
+            file: objects::describe(&object.gvk, object.namespace.as_deref(), &object.name),
+            message: e.to_string(),
+        })?;
+        let yaml = serde_saphyr::to_string(&manifest).map_err(|e| Error::Manifest {
+            file: objects::describe(&object.gvk, object.namespace.as_deref(), &object.name),
+            message: e.to_string(),
+        })?;
+        out.push_str("---\n");
+        out.push_str(&yaml);
+        if !yaml.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}

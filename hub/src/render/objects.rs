@@ -1,0 +1,341 @@
+//! From rendered manifests to bundle objects: identity, namespace defaulting, and the
+//! Argo CD (and Helm) annotations that give each object its wave, hook and options.
+
+use std::collections::BTreeSet;
+
+use flotilla_common::bundle::{Hook, HookDeletePolicy, HookPhase, Object};
+use flotilla_common::model::{ClusterFacts, Gvk};
+use serde_json::Value;
+
+use super::{Error, Result};
+use crate::app::check_sync_option;
+
+pub const SYNC_WAVE: &str = "argocd.argoproj.io/sync-wave";
+pub const HOOK: &str = "argocd.argoproj.io/hook";
+pub const HOOK_DELETE_POLICY: &str = "argocd.argoproj.io/hook-delete-policy";
+pub const SYNC_OPTIONS: &str = "argocd.argoproj.io/sync-options";
+const HELM_HOOK: &str = "helm.sh/hook";
+const HELM_HOOK_WEIGHT: &str = "helm.sh/hook-weight";
+const HELM_HOOK_DELETE_POLICY: &str = "helm.sh/hook-delete-policy";
+
+/// Kinds that are cluster-scoped in every Kubernetes release, for rendering without a
+/// cluster's discovery (the CLI) and for kinds discovery has not seen yet.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "APIService",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "PriorityClass",
+    "IngressClass",
+    "RuntimeClass",
+    "CSIDriver",
+    "CSINode",
+    "VolumeAttachment",
+    "CertificateSigningRequest",
+    "FlowSchema",
+    "PriorityLevelConfiguration",
+];
+
+/// Argo CD's order of kinds inside one wave: what others depend on comes first.
+const KIND_ORDER: &[&str] = &[
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "SecretList",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleList",
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "Role",
+    "RoleList",
+    "RoleBinding",
+    "RoleBindingList",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+];
+
+/// Turns manifests into bundle objects. Objects of namespaced kinds without a
+/// namespace get `default_namespace`, as Argo CD applies them into the destination
+/// namespace. Two manifests for the same object are an error.
+pub fn to_objects(
+    manifests: Vec<Value>,
+    default_namespace: Option<&str>,
+    facts: Option<&ClusterFacts>,
+) -> Result<Vec<Object>> {
+    let crd_scopes = crd_scopes(&manifests);
+    let mut seen = BTreeSet::new();
+    let mut objects = Vec::with_capacity(manifests.len());
+    for mut manifest in manifests {
+        let (gvk, name) = identity(&manifest)?;
+        let namespaced = is_namespaced(&gvk, facts, &crd_scopes);
+        let namespace = if namespaced {
+            let ns = manifest
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|ns| !ns.is_empty())
+                .map(str::to_owned)
+                .or_else(|| default_namespace.map(str::to_owned));
+            if let (Some(ns), Some(meta)) = (
+                &ns,
+                manifest.get_mut("metadata").and_then(Value::as_object_mut),
+            ) {
+                meta.insert("namespace".to_owned(), Value::String(ns.clone()));
+            }
+            ns
+        } else {
+            None
+        };
+        let described = describe(&gvk, namespace.as_deref(), &name);
+        if !seen.insert((
+            gvk.group.clone(),
+            gvk.kind.clone(),
+            namespace.clone(),
+            name.clone(),
+        )) {
+            return Err(Error::Duplicate { object: described });
+        }
+        let annotations = manifest
+            .pointer("/metadata/annotations")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let annotation = |key: &str| annotations.get(key).and_then(Value::as_str);
+
+        let mut object = Object::new(gvk, namespace, name, &manifest);
+        object.hook = hook(&annotation, &described)?;
+        object.wave = wave(&annotation, object.hook.is_some(), &described)?;
+        if let Some(options) = annotation(SYNC_OPTIONS) {
+            for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                if option != "Force=true" {
+                    check_sync_option(option).map_err(|message| Error::Annotation {
+                        object: described.clone(),
+                        annotation: SYNC_OPTIONS,
+                        message,
+                    })?;
+                }
+                object.sync_options.push(option.to_owned());
+            }
+        }
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+fn identity(manifest: &Value) -> Result<(Gvk, String)> {
+    let text = |p: &str| manifest.pointer(p).and_then(Value::as_str).unwrap_or("");
+    let (api_version, kind, name) = (text("/apiVersion"), text("/kind"), text("/metadata/name"));
+    if api_version.is_empty() || kind.is_empty() || name.is_empty() {
+        return Err(Error::NotAnObject {
+            what: format!("apiVersion {api_version:?}, kind {kind:?}, name {name:?}"),
+        });
+    }
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    Ok((Gvk::new(group, version, kind), name.to_owned()))
+}
+
+/// `Kind namespace/name`, for messages.
+pub fn describe(gvk: &Gvk, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{} {ns}/{name}", gvk.kind),
+        None => format!("{} {name}", gvk.kind),
+    }
+}
+
+/// The scope each CRD in this render declares, so its custom resources are
+/// namespaced correctly before the cluster has ever seen the CRD.
+fn crd_scopes(manifests: &[Value]) -> Vec<(String, String, bool)> {
+    manifests
+        .iter()
+        .filter(|m| m.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
+        .filter_map(|m| {
+            let spec = m.get("spec")?;
+            Some((
+                spec.get("group")?.as_str()?.to_owned(),
+                spec.pointer("/names/kind")?.as_str()?.to_owned(),
+                spec.get("scope").and_then(Value::as_str) != Some("Cluster"),
+            ))
+        })
+        .collect()
+}
+
+fn is_namespaced(gvk: &Gvk, facts: Option<&ClusterFacts>, crds: &[(String, String, bool)]) -> bool {
+    if let Some((_, _, namespaced)) = crds
+        .iter()
+        .find(|(g, k, _)| *g == gvk.group && *k == gvk.kind)
+    {
+        return *namespaced;
+    }
+    let group_version = if gvk.group.is_empty() {
+        gvk.version.clone()
+    } else {
+        format!("{}/{}", gvk.group, gvk.version)
+    };
+    if let Some(resource) = facts.and_then(|f| {
+        f.api_resources
+            .iter()
+            .find(|r| r.kind == gvk.kind && r.group_version == group_version)
+    }) {
+        return resource.namespaced;
+    }
+    !CLUSTER_SCOPED.contains(&gvk.kind.as_str())
+}
+
+fn hook<'a>(annotation: &impl Fn(&str) -> Option<&'a str>, object: &str) -> Result<Option<Hook>> {
+    let bad = |annotation: &'static str, message: String| Error::Annotation {
+        object: object.to_owned(),
+        annotation,
+        message,
+    };
+    if let Some(value) = annotation(HOOK) {
+        let phases: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let [phase] = phases[..] else {
+            return Err(bad(
+                HOOK,
+                format!(
+                    "{value:?}: Flotilla runs a hook in one phase; split it into one object per phase"
+                ),
+            ));
+        };
+        let phase = match phase {
+            "PreSync" => HookPhase::PreSync,
+            "Sync" => HookPhase::Sync,
+            "PostSync" => HookPhase::PostSync,
+            "SyncFail" => HookPhase::SyncFail,
+            "Skip" => HookPhase::Skip,
+            other => {
+                return Err(bad(
+                    HOOK,
+                    format!("unknown phase {other:?} (PreSync, Sync, PostSync, SyncFail or Skip)"),
+                ));
+            }
+        };
+        let delete_policy = delete_policies(annotation(HOOK_DELETE_POLICY), |p| match p {
+            "HookSucceeded" => Some(HookDeletePolicy::HookSucceeded),
+            "HookFailed" => Some(HookDeletePolicy::HookFailed),
+            "BeforeHookCreation" => Some(HookDeletePolicy::BeforeHookCreation),
+            _ => None,
+        })
+        .map_err(|m| bad(HOOK_DELETE_POLICY, m))?;
+        return Ok(Some(Hook {
+            phase,
+            delete_policy,
+        }));
+    }
+    // Helm hooks map onto Argo CD phases, as Argo CD maps them.
+    let Some(value) = annotation(HELM_HOOK) else {
+        return Ok(None);
+    };
+    let mut phase = None;
+    for h in value.split(',').map(str::trim) {
+        let mapped = match h {
+            "pre-install" | "pre-upgrade" => HookPhase::PreSync,
+            "post-install" | "post-upgrade" => HookPhase::PostSync,
+            "crd-install" => continue,
+            // Argo CD ignores test and delete/rollback hooks: they never run on sync.
+            "test" | "test-success" | "test-failure" | "pre-delete" | "post-delete"
+            | "pre-rollback" | "post-rollback" => HookPhase::Skip,
+            other => return Err(bad(HELM_HOOK, format!("unknown Helm hook {other:?}"))),
+        };
+        phase = Some(match (phase, mapped) {
+            (Some(HookPhase::PreSync), _) | (_, HookPhase::PreSync) => HookPhase::PreSync,
+            (_, p) => p,
+        });
+    }
+    let Some(phase) = phase else {
+        return Ok(None);
+    };
+    let delete_policy = delete_policies(annotation(HELM_HOOK_DELETE_POLICY), |p| match p {
+        "hook-succeeded" => Some(HookDeletePolicy::HookSucceeded),
+        "hook-failed" => Some(HookDeletePolicy::HookFailed),
+        "before-hook-creation" => Some(HookDeletePolicy::BeforeHookCreation),
+        _ => None,
+    })
+    .map_err(|m| bad(HELM_HOOK_DELETE_POLICY, m))?;
+    Ok(Some(Hook {
+        phase,
+        delete_policy,
+    }))
+}
+
+fn delete_policies(
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Option<HookDeletePolicy>,
+) -> std::result::Result<Vec<HookDeletePolicy>, String> {
+    value
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| parse(p).ok_or_else(|| format!("unknown delete policy {p:?}")))
+        .collect()
+}
+
+fn wave<'a>(
+    annotation: &impl Fn(&str) -> Option<&'a str>,
+    is_hook: bool,
+    object: &str,
+) -> Result<i32> {
+    let (key, value) = match (annotation(SYNC_WAVE), annotation(HELM_HOOK_WEIGHT)) {
+        (Some(v), _) => (SYNC_WAVE, v),
+        (None, Some(v)) if is_hook => (HELM_HOOK_WEIGHT, v),
+        _ => return Ok(0),
+    };
+    value.trim().parse().map_err(|_| Error::Annotation {
+        object: object.to_owned(),
+        annotation: key,
+        message: format!("{value:?} is not a whole number"),
+    })
+}
+
+/// The order objects are applied in: phase, then wave, then Argo CD's kind order,
+/// then namespace and name.
+pub fn sort_for_apply(objects: &mut [Object]) {
+    objects.sort_by(|a, b| apply_key(a).cmp(&apply_key(b)));
+}
+
+fn apply_key(o: &Object) -> (u8, i32, usize, &str, &Option<String>, &str) {
+    let phase = match o.hook.as_ref().map(|h| h.phase) {
+        Some(HookPhase::PreSync) => 0,
+        None | Some(HookPhase::Sync) => 1,
+        Some(HookPhase::PostSync) => 2,
+        Some(HookPhase::SyncFail) => 3,
+        Some(HookPhase::Skip) => 4,
+    };
+    let kind = KIND_ORDER
+        .iter()
+        .position(|k| *k == o.gvk.kind)
+        .unwrap_or(KIND_ORDER.len());
+    (phase, o.wave, kind, &o.gvk.kind, &o.namespace, &o.name)
+}

@@ -1,0 +1,480 @@
+//! `hub::render` against real Git repositories and the real kustomize and helm
+//! binaries (tests/run puts the ones tests/build-k8s built on PATH). Where a tool
+//! renders, the result must equal what that tool prints when run directly.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+#[path = "source/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use flotilla_common::bundle::{HookDeletePolicy, HookPhase, Object};
+use flotilla_common::model::{ApiResource, ClusterFacts};
+use flotilla_hub::app::Application;
+use flotilla_hub::render::{Error, Renderer, Target, Tools, directory};
+use flotilla_hub::source::{CommitId, Repo, RepoSpec};
+use serde_json::Value;
+
+use fixture::{WorkRepo, cache};
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations:
+    argocd.argoproj.io/sync-wave: "2"
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: "registry.example/web:1.0"}]
+"#;
+
+const MIGRATION: &str = r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: migrate
+  annotations:
+    argocd.argoproj.io/hook: PreSync
+    argocd.argoproj.io/hook-delete-policy: HookSucceeded,BeforeHookCreation
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: migrate, image: "registry.example/web:1.0"}]
+"#;
+
+/// A fleet repo with one app of each kind, committed on `main`.
+fn fleet() -> WorkRepo {
+    let work = WorkRepo::new();
+    work.write(
+        "apps/plain/web.yaml",
+        &format!("---\n{DEPLOYMENT}---\n\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  annotations:\n    argocd.argoproj.io/sync-options: Prune=false\nspec:\n  ports: [{{port: 80}}]\n"),
+    )
+    .write("apps/plain/hooks/migrate.yaml", MIGRATION)
+    .write(
+        "apps/plain/config.json",
+        r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "fast"}}"#,
+    )
+    .write("apps/plain/drafts/wip.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: wip}\n")
+    .write("apps/plain/README.md", "not a manifest\n")
+    .write(
+        "apps/kust/base/kustomization.yaml",
+        "resources: [deployment.yaml]\nlabels:\n  - pairs: {team: web}\n",
+    )
+    .write("apps/kust/base/deployment.yaml", DEPLOYMENT)
+    .write(
+        "apps/kust/overlays/prod/kustomization.yaml",
+        "resources: [../../base]\nnamePrefix: prod-\nreplicas: [{name: web, count: 5}]\n",
+    )
+    .write(
+        "apps/remote/kustomization.yaml",
+        "resources:\n  - github.com/example/fleet//base?ref=v1\n",
+    )
+    .write("apps/broken/bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n")
+    .write(
+        "charts/web/Chart.yaml",
+        "apiVersion: v2\nname: web\nversion: 0.3.0\nappVersion: \"1.0\"\n",
+    )
+    .write("charts/web/values.yaml", "replicas: 1\nimage: registry.example/web\ntag: \"1.0\"\n")
+    .write("charts/web/values-prod.yaml", "replicas: 3\n")
+    .write(
+        "charts/web/templates/deployment.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}-web
+  namespace: {{ .Release.Namespace }}
+  annotations:
+    kube-version: {{ .Capabilities.KubeVersion.Version | quote }}
+    has-widgets: {{ .Capabilities.APIVersions.Has "widgets.example.com/v1/Widget" | quote }}
+spec:
+  replicas: {{ .Values.replicas }}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: "{{ .Values.image }}:{{ .Values.tag }}"}]
+"#,
+    )
+    .write(
+        "charts/web/templates/hook.yaml",
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .Release.Name }}-smoke
+  annotations:
+    helm.sh/hook: post-install,post-upgrade
+    helm.sh/hook-weight: "5"
+    helm.sh/hook-delete-policy: hook-succeeded
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: smoke, image: busybox}]
+"#,
+    )
+    .write("charts/failing/Chart.yaml", "apiVersion: v2\nname: failing\nversion: 0.1.0\n")
+    .write(
+        "charts/failing/templates/x.yaml",
+        "{{ fail \"the database password is not set\" }}\n",
+    );
+    work.commit("the fleet");
+    work
+}
+
+fn application(source: &str, destination_namespace: &str) -> Application {
+    let text = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: web}}\nspec:\n  source:\n{source}\n  destination: {{name: east, namespace: {destination_namespace}}}\n"
+    );
+    Application::from_yaml(&text, "app.yaml").unwrap()
+}
+
+struct Fixture {
+    work: WorkRepo,
+    _cache_dir: tempfile::TempDir,
+    repo: Repo,
+    commit: CommitId,
+}
+
+fn fixture() -> Fixture {
+    let work = fleet();
+    let (cache_dir, cache) = cache();
+    let repo = cache
+        .fetch(&RepoSpec::new(work.path().to_str().unwrap()))
+        .unwrap();
+    let commit = repo.resolve("main").unwrap();
+    Fixture {
+        work,
+        _cache_dir: cache_dir,
+        repo,
+        commit,
+    }
+}
+
+impl Fixture {
+    async fn render(
+        &self,
+        app: &Application,
+        facts: Option<&ClusterFacts>,
+    ) -> Result<Vec<Object>, Error> {
+        let renderer = Renderer::new(Tools::from_env());
+        let target = Target {
+            cluster: "east",
+            facts,
+        };
+        renderer
+            .render(app, Some(&self.repo), Some(&self.commit), target)
+            .await
+            .map(|objects| objects.to_vec())
+    }
+}
+
+fn manifests(objects: &[Object]) -> Vec<Value> {
+    objects.iter().map(|o| o.manifest_json().unwrap()).collect()
+}
+
+fn set(values: &[Value]) -> BTreeSet<String> {
+    values.iter().map(|v| v.to_string()).collect()
+}
+
+fn tool(name: &str, args: &[&str], dir: &Path) -> Vec<u8> {
+    let out = Command::new(name)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn names(objects: &[Object]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| format!("{}/{}", o.gvk.kind, o.name))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_directory_renders_yaml_and_json_in_apply_order_with_waves_hooks_and_options() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: apps/plain\n    directory: {recurse: true, exclude: 'drafts/*'}",
+        "shop",
+    );
+    let objects = f.render(&app, None).await.unwrap();
+    assert_eq!(
+        names(&objects),
+        [
+            "Job/migrate",
+            "ConfigMap/settings",
+            "Service/web",
+            "Deployment/web"
+        ],
+        "PreSync hook first, then wave 0 by kind order, then wave 2"
+    );
+    let hook = objects[0].hook.as_ref().unwrap();
+    assert_eq!(hook.phase, HookPhase::PreSync);
+    assert_eq!(
+        hook.delete_policy,
+        [
+            HookDeletePolicy::HookSucceeded,
+            HookDeletePolicy::BeforeHookCreation
+        ]
+    );
+    assert_eq!(objects[3].wave, 2);
+    assert_eq!(objects[2].sync_options, ["Prune=false"]);
+    for o in &objects {
+        assert_eq!(o.namespace.as_deref(), Some("shop"), "{}", o.name);
+        assert_eq!(o.manifest_json().unwrap()["metadata"]["namespace"], "shop");
+    }
+}
+
+#[tokio::test]
+async fn a_directory_without_recurse_reads_only_its_own_files_and_include_filters() {
+    let f = fixture();
+    let flat = application("    repoURL: /unused\n    path: apps/plain", "shop");
+    assert_eq!(
+        names(&f.render(&flat, None).await.unwrap()),
+        ["ConfigMap/settings", "Service/web", "Deployment/web"]
+    );
+    let included = application(
+        "    repoURL: /unused\n    path: apps/plain\n    directory: {recurse: true, include: '{hooks/*,*.json}'}",
+        "shop",
+    );
+    assert_eq!(
+        names(&f.render(&included, None).await.unwrap()),
+        ["Job/migrate", "ConfigMap/settings"]
+    );
+}
+
+#[tokio::test]
+async fn a_kustomize_app_renders_exactly_what_kustomize_build_prints() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: apps/kust/overlays/prod",
+        "shop",
+    );
+    let ours = f.render(&app, None).await.unwrap();
+    let direct = tool(
+        "kustomize",
+        &["build", "apps/kust/overlays/prod"],
+        f.work.path(),
+    );
+    // Flotilla adds the destination namespace, as Argo CD applies into it.
+    let mut expected: Vec<Value> = Vec::new();
+    directory::parse_file("kustomize", &direct, &mut expected).unwrap();
+    for m in &mut expected {
+        m["metadata"]["namespace"] = "shop".into();
+    }
+    assert_eq!(set(&manifests(&ours)), set(&expected));
+    assert_eq!(ours[0].name, "prod-web");
+    assert_eq!(ours[0].wave, 2);
+}
+
+#[tokio::test]
+async fn the_applications_kustomize_fields_are_applied_as_kustomize_edits() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: apps/kust/overlays/prod\n    kustomize:\n      namePrefix: staging-\n      nameSuffix: -v2\n      images: ['registry.example/web=registry.example/web:2.0']\n      commonLabels: {env: staging}\n      commonAnnotations: {owner: team-web}",
+        "shop",
+    );
+    let objects = f.render(&app, None).await.unwrap();
+    let d = objects[0].manifest_json().unwrap();
+    assert_eq!(
+        d["metadata"]["name"], "staging-web-v2",
+        "the app's prefix replaces the overlay's"
+    );
+    assert_eq!(d["metadata"]["labels"]["env"], "staging");
+    assert_eq!(d["metadata"]["labels"]["team"], "web");
+    assert_eq!(d["metadata"]["annotations"]["owner"], "team-web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:2.0"
+    );
+    assert_eq!(d["spec"]["replicas"], 5);
+    // The repo itself is untouched: edits happen on a private copy.
+    let again = application(
+        "    repoURL: /unused\n    path: apps/kust/overlays/prod",
+        "shop",
+    );
+    assert_eq!(f.render(&again, None).await.unwrap()[0].name, "prod-web");
+}
+
+fn facts() -> ClusterFacts {
+    ClusterFacts {
+        kubernetes_version: "v1.35.4".to_owned(),
+        api_resources: vec![ApiResource {
+            group_version: "widgets.example.com/v1".to_owned(),
+            kind: "Widget".to_owned(),
+            plural: "widgets".to_owned(),
+            namespaced: true,
+        }],
+        api_server_url: "https://127.0.0.1:6443".to_owned(),
+        kube_system_uid: "uid".to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_helm_chart_in_git_renders_exactly_what_helm_template_prints() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: charts/web\n    helm:\n      releaseName: shop\n      valueFiles: [values-prod.yaml]\n      values: 'tag: \"1.1\"'\n      parameters: [{name: image, value: registry.example/shop}]",
+        "shop",
+    );
+    let ours = f.render(&app, Some(&facts())).await.unwrap();
+    let direct = tool(
+        "helm",
+        &[
+            "template",
+            "shop",
+            "charts/web",
+            "--namespace",
+            "shop",
+            "--values",
+            "charts/web/values-prod.yaml",
+            "--set",
+            "tag=1.1",
+            "--set",
+            "image=registry.example/shop",
+            "--kube-version",
+            "v1.35.4",
+            "--api-versions",
+            "widgets.example.com/v1",
+            "--api-versions",
+            "widgets.example.com/v1/Widget",
+            "--include-crds",
+        ],
+        f.work.path(),
+    );
+    let mut expected = Vec::new();
+    directory::parse_file("helm", &direct, &mut expected).unwrap();
+    for m in &mut expected {
+        m["metadata"]["namespace"] = "shop".into();
+    }
+    assert_eq!(set(&manifests(&ours)), set(&expected));
+
+    let deployment = ours.iter().find(|o| o.gvk.kind == "Deployment").unwrap();
+    let d = deployment.manifest_json().unwrap();
+    assert_eq!(d["spec"]["replicas"], 3, "values-prod.yaml applies");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/shop:1.1"
+    );
+    assert_eq!(d["metadata"]["annotations"]["kube-version"], "v1.35.4");
+    assert_eq!(d["metadata"]["annotations"]["has-widgets"], "true");
+
+    let smoke = ours.iter().find(|o| o.gvk.kind == "Job").unwrap();
+    let hook = smoke.hook.as_ref().unwrap();
+    assert_eq!(
+        hook.phase,
+        HookPhase::PostSync,
+        "Helm's post-install is Argo CD's PostSync"
+    );
+    assert_eq!(hook.delete_policy, [HookDeletePolicy::HookSucceeded]);
+    assert_eq!(smoke.wave, 5, "the hook weight orders hooks");
+    assert_eq!(
+        ours.last().unwrap().gvk.kind,
+        "Job",
+        "PostSync hooks come last"
+    );
+}
+
+#[tokio::test]
+async fn malformed_yaml_is_an_error_naming_the_file_and_line() {
+    let f = fixture();
+    let app = application("    repoURL: /unused\n    path: apps/broken", "shop");
+    let e = f.render(&app, None).await.unwrap_err().to_string();
+    assert!(e.contains("apps/broken/bad.yaml"), "{e}");
+    assert!(e.contains("line 4") || e.contains(":4:"), "{e}");
+}
+
+#[tokio::test]
+async fn a_missing_path_is_an_error_not_an_empty_render() {
+    let f = fixture();
+    let app = application("    repoURL: /unused\n    path: apps/nowhere", "shop");
+    let e = f.render(&app, None).await.unwrap_err();
+    assert!(matches!(e, Error::Source(_)), "{e:?}");
+    assert!(e.to_string().contains("apps/nowhere"), "{e}");
+}
+
+#[tokio::test]
+async fn a_chart_that_fails_to_render_reports_helms_message() {
+    let f = fixture();
+    let app = application("    repoURL: /unused\n    path: charts/failing", "shop");
+    let e = f.render(&app, None).await.unwrap_err();
+    assert!(matches!(e, Error::ToolFailed { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("the database password is not set"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_kustomization_naming_a_remote_base_is_refused() {
+    let f = fixture();
+    let app = application("    repoURL: /unused\n    path: apps/remote", "shop");
+    let e = f.render(&app, None).await.unwrap_err();
+    assert!(matches!(e, Error::RemoteBase { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("github.com/example/fleet//base?ref=v1"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_value_file_is_an_error_unless_the_app_ignores_it() {
+    let f = fixture();
+    let strict = application(
+        "    repoURL: /unused\n    path: charts/web\n    helm: {valueFiles: [values-nope.yaml]}",
+        "shop",
+    );
+    let e = f.render(&strict, None).await.unwrap_err().to_string();
+    assert!(e.contains("values-nope.yaml"), "{e}");
+    let lenient = application(
+        "    repoURL: /unused\n    path: charts/web\n    helm: {valueFiles: [values-nope.yaml], ignoreMissingValueFiles: true}",
+        "shop",
+    );
+    assert!(f.render(&lenient, None).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_missing_tool_is_named() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: apps/kust/overlays/prod",
+        "shop",
+    );
+    let mut tools = Tools::from_env();
+    tools.kustomize = "/nonexistent/kustomize".into();
+    let e = Renderer::new(tools)
+        .render(&app, Some(&f.repo), Some(&f.commit), Target::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/kustomize"), "{e}");
+}
+
+#[tokio::test]
+async fn a_tool_past_its_deadline_is_killed() {
+    let f = fixture();
+    let app = application("    repoURL: /unused\n    path: charts/web", "shop");
+    let mut tools = Tools::from_env();
+    tools.timeout = std::time::Duration::from_millis(1);
+    let e = Renderer::new(tools)
+        .render(&app, Some(&f.repo), Some(&f.commit), Target::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::ToolTimeout { .. }), "{e:?}");
+}
