@@ -103,6 +103,15 @@ pub struct Target<'a> {
     pub facts: Option<&'a ClusterFacts>,
 }
 
+/// What an app rendered to.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The objects, in apply order.
+    pub objects: Arc<Vec<Object>>,
+    /// How the source was rendered, after detection: what [`affected_by`] needs.
+    pub kind: SourceKind,
+}
+
 /// How many renders the cache keeps before it starts over.
 const CACHE_ENTRIES: usize = 4096;
 
@@ -111,7 +120,7 @@ pub struct Renderer {
     tools: Tools,
     limits: Limits,
     tool_versions: OnceCell<String>,
-    cache: Mutex<HashMap<[u8; 32], Arc<Vec<Object>>>>,
+    cache: Mutex<HashMap<[u8; 32], Rendered>>,
 }
 
 impl Renderer {
@@ -140,21 +149,24 @@ impl Renderer {
         repo: Option<&Repo>,
         commit: Option<&CommitId>,
         target: Target<'_>,
-    ) -> Result<Arc<Vec<Object>>> {
+    ) -> Result<Rendered> {
         let key = self.cache_key(app, commit, target).await;
         if let Some(hit) = self.cache_get(&key) {
             return Ok(hit);
         }
-        let manifests = self.manifests(app, repo, commit, target).await?;
+        let (kind, manifests) = self.manifests(app, repo, commit, target).await?;
         let mut objects = objects::to_objects(
             manifests,
             app.spec.destination.namespace.as_deref(),
             target.facts,
         )?;
         sort_for_apply(&mut objects);
-        let objects = Arc::new(objects);
-        self.cache_put(key, objects.clone());
-        Ok(objects)
+        let rendered = Rendered {
+            objects: Arc::new(objects),
+            kind,
+        };
+        self.cache_put(key, rendered.clone());
+        Ok(rendered)
     }
 
     async fn manifests(
@@ -163,7 +175,7 @@ impl Renderer {
         repo: Option<&Repo>,
         commit: Option<&CommitId>,
         target: Target<'_>,
-    ) -> Result<Vec<serde_json::Value>> {
+    ) -> Result<(SourceKind, Vec<serde_json::Value>)> {
         let source = app.source();
         if app.source_kind() == SourceKind::HelmRepo {
             let scratch = scratch_dir()?;
@@ -173,7 +185,7 @@ impl Renderer {
                 version: &source.target_revision,
             };
             let out = helm::template(&self.tools, app, chart, target.facts, scratch.path()).await?;
-            return parse_output("helm template", &out);
+            return Ok((SourceKind::HelmRepo, parse_output("helm template", &out)?));
         }
         let (Some(repo), Some(commit)) = (repo, commit) else {
             return Err(Error::Manifest {
@@ -195,7 +207,7 @@ impl Renderer {
             (SourceKind::Directory, Some(files)) => {
                 let default = Directory::default();
                 let options = source.directory.as_ref().unwrap_or(&default);
-                directory::render(&files, &path, options)
+                Ok((kind, directory::render(&files, &path, options)?))
             }
             (kind, _) => {
                 let scratch = scratch_dir()?;
@@ -217,7 +229,7 @@ impl Renderer {
                 } else {
                     "kustomize build"
                 };
-                parse_output(tool, &out)
+                Ok((kind, parse_output(tool, &out)?))
             }
         }
     }
@@ -246,16 +258,16 @@ impl Renderer {
         h.finalize().into()
     }
 
-    fn cache_get(&self, key: &[u8; 32]) -> Option<Arc<Vec<Object>>> {
+    fn cache_get(&self, key: &[u8; 32]) -> Option<Rendered> {
         self.cache.lock().ok()?.get(key).cloned()
     }
 
-    fn cache_put(&self, key: [u8; 32], objects: Arc<Vec<Object>>) {
+    fn cache_put(&self, key: [u8; 32], rendered: Rendered) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert(key, objects);
+            cache.insert(key, rendered);
         }
     }
 }
@@ -295,6 +307,30 @@ fn parse_output(tool: &str, out: &[u8]) -> Result<Vec<serde_json::Value>> {
     let mut manifests = Vec::new();
     directory::parse_file(&format!("output of {tool}"), out, &mut manifests)?;
     Ok(manifests)
+}
+
+/// Whether a change to `changed` (repo-relative paths, from a tree diff) can change
+/// what `app` renders. Directory apps depend on their folder; kustomize and helm
+/// apps may reach anywhere in the repo (`../base`, value files), so any change
+/// re-renders them unless the change is plainly inside another app's folder and
+/// theirs has no parent references, which only the tools could tell: to stay
+/// correct, they are re-rendered on any change. `rendered_as` is
+/// [`Rendered::kind`] from the last render.
+pub fn affected_by(app: &Application, rendered_as: SourceKind, changed: &[String]) -> bool {
+    if app.source_kind() == SourceKind::HelmRepo {
+        return false;
+    }
+    let path = app.source().path.as_deref().unwrap_or("").trim_matches('/');
+    let path = if path == "." { "" } else { path };
+    match rendered_as {
+        SourceKind::Directory => changed.iter().any(|c| {
+            path.is_empty()
+                || c == path
+                || c.strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }),
+        _ => !changed.is_empty(),
+    }
 }
 
 /// Prints objects as one multi-document YAML stream, in the order given.

@@ -173,7 +173,7 @@ impl Fixture {
         renderer
             .render(app, Some(&self.repo), Some(&self.commit), target)
             .await
-            .map(|objects| objects.to_vec())
+            .map(|rendered| rendered.objects.to_vec())
     }
 }
 
