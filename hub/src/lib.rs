@@ -7,3 +7,4 @@
 pub mod app;
 pub mod render;
 pub mod source;
+pub mod store;

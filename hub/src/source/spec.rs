@@ -18,8 +18,10 @@ pub struct RepoSpec {
     pub credentials: Option<Credentials>,
 }
 
-/// How to log in to a repository. Never shown: its `Debug` output is redacted.
-#[derive(Clone, PartialEq, Eq)]
+/// How to log in to a repository. Never shown: its `Debug` output is redacted. It
+/// serializes in full, for the hub's store only.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
 pub enum Credentials {
     /// HTTP Basic authentication, as forges take personal access tokens.
     Https {

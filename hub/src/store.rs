@@ -1,0 +1,365 @@
+//! The hub's sled database: the one place the hub keeps state.
+//!
+//! Each concept has its own tree (`repos`, `apps`, `projects`, `clusters`,
+//! `bundles`, `history`, `events`, ...). Keys are big-endian tuples, so a prefix scan
+//! lists one app's bundles or one cluster's history in order. Values are JSON:
+//! readable with any sled tool, and tolerant of fields added later. Every write a
+//! caller relies on is flushed before it returns. The database records its schema
+//! version and refuses one written by a newer Flotilla.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+mod key;
+mod records;
+#[cfg(test)]
+mod tests;
+
+pub use key::Key;
+pub use records::{AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord};
+
+/// The schema this build writes. Bump it when a stored layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// sled's own cache; its default is 1 GiB, far more than the hub needs.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+const META: &str = "meta";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The trees DESIGN.md lists, opened once.
+pub const TREES: &[&str] = &[
+    "clusters", "tokens", "repos", "projects", "apps", "bundles", "status", "history", "events",
+    "keys",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened (missing permissions, or another process holds it).
+    #[error("failed to open the store at {path} (is another flotilla hub using it?)")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// The database was written by a newer Flotilla; this one must not touch it.
+    #[error(
+        "the store at {path} has schema version {found}, newer than this flotilla's {supported}; \
+         upgrade flotilla or point it at another --data-dir"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    /// A read, write or flush failed.
+    #[error("store {tree}: {what}")]
+    Db {
+        tree: &'static str,
+        what: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored value does not decode: corruption, or a bug.
+    #[error("store {tree}: a stored value does not decode")]
+    Decode {
+        tree: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The hub's database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|source| Error::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let store = Self {
+            db,
+            path: dir.to_owned(),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let meta = self.tree(META)?;
+        let found = meta
+            .get(SCHEMA_KEY)
+            .map_err(|source| db(META, "reading the schema version", source))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes);
+        match found {
+            Some(found) if found > SCHEMA_VERSION => Err(Error::NewerSchema {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|source| db(META, "writing the schema version", source))?;
+                self.db
+                    .flush()
+                    .map_err(|source| db(META, "flushing the schema version", source))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn tree(&self, name: &'static str) -> Result<sled::Tree> {
+        self.db
+            .open_tree(name)
+            .map_err(|source| db(name, "opening the tree", source))
+    }
+
+    /// Writes `value` under `key` in `tree`, and flushes before returning.
+    pub async fn put<T: Serialize>(&self, tree: &'static str, key: &Key, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|source| Error::Decode { tree, source })?;
+        self.tree(tree)?
+            .insert(key.as_bytes(), bytes)
+            .map_err(|source| db(tree, "writing", source))?;
+        self.flush(tree).await
+    }
+
+    /// Reads the value under `key` in `tree`.
+    pub fn get<T: DeserializeOwned>(&self, tree: &'static str, key: &Key) -> Result<Option<T>> {
+        self.tree(tree)?
+            .get(key.as_bytes())
+            .map_err(|source| db(tree, "reading", source))?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|source| Error::Decode { tree, source })
+            })
+            .transpose()
+    }
+
+    /// Removes `key` from `tree`, flushed; says whether it was there.
+    pub async fn remove(&self, tree: &'static str, key: &Key) -> Result<bool> {
+        let old = self
+            .tree(tree)?
+            .remove(key.as_bytes())
+            .map_err(|source| db(tree, "removing", source))?;
+        self.flush(tree).await?;
+        Ok(old.is_some())
+    }
+
+    /// Every value whose key starts with `prefix`, in key order.
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        prefix: &Key,
+    ) -> Result<Vec<(Key, T)>> {
+        self.tree(tree)?
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(|source| db(tree, "scanning", source))?;
+                let value =
+                    serde_json::from_slice(&v).map_err(|source| Error::Decode { tree, source })?;
+                Ok((Key::from_bytes(k.to_vec()), value))
+            })
+            .collect()
+    }
+
+    /// The last value under `prefix`: with a big-endian counter as the last key
+    /// part, the newest entry.
+    pub fn last<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        prefix: &Key,
+    ) -> Result<Option<(Key, T)>> {
+        let item = self
+            .tree(tree)?
+            .scan_prefix(prefix.as_bytes())
+            .next_back()
+            .transpose()
+            .map_err(|source| db(tree, "scanning", source))?;
+        item.map(|(k, v)| {
+            let value =
+                serde_json::from_slice(&v).map_err(|source| Error::Decode { tree, source })?;
+            Ok((Key::from_bytes(k.to_vec()), value))
+        })
+        .transpose()
+    }
+
+    /// A fresh id from sled's monotonic counter, for history and event keys.
+    pub fn next_id(&self) -> Result<u64> {
+        self.db
+            .generate_id()
+            .map_err(|source| db(META, "generating an id", source))
+    }
+
+    async fn flush(&self, tree: &'static str) -> Result<()> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|source| db(tree, "flushing", source))
+    }
+
+    // --- typed access -----------------------------------------------------------
+
+    pub async fn put_repo(&self, repo: &RepoRecord) -> Result<()> {
+        self.put("repos", &Key::new().str(&repo.url), repo).await
+    }
+
+    pub fn repo(&self, url: &str) -> Result<Option<RepoRecord>> {
+        self.get("repos", &Key::new().str(url))
+    }
+
+    pub fn repos(&self) -> Result<Vec<RepoRecord>> {
+        Ok(self
+            .scan("repos", &Key::new())?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    pub async fn put_app(&self, app: &AppRecord) -> Result<()> {
+        self.put("apps", &app_key(&app.project(), &app.name()), app)
+            .await
+    }
+
+    pub fn app(&self, project: &str, name: &str) -> Result<Option<AppRecord>> {
+        self.get("apps", &app_key(project, name))
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        Ok(self
+            .scan("apps", &Key::new())?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    pub async fn remove_app(&self, project: &str, name: &str) -> Result<bool> {
+        self.remove("apps", &app_key(project, name)).await
+    }
+
+    pub async fn put_project(&self, project: &crate::app::AppProject) -> Result<()> {
+        self.put("projects", &Key::new().str(project.name()), project)
+            .await
+    }
+
+    pub fn project(&self, name: &str) -> Result<Option<crate::app::AppProject>> {
+        self.get("projects", &Key::new().str(name))
+    }
+
+    pub async fn put_cluster(&self, cluster: &ClusterRecord) -> Result<()> {
+        self.put("clusters", &Key::new().str(&cluster.name), cluster)
+            .await
+    }
+
+    pub fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>> {
+        self.get("clusters", &Key::new().str(name))
+    }
+
+    pub fn clusters(&self) -> Result<Vec<ClusterRecord>> {
+        Ok(self
+            .scan("clusters", &Key::new())?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Stores a signed bundle (the envelope's bytes) for (app, cluster, generation).
+    pub async fn put_bundle(
+        &self,
+        project: &str,
+        app: &str,
+        cluster: &str,
+        generation: u64,
+        envelope: &[u8],
+    ) -> Result<()> {
+        let key = app_key(project, app).str(cluster).u64(generation);
+        self.tree("bundles")?
+            .insert(key.as_bytes(), envelope)
+            .map_err(|source| db("bundles", "writing", source))?;
+        self.flush("bundles").await
+    }
+
+    /// The newest bundle of (app, cluster): its generation and envelope bytes.
+    pub fn latest_bundle(
+        &self,
+        project: &str,
+        app: &str,
+        cluster: &str,
+    ) -> Result<Option<(u64, Vec<u8>)>> {
+        let prefix = app_key(project, app).str(cluster);
+        let item = self
+            .tree("bundles")?
+            .scan_prefix(prefix.as_bytes())
+            .next_back()
+            .transpose()
+            .map_err(|source| db("bundles", "scanning", source))?;
+        Ok(item.and_then(|(k, v)| {
+            let generation = Key::from_bytes(k.to_vec()).last_u64()?;
+            Some((generation, v.to_vec()))
+        }))
+    }
+
+    /// Appends to an app's sync history on one cluster.
+    pub async fn push_history(
+        &self,
+        project: &str,
+        app: &str,
+        cluster: &str,
+        entry: &HistoryEntry,
+    ) -> Result<()> {
+        let key = app_key(project, app).str(cluster).u64(entry.id);
+        self.put("history", &key, entry).await
+    }
+
+    /// An app's history on one cluster, oldest first.
+    pub fn history(&self, project: &str, app: &str, cluster: &str) -> Result<Vec<HistoryEntry>> {
+        Ok(self
+            .scan("history", &app_key(project, app).str(cluster))?
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect())
+    }
+
+    /// Records an audit event.
+    pub async fn push_event(&self, event: &Event) -> Result<()> {
+        let key = Key::new().u64(event.at_ms).u64(self.next_id()?);
+        self.put("events", &key, event).await
+    }
+
+    pub fn events(&self) -> Result<Vec<Event>> {
+        Ok(self
+            .scan("events", &Key::new())?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+}
+
+fn app_key(project: &str, name: &str) -> Key {
+    Key::new().str(project).str(name)
+}
+
+fn db(tree: &'static str, what: &'static str, source: sled::Error) -> Error {
+    Error::Db { tree, what, source }
+}

@@ -1,0 +1,158 @@
+//! What the store keeps, one type per tree.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use flotilla_common::model::ClusterFacts;
+use serde::{Deserialize, Serialize};
+
+use crate::app::{Application, Destination, IN_CLUSTER_NAME, IN_CLUSTER_SERVER};
+use crate::source::{Credentials, RepoSpec};
+
+/// A registered Git repository. Its credentials are stored, never shown:
+/// `Debug` leaves them out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRecord {
+    pub url: String,
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+    /// Seconds between polls; 180 by default, as in Argo CD.
+    pub poll_interval_secs: u64,
+    /// The secret webhook payloads for this repo must be signed with, if any.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+}
+
+impl fmt::Debug for RepoRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepoRecord")
+            .field("url", &self.spec().redacted_url())
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .field("poll_interval_secs", &self.poll_interval_secs)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl RepoRecord {
+    pub fn new(spec: RepoSpec) -> Self {
+        Self {
+            url: spec.url,
+            credentials: spec.credentials,
+            poll_interval_secs: crate::source::DEFAULT_POLL_INTERVAL.as_secs(),
+            webhook_secret: None,
+        }
+    }
+
+    /// What the Git layer needs to fetch it.
+    pub fn spec(&self) -> RepoSpec {
+        RepoSpec {
+            url: self.url.clone(),
+            credentials: self.credentials.clone(),
+        }
+    }
+}
+
+/// Where an app was declared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum AppOrigin {
+    /// Through the CLI or API.
+    Store,
+    /// Rendered by another app (app of apps), which owns it.
+    Parent { project: String, name: String },
+}
+
+/// An app the hub manages, and what came of rendering it last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub application: Application,
+    pub origin: AppOrigin,
+    /// The commit last rendered, if any.
+    #[serde(default)]
+    pub rendered_commit: Option<String>,
+    /// Why the last render failed, with the tool's message. While set, the app's
+    /// last good bundle stays in force: a failed render never becomes an empty one.
+    #[serde(default)]
+    pub render_error: Option<String>,
+}
+
+impl AppRecord {
+    pub fn new(application: Application, origin: AppOrigin) -> Self {
+        Self {
+            application,
+            origin,
+            rendered_commit: None,
+            render_error: None,
+        }
+    }
+
+    pub fn project(&self) -> String {
+        self.application.spec.project.clone()
+    }
+
+    pub fn name(&self) -> String {
+        self.application.metadata.name.clone()
+    }
+}
+
+/// A cluster the hub knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What its agent reported when it registered.
+    #[serde(default)]
+    pub facts: Option<ClusterFacts>,
+}
+
+impl ClusterRecord {
+    /// Whether an Application's destination names this cluster: `name` by cluster
+    /// name, `server` by the API URL the agent registered, and Argo CD's
+    /// `https://kubernetes.default.svc` by the cluster registered as `in-cluster`.
+    pub fn is_destination(&self, dest: &Destination) -> bool {
+        match (&dest.name, &dest.server) {
+            (Some(name), _) => *name == self.name,
+            (None, Some(server)) if server.trim_end_matches('/') == IN_CLUSTER_SERVER => {
+                self.name == IN_CLUSTER_NAME
+            }
+            (None, Some(server)) => self.facts.as_ref().is_some_and(|f| {
+                f.api_server_url.trim_end_matches('/') == server.trim_end_matches('/')
+            }),
+            (None, None) => false,
+        }
+    }
+}
+
+/// One sync, as `argocd app history` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub id: u64,
+    pub revision: String,
+    pub generation: u64,
+    pub started_at_ms: u64,
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+    /// `Succeeded`, `Failed`, `Running`.
+    pub result: String,
+    /// Who started it: a user, or `automated`.
+    pub initiated_by: String,
+}
+
+/// An audit record: who did what to which object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    #[serde(default)]
+    pub detail: String,
+}

@@ -1,0 +1,176 @@
+use super::*;
+use crate::app::Application;
+use crate::source::{Credentials, RepoSpec};
+
+fn app(name: &str) -> Application {
+    Application::from_yaml(
+        &format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: web\n  source: {{repoURL: /srv/fleet, path: apps/{name}}}\n  destination: {{name: east}}\n"
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn writes_are_there_after_the_store_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut record = AppRecord::new(app("shop"), AppOrigin::Store);
+        record.render_error = Some("kustomize build failed".to_owned());
+        store.put_app(&record).await.unwrap();
+        store
+            .put_bundle("web", "shop", "east", 7, b"envelope-7")
+            .await
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let record = store.app("web", "shop").unwrap().unwrap();
+    assert_eq!(record.application, app("shop"));
+    assert_eq!(
+        record.render_error.as_deref(),
+        Some("kustomize build failed")
+    );
+    assert_eq!(
+        store.latest_bundle("web", "shop", "east").unwrap(),
+        Some((7, b"envelope-7".to_vec()))
+    );
+}
+
+#[tokio::test]
+async fn a_store_written_by_a_newer_schema_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree(META)
+            .unwrap()
+            .insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let e = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1));
+    assert!(e.to_string().contains("newer than this flotilla's"), "{e}");
+}
+
+#[tokio::test]
+async fn a_store_another_process_holds_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path()).unwrap();
+    let e = Store::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains(&dir.path().display().to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn the_latest_bundle_is_the_highest_generation_and_prefixes_do_not_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for generation in [1, 2, 10, 255, 256] {
+        store
+            .put_bundle("web", "shop", "east", generation, &generation.to_be_bytes())
+            .await
+            .unwrap();
+    }
+    store
+        .put_bundle("web", "shop-2", "east", 999, b"other app")
+        .await
+        .unwrap();
+    store
+        .put_bundle("web", "shop", "east-2", 999, b"other cluster")
+        .await
+        .unwrap();
+    let (generation, _) = store.latest_bundle("web", "shop", "east").unwrap().unwrap();
+    assert_eq!(generation, 256);
+    assert_eq!(store.latest_bundle("web", "shop", "west").unwrap(), None);
+}
+
+#[tokio::test]
+async fn history_comes_back_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for revision in ["aaa", "bbb", "ccc"] {
+        let entry = HistoryEntry {
+            id: store.next_id().unwrap(),
+            revision: revision.to_owned(),
+            generation: 1,
+            started_at_ms: 0,
+            finished_at_ms: None,
+            result: "Succeeded".to_owned(),
+            initiated_by: "automated".to_owned(),
+        };
+        store
+            .push_history("web", "shop", "east", &entry)
+            .await
+            .unwrap();
+    }
+    let revisions: Vec<_> = store
+        .history("web", "shop", "east")
+        .unwrap()
+        .into_iter()
+        .map(|h| h.revision)
+        .collect();
+    assert_eq!(revisions, ["aaa", "bbb", "ccc"]);
+}
+
+#[tokio::test]
+async fn repo_credentials_are_stored_but_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut repo = RepoRecord::new(RepoSpec::with_credentials(
+        "https://git.example/fleet.git",
+        Credentials::Https {
+            username: "ci".to_owned(),
+            token: "s3cret-token".to_owned(),
+        },
+    ));
+    repo.webhook_secret = Some("hook-secret".to_owned());
+    store.put_repo(&repo).await.unwrap();
+    let back = store
+        .repo("https://git.example/fleet.git")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, repo);
+    let shown = format!("{back:?} {:?} {:?}", back.spec(), store.repos().unwrap());
+    assert!(
+        !shown.contains("s3cret-token") && !shown.contains("hook-secret"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn destinations_match_by_name_by_registered_server_and_in_cluster() {
+    use crate::app::Destination;
+    let east = ClusterRecord {
+        name: "east".to_owned(),
+        facts: Some(flotilla_common::model::ClusterFacts {
+            api_server_url: "https://10.0.0.1:6443".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let in_cluster = ClusterRecord {
+        name: "in-cluster".to_owned(),
+        ..Default::default()
+    };
+    let by = |name: Option<&str>, server: Option<&str>| Destination {
+        name: name.map(str::to_owned),
+        server: server.map(str::to_owned),
+        namespace: None,
+    };
+    assert!(east.is_destination(&by(Some("east"), None)));
+    assert!(!east.is_destination(&by(Some("west"), None)));
+    assert!(east.is_destination(&by(None, Some("https://10.0.0.1:6443/"))));
+    assert!(!east.is_destination(&by(None, Some("https://10.0.0.2:6443"))));
+    assert!(in_cluster.is_destination(&by(None, Some("https://kubernetes.default.svc"))));
+    assert!(!east.is_destination(&by(None, Some("https://kubernetes.default.svc"))));
+}
+
+#[test]
+fn string_parts_are_length_prefixed_so_prefix_scans_are_exact() {
+    let a = Key::new().str("web").str("shop");
+    let b = Key::new().str("web").str("shop-2");
+    assert!(!b.as_bytes().starts_with(a.as_bytes()));
+    assert!(a.as_bytes().starts_with(Key::new().str("web").as_bytes()));
+    assert_eq!(Key::new().str("x").u64(42).last_u64(), Some(42));
+}
