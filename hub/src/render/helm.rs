@@ -220,10 +220,8 @@ fn api_versions(helm: &Helm, facts: Option<&ClusterFacts>) -> Vec<String> {
         .into_iter()
         .flat_map(|f| &f.api_resources)
         .flat_map(|r| {
-            [
-                r.group_version.clone(),
-                format!("{}/{}", r.group_version, r.kind),
-            ]
+            let with_kind = (!r.kind.is_empty()).then(|| format!("{}/{}", r.group_version, r.kind));
+            std::iter::once(r.group_version.clone()).chain(with_kind)
         })
         .collect();
     out.sort();

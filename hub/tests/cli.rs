@@ -1,0 +1,117 @@
+//! The `flotilla` binary, run as a user runs it.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+#[path = "source/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::process::{Command, Output};
+
+use fixture::WorkRepo;
+
+fn flotilla(args: &[&str], cache: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env("FLOTILLA_REPO_CACHE", cache)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn repo_with_app() -> (WorkRepo, tempfile::TempDir) {
+    let work = WorkRepo::new();
+    work.write(
+        "apps/web/all.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 1}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    );
+    work.commit("v1");
+    work.git(&["tag", "v1"]);
+    work.write(
+        "apps/web/all.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 4}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    );
+    work.commit("v2");
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: web, namespace: argocd}}\nspec:\n  source: {{repoURL: 'file://{}', targetRevision: main, path: apps/web}}\n  destination: {{server: 'https://kubernetes.default.svc', namespace: shop}}\n",
+        work.path().display()
+    );
+    std::fs::write(dir.path().join("app.yaml"), app).unwrap();
+    (work, dir)
+}
+
+#[test]
+fn render_prints_the_objects_in_apply_order_as_yaml() {
+    let (_work, dir) = repo_with_app();
+    let app = dir.path().join("app.yaml");
+    let out = flotilla(
+        &["render", "-f", app.to_str().unwrap()],
+        &dir.path().join("cache"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let ns = stdout.find("kind: Namespace").unwrap();
+    let deploy = stdout.find("kind: Deployment").unwrap();
+    assert!(ns < deploy, "the Namespace is applied first:\n{stdout}");
+    assert!(stdout.contains("replicas: 4"), "{stdout}");
+    assert!(stdout.contains("namespace: shop"), "{stdout}");
+    assert_eq!(stdout.matches("---\n").count(), 2, "{stdout}");
+}
+
+#[test]
+fn render_takes_another_revision() {
+    let (_work, dir) = repo_with_app();
+    let app = dir.path().join("app.yaml");
+    let out = flotilla(
+        &["render", "-f", app.to_str().unwrap(), "--revision", "v1"],
+        &dir.path().join("cache"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("replicas: 1"));
+}
+
+#[test]
+fn an_invalid_application_exits_64_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.yaml");
+    std::fs::write(
+        &app,
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: web}\nspec:\n  source: {repoURL: /x, path: a, targetRevison: main}\n  destination: {name: east}\n",
+    )
+    .unwrap();
+    let out = flotilla(&["render", "-f", app.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("targetRevison"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unknown_revision_fails_naming_it_and_prints_nothing() {
+    let (_work, dir) = repo_with_app();
+    let app = dir.path().join("app.yaml");
+    let out = flotilla(
+        &[
+            "render",
+            "-f",
+            app.to_str().unwrap(),
+            "--revision",
+            "no-such-branch",
+        ],
+        &dir.path().join("cache"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no-such-branch"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
