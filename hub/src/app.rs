@@ -460,7 +460,7 @@ pub struct Info {
 }
 
 /// How an Application's source is rendered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceKind {
     /// A chart from a Helm repository (`chart` is set).
     HelmRepo,

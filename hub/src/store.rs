@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use flotilla_common::signing::BundleSigner;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -28,6 +29,7 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
+const BUNDLE_KEY: &[u8] = b"bundle-signing-seed";
 
 /// The trees DESIGN.md lists, opened once.
 pub const TREES: &[&str] = &[
@@ -62,6 +64,9 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// The system's random source failed.
+    #[error("failed to draw a new key from the system's random source: {0}")]
+    Random(String),
     /// A stored value does not decode: corruption, or a bug.
     #[error("store {tree}: a stored value does not decode")]
     Decode {
@@ -345,6 +350,31 @@ impl Store {
     pub async fn push_event(&self, event: &Event) -> Result<()> {
         let key = Key::new().u64(event.at_ms).u64(self.next_id()?);
         self.put("events", &key, event).await
+    }
+
+    /// The hub's bundle-signing key, made on first use and kept from then on.
+    pub async fn bundle_signer(&self) -> Result<BundleSigner> {
+        let keys = self.tree("keys")?;
+        let stored = keys
+            .get(BUNDLE_KEY)
+            .map_err(|source| db("keys", "reading the bundle key", source))?
+            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok());
+        if let Some(seed) = stored {
+            return Ok(BundleSigner::from_seed(&seed));
+        }
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::Random(e.to_string()))?;
+        // Another task may have made one meanwhile: keep whichever landed first.
+        let _ = keys
+            .compare_and_swap(BUNDLE_KEY, None as Option<&[u8]>, Some(&seed[..]))
+            .map_err(|source| db("keys", "writing the bundle key", source))?;
+        self.flush("keys").await?;
+        let seed = keys
+            .get(BUNDLE_KEY)
+            .map_err(|source| db("keys", "reading the bundle key", source))?
+            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok())
+            .ok_or_else(|| Error::Random("the bundle key did not persist".to_owned()))?;
+        Ok(BundleSigner::from_seed(&seed))
     }
 
     pub fn events(&self) -> Result<Vec<Event>> {

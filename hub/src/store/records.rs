@@ -6,7 +6,7 @@ use std::fmt;
 use flotilla_common::model::ClusterFacts;
 use serde::{Deserialize, Serialize};
 
-use crate::app::{Application, Destination, IN_CLUSTER_NAME, IN_CLUSTER_SERVER};
+use crate::app::{Application, Destination, IN_CLUSTER_NAME, IN_CLUSTER_SERVER, SourceKind};
 use crate::source::{Credentials, RepoSpec};
 
 /// A registered Git repository. Its credentials are stored, never shown:
@@ -77,6 +77,10 @@ pub struct AppRecord {
     /// The commit last rendered, if any.
     #[serde(default)]
     pub rendered_commit: Option<String>,
+    /// How that commit was rendered (after detection), to tell which later changes
+    /// can affect the app.
+    #[serde(default)]
+    pub rendered_kind: Option<SourceKind>,
     /// Why the last render failed, with the tool's message. While set, the app's
     /// last good bundle stays in force: a failed render never becomes an empty one.
     #[serde(default)]
@@ -89,6 +93,7 @@ impl AppRecord {
             application,
             origin,
             rendered_commit: None,
+            rendered_kind: None,
             render_error: None,
         }
     }

@@ -1,0 +1,571 @@
+//! A refresh: Git to signed, stored bundles for every app that uses one repository.
+//!
+//! For each app of the repo it resolves the app's revision, skips it when the commit
+//! did not change anything the app renders, renders it for every registered cluster
+//! its destination names, and stores a new signed bundle generation where the
+//! desired state changed. Applications and AppProjects an app renders (app of apps)
+//! are adopted by the hub instead of being sent to a cluster; a child that
+//! disappears is deleted, and with Argo CD's resources finalizer its objects are
+//! pruned too. A failed render is recorded on the app and keeps its last good bundle.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flotilla_common::bundle::{self, Bundle, Object};
+use flotilla_common::model::{AppRef, Timestamp};
+use flotilla_common::signing::BundleSigner;
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::app::{API_VERSION, AppProject, Application};
+use crate::render::{Renderer, Target, affected_by};
+use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
+use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, Store};
+
+/// How long a signed bundle stays valid; the link re-signs what it sends later.
+pub const DEFAULT_BUNDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Fetching the repository failed; no app was touched.
+    #[error(transparent)]
+    Source(#[from] source::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Encoding or signing a bundle failed.
+    #[error("signing the bundle of {app} for {cluster}")]
+    Sign {
+        app: String,
+        cluster: String,
+        #[source]
+        source: flotilla_common::signing::Error,
+    },
+    /// The fetch task died.
+    #[error("the fetch of {url} did not complete")]
+    Join {
+        url: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a refresh did to one app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// New bundle generations were stored for these clusters.
+    Rendered {
+        commit: String,
+        generations: Vec<(String, u64)>,
+    },
+    /// Rendered, and the desired state is what the clusters already have.
+    Unchanged {
+        commit: String,
+    },
+    /// The commit changed nothing this app renders.
+    NotAffected {
+        commit: String,
+    },
+    /// The render failed; the message is stored on the app.
+    Failed {
+        error: String,
+    },
+    /// The app was adopted from, or deleted with, its parent.
+    Adopted,
+    Deleted {
+        pruned: bool,
+    },
+}
+
+/// Drives refreshes against one store.
+pub struct Refresher {
+    store: Store,
+    cache: Arc<RepoCache>,
+    renderer: Renderer,
+    signer: BundleSigner,
+    bundle_ttl: Duration,
+}
+
+impl Refresher {
+    pub async fn new(store: Store, cache: RepoCache, renderer: Renderer) -> Result<Self> {
+        let signer = store.bundle_signer().await?;
+        Ok(Self {
+            store,
+            cache: Arc::new(cache),
+            renderer,
+            signer,
+            bundle_ttl: DEFAULT_BUNDLE_TTL,
+        })
+    }
+
+    /// The key agents must trust to accept this hub's bundles.
+    pub fn signer(&self) -> &BundleSigner {
+        &self.signer
+    }
+
+    /// Refreshes every app whose source is `url`.
+    pub async fn refresh_repo(&self, url: &str, now: SystemTime) -> Result<Vec<(String, Outcome)>> {
+        let span = info_span!("refresh", repo = %RepoSpec::new(url).redacted_url());
+        async {
+            let spec = match self.store.repo(url)? {
+                Some(record) => record.spec(),
+                None => RepoSpec::new(url),
+            };
+            let cache = self.cache.clone();
+            let repo = tokio::task::spawn_blocking(move || cache.fetch(&spec))
+                .await
+                .map_err(|source| Error::Join {
+                    url: RepoSpec::new(url).redacted_url(),
+                    source,
+                })??;
+            let mut outcomes = Vec::new();
+            // Children adopted from a parent are refreshed in the same pass, so a
+            // whole app-of-apps tree settles in one refresh.
+            let mut done = BTreeSet::new();
+            loop {
+                let pending: Vec<AppRecord> = self
+                    .store
+                    .apps()?
+                    .into_iter()
+                    .filter(|a| {
+                        source::webhook::same_repository(&a.application.source().repo_url, url)
+                    })
+                    .filter(|a| !done.contains(&(a.project(), a.name())))
+                    .collect();
+                if pending.is_empty() {
+                    break;
+                }
+                // Parents first: a parent may delete a child, which then needs no refresh.
+                let (roots, children): (Vec<_>, Vec<_>) = pending
+                    .into_iter()
+                    .partition(|a| a.origin == AppOrigin::Store);
+                let batch = if roots.is_empty() { children } else { roots };
+                for record in batch {
+                    if self.store.app(&record.project(), &record.name())?.is_none() {
+                        continue;
+                    }
+                    done.insert((record.project(), record.name()));
+                    let name = format!("{}/{}", record.project(), record.name());
+                    let outcome = self.refresh_app(&repo, record, now).await?;
+                    outcomes.extend(
+                        outcome
+                            .into_iter()
+                            .map(|(n, o)| (if n.is_empty() { name.clone() } else { n }, o)),
+                    );
+                }
+            }
+            Ok(outcomes)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn refresh_app(
+        &self,
+        repo: &Repo,
+        mut record: AppRecord,
+        now: SystemTime,
+    ) -> Result<Vec<(String, Outcome)>> {
+        let app = record.application.clone();
+        let span = info_span!("app", app = %format!("{}/{}", record.project(), record.name()));
+        let _enter = span.enter();
+
+        let commit = match repo.resolve(&app.source().target_revision) {
+            Ok(commit) => commit,
+            Err(e) => return self.fail(record, e.to_string()).await,
+        };
+        if let (Some(old), Some(kind), None) = (
+            &record.rendered_commit,
+            record.rendered_kind,
+            &record.render_error,
+        ) {
+            if *old == commit.as_str() {
+                return Ok(vec![(
+                    String::new(),
+                    Outcome::NotAffected {
+                        commit: commit.to_string(),
+                    },
+                )]);
+            }
+            let changed = CommitId::parse(old).and_then(|old| repo.changed_paths(&old, &commit));
+            if changed.is_ok_and(|changed| !affected_by(&app, kind, &changed)) {
+                record.rendered_commit = Some(commit.to_string());
+                self.store.put_app(&record).await?;
+                return Ok(vec![(
+                    String::new(),
+                    Outcome::NotAffected {
+                        commit: commit.to_string(),
+                    },
+                )]);
+            }
+        }
+
+        let clusters: Vec<ClusterRecord> = self
+            .store
+            .clusters()?
+            .into_iter()
+            .filter(|c| c.is_destination(&app.spec.destination))
+            .collect();
+        if clusters.is_empty() {
+            let dest = &app.spec.destination;
+            let named = dest
+                .name
+                .as_deref()
+                .or(dest.server.as_deref())
+                .unwrap_or("");
+            return self
+                .fail(
+                    record,
+                    format!("destination cluster {named:?} is not registered"),
+                )
+                .await;
+        }
+
+        let mut rendered_per_cluster = Vec::new();
+        for cluster in &clusters {
+            let target = Target {
+                cluster: &cluster.name,
+                facts: cluster.facts.as_ref(),
+            };
+            match self
+                .renderer
+                .render(&app, Some(repo), Some(&commit), target)
+                .await
+            {
+                Ok(rendered) => rendered_per_cluster.push((cluster, rendered)),
+                Err(e) => {
+                    return self
+                        .fail(record, format!("cluster {}: {e}", cluster.name))
+                        .await;
+                }
+            }
+        }
+
+        let mut outcomes = Vec::new();
+        let mut generations = Vec::new();
+        let mut kind = None;
+        let mut children = None;
+        for (cluster, rendered) in rendered_per_cluster {
+            kind = Some(rendered.kind);
+            let (objects, found) = match split_argo_objects(&rendered.objects) {
+                Ok(split) => split,
+                Err(e) => return self.fail(record, e).await,
+            };
+            // Children are the same for every cluster; adopt them once.
+            children.get_or_insert(found);
+            if let Some(generation) = self
+                .store_bundle(&record, &app, cluster, &commit, objects, now)
+                .await?
+            {
+                generations.push((cluster.name.clone(), generation));
+            }
+        }
+        if let Some(children) = children {
+            outcomes.extend(self.adopt(&record, children, now).await?);
+        }
+
+        record.rendered_commit = Some(commit.to_string());
+        record.rendered_kind = kind;
+        record.render_error = None;
+        self.store.put_app(&record).await?;
+        let outcome = if generations.is_empty() {
+            Outcome::Unchanged {
+                commit: commit.to_string(),
+            }
+        } else {
+            info!(commit = %commit, ?generations, "rendered new bundles");
+            Outcome::Rendered {
+                commit: commit.to_string(),
+                generations,
+            }
+        };
+        outcomes.insert(0, (String::new(), outcome));
+        Ok(outcomes)
+    }
+
+    async fn fail(&self, mut record: AppRecord, error: String) -> Result<Vec<(String, Outcome)>> {
+        warn!(%error, "render failed; the last good bundle stays in force");
+        record.render_error = Some(error.clone());
+        self.store.put_app(&record).await?;
+        self.event(&record, "render-failed", &error).await?;
+        Ok(vec![(String::new(), Outcome::Failed { error })])
+    }
+
+    /// Stores the next generation for (app, cluster) when the desired state differs
+    /// from the latest stored one. Returns the new generation.
+    async fn store_bundle(
+        &self,
+        record: &AppRecord,
+        app: &Application,
+        cluster: &ClusterRecord,
+        commit: &CommitId,
+        objects: Vec<Object>,
+        now: SystemTime,
+    ) -> Result<Option<u64>> {
+        let (project, name) = (record.project(), record.name());
+        let latest = self.store.latest_bundle(&project, &name, &cluster.name)?;
+        let mut bundle = Bundle {
+            app: AppRef::new(project.clone(), name.clone()),
+            cluster: cluster.name.clone(),
+            source: bundle::Source {
+                repo: app.source().repo_url.clone(),
+                revision: commit.to_string(),
+                path: app.source().path.clone().unwrap_or_default(),
+            },
+            generation: latest.as_ref().map_or(1, |(g, _)| g + 1),
+            created_at: Timestamp::from_system_time(now),
+            not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+            policy: sync_policy(app),
+            ignore_differences: ignore_differences(app),
+            objects,
+        };
+        let previous = latest
+            .as_ref()
+            .and_then(|(_, bytes)| bundle::Envelope::decode(bytes).ok())
+            .and_then(|e| Bundle::decode(&e.payload).ok());
+        if previous.is_some_and(|p| same_desired_state(&p, &bundle)) {
+            return Ok(None);
+        }
+        bundle
+            .objects
+            .sort_by(|a, b| (&a.gvk, &a.namespace, &a.name).cmp(&(&b.gvk, &b.namespace, &b.name)));
+        let envelope = self.signer.sign(&bundle).map_err(|source| Error::Sign {
+            app: format!("{project}/{name}"),
+            cluster: cluster.name.clone(),
+            source,
+        })?;
+        let bytes = envelope.encode().map_err(|e| Error::Sign {
+            app: format!("{project}/{name}"),
+            cluster: cluster.name.clone(),
+            source: flotilla_common::signing::Error::Bundle(e),
+        })?;
+        self.store
+            .put_bundle(&project, &name, &cluster.name, bundle.generation, &bytes)
+            .await?;
+        Ok(Some(bundle.generation))
+    }
+
+    /// Adopts the Applications and AppProjects a parent rendered, and deletes the
+    /// children it no longer renders.
+    async fn adopt(
+        &self,
+        parent: &AppRecord,
+        children: Vec<ArgoObject>,
+        now: SystemTime,
+    ) -> Result<Vec<(String, Outcome)>> {
+        let origin = AppOrigin::Parent {
+            project: parent.project(),
+            name: parent.name(),
+        };
+        let mut outcomes = Vec::new();
+        let mut kept = BTreeSet::new();
+        for child in children {
+            match child {
+                ArgoObject::Project(project) => self.store.put_project(&project).await?,
+                ArgoObject::Application(app) => {
+                    let key = (app.spec.project.clone(), app.metadata.name.clone());
+                    kept.insert(key.clone());
+                    let existing = self.store.app(&key.0, &key.1)?;
+                    let record = match existing {
+                        Some(mut r) if r.origin == origin => {
+                            if r.application == *app {
+                                continue;
+                            }
+                            r.application = *app;
+                            r.rendered_commit = None;
+                            r
+                        }
+                        Some(_) => {
+                            warn!(child = %format!("{}/{}", key.0, key.1), "an app of that name already exists and is not this parent's; not adopted");
+                            continue;
+                        }
+                        None => AppRecord::new(*app, origin.clone()),
+                    };
+                    self.store.put_app(&record).await?;
+                    self.event(
+                        &record,
+                        "adopted",
+                        &format!("from {}/{}", parent.project(), parent.name()),
+                    )
+                    .await?;
+                    outcomes.push((format!("{}/{}", key.0, key.1), Outcome::Adopted));
+                }
+            }
+        }
+        for gone in self
+            .store
+            .apps()?
+            .into_iter()
+            .filter(|a| a.origin == origin)
+        {
+            if kept.contains(&(gone.project(), gone.name())) {
+                continue;
+            }
+            let pruned = gone.application.cascades();
+            if pruned {
+                self.prune_everywhere(&gone, now).await?;
+            }
+            self.store.remove_app(&gone.project(), &gone.name()).await?;
+            self.event(
+                &gone,
+                "deleted",
+                if pruned {
+                    "with its resources"
+                } else {
+                    "resources kept"
+                },
+            )
+            .await?;
+            outcomes.push((
+                format!("{}/{}", gone.project(), gone.name()),
+                Outcome::Deleted { pruned },
+            ));
+        }
+        Ok(outcomes)
+    }
+
+    /// Stores an empty, prune-everything bundle for every cluster the app was on, so
+    /// its agents delete what it deployed (Argo CD's cascade delete).
+    async fn prune_everywhere(&self, record: &AppRecord, now: SystemTime) -> Result<()> {
+        for cluster in self.store.clusters()? {
+            let Some((generation, bytes)) =
+                self.store
+                    .latest_bundle(&record.project(), &record.name(), &cluster.name)?
+            else {
+                continue;
+            };
+            let Some(previous) = bundle::Envelope::decode(&bytes)
+                .ok()
+                .and_then(|e| Bundle::decode(&e.payload).ok())
+            else {
+                continue;
+            };
+            let deletion = Bundle {
+                generation: generation + 1,
+                created_at: Timestamp::from_system_time(now),
+                not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+                policy: bundle::SyncPolicy {
+                    automated: Some(bundle::Automated {
+                        prune: true,
+                        self_heal: false,
+                        allow_empty: true,
+                    }),
+                    sync_options: previous.policy.sync_options.clone(),
+                },
+                objects: Vec::new(),
+                ..previous
+            };
+            let envelope = self.signer.sign(&deletion).map_err(|source| Error::Sign {
+                app: record.name(),
+                cluster: cluster.name.clone(),
+                source,
+            })?;
+            let bytes = envelope.encode().map_err(|e| Error::Sign {
+                app: record.name(),
+                cluster: cluster.name.clone(),
+                source: flotilla_common::signing::Error::Bundle(e),
+            })?;
+            self.store
+                .put_bundle(
+                    &record.project(),
+                    &record.name(),
+                    &cluster.name,
+                    deletion.generation,
+                    &bytes,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn event(&self, record: &AppRecord, action: &str, detail: &str) -> Result<()> {
+        let at_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.store
+            .push_event(&Event {
+                at_ms,
+                actor: "hub".to_owned(),
+                action: action.to_owned(),
+                target: format!("application/{}/{}", record.project(), record.name()),
+                detail: detail.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+enum ArgoObject {
+    Application(Box<Application>),
+    Project(Box<AppProject>),
+}
+
+/// Splits Argo CD kinds (adopted by the hub) from the objects sent to the cluster.
+fn split_argo_objects(objects: &[Object]) -> Result<(Vec<Object>, Vec<ArgoObject>), String> {
+    let mut rest = Vec::with_capacity(objects.len());
+    let mut argo = Vec::new();
+    for object in objects {
+        let api_version = format!("{}/{}", object.gvk.group, object.gvk.version);
+        if api_version != API_VERSION
+            || !matches!(object.gvk.kind.as_str(), "Application" | "AppProject")
+        {
+            rest.push(object.clone());
+            continue;
+        }
+        let manifest = object.manifest_json().map_err(|e| e.to_string())?;
+        let origin = format!("rendered {} {}", object.gvk.kind, object.name);
+        if object.gvk.kind == "Application" {
+            let app = Application::from_value(manifest, &origin).map_err(|e| e.to_string())?;
+            argo.push(ArgoObject::Application(Box::new(app)));
+        } else {
+            let project = AppProject::from_value(manifest, &origin).map_err(|e| e.to_string())?;
+            argo.push(ArgoObject::Project(Box::new(project)));
+        }
+    }
+    Ok((rest, argo))
+}
+
+fn sync_policy(app: &Application) -> bundle::SyncPolicy {
+    let policy = app.spec.sync_policy.clone().unwrap_or_default();
+    bundle::SyncPolicy {
+        automated: app.automated().map(|a| bundle::Automated {
+            prune: a.prune,
+            self_heal: a.self_heal,
+            allow_empty: a.allow_empty,
+        }),
+        sync_options: policy.sync_options,
+    }
+}
+
+fn ignore_differences(app: &Application) -> Vec<bundle::IgnoreDifference> {
+    app.spec
+        .ignore_differences
+        .iter()
+        .map(|i| bundle::IgnoreDifference {
+            group: i.group.clone(),
+            kind: i.kind.clone(),
+            name: i.name.clone(),
+            namespace: i.namespace.clone(),
+            json_pointers: i.json_pointers.clone(),
+            jq_path_expressions: i.jq_path_expressions.clone(),
+            managed_fields_managers: i.managed_fields_managers.clone(),
+        })
+        .collect()
+}
+
+/// Same objects and policy: a new generation would change nothing on the cluster.
+fn same_desired_state(a: &Bundle, b: &Bundle) -> bool {
+    fn sorted(objects: &[Object]) -> Vec<&Object> {
+        let mut v: Vec<&Object> = objects.iter().collect();
+        v.sort_by(|x, y| (&x.gvk, &x.namespace, &x.name).cmp(&(&y.gvk, &y.namespace, &y.name)));
+        v
+    }
+    a.policy == b.policy
+        && a.ignore_differences == b.ignore_differences
+        && a.source.repo == b.source.repo
+        && a.source.path == b.source.path
+        && sorted(&a.objects) == sorted(&b.objects)
+}

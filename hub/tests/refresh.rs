@@ -1,0 +1,260 @@
+//! A refresh, end to end on the hub side: a real Git repository, a real sled store,
+//! real renders, and bundles that verify with the hub's key.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+#[path = "source/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::time::SystemTime;
+
+use flotilla_common::bundle::{Bundle, Envelope};
+use flotilla_common::model::Timestamp;
+use flotilla_common::signing::{Expectation, KeySet, verify};
+use flotilla_hub::app::Application;
+use flotilla_hub::refresh::{Outcome, Refresher};
+use flotilla_hub::render::{Renderer, Tools};
+use flotilla_hub::source::RepoCache;
+use flotilla_hub::store::{AppOrigin, AppRecord, ClusterRecord, Store};
+
+use fixture::WorkRepo;
+
+fn configmap(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{value: \"{value}\"}}\n"
+    )
+}
+
+fn application(name: &str, repo: &WorkRepo, path: &str, extra_meta: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\n  namespace: argocd\n{extra_meta}spec:\n  project: default\n  source: {{repoURL: '{}', targetRevision: main, path: {path}}}\n  destination: {{name: east, namespace: {name}}}\n  syncPolicy: {{automated: {{prune: true, selfHeal: true}}}}\n",
+        repo.path().display()
+    )
+}
+
+struct Hub {
+    _dir: tempfile::TempDir,
+    store: Store,
+    refresher: Refresher,
+    url: String,
+}
+
+async fn hub(repo: &WorkRepo) -> Hub {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    store
+        .put_cluster(&ClusterRecord {
+            name: "east".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cache = RepoCache::new(dir.path().join("repos")).unwrap();
+    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
+        .await
+        .unwrap();
+    Hub {
+        _dir: dir,
+        store,
+        refresher,
+        url: repo.path().display().to_string(),
+    }
+}
+
+impl Hub {
+    async fn declare(&self, yaml: &str) {
+        let app = Application::from_yaml(yaml, "test").unwrap();
+        self.store
+            .put_app(&AppRecord::new(app, AppOrigin::Store))
+            .await
+            .unwrap();
+    }
+
+    async fn refresh(&self) -> Vec<(String, Outcome)> {
+        self.refresher
+            .refresh_repo(&self.url, SystemTime::now())
+            .await
+            .unwrap()
+    }
+
+    /// The latest bundle of an app on east, verified with the hub's key.
+    fn bundle(&self, app: &str) -> Option<Bundle> {
+        let (generation, bytes) = self.store.latest_bundle("default", app, "east").unwrap()?;
+        let envelope = Envelope::decode(&bytes).unwrap();
+        let keys = KeySet::new(1, &[self.refresher.signer().public_key()]).unwrap();
+        let expect = Expectation {
+            cluster: "east",
+            now: Timestamp::from_system_time(SystemTime::now()),
+        };
+        let bundle = verify(&envelope, &keys, expect, |_| None).unwrap();
+        assert_eq!(bundle.generation, generation);
+        Some(bundle)
+    }
+}
+
+fn outcome<'a>(outcomes: &'a [(String, Outcome)], app: &str) -> &'a Outcome {
+    &outcomes
+        .iter()
+        .find(|(name, _)| name == &format!("default/{app}"))
+        .unwrap_or_else(|| panic!("no outcome for {app}: {outcomes:?}"))
+        .1
+}
+
+fn value(bundle: &Bundle) -> String {
+    let manifest = bundle.objects[0].manifest_json().unwrap();
+    manifest["data"]["value"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_new_commit_renders_only_the_apps_it_touches() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"))
+        .write("apps/b/cm.yaml", &configmap("b", "1"))
+        .write("README.md", "fleet\n");
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+    hub.declare(&application("b", &repo, "apps/b", "")).await;
+
+    let first = hub.refresh().await;
+    assert!(
+        matches!(outcome(&first, "a"), Outcome::Rendered { generations, .. } if generations == &[("east".to_owned(), 1)])
+    );
+    let a1 = hub.bundle("a").unwrap();
+    assert_eq!(a1.objects[0].namespace.as_deref(), Some("a"));
+    assert!(a1.policy.automated.as_ref().unwrap().prune);
+
+    repo.write("apps/a/cm.yaml", &configmap("a", "2"));
+    let second_commit = repo.commit("change a");
+    let second = hub.refresh().await;
+    assert!(
+        matches!(outcome(&second, "a"), Outcome::Rendered { generations, .. } if generations == &[("east".to_owned(), 2)])
+    );
+    assert!(matches!(outcome(&second, "b"), Outcome::NotAffected { .. }));
+    assert_eq!(value(&hub.bundle("a").unwrap()), "2");
+    assert_eq!(hub.bundle("a").unwrap().source.revision, second_commit);
+    assert_eq!(hub.bundle("b").unwrap().generation, 1);
+
+    repo.write("README.md", "fleet, edited\n");
+    repo.commit("docs only");
+    let third = hub.refresh().await;
+    assert!(matches!(outcome(&third, "a"), Outcome::NotAffected { .. }));
+    assert_eq!(hub.bundle("a").unwrap().generation, 2);
+}
+
+#[tokio::test]
+async fn a_failed_render_keeps_the_last_good_bundle_and_records_the_error() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("good");
+    let hub = hub(&repo).await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+    hub.refresh().await;
+
+    repo.write(
+        "apps/a/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [broken\n",
+    );
+    repo.commit("bad");
+    let failed = hub.refresh().await;
+    let Outcome::Failed { error } = outcome(&failed, "a") else {
+        panic!("{failed:?}")
+    };
+    assert!(error.contains("apps/a/cm.yaml"), "{error}");
+    let bundle = hub.bundle("a").unwrap();
+    assert_eq!(
+        bundle.generation, 1,
+        "no new generation from a failed render"
+    );
+    assert_eq!(bundle.objects.len(), 1, "never an empty bundle");
+    let record = hub.store.app("default", "a").unwrap().unwrap();
+    assert!(record.render_error.unwrap().contains("apps/a/cm.yaml"));
+
+    repo.write("apps/a/cm.yaml", &configmap("a", "3"));
+    repo.commit("fixed");
+    hub.refresh().await;
+    assert_eq!(value(&hub.bundle("a").unwrap()), "3");
+    assert_eq!(
+        hub.store.app("default", "a").unwrap().unwrap().render_error,
+        None
+    );
+}
+
+#[tokio::test]
+async fn an_unregistered_destination_is_an_error_on_the_app() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application("a", &repo, "apps/a", "").replace("name: east", "name: mars"))
+        .await;
+    let outcomes = hub.refresh().await;
+    let Outcome::Failed { error } = outcome(&outcomes, "a") else {
+        panic!("{outcomes:?}")
+    };
+    assert!(error.contains("\"mars\" is not registered"), "{error}");
+}
+
+#[tokio::test]
+async fn an_app_of_apps_adopts_its_children_and_cascades_deletes() {
+    let repo = WorkRepo::new();
+    let finalizer = "  finalizers: [resources-finalizer.argocd.argoproj.io]\n";
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"))
+        .write("apps/b/cm.yaml", &configmap("b", "1"))
+        .write("argo/a.yaml", &application("a", &repo, "apps/a", finalizer))
+        .write("argo/b.yaml", &application("b", &repo, "apps/b", ""))
+        .write("argo/README.md", "the fleet's apps\n");
+    repo.commit("root");
+    let hub = hub(&repo).await;
+    hub.declare(&application("root", &repo, "argo", "")).await;
+
+    let outcomes = hub.refresh().await;
+    assert!(
+        matches!(outcome(&outcomes, "root"), Outcome::Rendered { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        hub.bundle("root").unwrap().objects.len(),
+        0,
+        "Applications are the hub's, never sent to a cluster"
+    );
+    for child in ["a", "b"] {
+        let record = hub.store.app("default", child).unwrap().unwrap();
+        assert_eq!(
+            record.origin,
+            AppOrigin::Parent {
+                project: "default".to_owned(),
+                name: "root".to_owned()
+            }
+        );
+        assert_eq!(
+            hub.bundle(child).unwrap().generation,
+            1,
+            "{child} rendered in the same refresh"
+        );
+    }
+
+    repo.remove("argo/a.yaml").remove("argo/b.yaml");
+    repo.commit("drop both children");
+    let outcomes = hub.refresh().await;
+    assert_eq!(outcome(&outcomes, "a"), &Outcome::Deleted { pruned: true });
+    assert_eq!(outcome(&outcomes, "b"), &Outcome::Deleted { pruned: false });
+    assert!(hub.store.app("default", "a").unwrap().is_none());
+    assert!(hub.store.app("default", "b").unwrap().is_none());
+
+    let deletion = hub.bundle("a").unwrap();
+    assert_eq!(deletion.generation, 2);
+    assert!(deletion.objects.is_empty());
+    let automated = deletion.policy.automated.unwrap();
+    assert!(
+        automated.prune && automated.allow_empty,
+        "with the finalizer, its objects are pruned"
+    );
+    assert_eq!(
+        hub.bundle("b").unwrap().generation,
+        1,
+        "without the finalizer, its objects are left alone"
+    );
+}
