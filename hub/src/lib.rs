@@ -7,5 +7,6 @@
 pub mod app;
 pub mod refresh;
 pub mod render;
+pub mod server;
 pub mod source;
 pub mod store;

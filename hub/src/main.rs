@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flotilla_common::model::{ApiResource, ClusterFacts};
 use flotilla_hub::app::{Application, SourceKind};
+use flotilla_hub::refresh::Refresher;
 use flotilla_hub::render::{self, Renderer, Target, Tools};
+use flotilla_hub::server::{Config, Server};
 use flotilla_hub::source::{RepoCache, RepoSpec};
 use flotilla_hub::store::Store;
 
@@ -24,6 +26,21 @@ enum Command {
     /// Print the objects an Application renders to, in apply order, without a hub
     /// (like `argocd app manifests --local` or `flux build`).
     Render(RenderArgs),
+    /// Run the hub: poll repositories, take push webhooks, render and store bundles.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The hub's data folder (its sled database and bare clones).
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where the API and the webhook endpoint (/api/webhook) listen.
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Secret for push webhooks of repositories that have none of their own.
+    #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +95,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Render(args) => render_command(args).await,
+            Command::Serve(args) => serve_command(args).await,
         }
     });
     match result {
@@ -175,6 +193,39 @@ async fn render_command(args: RenderArgs) -> anyhow::Result<()> {
     };
     print!("{}", render::to_yaml_stream(&rendered.objects)?);
     Ok(())
+}
+
+async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let store = Store::open(&data_dir.join("db")).context("opening the hub's store")?;
+    let cache = RepoCache::new(data_dir.join("repos"))?;
+    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env())).await?;
+    let config = Config {
+        listen: args.listen,
+        webhook_secret: args.webhook_secret,
+    };
+    let server = Server::start(config, store, refresher).await?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    server.stop().await;
+    Ok(())
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("flotilla")
 }
 
 /// A relative local path in repoURL is relative to the Application's file.

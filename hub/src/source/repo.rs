@@ -98,7 +98,9 @@ impl fmt::Debug for RepoFile {
 
 /// A bare clone in a [`RepoCache`](super::RepoCache).
 pub struct Repo {
-    repo: gix::Repository,
+    // Thread-safe, so a `Repo` can be held across awaits on any runtime thread; each
+    // operation takes a cheap thread-local handle.
+    repo: gix::ThreadSafeRepository,
     url: String,
 }
 
@@ -119,7 +121,14 @@ impl Repo {
                 path: dir.to_owned(),
                 source,
             })?;
-        Ok(Self { repo, url })
+        Ok(Self {
+            repo: repo.into_sync(),
+            url,
+        })
+    }
+
+    fn local(&self) -> gix::Repository {
+        self.repo.to_thread_local()
     }
 
     /// The repository url, without credentials.
@@ -137,6 +146,7 @@ impl Repo {
     ///
     /// Branches win over tags of the same name, as in Argo CD.
     pub fn resolve(&self, revision: &str) -> Result<CommitId> {
+        let repo = self.local();
         let _span = tracing::debug_span!("resolve", repo = %self.url, revision).entered();
         let unknown = || Error::UnknownRevision {
             revision: revision.to_owned(),
@@ -156,8 +166,7 @@ impl Repo {
             candidates.push(format!("refs/tags/{revision_trimmed}"));
         }
         for name in &candidates {
-            let found = self
-                .repo
+            let found = repo
                 .try_find_reference(name.as_str())
                 .map_err(|source| self.read_error(format!("reference {name}"), source))?;
             if let Some(mut reference) = found {
@@ -176,7 +185,7 @@ impl Repo {
         // Not found and ambiguous are alike: an abbreviation must name exactly one object.
         let lowercase = revision_trimmed.to_ascii_lowercase();
         let prefix = gix::hash::Prefix::from_hex(&lowercase).map_err(|_| unknown())?;
-        match self.repo.objects.lookup_prefix(prefix, None) {
+        match repo.objects.lookup_prefix(prefix, None) {
             Ok(Some(Ok(id))) => self.peel_to_commit(id, revision),
             Ok(_) => Err(unknown()),
             Err(source) => Err(self.read_error(
@@ -187,8 +196,8 @@ impl Repo {
     }
 
     fn peel_to_commit(&self, id: gix::ObjectId, revision: &str) -> Result<CommitId> {
-        let object = self
-            .repo
+        let repo = self.local();
+        let object = repo
             .find_object(id)
             .map_err(|source| self.read_error(format!("object {id}"), source))?;
         let commit = object.peel_to_commit().map_err(|_| Error::NotACommit {
@@ -206,11 +215,12 @@ impl Repo {
     /// [`Error::SymlinkEscapes`]. Sizes are checked from object headers before any
     /// contents are read.
     pub fn files(&self, commit: &CommitId, path: &str, limits: &Limits) -> Result<Vec<RepoFile>> {
+        let repo = self.local();
         let _span =
             tracing::debug_span!("files", repo = %self.url, commit = %commit, path).entered();
         let context = self.context(commit);
         let tree = self.commit_tree(commit)?;
-        let mut walk = Walk::new(&self.repo, tree, &context, limits, path);
+        let mut walk = Walk::new(&repo, tree, &context, limits, path);
         walk.collect(path)?;
         walk.entries
             .iter()
@@ -227,10 +237,11 @@ impl Repo {
     /// kustomize and helm that need a directory. Symlinks are written as the files or
     /// directories they point to, so nothing in `dest` points outside it.
     pub fn export(&self, commit: &CommitId, dest: &Path, limits: &Limits) -> Result<()> {
+        let repo = self.local();
         let _span = tracing::debug_span!("export", repo = %self.url, commit = %commit, dest = %dest.display()).entered();
         let context = self.context(commit);
         let tree = self.commit_tree(commit)?;
-        let mut walk = Walk::new(&self.repo, tree, &context, limits, "");
+        let mut walk = Walk::new(&repo, tree, &context, limits, "");
         walk.collect("")?;
         let write_error = |path: &Path| {
             let path = path.to_owned();
@@ -257,20 +268,18 @@ impl Repo {
     /// The paths of files added, removed or changed between two commits, sorted.
     /// A rename shows as its old and its new path.
     pub fn changed_paths(&self, from: &CommitId, to: &CommitId) -> Result<Vec<String>> {
+        let repo = self.local();
         let _span = tracing::debug_span!("changed_paths", repo = %self.url, from = %from, to = %to)
             .entered();
         let old = self.commit_tree(from)?;
         let new = self.commit_tree(to)?;
-        let old = self
-            .repo
+        let old = repo
             .find_tree(old)
             .map_err(|source| self.read_error(format!("the tree of {from}"), source))?;
-        let new = self
-            .repo
+        let new = repo
             .find_tree(new)
             .map_err(|source| self.read_error(format!("the tree of {to}"), source))?;
-        let changes = self
-            .repo
+        let changes = repo
             .diff_tree_to_tree(&old, &new, gix::diff::Options::default())
             .map_err(|source| Error::Diff {
                 from: from.to_string(),
@@ -316,13 +325,13 @@ impl Repo {
     }
 
     fn commit_tree(&self, commit: &CommitId) -> Result<gix::ObjectId> {
+        let repo = self.local();
         let id = commit.object_id()?;
         let not_found = || Error::CommitNotFound {
             commit: commit.to_string(),
             url: self.url.clone(),
         };
-        let object = self
-            .repo
+        let object = repo
             .try_find_object(id)
             .map_err(|source| self.read_error(format!("commit {commit}"), source))?
             .ok_or_else(not_found)?;

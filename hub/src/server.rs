@@ -1,0 +1,242 @@
+//! The hub as a long-running service: polls each repository at its interval and
+//! refreshes at once when a forge's push webhook names it.
+//!
+//! Refreshes run one at a time on one task, fed by the poll timer and by webhooks,
+//! so a repository is never refreshed twice at once and a burst of webhooks
+//! coalesces into one refresh per repository.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::refresh::Refresher;
+use crate::source::{DEFAULT_POLL_INTERVAL, webhook};
+use crate::store::Store;
+
+/// The webhook path, as forges are configured to call it.
+pub const WEBHOOK_PATH: &str = "/api/webhook";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("failed to listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error("the API server stopped")]
+    Serve(#[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the service needs.
+pub struct Config {
+    /// Where the API (and webhook) listens.
+    pub listen: SocketAddr,
+    /// Accepted on webhooks for repositories that have no secret of their own.
+    pub webhook_secret: Option<String>,
+}
+
+/// A running hub service.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    store: Store,
+    refresh_now: mpsc::UnboundedSender<String>,
+    webhook_secret: Option<String>,
+}
+
+impl Server {
+    /// Binds the API and starts polling. Every repository is refreshed once at start.
+    pub async fn start(config: Config, store: Store, refresher: Refresher) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(Error::Serve)?;
+        let (shutdown, stop) = watch::channel(false);
+        let (refresh_now, requests) = mpsc::unbounded_channel();
+        let shared = Shared {
+            store: store.clone(),
+            refresh_now,
+            webhook_secret: config.webhook_secret,
+        };
+        let app = Router::new()
+            .route(WEBHOOK_PATH, post(webhook_handler))
+            .with_state(shared);
+        let mut api_stop = stop.clone();
+        let api = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|stopped| *stopped).await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "the API server stopped");
+            }
+        });
+        let poller = tokio::spawn(poll_loop(store, Arc::new(refresher), requests, stop));
+        info!(%addr, "hub API listening");
+        Ok(Self {
+            addr,
+            shutdown,
+            tasks: vec![api, poller],
+        })
+    }
+
+    /// Where the API listens (with port 0 asked for, the port the system chose).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops polling and serving, and waits for both.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Every repository the hub must watch: those registered, and those apps name.
+fn watched_repos(store: &Store) -> BTreeMap<String, Duration> {
+    let mut repos: BTreeMap<String, Duration> = store
+        .apps()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.application.source().chart.is_none())
+        .map(|a| {
+            (
+                a.application.source().repo_url.clone(),
+                DEFAULT_POLL_INTERVAL,
+            )
+        })
+        .collect();
+    for repo in store.repos().unwrap_or_default() {
+        repos.insert(
+            repo.url.clone(),
+            Duration::from_secs(repo.poll_interval_secs.max(1)),
+        );
+    }
+    repos
+}
+
+async fn poll_loop(
+    store: Store,
+    refresher: Arc<Refresher>,
+    mut requests: mpsc::UnboundedReceiver<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next_due: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        let now = Instant::now();
+        let mut due: BTreeSet<String> = BTreeSet::new();
+        let watched = watched_repos(&store);
+        next_due.retain(|url, _| watched.contains_key(url));
+        for (url, interval) in watched {
+            let at = next_due.entry(url.clone()).or_insert(now);
+            if *at <= now {
+                due.insert(url);
+                *at = now + interval;
+            }
+        }
+        // Webhook requests that arrived meanwhile join this round, once each.
+        while let Ok(url) = requests.try_recv() {
+            due.insert(url);
+        }
+        for url in due {
+            match refresher.refresh_repo(&url, SystemTime::now()).await {
+                Ok(outcomes) => {
+                    info!(repo = %crate::source::RepoSpec::new(&url).redacted_url(), apps = outcomes.len(), "refreshed")
+                }
+                Err(e) => {
+                    warn!(repo = %crate::source::RepoSpec::new(&url).redacted_url(), error = %e, "refresh failed")
+                }
+            }
+        }
+        let wake = next_due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(200)).into()) => {}
+            // A webhook: due at once, so the next round refreshes it.
+            Some(url) = requests.recv() => {
+                next_due.insert(url, Instant::now());
+            }
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+/// `POST /api/webhook`: a push from GitHub, GitLab or Gitea. Answers 202 and the
+/// repositories it will refresh, 200 when it names none the hub watches, 400 for a
+/// malformed request and 401 for a bad or missing signature.
+async fn webhook_handler(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    // First read the payload to learn which repository it is about, then check it
+    // against that repository's secret (or the hub-wide one).
+    let unverified = match webhook::parse(&headers, &body, None) {
+        Ok(event) => event,
+        Err(webhook::Error::NotAPush { .. }) => {
+            return (StatusCode::OK, "ignored: not a push\n".to_owned());
+        }
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let watched = watched_repos(&shared.store);
+    let matching: Vec<String> = watched
+        .keys()
+        .filter(|url| {
+            unverified
+                .repo_urls
+                .iter()
+                .any(|u| webhook::same_repository(u, url))
+        })
+        .cloned()
+        .collect();
+    if matching.is_empty() {
+        return (StatusCode::OK, "no watched repository matches\n".to_owned());
+    }
+    for url in &matching {
+        let secret = shared
+            .store
+            .repo(url)
+            .ok()
+            .flatten()
+            .and_then(|r| r.webhook_secret)
+            .or_else(|| shared.webhook_secret.clone());
+        let verified = secret.map(|s| webhook::parse(&headers, &body, Some(s.as_bytes())));
+        if let Some(Err(e)) = verified {
+            warn!(error = %e, "webhook refused");
+            return (StatusCode::UNAUTHORIZED, format!("{e}\n"));
+        }
+    }
+    for url in &matching {
+        let _ = shared.refresh_now.send(url.clone());
+    }
+    (
+        StatusCode::ACCEPTED,
+        format!("refreshing {}\n", matching.len()),
+    )
+}
