@@ -478,3 +478,132 @@ async fn a_tool_past_its_deadline_is_killed() {
         .unwrap_err();
     assert!(matches!(e, Error::ToolTimeout { .. }), "{e:?}");
 }
+
+/// Serves the files of `dir` over plain HTTP on loopback, as a Helm chart
+/// repository does; stops when the returned task is dropped or aborted.
+async fn serve_dir(dir: std::path::PathBuf) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let n = stream.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let file = dir.join(path.trim_start_matches('/').split('?').next().unwrap_or(""));
+                let (status, body) = match std::fs::read(&file) {
+                    Ok(body) if !path.contains("..") => ("200 OK", body),
+                    _ => ("404 Not Found", Vec::new()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chart_from_a_helm_repository_renders_exactly_what_helm_template_prints() {
+    let f = fixture();
+    let served = tempfile::tempdir().unwrap();
+    tool(
+        "helm",
+        &[
+            "package",
+            "charts/web",
+            "--destination",
+            served.path().to_str().unwrap(),
+        ],
+        f.work.path(),
+    );
+    let (url, server) = serve_dir(served.path().to_owned()).await;
+    tool(
+        "helm",
+        &["repo", "index", ".", "--url", &url],
+        served.path(),
+    );
+
+    let app = application(
+        &format!(
+            "    repoURL: {url}\n    chart: web\n    targetRevision: 0.3.0\n    helm:\n      releaseName: shop\n      valuesObject: {{replicas: 7}}"
+        ),
+        "shop",
+    );
+    let renderer = Renderer::new(Tools::from_env());
+    let ours = renderer
+        .render(
+            &app,
+            None,
+            None,
+            Target {
+                cluster: "east",
+                facts: Some(&facts()),
+            },
+        )
+        .await
+        .unwrap()
+        .objects
+        .to_vec();
+
+    let values = served.path().join("values.yaml");
+    std::fs::write(&values, "replicas: 7\n").unwrap();
+    let helm_home = tempfile::tempdir().unwrap();
+    let direct = Command::new("helm")
+        .args([
+            "template",
+            "shop",
+            "web",
+            "--repo",
+            &url,
+            "--version",
+            "0.3.0",
+            "--namespace",
+            "shop",
+            "--values",
+            values.to_str().unwrap(),
+            "--kube-version",
+            "v1.35.4",
+            "--api-versions",
+            "widgets.example.com/v1",
+            "--api-versions",
+            "widgets.example.com/v1/Widget",
+            "--include-crds",
+        ])
+        .env("HELM_CACHE_HOME", helm_home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", helm_home.path().join("config"))
+        .env("HELM_DATA_HOME", helm_home.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    let mut expected = Vec::new();
+    directory::parse_file("helm", &direct.stdout, &mut expected).unwrap();
+    for m in &mut expected {
+        m["metadata"]["namespace"] = "shop".into();
+    }
+    assert_eq!(set(&manifests(&ours)), set(&expected));
+    let deployment = ours.iter().find(|o| o.gvk.kind == "Deployment").unwrap();
+    assert_eq!(deployment.manifest_json().unwrap()["spec"]["replicas"], 7);
+
+    let missing = application(
+        &format!("    repoURL: {url}\n    chart: web\n    targetRevision: 9.9.9"),
+        "shop",
+    );
+    let e = renderer
+        .render(&missing, None, None, Target::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("9.9.9"), "{e}");
+    server.abort();
+}
