@@ -331,16 +331,7 @@ impl Refresher {
         bundle
             .objects
             .sort_by(|a, b| (&a.gvk, &a.namespace, &a.name).cmp(&(&b.gvk, &b.namespace, &b.name)));
-        let envelope = self.signer.sign(&bundle).map_err(|source| Error::Sign {
-            app: format!("{project}/{name}"),
-            cluster: cluster.name.clone(),
-            source,
-        })?;
-        let bytes = envelope.encode().map_err(|e| Error::Sign {
-            app: format!("{project}/{name}"),
-            cluster: cluster.name.clone(),
-            source: flotilla_common::signing::Error::Bundle(e),
-        })?;
+        let bytes = self.seal(&bundle)?;
         self.store
             .put_bundle(&project, &name, &cluster.name, bundle.generation, &bytes)
             .await?;
@@ -457,16 +448,7 @@ impl Refresher {
                 objects: Vec::new(),
                 ..previous
             };
-            let envelope = self.signer.sign(&deletion).map_err(|source| Error::Sign {
-                app: record.name(),
-                cluster: cluster.name.clone(),
-                source,
-            })?;
-            let bytes = envelope.encode().map_err(|e| Error::Sign {
-                app: record.name(),
-                cluster: cluster.name.clone(),
-                source: flotilla_common::signing::Error::Bundle(e),
-            })?;
+            let bytes = self.seal(&deletion)?;
             self.store
                 .put_bundle(
                     &record.project(),
@@ -478,6 +460,19 @@ impl Refresher {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Signs a bundle and encodes the envelope, as the store keeps it.
+    fn seal(&self, bundle: &Bundle) -> Result<Vec<u8>> {
+        let sign_error = |source| Error::Sign {
+            app: bundle.app.to_string(),
+            cluster: bundle.cluster.clone(),
+            source,
+        };
+        let envelope = self.signer.sign(bundle).map_err(sign_error)?;
+        envelope
+            .encode()
+            .map_err(|e| sign_error(flotilla_common::signing::Error::Bundle(e)))
     }
 
     async fn event(&self, record: &AppRecord, action: &str, detail: &str) -> Result<()> {

@@ -166,17 +166,7 @@ pub async fn template(
         args.push("--skip-schema-validation".into());
     }
 
-    let (cache, config, data) = (
-        scratch.join("helm/cache"),
-        scratch.join("helm/config"),
-        scratch.join("helm/data"),
-    );
-    let env = [
-        ("HELM_CACHE_HOME", cache.as_path()),
-        ("HELM_CONFIG_HOME", config.as_path()),
-        ("HELM_DATA_HOME", data.as_path()),
-    ];
-    run(&tools.helm, args, &dir, &env, tools.timeout).await
+    run_helm(tools, args, &dir, scratch).await
 }
 
 fn inline_values(helm: &Helm) -> Result<Option<Vec<u8>>> {
@@ -246,23 +236,33 @@ async fn dependency_build(tools: &Tools, chart_dir: &Path, scratch: &Path) -> Re
     if !has_deps || chart_dir.join("charts").is_dir() {
         return Ok(());
     }
-    let (cache, config, data) = (
-        scratch.join("helm/cache"),
-        scratch.join("helm/config"),
-        scratch.join("helm/data"),
-    );
-    let env = [
-        ("HELM_CACHE_HOME", cache.as_path()),
-        ("HELM_CONFIG_HOME", config.as_path()),
-        ("HELM_DATA_HOME", data.as_path()),
-    ];
-    run(
-        &tools.helm,
+    run_helm(
+        tools,
         vec!["dependency".into(), "build".into(), ".".into()],
         chart_dir,
-        &env,
-        tools.timeout,
+        scratch,
     )
     .await
     .map(|_| ())
+}
+
+/// Runs helm with its cache, config and data homes inside `scratch`, so nothing
+/// leaks between renders or into the hub's own home.
+async fn run_helm(
+    tools: &Tools,
+    args: Vec<OsString>,
+    dir: &Path,
+    scratch: &Path,
+) -> Result<Vec<u8>> {
+    let homes = [
+        ("HELM_CACHE_HOME", "helm/cache"),
+        ("HELM_CONFIG_HOME", "helm/config"),
+        ("HELM_DATA_HOME", "helm/data"),
+    ]
+    .map(|(var, sub)| (var, scratch.join(sub)));
+    let env: Vec<(&str, &Path)> = homes
+        .iter()
+        .map(|(var, path)| (*var, path.as_path()))
+        .collect();
+    run(&tools.helm, args, dir, &env, tools.timeout).await
 }
