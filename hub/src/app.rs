@@ -13,9 +13,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use project::AppProject;
+pub use project::{AppProject, Violation};
 
-mod project;
+pub mod project;
 #[cfg(test)]
 mod tests;
 

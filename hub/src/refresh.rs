@@ -17,6 +17,7 @@ use flotilla_common::model::{AppRef, Timestamp};
 use flotilla_common::signing::BundleSigner;
 use tracing::{Instrument as _, info, info_span, warn};
 
+use crate::app::project::{self, Violation};
 use crate::app::{API_VERSION, AppProject, Application};
 use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
@@ -243,16 +244,38 @@ impl Refresher {
             }
         }
 
+        let project = match self.store.project(&app.spec.project)? {
+            Some(project) => project,
+            None if app.spec.project == "default" => project::built_in_default(),
+            None => {
+                let missing = Violation::NoSuchProject {
+                    project: app.spec.project.clone(),
+                };
+                return self.fail(record, missing.to_string()).await;
+            }
+        };
+
         let mut outcomes = Vec::new();
         let mut generations = Vec::new();
         let mut kind = None;
         let mut children = None;
+        // Check every cluster's render before storing any, so a violation on one
+        // cluster leaves the app's bundles on all of them as they were.
+        let mut checked = Vec::with_capacity(rendered_per_cluster.len());
         for (cluster, rendered) in rendered_per_cluster {
             kind = Some(rendered.kind);
             let (objects, found) = match split_argo_objects(&rendered.objects) {
                 Ok(split) => split,
                 Err(e) => return self.fail(record, e).await,
             };
+            if let Err(violation) = project.permits(&app, &objects) {
+                return self
+                    .fail(record, format!("cluster {}: {violation}", cluster.name))
+                    .await;
+            }
+            checked.push((cluster, objects, found));
+        }
+        for (cluster, objects, found) in checked {
             // Children are the same for every cluster; adopt them once.
             children.get_or_insert(found);
             if let Some(generation) = self

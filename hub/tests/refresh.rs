@@ -258,3 +258,51 @@ async fn an_app_of_apps_adopts_its_children_and_cascades_deletes() {
         "without the finalizer, its objects are left alone"
     );
 }
+
+#[tokio::test]
+async fn an_app_its_project_does_not_permit_is_refused_naming_the_rule() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    let project = "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {name: locked}\nspec:\n  sourceRepos: ['https://git.example/*']\n  destinations: [{name: '*', namespace: '*'}]\n";
+    let project = flotilla_hub::app::parse_manifests(project, "project.yaml").unwrap();
+    let flotilla_hub::app::Manifest::AppProject(project) = &project[0] else {
+        panic!("a project")
+    };
+    hub.store.put_project(project).await.unwrap();
+    hub.declare(
+        &application("a", &repo, "apps/a", "").replace("project: default", "project: locked"),
+    )
+    .await;
+    hub.declare(
+        &application("b", &repo, "apps/a", "").replace("project: default", "project: nowhere"),
+    )
+    .await;
+
+    let outcomes = hub.refresh().await;
+    let failed = |app: &str| match outcomes
+        .iter()
+        .find(|(n, _)| n.ends_with(&format!("/{app}")))
+    {
+        Some((_, Outcome::Failed { error })) => error.clone(),
+        other => panic!("{app}: {other:?}"),
+    };
+    assert!(
+        failed("a").contains("project locked") && failed("a").contains("spec.sourceRepos"),
+        "{}",
+        failed("a")
+    );
+    assert!(
+        failed("b").contains("project nowhere does not exist"),
+        "{}",
+        failed("b")
+    );
+    assert!(
+        hub.store
+            .latest_bundle("locked", "a", "east")
+            .unwrap()
+            .is_none(),
+        "nothing stored"
+    );
+}

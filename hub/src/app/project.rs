@@ -6,6 +6,10 @@ use serde_json::Value;
 
 use super::{Error, Metadata, Result, ServerOwned, typed};
 
+pub use rules::{Violation, built_in_default};
+
+mod rules;
+
 /// An Argo CD `AppProject`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
