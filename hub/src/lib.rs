@@ -5,6 +5,7 @@
 //! (directory, kustomize and helm) and [`store`] (the sled database).
 
 pub mod app;
+pub mod rbac;
 pub mod refresh;
 pub mod render;
 pub mod server;
