@@ -13,7 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use appset::ApplicationSet;
 pub use project::{AppProject, Violation};
+
+pub mod appset;
 
 pub mod project;
 #[cfg(test)]
@@ -83,6 +86,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Manifest {
     Application(Box<Application>),
     AppProject(Box<AppProject>),
+    ApplicationSet(Box<ApplicationSet>),
 }
 
 /// Reads every document of a YAML stream that is an Argo CD kind. Empty documents
@@ -106,6 +110,9 @@ pub fn parse_manifests(text: &str, origin: &str) -> Result<Vec<Manifest>> {
             ))),
             (API_VERSION, "AppProject") => out.push(Manifest::AppProject(Box::new(
                 AppProject::from_value(doc, origin)?,
+            ))),
+            (API_VERSION, "ApplicationSet") => out.push(Manifest::ApplicationSet(Box::new(
+                ApplicationSet::from_value(doc, origin)?,
             ))),
             _ => {
                 return Err(Error::NotArgo {
@@ -514,7 +521,7 @@ impl Application {
             .into_iter()
             .filter_map(|m| match m {
                 Manifest::Application(app) => Some(app),
-                Manifest::AppProject(_) => None,
+                Manifest::AppProject(_) | Manifest::ApplicationSet(_) => None,
             });
         match (found.next(), found.next()) {
             (Some(app), None) => Ok(*app),

@@ -17,8 +17,9 @@ use flotilla_common::model::{AppRef, Timestamp};
 use flotilla_common::signing::BundleSigner;
 use tracing::{Instrument as _, info, info_span, warn};
 
+use crate::app::appset::{ClusterParams, GeneratorInput};
 use crate::app::project::{self, Violation};
-use crate::app::{API_VERSION, AppProject, Application};
+use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
 use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
 use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, Store};
@@ -273,6 +274,10 @@ impl Refresher {
                     .fail(record, format!("cluster {}: {violation}", cluster.name))
                     .await;
             }
+            let found = match self.expand_sets(found) {
+                Ok(found) => found,
+                Err(e) => return self.fail(record, e).await,
+            };
             checked.push((cluster, objects, found));
         }
         for (cluster, objects, found) in checked {
@@ -378,6 +383,8 @@ impl Refresher {
         for child in children {
             match child {
                 ArgoObject::Project(project) => self.store.put_project(&project).await?,
+                // Expanded before adoption.
+                ArgoObject::Set(_) => {}
                 ArgoObject::Application(app) => {
                     let key = (app.spec.project.clone(), app.metadata.name.clone());
                     kept.insert(key.clone());
@@ -485,6 +492,31 @@ impl Refresher {
         Ok(())
     }
 
+    /// Replaces each ApplicationSet by the Applications it generates now. Unless the
+    /// set preserves resources on deletion, its apps carry the resources finalizer,
+    /// so an app the set stops generating takes its objects with it.
+    fn expand_sets(&self, found: Vec<ArgoObject>) -> Result<Vec<ArgoObject>, String> {
+        let mut out = Vec::with_capacity(found.len());
+        for object in found {
+            let ArgoObject::Set(set) = object else {
+                out.push(object);
+                continue;
+            };
+            let preserve = set
+                .spec
+                .sync_policy
+                .as_ref()
+                .is_some_and(|p| p.preserve_resources_on_deletion);
+            for mut app in set.generate(self).map_err(|e| e.to_string())? {
+                if !preserve && !app.cascades() {
+                    app.metadata.finalizers.push(RESOURCES_FINALIZER.to_owned());
+                }
+                out.push(ArgoObject::Application(Box::new(app)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Signs a bundle and encodes the envelope, as the store keeps it.
     fn seal(&self, bundle: &Bundle) -> Result<Vec<u8>> {
         let sign_error = |source| Error::Sign {
@@ -519,6 +551,7 @@ impl Refresher {
 enum ArgoObject {
     Application(Box<Application>),
     Project(Box<AppProject>),
+    Set(Box<ApplicationSet>),
 }
 
 /// Splits Argo CD kinds (adopted by the hub) from the objects sent to the cluster.
@@ -528,7 +561,10 @@ fn split_argo_objects(objects: &[Object]) -> Result<(Vec<Object>, Vec<ArgoObject
     for object in objects {
         let api_version = format!("{}/{}", object.gvk.group, object.gvk.version);
         if api_version != API_VERSION
-            || !matches!(object.gvk.kind.as_str(), "Application" | "AppProject")
+            || !matches!(
+                object.gvk.kind.as_str(),
+                "Application" | "AppProject" | "ApplicationSet"
+            )
         {
             rest.push(object.clone());
             continue;
@@ -538,6 +574,9 @@ fn split_argo_objects(objects: &[Object]) -> Result<(Vec<Object>, Vec<ArgoObject
         if object.gvk.kind == "Application" {
             let app = Application::from_value(manifest, &origin).map_err(|e| e.to_string())?;
             argo.push(ArgoObject::Application(Box::new(app)));
+        } else if object.gvk.kind == "ApplicationSet" {
+            let set = ApplicationSet::from_value(manifest, &origin).map_err(|e| e.to_string())?;
+            argo.push(ArgoObject::Set(Box::new(set)));
         } else {
             let project = AppProject::from_value(manifest, &origin).map_err(|e| e.to_string())?;
             argo.push(ArgoObject::Project(Box::new(project)));
@@ -586,4 +625,41 @@ fn same_desired_state(a: &Bundle, b: &Bundle) -> bool {
         && a.source.repo == b.source.repo
         && a.source.path == b.source.path
         && sorted(&a.objects) == sorted(&b.objects)
+}
+
+/// ApplicationSet generators read the hub's clusters and its repositories.
+impl GeneratorInput for Refresher {
+    fn clusters(&self) -> Vec<ClusterParams> {
+        self.store
+            .clusters()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| ClusterParams {
+                server: c.facts.map(|f| f.api_server_url).unwrap_or_default(),
+                name: c.name,
+                labels: c.labels,
+            })
+            .collect()
+    }
+
+    fn directories(&self, repo: &str, revision: &str) -> std::result::Result<Vec<String>, String> {
+        let spec = match self.store.repo(repo).map_err(|e| e.to_string())? {
+            Some(record) => record.spec(),
+            None => RepoSpec::new(repo),
+        };
+        let fetched = self.cache.fetch(&spec).map_err(|e| e.to_string())?;
+        let commit = fetched.resolve(revision).map_err(|e| e.to_string())?;
+        let files = fetched
+            .files(&commit, "", &source::Limits::default())
+            .map_err(|e| e.to_string())?;
+        let mut dirs = BTreeSet::new();
+        for file in files {
+            let mut path = file.path.as_str();
+            while let Some((parent, _)) = path.rsplit_once('/') {
+                dirs.insert(parent.to_owned());
+                path = parent;
+            }
+        }
+        Ok(dirs.into_iter().collect())
+    }
 }

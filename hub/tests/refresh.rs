@@ -306,3 +306,56 @@ async fn an_app_its_project_does_not_permit_is_refused_naming_the_rule() {
         "nothing stored"
     );
 }
+
+#[tokio::test]
+async fn application_sets_in_git_generate_apps_that_follow_their_generators() {
+    let repo = WorkRepo::new();
+    let url = repo.path().display().to_string();
+    let list_set = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata: {{name: listed}}\nspec:\n  generators: [{{list: {{elements: [{{name: metrics}}]}}}}]\n  template:\n    metadata: {{name: '{{{{name}}}}'}}\n    spec:\n      source: {{repoURL: '{url}', targetRevision: main, path: 'addons/{{{{name}}}}'}}\n      destination: {{name: east, namespace: addons}}\n"
+    );
+    let git_set = |glob: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata: {{name: found}}\nspec:\n  generators: [{{git: {{repoURL: '{url}', revision: main, directories: [{{path: '{glob}'}}, {{path: addons/metrics, exclude: true}}]}}}}]\n  template:\n    metadata: {{name: '{{{{path.basename}}}}'}}\n    spec:\n      source: {{repoURL: '{url}', targetRevision: main, path: '{{{{path}}}}'}}\n      destination: {{name: east, namespace: addons}}\n"
+        )
+    };
+    repo.write("addons/metrics/cm.yaml", &configmap("metrics", "1"))
+        .write("addons/logging/cm.yaml", &configmap("logging", "1"))
+        .write("argo/listed.yaml", &list_set)
+        .write("argo/found.yaml", &git_set("addons/*"));
+    repo.commit("addons");
+    let hub = hub(&repo).await;
+    hub.declare(&application("root", &repo, "argo", "")).await;
+
+    hub.refresh().await;
+    let mut apps: Vec<String> = hub
+        .store
+        .apps()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name())
+        .collect();
+    apps.sort();
+    assert_eq!(apps, ["logging", "metrics", "root"]);
+    assert_eq!(hub.bundle("metrics").unwrap().generation, 1);
+    assert_eq!(hub.bundle("logging").unwrap().generation, 1);
+    assert!(
+        hub.store
+            .app("default", "logging")
+            .unwrap()
+            .unwrap()
+            .application
+            .cascades(),
+        "generated apps cascade unless the set preserves resources"
+    );
+
+    repo.write("argo/found.yaml", &git_set("addons/none-*"));
+    repo.commit("the git generator no longer finds logging");
+    let outcomes = hub.refresh().await;
+    assert_eq!(
+        outcome(&outcomes, "logging"),
+        &Outcome::Deleted { pruned: true }
+    );
+    assert!(hub.bundle("logging").unwrap().objects.is_empty());
+    assert!(hub.store.app("default", "metrics").unwrap().is_some());
+}
