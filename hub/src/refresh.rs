@@ -150,7 +150,11 @@ impl Refresher {
                     }
                     done.insert((record.project(), record.name()));
                     let name = format!("{}/{}", record.project(), record.name());
-                    let outcome = self.refresh_app(&repo, record, now).await?;
+                    let span = info_span!("app", app = %name);
+                    let outcome = self
+                        .refresh_app(&repo, record, now)
+                        .instrument(span)
+                        .await?;
                     outcomes.extend(
                         outcome
                             .into_iter()
@@ -171,8 +175,6 @@ impl Refresher {
         now: SystemTime,
     ) -> Result<Vec<(String, Outcome)>> {
         let app = record.application.clone();
-        let span = info_span!("app", app = %format!("{}/{}", record.project(), record.name()));
-        let _enter = span.enter();
 
         let commit = match repo.resolve(&app.source().target_revision) {
             Ok(commit) => commit,
@@ -360,6 +362,7 @@ impl Refresher {
             .objects
             .sort_by(|a, b| (&a.gvk, &a.namespace, &a.name).cmp(&(&b.gvk, &b.namespace, &b.name)));
         let bytes = self.seal(&bundle)?;
+        info!(cluster = %cluster.name, generation = bundle.generation, objects = bundle.objects.len(), "storing a new bundle");
         self.store
             .put_bundle(&project, &name, &cluster.name, bundle.generation, &bytes)
             .await?;
