@@ -4,6 +4,8 @@
 //! Start reading at [`source`] (Git), then [`app`] (Argo CD Applications), [`render`]
 //! (directory, kustomize and helm) and [`store`] (the sled database).
 
+pub mod account;
+pub mod api;
 pub mod app;
 pub mod rbac;
 pub mod refresh;

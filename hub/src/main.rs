@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flotilla_common::model::{ApiResource, ClusterFacts};
 use flotilla_hub::app::{Application, SourceKind};
+use flotilla_hub::rbac::Policy;
 use flotilla_hub::refresh::Refresher;
 use flotilla_hub::render::{self, Renderer, Target, Tools};
-use flotilla_hub::server::{Config, Server};
+use flotilla_hub::server::{self, Config, Server};
 use flotilla_hub::source::{RepoCache, RepoSpec};
 use flotilla_hub::store::Store;
 
@@ -41,6 +42,13 @@ struct ServeArgs {
     /// Secret for push webhooks of repositories that have none of their own.
     #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// An argocd-rbac-cm ConfigMap (YAML) with policy.csv and policy.default; by
+    /// default only `admin` may do anything.
+    #[arg(long, env = "FLOTILLA_RBAC")]
+    rbac: Option<PathBuf>,
+    /// The `admin` password on first start; generated and printed once when unset.
+    #[arg(long, env = "FLOTILLA_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,11 +216,29 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::open(&data_dir.join("db")).context("opening the hub's store")?;
     let cache = RepoCache::new(data_dir.join("repos"))?;
     let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env())).await?;
+    let policy = match &args.rbac {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| UsageError(format!("reading {}: {e}", path.display())))?;
+            let mut policy = Policy::from_configmap_yaml(&text, &path.display().to_string())
+                .map_err(|e| UsageError(e.to_string()))?;
+            // The built-in admin account keeps its role, as Argo CD's does.
+            policy.add_grouping("admin", "role:admin");
+            policy
+        }
+        None => server::default_policy(),
+    };
     let config = Config {
         listen: args.listen,
         webhook_secret: args.webhook_secret,
+        policy,
+        admin_password: args.admin_password,
     };
     let server = Server::start(config, store, refresher).await?;
+    if let Some(password) = server.generated_admin_password() {
+        // Shown once, on the terminal only, never in the log.
+        println!("admin password (shown once): {password}");
+    }
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;

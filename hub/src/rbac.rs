@@ -169,6 +169,14 @@ impl Policy {
         Ok(())
     }
 
+    /// Gives `member` the role `role`, as a `g` line would.
+    pub fn add_grouping(&mut self, member: &str, role: &str) {
+        self.roles
+            .entry(member.to_owned())
+            .or_default()
+            .insert(role.to_owned());
+    }
+
     fn add_lines(&mut self, text: &str, origin: &str) -> Result<()> {
         for (index, raw) in text.lines().enumerate() {
             let line = raw.trim();

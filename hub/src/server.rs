@@ -18,6 +18,9 @@ use axum::routing::post;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::account;
+use crate::api::{self, ApiState};
+use crate::rbac::Policy;
 use crate::refresh::Refresher;
 use crate::source::{DEFAULT_POLL_INTERVAL, webhook};
 use crate::store::Store;
@@ -37,6 +40,9 @@ pub enum Error {
     /// Serving HTTP failed.
     #[error("the API server stopped")]
     Serve(#[source] std::io::Error),
+    /// The admin account could not be made.
+    #[error("failed to set up the admin account")]
+    Account(#[from] account::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,11 +53,23 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Accepted on webhooks for repositories that have no secret of their own.
     pub webhook_secret: Option<String>,
+    /// Who may do what through the API.
+    pub policy: Policy,
+    /// The `admin` account's password on first start; generated when `None`.
+    pub admin_password: Option<String>,
+}
+
+/// The policy when none is configured: `admin` is `role:admin`, nobody else may do
+/// anything.
+pub fn default_policy() -> Policy {
+    Policy::parse("g, admin, role:admin", None, "built-in default")
+        .expect("invariant: the default policy parses")
 }
 
 /// A running hub service.
 pub struct Server {
     addr: SocketAddr,
+    generated_admin_password: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -73,8 +91,15 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().map_err(Error::Serve)?;
+        let generated_admin_password =
+            account::ensure_admin(&store, config.admin_password.as_deref()).await?;
         let (shutdown, stop) = watch::channel(false);
         let (refresh_now, requests) = mpsc::unbounded_channel();
+        let api = api::router(ApiState {
+            store: store.clone(),
+            policy: Arc::new(config.policy),
+            refresh_now: refresh_now.clone(),
+        });
         let shared = Shared {
             store: store.clone(),
             refresh_now,
@@ -82,7 +107,8 @@ impl Server {
         };
         let app = Router::new()
             .route(WEBHOOK_PATH, post(webhook_handler))
-            .with_state(shared);
+            .with_state(shared)
+            .merge(api);
         let mut api_stop = stop.clone();
         let api = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -96,9 +122,15 @@ impl Server {
         info!(%addr, "hub API listening");
         Ok(Self {
             addr,
+            generated_admin_password,
             shutdown,
             tasks: vec![api, poller],
         })
+    }
+
+    /// The `admin` password made at this start, if one was made: show it once.
+    pub fn generated_admin_password(&self) -> Option<&str> {
+        self.generated_admin_password.as_deref()
     }
 
     /// Where the API listens (with port 0 asked for, the port the system chose).

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use fixture::WorkRepo;
 
 const SECRET: &str = "push-secret";
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
 struct Running {
     _dir: tempfile::TempDir,
@@ -68,9 +69,14 @@ async fn start(poll_interval_secs: u64) -> Running {
     let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
         .await
         .unwrap();
+    let mut policy =
+        flotilla_hub::rbac::Policy::parse("g, viewer, role:readonly", None, "test policy").unwrap();
+    policy.add_grouping("admin", "role:admin");
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         webhook_secret: None,
+        policy,
+        admin_password: Some(ADMIN_PASSWORD.to_owned()),
     };
     let server = Server::start(config, store.clone(), refresher)
         .await
@@ -110,6 +116,41 @@ impl Running {
             ),
         );
         self.repo.commit(value)
+    }
+
+    /// One HTTP/1.1 request to the API; returns the status and the JSON body.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: hub\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(self.server.local_addr())
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let json = response
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    async fn login(&self, user: &str, password: &str) -> Option<String> {
+        let body = serde_json::json!({"username": user, "password": password}).to_string();
+        let (status, json) = self.call("POST", "/api/v1/session", None, &body).await;
+        (status == 200).then(|| json["token"].as_str().unwrap().to_owned())
     }
 
     /// Sends a GitHub push webhook for the repo, signed with `secret`; returns the status.
@@ -184,5 +225,147 @@ async fn without_a_webhook_the_repo_is_polled_at_its_interval() {
         hub.wait_for_generation(2, Duration::from_secs(20)).await,
         "a one-second poll picks the commit up"
     );
+    hub.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_logs_in_creates_an_app_and_the_hub_renders_it() {
+    let hub = start(3600).await;
+    assert_eq!(hub.login("admin", "wrong").await, None);
+    assert_eq!(
+        hub.call("GET", "/api/v1/applications", None, "").await.0,
+        401
+    );
+    let admin = hub.login("admin", ADMIN_PASSWORD).await.unwrap();
+
+    let url = hub.repo.path().display().to_string();
+    let app = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: b}}\nspec:\n  source: {{repoURL: '{url}', path: apps/a, targetRevision: main}}\n  destination: {{name: east, namespace: b}}\n"
+    );
+    let (status, created) = hub
+        .call("POST", "/api/v1/applications", Some(&admin), &app)
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, _) = hub
+        .call("POST", "/api/v1/applications", Some(&admin), &app)
+        .await;
+    assert_eq!(status, 409, "a second create of the same app conflicts");
+    let invalid = app.replace("targetRevision", "targetRevison");
+    let (status, body) = hub
+        .call("POST", "/api/v1/applications", Some(&admin), &invalid)
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("targetRevison"),
+        "{body}"
+    );
+
+    // The create triggered a refresh: the new app gets its first bundle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, app) = hub
+            .call("GET", "/api/v1/applications/default/b", Some(&admin), "")
+            .await;
+        if app["clusters"][0]["generation"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bundle for the created app: {app}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = hub.store.events().unwrap();
+    assert!(events.iter().any(|e| e.actor == "admin"
+        && e.action == "create"
+        && e.target == "application/default/b"));
+    hub.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rbac_lets_a_readonly_user_look_but_not_touch() {
+    let hub = start(3600).await;
+    let admin = hub.login("admin", ADMIN_PASSWORD).await.unwrap();
+    let account = serde_json::json!({"name": "viewer", "password": "viewer-pass"}).to_string();
+    assert_eq!(
+        hub.call("POST", "/api/v1/accounts", Some(&admin), &account)
+            .await
+            .0,
+        201
+    );
+    let viewer = hub.login("viewer", "viewer-pass").await.unwrap();
+
+    let (status, list) = hub
+        .call("GET", "/api/v1/applications", Some(&viewer), "")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"][0]["name"], "a");
+    let (status, body) = hub
+        .call(
+            "DELETE",
+            "/api/v1/applications/default/a",
+            Some(&viewer),
+            "",
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("viewer may not delete applications default/a"),
+        "{body}"
+    );
+    let again = serde_json::json!({"name": "x", "password": "y"}).to_string();
+    assert_eq!(
+        hub.call("POST", "/api/v1/accounts", Some(&viewer), &again)
+            .await
+            .0,
+        403
+    );
+    assert!(
+        hub.store.app("default", "a").unwrap().is_some(),
+        "nothing was deleted"
+    );
+    hub.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_credentials_go_in_and_never_come_out() {
+    let hub = start(3600).await;
+    let admin = hub.login("admin", ADMIN_PASSWORD).await.unwrap();
+    let repo = serde_json::json!({
+        "url": "https://git.example/private.git",
+        "username": "ci",
+        "password": "tok-3f9a-secret",
+        "webhookSecret": "hook-9c1d-secret",
+    })
+    .to_string();
+    let (status, _) = hub
+        .call("POST", "/api/v1/repositories", Some(&admin), &repo)
+        .await;
+    assert_eq!(status, 201);
+    let (status, list) = hub
+        .call("GET", "/api/v1/repositories", Some(&admin), "")
+        .await;
+    assert_eq!(status, 200);
+    let text = list.to_string();
+    assert!(
+        text.contains("https://git.example/private.git") && text.contains("\"https\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tok-3f9a-secret") && !text.contains("hook-9c1d-secret"),
+        "{text}"
+    );
+    let stored = hub
+        .store
+        .repo("https://git.example/private.git")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        stored.credentials,
+        Some(flotilla_hub::source::Credentials::Https { .. })
+    ));
     hub.server.stop().await;
 }

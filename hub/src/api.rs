@@ -1,0 +1,453 @@
+//! The hub's JSON API under `/api/v1`, behind bearer tokens and Argo CD RBAC.
+//!
+//! Every request but login carries `Authorization: Bearer TOKEN`; every decision is
+//! [`rbac::Policy::enforce`] on (resource, action, object) as Argo CD names them,
+//! with application objects written `PROJECT/NAME`; every write is recorded in the
+//! audit log with its user. Repository credentials go in and never come out.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::account::{self, Principal};
+use crate::app::Application;
+use crate::rbac::Policy;
+use crate::source::{Credentials, RepoSpec};
+use crate::store::{AppOrigin, AppRecord, Event, RepoRecord, Store};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    /// Repositories to refresh at once (a new app's repo).
+    pub refresh_now: mpsc::UnboundedSender<String>,
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
+    (status, Json(json!({ "error": message.to_string() })))
+}
+
+fn ok(value: Value) -> Reply {
+    (StatusCode::OK, Json(value))
+}
+
+/// The routes, to be nested in the hub's router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/session", post(login))
+        .route("/api/v1/applications", get(list_apps).post(create_app))
+        .route(
+            "/api/v1/applications/{project}/{name}",
+            get(get_app).delete(delete_app),
+        )
+        .route("/api/v1/clusters", get(list_clusters))
+        .route("/api/v1/repositories", get(list_repos).post(create_repo))
+        .route("/api/v1/projects", get(list_projects))
+        .route("/api/v1/accounts", post(create_account))
+        .with_state(state)
+}
+
+impl ApiState {
+    fn principal(&self, headers: &HeaderMap) -> Result<Principal, Reply> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+        account::authenticate(&self.store, token.trim())
+            .map_err(|e| error(StatusCode::UNAUTHORIZED, e))
+    }
+
+    /// The principal, if it may do `action` on `object` of `resource`.
+    fn allow(
+        &self,
+        headers: &HeaderMap,
+        resource: &str,
+        action: &str,
+        object: &str,
+    ) -> Result<Principal, Reply> {
+        let who = self.principal(headers)?;
+        if self
+            .policy
+            .enforce(&who.user, &who.groups, resource, action, object)
+        {
+            Ok(who)
+        } else {
+            Err(error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "permission denied: {} may not {action} {resource} {object}",
+                    who.user
+                ),
+            ))
+        }
+    }
+
+    async fn audit(&self, who: &Principal, action: &str, target: String) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let event = Event {
+            at_ms,
+            actor: who.user.clone(),
+            action: action.to_owned(),
+            target,
+            detail: String::new(),
+        };
+        if let Err(e) = self.store.push_event(&event).await {
+            tracing::warn!(error = %e, "failed to record an audit event");
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+async fn login(State(state): State<ApiState>, Json(req): Json<LoginRequest>) -> Reply {
+    match account::login(&state.store, &req.username, &req.password).await {
+        Ok(token) => ok(json!({ "token": token })),
+        Err(account::Error::BadLogin) => error(StatusCode::UNAUTHORIZED, account::Error::BadLogin),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
+    let app = &record.application;
+    let clusters: Vec<Value> = state
+        .store
+        .clusters()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.is_destination(&app.spec.destination))
+        .map(|c| {
+            let generation = state
+                .store
+                .latest_bundle(&record.project(), &record.name(), &c.name)
+                .ok()
+                .flatten()
+                .map(|(g, _)| g);
+            json!({ "cluster": c.name, "generation": generation })
+        })
+        .collect();
+    json!({
+        "project": record.project(),
+        "name": record.name(),
+        "source": app.source(),
+        "destination": app.spec.destination,
+        "automated": app.automated().is_some(),
+        "origin": record.origin,
+        "renderedCommit": record.rendered_commit,
+        "renderError": record.render_error,
+        "clusters": clusters,
+    })
+}
+
+async fn list_apps(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+    let who = match state.principal(&headers) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let apps = match state.store.apps() {
+        Ok(apps) => apps,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    // A list shows only what the caller may get, as Argo CD's does.
+    let visible: Vec<Value> = apps
+        .iter()
+        .filter(|a| {
+            let object = format!("{}/{}", a.project(), a.name());
+            state
+                .policy
+                .enforce(&who.user, &who.groups, "applications", "get", &object)
+        })
+        .map(|a| app_summary(&state, a))
+        .collect();
+    ok(json!({ "items": visible }))
+}
+
+async fn get_app(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, name)): Path<(String, String)>,
+) -> Reply {
+    if let Err(reply) = state.allow(
+        &headers,
+        "applications",
+        "get",
+        &format!("{project}/{name}"),
+    ) {
+        return reply;
+    }
+    match state.store.app(&project, &name) {
+        Ok(Some(record)) => ok(app_summary(&state, &record)),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("application {project}/{name} not found"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `POST /api/v1/applications` with an Application as YAML or JSON.
+async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: String) -> Reply {
+    let app = match Application::from_yaml(&body, "request body") {
+        Ok(app) => app,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let object = format!("{}/{}", app.spec.project, app.name());
+    let who = match state.allow(&headers, "applications", "create", &object) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    match state.store.app(&app.spec.project, app.name()) {
+        Ok(Some(_)) => return error(StatusCode::CONFLICT, format!("application {object} exists")),
+        Ok(None) => {}
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    let repo = app.source().repo_url.clone();
+    let record = AppRecord::new(app, AppOrigin::Store);
+    if let Err(e) = state.store.put_app(&record).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    state
+        .audit(&who, "create", format!("application/{object}"))
+        .await;
+    if record.application.source().chart.is_none() {
+        let _ = state.refresh_now.send(repo);
+    }
+    (StatusCode::CREATED, Json(app_summary(&state, &record)))
+}
+
+async fn delete_app(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, name)): Path<(String, String)>,
+) -> Reply {
+    let object = format!("{project}/{name}");
+    let who = match state.allow(&headers, "applications", "delete", &object) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    match state.store.remove_app(&project, &name).await {
+        Ok(true) => {
+            state
+                .audit(&who, "delete", format!("application/{object}"))
+                .await;
+            ok(json!({ "deleted": object }))
+        }
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!("application {object} not found"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn list_clusters(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+    let who = match state.principal(&headers) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let clusters: Vec<Value> = state
+        .store
+        .clusters()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            state
+                .policy
+                .enforce(&who.user, &who.groups, "clusters", "get", &c.name)
+        })
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "labels": c.labels,
+                "server": c.facts.as_ref().map(|f| f.api_server_url.clone()),
+                "kubernetesVersion": c.facts.as_ref().map(|f| f.kubernetes_version.clone()),
+            })
+        })
+        .collect();
+    ok(json!({ "items": clusters }))
+}
+
+async fn list_repos(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+    let who = match state.principal(&headers) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let repos: Vec<Value> = state
+        .store
+        .repos()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            state
+                .policy
+                .enforce(&who.user, &who.groups, "repositories", "get", &r.url)
+        })
+        .map(|r| {
+            let kind = match &r.credentials {
+                None => "none",
+                Some(Credentials::Https { .. }) => "https",
+                Some(Credentials::Ssh { .. }) => "ssh",
+            };
+            json!({
+                "url": r.spec().redacted_url(),
+                "credentials": kind,
+                "pollIntervalSeconds": r.poll_interval_secs,
+                "webhookSecret": r.webhook_secret.is_some(),
+            })
+        })
+        .collect();
+    ok(json!({ "items": repos }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RepoRequest {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    ssh_private_key: Option<String>,
+    /// An Argo CD repository Secret, as YAML, instead of the fields above.
+    #[serde(default)]
+    argocd_secret: Option<String>,
+    #[serde(default)]
+    poll_interval_seconds: Option<u64>,
+    #[serde(default)]
+    webhook_secret: Option<String>,
+}
+
+async fn create_repo(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<RepoRequest>,
+) -> Reply {
+    let spec = match (&req.argocd_secret, &req.url) {
+        (Some(secret), _) => match RepoSpec::from_argocd_secret_yaml(secret.as_bytes()) {
+            Ok(spec) => spec,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+        (None, Some(url)) => {
+            let credentials = match (&req.password, &req.ssh_private_key) {
+                (Some(token), None) => Some(Credentials::Https {
+                    username: req.username.clone().unwrap_or_else(|| "git".to_owned()),
+                    token: token.clone(),
+                }),
+                (None, Some(key)) => Some(Credentials::Ssh {
+                    private_key: key.clone(),
+                    known_hosts: None,
+                }),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "give a password or an ssh key, not both",
+                    );
+                }
+            };
+            RepoSpec {
+                url: url.clone(),
+                credentials,
+            }
+        }
+        (None, None) => return error(StatusCode::BAD_REQUEST, "url or argocdSecret is required"),
+    };
+    let who = match state.allow(&headers, "repositories", "create", &spec.url) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let shown = spec.redacted_url();
+    let mut record = RepoRecord::new(spec);
+    if let Some(secs) = req.poll_interval_seconds {
+        record.poll_interval_secs = secs.max(1);
+    }
+    record.webhook_secret = req.webhook_secret;
+    if let Err(e) = state.store.put_repo(&record).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    state
+        .audit(&who, "create", format!("repository/{shown}"))
+        .await;
+    (StatusCode::CREATED, Json(json!({ "url": shown })))
+}
+
+async fn list_projects(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+    let who = match state.principal(&headers) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let mut names = vec!["default".to_owned()];
+    if let Ok(manifests) = state
+        .store
+        .scan::<Value>("projects", &crate::store::Key::new())
+    {
+        names.extend(manifests.into_iter().filter_map(|(_, v)| {
+            v.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        }));
+    }
+    names.sort();
+    names.dedup();
+    let items: Vec<Value> = names
+        .into_iter()
+        .filter(|n| {
+            state
+                .policy
+                .enforce(&who.user, &who.groups, "projects", "get", n)
+        })
+        .map(|n| json!({ "name": n }))
+        .collect();
+    ok(json!({ "items": items }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountRequest {
+    name: String,
+    password: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+async fn create_account(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<AccountRequest>,
+) -> Reply {
+    let who = match state.allow(&headers, "accounts", "create", &req.name) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    match account::create(&state.store, &req.name, &req.password, req.groups).await {
+        Ok(()) => {
+            state
+                .audit(&who, "create", format!("account/{}", req.name))
+                .await;
+            (StatusCode::CREATED, Json(json!({ "name": req.name })))
+        }
+        Err(account::Error::Exists(name)) => {
+            error(StatusCode::CONFLICT, format!("account {name:?} exists"))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
