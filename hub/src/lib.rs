@@ -7,6 +7,7 @@
 pub mod account;
 pub mod api;
 pub mod app;
+pub mod client;
 pub mod rbac;
 pub mod refresh;
 pub mod render;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flotilla_common::model::{ApiResource, ClusterFacts};
 use flotilla_hub::app::{Application, SourceKind};
+use flotilla_hub::client::Client;
 use flotilla_hub::rbac::Policy;
 use flotilla_hub::refresh::Refresher;
 use flotilla_hub::render::{self, Renderer, Target, Tools};
@@ -29,6 +30,87 @@ enum Command {
     Render(RenderArgs),
     /// Run the hub: poll repositories, take push webhooks, render and store bundles.
     Serve(ServeArgs),
+    /// Log in to a hub and keep the session for the commands below.
+    Login(LoginArgs),
+    /// Applications on the hub.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Git repositories the hub reads (credentials are stored, never shown).
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Local accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoginArgs {
+    /// The hub's API, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    #[arg(long, env = "FLOTILLA_USERNAME", default_value = "admin")]
+    username: String,
+    /// The password; read from FLOTILLA_PASSWORD when not given.
+    #[arg(long, env = "FLOTILLA_PASSWORD", hide_env_values = true)]
+    password: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum AppCommand {
+    /// List the applications you may see.
+    List,
+    /// Show one application (PROJECT/NAME, or NAME in the default project).
+    Get { app: String },
+    /// Create applications from an Argo CD Application manifest.
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Delete an application (PROJECT/NAME, or NAME in the default project).
+    Delete { app: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// List repositories.
+    List,
+    /// Add a repository, or an Argo CD repository Secret with --from-secret.
+    Add {
+        url: Option<String>,
+        #[arg(long)]
+        username: Option<String>,
+        /// The token or password; only from the environment, so it stays out of
+        /// shell history.
+        #[arg(
+            long = "password",
+            env = "FLOTILLA_REPO_PASSWORD",
+            hide_env_values = true
+        )]
+        password: Option<String>,
+        /// A private key file for ssh repositories.
+        #[arg(long)]
+        ssh_private_key_path: Option<PathBuf>,
+        /// A Kubernetes Secret labelled argocd.argoproj.io/secret-type: repository.
+        #[arg(long)]
+        from_secret: Option<PathBuf>,
+        /// Seconds between polls (180 by default).
+        #[arg(long)]
+        poll_interval: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Create a local account.
+    Create {
+        name: String,
+        /// Its password; read from FLOTILLA_ACCOUNT_PASSWORD when not given.
+        #[arg(long, env = "FLOTILLA_ACCOUNT_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Groups the account belongs to, for RBAC `g` lines; repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +186,27 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Render(args) => render_command(args).await,
             Command::Serve(args) => serve_command(args).await,
+            Command::Login(args) => {
+                let session = Client::login(&args.server, &args.username, &args.password).await?;
+                session.save()?;
+                println!("logged in to {} as {}", session.server, args.username);
+                Ok(())
+            }
+            Command::App(command) => app_command(command).await,
+            Command::Repo(command) => repo_command(command).await,
+            Command::Account(AccountCommand::Create {
+                name,
+                password,
+                groups,
+            }) => {
+                let body =
+                    serde_json::json!({ "name": name, "password": password, "groups": groups });
+                Client::from_session()?
+                    .post("/api/v1/accounts", body.to_string())
+                    .await?;
+                println!("account {name} created");
+                Ok(())
+            }
         }
     });
     match result {
@@ -200,6 +303,112 @@ async fn render_command(args: RenderArgs) -> anyhow::Result<()> {
             .await?
     };
     print!("{}", render::to_yaml_stream(&rendered.objects)?);
+    Ok(())
+}
+
+/// `PROJECT/NAME`, or `NAME` in the default project.
+fn app_path(app: &str) -> String {
+    match app.split_once('/') {
+        Some((project, name)) => format!("/api/v1/applications/{project}/{name}"),
+        None => format!("/api/v1/applications/default/{app}"),
+    }
+}
+
+async fn app_command(command: AppCommand) -> anyhow::Result<()> {
+    let client = Client::from_session()?;
+    match command {
+        AppCommand::List => {
+            let list = client.get("/api/v1/applications").await?;
+            println!("{:<30} {:<12} {:<40} STATUS", "NAME", "PROJECT", "SOURCE");
+            for app in list["items"].as_array().into_iter().flatten() {
+                let source = format!(
+                    "{}@{}",
+                    app["source"]["path"]
+                        .as_str()
+                        .or(app["source"]["chart"].as_str())
+                        .unwrap_or(""),
+                    app["source"]["targetRevision"].as_str().unwrap_or("")
+                );
+                let status = match app["renderError"].as_str() {
+                    Some(_) => "RenderError".to_owned(),
+                    None => app["renderedCommit"]
+                        .as_str()
+                        .map_or("Pending".to_owned(), |c| {
+                            format!("Rendered {}", c.get(..8).unwrap_or(c))
+                        }),
+                };
+                println!(
+                    "{:<30} {:<12} {:<40} {}",
+                    app["name"].as_str().unwrap_or(""),
+                    app["project"].as_str().unwrap_or(""),
+                    source,
+                    status
+                );
+            }
+        }
+        AppCommand::Get { app } => {
+            let app = client.get(&app_path(&app)).await?;
+            println!("{}", serde_json::to_string_pretty(&app)?);
+        }
+        AppCommand::Create { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| UsageError(format!("reading {}: {e}", file.display())))?;
+            let created = client.post("/api/v1/applications", text).await?;
+            println!(
+                "application {}/{} created",
+                created["project"].as_str().unwrap_or(""),
+                created["name"].as_str().unwrap_or("")
+            );
+        }
+        AppCommand::Delete { app } => {
+            client.delete(&app_path(&app)).await?;
+            println!("application {app} deleted");
+        }
+    }
+    Ok(())
+}
+
+async fn repo_command(command: RepoCommand) -> anyhow::Result<()> {
+    let client = Client::from_session()?;
+    match command {
+        RepoCommand::List => {
+            let list = client.get("/api/v1/repositories").await?;
+            println!("{:<60} {:<12} POLL", "URL", "CREDENTIALS");
+            for repo in list["items"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<60} {:<12} {}s",
+                    repo["url"].as_str().unwrap_or(""),
+                    repo["credentials"].as_str().unwrap_or(""),
+                    repo["pollIntervalSeconds"]
+                );
+            }
+        }
+        RepoCommand::Add {
+            url,
+            username,
+            password,
+            ssh_private_key_path,
+            from_secret,
+            poll_interval,
+        } => {
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path)
+                    .map_err(|e| UsageError(format!("reading {}: {e}", path.display())))
+            };
+            let body = serde_json::json!({
+                "url": url,
+                "username": username,
+                "password": password,
+                "sshPrivateKey": ssh_private_key_path.as_ref().map(read).transpose()?,
+                "argocdSecret": from_secret.as_ref().map(read).transpose()?,
+                "pollIntervalSeconds": poll_interval,
+            });
+            let added = client
+                .post("/api/v1/repositories", body.to_string())
+                .await?;
+            println!("repository {} added", added["url"].as_str().unwrap_or(""));
+        }
+    }
     Ok(())
 }
 

@@ -369,3 +369,94 @@ async fn repository_credentials_go_in_and_never_come_out() {
     ));
     hub.server.stop().await;
 }
+
+/// Runs the `flotilla` CLI with its session kept in `config`.
+fn cli(config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_works_through_the_api_and_reports_rbac_denials() {
+    let hub = start(3600).await;
+    let config = tempfile::tempdir().unwrap();
+    let server = format!("http://{}", hub.server.local_addr());
+    let c = config.path();
+
+    let (ok, out) = cli(c, &["app", "list"], &[]);
+    assert!(!ok && out.contains("not logged in"), "{out}");
+    let (ok, out) = cli(
+        c,
+        &["login", "--server", &server, "--username", "admin"],
+        &[("FLOTILLA_PASSWORD", "wrong")],
+    );
+    assert!(!ok && out.contains("unauthorized"), "{out}");
+    let (ok, out) = cli(
+        c,
+        &["login", "--server", &server, "--username", "admin"],
+        &[("FLOTILLA_PASSWORD", ADMIN_PASSWORD)],
+    );
+    assert!(ok, "{out}");
+
+    let app_file = c.join("app.yaml");
+    std::fs::write(
+        &app_file,
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: c}}\nspec:\n  source: {{repoURL: '{}', path: apps/a, targetRevision: main}}\n  destination: {{name: east, namespace: c}}\n",
+            hub.repo.path().display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = cli(c, &["app", "create", "-f", app_file.to_str().unwrap()], &[]);
+    assert!(ok && out.contains("application default/c created"), "{out}");
+    let (ok, out) = cli(c, &["app", "list"], &[]);
+    assert!(ok && out.contains("apps/a@main"), "{out}");
+
+    let (ok, out) = cli(
+        c,
+        &[
+            "repo",
+            "add",
+            "https://git.example/p.git",
+            "--username",
+            "ci",
+        ],
+        &[("FLOTILLA_REPO_PASSWORD", "tok-77-secret")],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(c, &["repo", "list"], &[]);
+    assert!(
+        ok && out.contains("https://git.example/p.git") && !out.contains("tok-77-secret"),
+        "{out}"
+    );
+
+    let (ok, out) = cli(
+        c,
+        &["account", "create", "viewer"],
+        &[("FLOTILLA_ACCOUNT_PASSWORD", "viewer-pass")],
+    );
+    assert!(ok, "{out}");
+    let (ok, _) = cli(
+        c,
+        &["login", "--server", &server, "--username", "viewer"],
+        &[("FLOTILLA_PASSWORD", "viewer-pass")],
+    );
+    assert!(ok);
+    let (ok, out) = cli(c, &["app", "delete", "c"], &[]);
+    assert!(
+        !ok && out.contains("permission denied: viewer may not delete applications default/c"),
+        "{out}"
+    );
+    assert!(hub.store.app("default", "c").unwrap().is_some());
+    hub.server.stop().await;
+}
