@@ -10,4 +10,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod health;
+pub mod store;
