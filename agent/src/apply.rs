@@ -478,7 +478,8 @@ impl Applier {
         Ok(found)
     }
 
-    async fn api(&self, resource: &ResourceRef) -> Result<Api<DynamicObject>> {
+    /// A dynamic API handle for the object's kind and namespace.
+    pub async fn api(&self, resource: &ResourceRef) -> Result<Api<DynamicObject>> {
         let (ar, caps) = self.kind(resource).await?;
         Ok(match (&caps.scope, &resource.namespace) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
@@ -1032,6 +1033,43 @@ impl Applier {
             })
     }
 
+    /// A dynamic API handle for the object's kind in every namespace.
+    pub async fn api_all(&self, resource: &ResourceRef) -> Result<Api<DynamicObject>> {
+        let (ar, _) = self.kind(resource).await?;
+        Ok(Api::all_with(self.client.clone(), &ar))
+    }
+
+    /// The manifest Flotilla applies for `object`: the bundle's, plus its label
+    /// and annotations.
+    pub fn desired_manifest(&self, bundle: &Bundle, object: &Object) -> Result<Value> {
+        let task = Task {
+            object,
+            resource: object.resource(),
+            label: app_label(&bundle.app),
+        };
+        self.manifest(bundle, &task)
+    }
+
+    /// What the object would look like after Flotilla applied it now: a
+    /// server-side apply dry run, which writes nothing.
+    pub async fn dry_run(&self, bundle: &Bundle, object: &Object) -> Result<Value> {
+        let resource = object.resource();
+        let api = self.api(&resource).await?;
+        let manifest = self.desired_manifest(bundle, object)?;
+        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        params.dry_run = true;
+        let applied = api
+            .patch(&resource.name, &params, &Patch::Apply(&manifest))
+            .await
+            .map_err(|source| Error::Rejected {
+                resource: describe(&resource),
+                verb: "dry-run apply",
+                message: api_message(&source),
+                source: Box::new(source),
+            })?;
+        Ok(to_value(&applied, &resource.gvk))
+    }
+
     /// Re-applies single objects of `bundle` (self-heal), skipping hooks.
     pub async fn reapply(&self, bundle: &Bundle, resources: &[ResourceRef]) -> Vec<ObjectResult> {
         let label = app_label(&bundle.app);
@@ -1385,7 +1423,7 @@ impl Applier {
 
 /// The object as JSON, with `apiVersion` and `kind` filled in: list items and
 /// watch events leave them out, and health rules dispatch on them.
-fn to_value(object: &DynamicObject, gvk: &Gvk) -> Value {
+pub fn to_value(object: &DynamicObject, gvk: &Gvk) -> Value {
     let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
     if let Some(map) = value.as_object_mut() {
         let api_version = if gvk.group.is_empty() {

@@ -11,5 +11,6 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod drift;
 pub mod health;
 pub mod store;
