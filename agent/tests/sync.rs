@@ -395,3 +395,130 @@ async fn unchanged_resync_makes_no_write_calls() {
     eprintln!("no-change re-sync of 50 objects took {took:?}");
     support::delete_namespace(&client, &ns).await;
 }
+
+/// A CRD and a custom resource of its kind in one bundle: the CRD is applied
+/// first, becomes Established, discovery finds the new kind, and the resource is
+/// applied; its health comes from its Ready condition.
+#[tokio::test]
+async fn crd_is_established_before_its_custom_resources_are_applied() {
+    let cluster = cluster_for("crd");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("crd");
+    support::create_namespace(&client, &ns).await;
+    let group = format!("{ns}.example.com");
+    let crd_name = format!("widgets.{group}");
+    let objects = vec![
+        object(
+            json!({"apiVersion": group.clone() + "/v1", "kind": "Widget",
+            "metadata": {"name": "w1", "namespace": ns}, "spec": {"size": 3}}),
+        ),
+        object(
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": crd_name},
+            "spec": {"group": group, "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object",
+                        "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+        ),
+    ];
+    let report = applier(&client)
+        .sync(&bundle(&format!("{ns}-app"), 1, objects, None))
+        .await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let kinds: Vec<&str> = report
+        .resources
+        .iter()
+        .map(|r| r.resource.gvk.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["CustomResourceDefinition", "Widget"]);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let _ = crds.delete(&crd_name, &Default::default()).await;
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// An agent killed in the middle of a sync (the sync future dropped after its
+/// PreSync hook ran) and restarted with the same store converges: the hook does
+/// not run twice and nothing that should stay is pruned.
+#[tokio::test]
+async fn restarted_sync_converges_without_rerunning_hooks_or_pruning() {
+    let cluster = cluster_for("restart");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("restart");
+    support::create_namespace(&client, &ns).await;
+    let dir = std::env::temp_dir().join(unique("flotilla-agent-store"));
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-app");
+    let make_applier = || {
+        apply::Applier::new(
+            client.clone(),
+            "test",
+            flotilla_agent::store::Store::open(&dir).unwrap(),
+            apply::Options::default(),
+        )
+    };
+    {
+        let first = make_applier();
+        let report = first
+            .sync(&bundle(
+                &app,
+                1,
+                vec![config_map(&ns, "old")],
+                policy.clone(),
+            ))
+            .await;
+        assert!(report.succeeded(), "{:?}", report.outcome);
+    }
+    let mut d = deployment(&ns, "web", 1);
+    d.wave = 1;
+    let objects = vec![
+        support::job(&ns, "migrate", "PreSync", None, false),
+        config_map(&ns, "old"),
+        config_map(&ns, "new"),
+        d,
+    ];
+    let b = bundle(&app, 2, objects, policy);
+    {
+        let killed = make_applier();
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        let sync = killed.sync(&b);
+        tokio::pin!(sync);
+        // Run the sync until the PreSync hook's Job has completed, then kill it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                _ = &mut sync => panic!("the sync finished before it could be killed"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let done = jobs
+                .get_opt("migrate")
+                .await
+                .unwrap()
+                .is_some_and(|j| j.status.and_then(|s| s.succeeded).unwrap_or(0) > 0);
+            let web: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            if done && web.get_opt("web").await.unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the hook never completed");
+        }
+    }
+    let restarted = make_applier();
+    let report = restarted.sync(&b).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    assert_eq!(
+        report.hook("migrate").unwrap().outcome,
+        HookOutcome::AlreadyRan
+    );
+    assert!(report.pruned.is_empty());
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(maps.get_opt("old").await.unwrap().is_some());
+    assert!(maps.get_opt("new").await.unwrap().is_some());
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&dir);
+    support::delete_namespace(&client, &ns).await;
+}
