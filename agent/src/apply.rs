@@ -261,6 +261,21 @@ pub struct SyncReport {
     pub kept: Vec<(ResourceRef, String)>,
     /// Write calls (apply, replace, create, delete) this sync made.
     pub writes: u64,
+    /// How long each Sync-phase wave took, in order.
+    pub waves: Vec<WaveTiming>,
+}
+
+/// How long one wave took to apply and then to become healthy.
+#[derive(Clone, Debug)]
+pub struct WaveTiming {
+    /// The wave number.
+    pub wave: i32,
+    /// How many objects it holds.
+    pub objects: usize,
+    /// From the first request to the last apply response.
+    pub applied: Duration,
+    /// From the last apply response until every object was healthy.
+    pub healthy: Duration,
 }
 
 impl SyncReport {
@@ -549,6 +564,7 @@ impl Applier {
             pruned: Vec::new(),
             kept: Vec::new(),
             writes: 0,
+            waves: Vec::new(),
         };
         let tasks: Vec<Task<'_>> = sync_order(&bundle.objects)
             .into_iter()
@@ -825,6 +841,7 @@ impl Applier {
         live: &mut LiveCache,
         report: &mut SyncReport,
     ) -> Option<Outcome> {
+        let started = Instant::now();
         let (hooks, objects): (Vec<&Task<'_>>, Vec<&Task<'_>>) =
             wave.iter().partition(|t| t.object.hook.is_some());
         for task in &objects {
@@ -842,6 +859,7 @@ impl Applier {
                 .collect()
                 .await;
 
+        let applied = Instant::now();
         // Wait for health, one watch per kind and namespace of this wave.
         let deadline = Instant::now() + self.options.wave_timeout;
         let mut waiting: BTreeMap<(Gvk, Option<String>), BTreeSet<String>> = BTreeMap::new();
@@ -888,6 +906,12 @@ impl Applier {
                 Err(e) => warn!(error = %e, "waiting for health failed"),
             }
         }
+        report.waves.push(WaveTiming {
+            wave: wave.first().map_or(0, |t| t.object.wave),
+            objects: wave.len(),
+            applied: applied - started,
+            healthy: applied.elapsed(),
+        });
         let seconds = self.options.wave_timeout.as_secs();
         for r in results.iter_mut().filter(|r| r.error.is_none()) {
             match r.health.health {
@@ -989,10 +1013,20 @@ impl Applier {
             }
         }
         let api = self.api(&task.resource).await?;
-        if has_option(bundle, Some(task.object), "Replace=true") {
+        let replace = has_option(bundle, Some(task.object), "Replace=true");
+        // Server-side apply needs every field in the schema, so Validate=false
+        // writes the object whole, as a client-side `kubectl apply
+        // --validate=false` would.
+        let unvalidated = has_option(bundle, Some(task.object), "Validate=false");
+        if replace || unvalidated {
             let applied = self.replace(&api, task, manifest, current).await?;
+            let action = match (replace, current) {
+                (true, _) => Action::Replaced,
+                (false, Some(_)) => Action::Configured,
+                (false, None) => Action::Created,
+            };
             return Ok((
-                Action::Replaced,
+                action,
                 health::assess(&to_value(&applied, &task.resource.gvk)),
             ));
         }
@@ -1068,6 +1102,63 @@ impl Applier {
                 source: Box::new(source),
             })?;
         Ok(to_value(&applied, &resource.gvk))
+    }
+
+    /// What a sync would change, without changing anything: for an app with a
+    /// manual sync policy the agent reports this and waits for a sync command.
+    /// An object is `OutOfSync` when it is missing, differs from its desired
+    /// manifest, or left the bundle but is still owned (it requires pruning).
+    pub async fn diff(&self, bundle: &Bundle) -> Result<Vec<ResourceStatus>> {
+        let label = app_label(&bundle.app);
+        let mut live = LiveCache::default();
+        let mut out = Vec::new();
+        let mut desired = BTreeSet::new();
+        for object in bundle.objects.iter().filter(|o| o.hook.is_none()) {
+            let task = Task {
+                object,
+                resource: object.resource(),
+                label: label.clone(),
+            };
+            live.load(self, &task.resource).await;
+            let manifest = self.manifest(bundle, &task)?;
+            let (sync, health, message) = match live.get(&task.resource)? {
+                None => (
+                    SyncStatus::OutOfSync,
+                    Health::Missing,
+                    Some("missing".to_owned()),
+                ),
+                Some(current) => {
+                    let health = health::assess(current).health;
+                    if contains(&manifest, current) {
+                        (SyncStatus::Synced, health, None)
+                    } else {
+                        (
+                            SyncStatus::OutOfSync,
+                            health,
+                            Some("differs from the bundle".to_owned()),
+                        )
+                    }
+                }
+            };
+            desired.insert(task.resource.clone());
+            out.push(ResourceStatus {
+                resource: task.resource,
+                sync,
+                health,
+                message,
+            });
+        }
+        for owned in self.store.inventory(&bundle.app)? {
+            if !desired.contains(&owned.resource) {
+                out.push(ResourceStatus {
+                    resource: owned.resource,
+                    sync: SyncStatus::OutOfSync,
+                    health: Health::Healthy,
+                    message: Some("requires pruning".to_owned()),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Re-applies single objects of `bundle` (self-heal), skipping hooks.

@@ -522,3 +522,90 @@ async fn restarted_sync_converges_without_rerunning_hooks_or_pruning() {
     let _ = std::fs::remove_dir_all(&dir);
     support::delete_namespace(&client, &ns).await;
 }
+
+/// With a manual sync policy the agent only reports what differs: a changed and
+/// a missing object are OutOfSync, an object that left the bundle requires
+/// pruning, and computing this writes nothing.
+#[tokio::test]
+async fn manual_policy_diff_reports_out_of_sync_without_writing() {
+    let cluster = cluster_for("manual");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("manual");
+    support::create_namespace(&client, &ns).await;
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![config_map(&ns, "same"), config_map(&ns, "leaving")],
+        None,
+    );
+    assert!(applier.sync(&first).await.succeeded());
+    let writes = applier.writes();
+    let mut changed = config_map(&ns, "same");
+    changed.manifest = serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "same", "namespace": ns}, "data": {"name": "other"}}))
+    .unwrap();
+    let second = bundle(&app, 2, vec![changed, config_map(&ns, "new")], None);
+    let diff = applier.diff(&second).await.unwrap();
+    let mut seen: Vec<(String, flotilla_common::model::SyncStatus, Option<String>)> = diff
+        .into_iter()
+        .map(|s| (s.resource.name, s.sync, s.message))
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    use flotilla_common::model::SyncStatus::OutOfSync;
+    assert_eq!(
+        seen,
+        [
+            ("leaving".into(), OutOfSync, Some("requires pruning".into())),
+            ("new".into(), OutOfSync, Some("missing".into())),
+            (
+                "same".into(),
+                OutOfSync,
+                Some("differs from the bundle".into())
+            ),
+        ]
+    );
+    assert_eq!(applier.writes(), writes);
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// Replace=true replaces instead of applying; Validate=false lets an unknown
+/// field through, which strict validation otherwise refuses with the
+/// apiserver's message.
+#[tokio::test]
+async fn replace_and_validate_sync_options_change_how_objects_are_written() {
+    let cluster = cluster_for("options");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("options");
+    support::create_namespace(&client, &ns).await;
+    let mut replaced = config_map(&ns, "replaced");
+    replaced.sync_options = vec!["Replace=true".into()];
+    let odd = |name: &str| {
+        object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns}, "data": {"a": "b"}, "extraField": 1}))
+    };
+    let mut lenient = odd("lenient");
+    lenient.sync_options = vec!["Validate=false".into()];
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let report = applier
+        .sync(&bundle(
+            &app,
+            1,
+            vec![replaced, lenient, odd("strict")],
+            None,
+        ))
+        .await;
+    assert_eq!(
+        report.resource("replaced").unwrap().action,
+        Action::Replaced
+    );
+    let lenient = report.resource("lenient").unwrap();
+    assert_eq!(lenient.action, Action::Created, "{lenient:?}");
+    let strict = report.resource("strict").unwrap();
+    assert_eq!(strict.action, Action::Failed);
+    let message = strict.error.as_ref().unwrap().to_string();
+    assert!(message.contains("extraField"), "{message}");
+    support::delete_namespace(&client, &ns).await;
+}
