@@ -49,6 +49,9 @@ async fn recipe_sync_waves_apply_in_order_and_wait_for_health() {
             };
             let mut events = watcher::watcher(api, selector).boxed();
             while let Some(Ok(event)) = events.next().await {
+                if let watcher::Event::InitDone = event {
+                    let _ = tx.send("ready".to_owned());
+                }
                 if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = event {
                     let _ = tx.send(format!("{kind} seen"));
                     let v = serde_json::to_value(&o).unwrap();
@@ -67,7 +70,12 @@ async fn recipe_sync_waves_apply_in_order_and_wait_for_health() {
         tokio::spawn(watch("Deployment")),
         tokio::spawn(watch("Service")),
     ];
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Start syncing only once every watch is established, so event order is the
+    // order things happened in.
+    for _ in 0..3 {
+        let ready = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+        assert_eq!(ready.unwrap().as_deref(), Some("ready"));
+    }
 
     let mut objects = vec![
         object(
