@@ -23,8 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_common::bundle::{Bundle, HookDeletePolicy, HookPhase, Object};
-use flotilla_common::message::ResourceStatus;
-use flotilla_common::model::{AppRef, Gvk, Health, ResourceRef, SyncStatus};
+use flotilla_common::message::{
+    DriftEntry, Event as StatusEvent, EventKind, ResourceStatus, Status,
+};
+use flotilla_common::model::{AppRef, Gvk, Health, ResourceRef, SyncStatus, Timestamp};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -297,6 +299,70 @@ impl SyncReport {
     /// The result for the hook called `name`, if it ran.
     pub fn hook(&self, name: &str) -> Option<&HookResult> {
         self.hooks.iter().find(|h| h.resource.name == name)
+    }
+
+    /// The report as the [`Status`] the link sends to the hub: per-resource sync
+    /// and health, `drift` as given, and one event for the sync result (with the
+    /// failing object and the apiserver's message) and one per hook. `sequence`
+    /// is left 0 for the agent session to set.
+    pub fn to_status(&self, now: Timestamp, drift: Vec<DriftEntry>) -> Status {
+        let resources = self.statuses();
+        let sync = if self.succeeded()
+            && drift.is_empty()
+            && resources.iter().all(|r| r.sync == SyncStatus::Synced)
+        {
+            SyncStatus::Synced
+        } else {
+            SyncStatus::OutOfSync
+        };
+        let mut events: Vec<StatusEvent> = self
+            .hooks
+            .iter()
+            .map(|h| {
+                let (kind, reason, message) = match &h.outcome {
+                    HookOutcome::Succeeded => (EventKind::Normal, "HookSucceeded", String::new()),
+                    HookOutcome::AlreadyRan => (
+                        EventKind::Normal,
+                        "HookAlreadyRan",
+                        "already ran for this generation".to_owned(),
+                    ),
+                    HookOutcome::Failed(m) => (EventKind::Warning, "HookFailed", m.clone()),
+                };
+                StatusEvent {
+                    at: now,
+                    kind,
+                    reason: reason.to_owned(),
+                    message: format!("{:?} hook: {message}", h.phase),
+                    resource: Some(h.resource.clone()),
+                }
+            })
+            .collect();
+        events.push(match &self.outcome {
+            Outcome::Succeeded => StatusEvent {
+                at: now,
+                kind: EventKind::Normal,
+                reason: "SyncSucceeded".to_owned(),
+                message: format!("{} writes", self.writes),
+                resource: None,
+            },
+            Outcome::Failed { resource, message } => StatusEvent {
+                at: now,
+                kind: EventKind::Warning,
+                reason: "SyncFailed".to_owned(),
+                message: message.clone(),
+                resource: resource.clone(),
+            },
+        });
+        Status {
+            sequence: 0,
+            app: self.app.clone(),
+            generation: self.generation,
+            sync,
+            health: self.health(),
+            resources,
+            drift,
+            events,
+        }
     }
 
     /// Per-resource status as the link sends it to the hub.

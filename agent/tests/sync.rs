@@ -219,6 +219,17 @@ async fn failing_presync_hook_stops_the_sync_and_runs_sync_fail_hooks() {
     assert!(!failed.deleted);
     let sync_fail = report.hook("report-failure").unwrap();
     assert_eq!(sync_fail.outcome, HookOutcome::Succeeded);
+    // What the hub will see: the failing object and message, and each hook.
+    let status = report.to_status(flotilla_common::model::Timestamp(1), Vec::new());
+    assert_eq!(status.sync, flotilla_common::model::SyncStatus::OutOfSync);
+    let failed_event = status
+        .events
+        .iter()
+        .find(|e| e.reason == "SyncFailed")
+        .unwrap();
+    assert_eq!(failed_event.resource.as_ref().unwrap().name, "db-migration");
+    let hook_events: Vec<&str> = status.events.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(hook_events, ["HookFailed", "HookSucceeded", "SyncFailed"]);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     assert!(jobs.get_opt("db-migration").await.unwrap().is_some());
     support::delete_namespace(&client, &ns).await;
