@@ -1538,6 +1538,32 @@ impl Applier {
         Ok(())
     }
 
+    /// Deletes an app's objects, as deleting an Argo CD Application with cascade
+    /// does: everything in its inventory that still carries its label, except
+    /// objects marked `Delete=false`, which are left in place. The inventory is
+    /// then forgotten. Returns the deleted and the kept objects.
+    pub async fn delete_app(&self, app: &AppRef) -> Result<(Vec<ResourceRef>, Vec<ResourceRef>)> {
+        let label = app_label(app);
+        let mut deleted = Vec::new();
+        let mut kept = Vec::new();
+        for owned in self.store.inventory(app)? {
+            if !owned.delete {
+                kept.push(owned.resource);
+                continue;
+            }
+            if self
+                .prune_one(&owned.resource, &label, PropagationPolicy::Foreground)
+                .await?
+            {
+                deleted.push(owned.resource);
+            } else {
+                kept.push(owned.resource);
+            }
+        }
+        self.store.set_inventory(app, &[]).await?;
+        Ok((deleted, kept))
+    }
+
     /// Deletes one object if it is still this app's; `Ok(false)` when it is not.
     async fn prune_one(
         &self,

@@ -628,3 +628,35 @@ async fn replace_and_validate_sync_options_change_how_objects_are_written() {
     assert!(message.contains("extraField"), "{message}");
     support::delete_namespace(&client, &ns).await;
 }
+
+/// Deleting an app deletes what it owns but leaves Delete=false objects.
+#[tokio::test]
+async fn deleting_an_app_keeps_delete_false_objects() {
+    let cluster = cluster_for("delete-app");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("delapp");
+    support::create_namespace(&client, &ns).await;
+    let mut keep = config_map(&ns, "keep");
+    keep.sync_options = vec!["Delete=false".into()];
+    let b = bundle(
+        &format!("{ns}-app"),
+        1,
+        vec![config_map(&ns, "goes"), keep],
+        None,
+    );
+    let applier = applier(&client);
+    assert!(applier.sync(&b).await.succeeded());
+    let (deleted, kept) = applier.delete_app(&b.app).await.unwrap();
+    assert_eq!(
+        deleted.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["goes"]
+    );
+    assert_eq!(
+        kept.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["keep"]
+    );
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(support::gone_or_going(&maps, "goes").await);
+    assert!(maps.get_opt("keep").await.unwrap().is_some());
+    support::delete_namespace(&client, &ns).await;
+}
