@@ -265,6 +265,8 @@ pub struct SyncReport {
     pub writes: u64,
     /// How long each Sync-phase wave took, in order.
     pub waves: Vec<WaveTiming>,
+    /// Options Flotilla read but treats differently from Argo CD, said out loud.
+    pub warnings: Vec<String>,
 }
 
 /// How long one wave took to apply and then to become healthy.
@@ -337,6 +339,13 @@ impl SyncReport {
                 }
             })
             .collect();
+        events.extend(self.warnings.iter().map(|w| StatusEvent {
+            at: now,
+            kind: EventKind::Warning,
+            reason: "SyncOptionDiffers".to_owned(),
+            message: w.clone(),
+            resource: None,
+        }));
         events.push(match &self.outcome {
             Outcome::Succeeded => StatusEvent {
                 at: now,
@@ -631,7 +640,18 @@ impl Applier {
             kept: Vec::new(),
             writes: 0,
             waves: Vec::new(),
+            warnings: Vec::new(),
         };
+        let client_side = bundle
+            .objects
+            .iter()
+            .any(|o| has_option(bundle, Some(o), "ServerSideApply=false"));
+        if client_side {
+            let warning =
+                "ServerSideApply=false: Flotilla always uses server-side apply".to_owned();
+            warn!("{warning}");
+            report.warnings.push(warning);
+        }
         let tasks: Vec<Task<'_>> = sync_order(&bundle.objects)
             .into_iter()
             .filter(|o| !matches!(o.hook.as_ref().map(|h| h.phase), Some(HookPhase::Skip)))
