@@ -1,0 +1,64 @@
+use flotilla_common::message::DriftEntry;
+use flotilla_common::model::{Gvk, ResourceRef};
+use serde_json::json;
+
+use super::compare::Segment;
+use super::{compare, describe_entry, manager_of};
+
+fn key(path: &str) -> Vec<Segment> {
+    path.split('.').map(|k| Segment::Key(k.into())).collect()
+}
+
+#[test]
+fn compare_reports_changed_fields_but_not_status_or_server_metadata() {
+    let desired = json!({"metadata": {"name": "web", "resourceVersion": "1", "labels": {"a": "b"}},
+        "spec": {"replicas": 3, "template": {"x": [1, 2]}}, "status": {"ready": 3}});
+    let live = json!({"metadata": {"name": "web", "resourceVersion": "9", "labels": {"a": "b", "c": "d"}},
+        "spec": {"replicas": 5, "template": {"x": [1, 2]}}, "status": {"ready": 5}});
+    let found = compare(&desired, &live);
+    assert_eq!(
+        found,
+        vec![
+            (key("metadata.labels.c"), None, Some(json!("d"))),
+            (key("spec.replicas"), Some(json!(3)), Some(json!(5))),
+        ]
+    );
+}
+
+#[test]
+fn manager_is_the_one_owning_the_field() {
+    let live = json!({"metadata": {"managedFields": [
+        {"manager": "flotilla", "operation": "Apply", "time": "2026-01-01T00:00:00Z",
+         "fieldsV1": {"f:spec": {"f:template": {}}}},
+        {"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-01T00:01:00Z",
+         "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    ]}});
+    assert_eq!(
+        manager_of(&live, &key("spec.replicas")).as_deref(),
+        Some("kubectl-edit")
+    );
+    assert_eq!(
+        manager_of(&live, &key("spec.template.x")).as_deref(),
+        Some("flotilla")
+    );
+    assert_eq!(manager_of(&live, &key("data.other")), None);
+}
+
+#[test]
+fn entry_reads_like_the_issue_asks() {
+    let entry = DriftEntry {
+        resource: ResourceRef {
+            gvk: Gvk::new("apps", "v1", "Deployment"),
+            namespace: Some("ns".into()),
+            name: "web".into(),
+        },
+        path: "spec.replicas".into(),
+        old: Some("3".into()),
+        new: Some("5".into()),
+        field_manager: Some("kubectl-edit".into()),
+    };
+    assert_eq!(
+        describe_entry(&entry),
+        "spec.replicas: 3 → 5, changed by kubectl-edit"
+    );
+}
