@@ -5,6 +5,9 @@
 //! (directory, kustomize and helm) and [`store`] (the sled database).
 
 pub mod app;
+pub mod ca;
+pub mod cluster;
+pub mod link;
 pub mod refresh;
 pub mod render;
 pub mod server;

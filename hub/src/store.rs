@@ -14,11 +14,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod key;
+mod link;
 mod records;
 #[cfg(test)]
 mod tests;
 
 pub use key::Key;
+pub use link::{
+    AckRecord, LinkRecord, STATUS_HISTORY, StatusRecord, TokenRecord, parse_bundle_key,
+};
 pub use records::{AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord};
 
 /// The schema this build writes. Bump it when a stored layout changes.
@@ -33,8 +37,19 @@ const BUNDLE_KEY: &[u8] = b"bundle-signing-seed";
 
 /// The trees DESIGN.md lists, opened once.
 pub const TREES: &[&str] = &[
-    "clusters", "tokens", "repos", "projects", "apps", "bundles", "status", "history", "events",
+    "clusters",
+    "tokens",
+    "repos",
+    "projects",
+    "apps",
+    "bundles",
+    "status",
+    "history",
+    "events",
     "keys",
+    "links",
+    "certs",
+    "status_history",
 ];
 
 #[derive(Debug, thiserror::Error)]
