@@ -179,7 +179,8 @@ struct RegisteredClients {
     store: StoreSlot,
 }
 
-type StoreSlot = Arc<Mutex<Option<Store>>>;
+/// The store, as the certificate verifier holds it.
+pub type StoreSlot = Arc<Mutex<Option<Store>>>;
 
 impl rustls::server::danger::ClientCertVerifier for RegisteredClients {
     fn offer_client_auth(&self) -> bool {
