@@ -619,6 +619,7 @@ impl<A: Applier> Agent<A> {
     ) -> std::result::Result<(), Attempt> {
         let limits = self.config.limits;
         let ended = |e: &dyn std::fmt::Display| Attempt::Ended(e.to_string());
+        let mut early: Vec<Message> = Vec::new();
         loop {
             while let Some(transmit) = session.poll_transmit() {
                 let bytes = transmit.encode(&limits).map_err(|e| ended(&e))?;
@@ -646,8 +647,24 @@ impl<A: Applier> Agent<A> {
             tokio::select! {
                 input = inputs.recv() => match input {
                     Some(Input::Message(message)) => {
+                        // Bundle streams and the control stream race: a bundle can
+                        // arrive before the Welcome sent ahead of it. Hold it until
+                        // the session is established.
+                        if matches!(message, Message::Bundle(_)) && session.version().is_none() {
+                            if early.len() >= 64 {
+                                return Err(Attempt::Ended("bundles before welcome".to_owned()));
+                            }
+                            early.push(message);
+                            continue;
+                        }
+                        let welcome = matches!(message, Message::Welcome(_));
                         if let Err(e) = session.handle_message(Instant::now(), message) {
                             warn!(error = %e, "the hub broke the protocol");
+                        }
+                        if welcome && session.version().is_some() {
+                            for message in early.drain(..) {
+                                let _ = session.handle_message(Instant::now(), message);
+                            }
                         }
                     }
                     Some(Input::BadFrame(e)) => return Err(Attempt::Ended(e)),

@@ -139,6 +139,8 @@ pub struct ClusterView {
     pub last_seen_ms: Option<u64>,
     /// The agent's version.
     pub agent_version: Option<String>,
+    /// Bundles this hub process has pushed to it since it started.
+    pub bundles_sent: u64,
 }
 
 struct Shared {
@@ -149,6 +151,9 @@ struct Shared {
     connections: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<ToConnection>)>>,
     next_connection: std::sync::atomic::AtomicU64,
     registering: Semaphore,
+    /// Bundles pushed per cluster since start, to show that a reconnect resends
+    /// nothing the agent already has.
+    sent: Mutex<HashMap<String, u64>>,
 }
 
 /// The running link.
@@ -316,6 +321,7 @@ impl Link {
             config,
             connections: Mutex::new(HashMap::new()),
             next_connection: std::sync::atomic::AtomicU64::new(1),
+            sent: Mutex::new(HashMap::new()),
         });
         let (shutdown, stop) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), stop.clone()));
@@ -357,6 +363,7 @@ impl Link {
     /// Every registered cluster's connection state.
     pub fn clusters(&self) -> Result<Vec<ClusterView>> {
         let connected = lock(&self.shared.connections);
+        let sent = lock(&self.shared.sent);
         Ok(self
             .shared
             .store
@@ -364,6 +371,7 @@ impl Link {
             .into_iter()
             .map(|link| ClusterView {
                 connected: link.connected && connected.contains_key(&link.cluster),
+                bundles_sent: sent.get(&link.cluster).copied().unwrap_or(0),
                 cluster: link.cluster,
                 last_seen_ms: link.last_seen_ms,
                 agent_version: link.agent_version,
@@ -583,6 +591,10 @@ async fn serve_registration(shared: &Shared, connection: &quinn::Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
 }
 
+/// How many status reports may arrive ahead of the Hello before the agent is
+/// taken to be misbehaving.
+const MAX_EARLY: usize = 64;
+
 /// Input to one agent connection's loop.
 enum Input {
     Message(Message),
@@ -701,6 +713,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
     }
 
     let mut close = (close_code::DONE, "session ended".to_owned());
+    let mut early: Vec<Message> = Vec::new();
     'conn: loop {
         while let Some(transmit) = session.poll_transmit() {
             let bytes = match transmit.encode(&limits) {
@@ -719,6 +732,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
                             "pushing bundle"
                         );
                     }
+                    *lock(&shared.sent).entry(cluster.clone()).or_insert(0) += 1;
                     tokio::spawn(send_bundle(connection.clone(), bytes));
                 }
                 _ => {
@@ -753,6 +767,18 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
         tokio::select! {
             input = inputs.recv() => match input {
                 Some(Input::Message(message)) => {
+                    // Status streams and the control stream race: a report can
+                    // arrive before the Hello sent ahead of it. Hold it until the
+                    // session is established.
+                    if matches!(message, Message::Status(_)) && session.version().is_none() {
+                        if early.len() >= MAX_EARLY {
+                            close = (close_code::PROTOCOL, "status reports before hello".to_owned());
+                            break;
+                        }
+                        early.push(message);
+                        continue;
+                    }
+                    let hello = matches!(message, Message::Hello(_));
                     if let Message::Hello(hello) = &message {
                         let version = hello.agent_version.clone();
                         let now = epoch_ms(SystemTime::now());
@@ -766,6 +792,11 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
                     if let Err(e) = session.handle_message(Instant::now(), message) {
                         info!(error = %e, "agent broke the protocol");
                         close = (close_code::PROTOCOL, e.to_string());
+                    }
+                    if hello && session.version().is_some() {
+                        for message in early.drain(..) {
+                            let _ = session.handle_message(Instant::now(), message);
+                        }
                     }
                 }
                 Some(Input::BadFrame(e)) => {

@@ -221,7 +221,11 @@ async fn tampered_and_replayed_bundles_on_the_wire_are_refused_and_not_applied()
         .unwrap()
         .await
         .unwrap();
-    let (mut control, mut recv) = connection.accept_bi().await.unwrap();
+    let (mut control, mut recv) =
+        tokio::time::timeout(Duration::from_secs(20), connection.accept_bi())
+            .await
+            .unwrap()
+            .unwrap();
     let limits = Limits::default();
     let mut decoder = frame::FrameDecoder::new(Channel::Control, &limits);
     let mut pending = std::collections::VecDeque::new();
@@ -231,7 +235,11 @@ async fn tampered_and_replayed_bundles_on_the_wire_are_refused_and_not_applied()
             if let Some(message) = pending.pop_front() {
                 return message;
             }
-            let n = recv.read(&mut buf).await.unwrap().unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(20), recv.read(&mut buf))
+                .await
+                .expect("the agent answers within 20 s")
+                .unwrap()
+                .unwrap();
             let mut input = &buf[..n];
             while let Some(message) = decoder.decode_next(&mut input).unwrap() {
                 pending.push_back(message);
