@@ -2,9 +2,9 @@
 //! pinned CA fingerprint and the trusted bundle key set.
 //!
 //! Locally it lives in `identity.json` in the state directory, written whole to a
-//! temporary file and renamed, readable by the owner only. (In a cluster the
-//! issue asks for a Secret; that is not built yet, and the manifest mounts the
-//! state directory instead.)
+//! temporary file and renamed, readable by the owner only. In a cluster it lives
+//! in a Secret ([`Keeper::Secret`]), so a restarted pod keeps its identity even
+//! though its bootstrap token is spent.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,18 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// The identity Secret could not be read or written.
+    #[error("failed to {what} the agent identity Secret {namespace}/{name}")]
+    Secret {
+        /// Read or write.
+        what: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
     },
     /// The identity file does not parse.
     #[error("the agent identity at {path} is corrupt")]
@@ -141,6 +153,115 @@ impl Identity {
             file.sync_all().map_err(|e| io("sync", e))?;
         }
         std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))
+    }
+}
+
+/// Where the identity is kept.
+#[derive(Clone)]
+pub enum Keeper {
+    /// `identity.json` in this folder.
+    Dir(PathBuf),
+    /// The `identity.json` key of this Secret.
+    Secret {
+        /// A client for the agent's own cluster.
+        client: kube::Client,
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+    },
+}
+
+impl std::fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keeper::Dir(dir) => write!(f, "Dir({})", dir.display()),
+            Keeper::Secret {
+                namespace, name, ..
+            } => write!(f, "Secret({namespace}/{name})"),
+        }
+    }
+}
+
+impl Keeper {
+    /// Reads the identity, if the agent has registered.
+    pub async fn load(&self) -> Result<Option<Identity>> {
+        match self {
+            Keeper::Dir(dir) => Identity::load(dir),
+            Keeper::Secret {
+                client,
+                namespace,
+                name,
+            } => {
+                let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                    kube::Api::namespaced(client.clone(), namespace);
+                let secret = secrets
+                    .get_opt(name)
+                    .await
+                    .map_err(|source| Error::Secret {
+                        what: "read",
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        source: Box::new(source),
+                    })?;
+                let Some(bytes) = secret.and_then(|s| s.data).and_then(|mut d| d.remove(FILE))
+                else {
+                    return Ok(None);
+                };
+                serde_json::from_slice(&bytes.0)
+                    .map(Some)
+                    .map_err(|source| Error::Corrupt {
+                        path: PathBuf::from(format!("secret {namespace}/{name}")),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Writes the identity.
+    pub async fn save(&self, identity: &Identity) -> Result<()> {
+        match self {
+            Keeper::Dir(dir) => identity.save(dir),
+            Keeper::Secret {
+                client,
+                namespace,
+                name,
+            } => {
+                let bytes = serde_json::to_vec(identity).map_err(|source| Error::Corrupt {
+                    path: PathBuf::from(format!("secret {namespace}/{name}")),
+                    source,
+                })?;
+                let secret = k8s_openapi::api::core::v1::Secret {
+                    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(namespace.clone()),
+                        ..Default::default()
+                    },
+                    data: Some(
+                        [(FILE.to_owned(), k8s_openapi::ByteString(bytes))]
+                            .into_iter()
+                            .collect(),
+                    ),
+                    ..Default::default()
+                };
+                let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                    kube::Api::namespaced(client.clone(), namespace);
+                secrets
+                    .patch(
+                        name,
+                        &kube::api::PatchParams::apply("flotilla-agent").force(),
+                        &kube::api::Patch::Apply(&secret),
+                    )
+                    .await
+                    .map_err(|source| Error::Secret {
+                        what: "write",
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        source: Box::new(source),
+                    })?;
+                Ok(())
+            }
+        }
     }
 }
 

@@ -375,6 +375,7 @@ enum Input {
 /// One agent: its configuration, store, applier and published state.
 pub struct Agent<A: Applier> {
     config: AgentConfig,
+    keeper: identity::Keeper,
     store: Store,
     applier: A,
     endpoint: quinn::Endpoint,
@@ -407,12 +408,21 @@ impl<A: Applier> Agent<A> {
     ) -> Self {
         let (state, _) = watch::channel(LinkState::default());
         Self {
+            keeper: identity::Keeper::Dir(config.state_dir.clone()),
             config,
             store,
             applier,
             endpoint,
             state,
         }
+    }
+
+    /// Keeps the identity somewhere other than the state directory, such as a
+    /// Secret in the agent's cluster.
+    #[must_use]
+    pub fn with_keeper(mut self, keeper: identity::Keeper) -> Self {
+        self.keeper = keeper;
+        self
     }
 
     /// Watches what the link is doing.
@@ -425,7 +435,7 @@ impl<A: Applier> Agent<A> {
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
         let span = info_span!("agent", cluster = %self.config.cluster);
         async move {
-            let mut identity = Identity::load(&self.config.state_dir)?;
+            let mut identity = self.keeper.load().await?;
             let timing = Timing {
                 heartbeat_interval: self.config.keep_alive,
                 silence_limit: self.config.idle_timeout,
@@ -550,7 +560,7 @@ impl<A: Applier> Agent<A> {
                         certificate: registered.certificate,
                         key_set: registered.key_set,
                     };
-                    identity.save(&self.config.state_dir).map_err(Error::from)?;
+                    self.keeper.save(&identity).await.map_err(Error::from)?;
                     break Ok(identity);
                 }
                 Some(AgentEvent::Goodbye(goodbye)) => {
@@ -731,7 +741,7 @@ impl<A: Applier> Agent<A> {
                 Ok(key_set) => {
                     let mut updated = identity.clone();
                     updated.key_set = key_set;
-                    updated.save(&self.config.state_dir).map_err(Error::from)?;
+                    self.keeper.save(&updated).await.map_err(Error::from)?;
                     // The new set is used from the next connection on.
                     return Err(Attempt::Ended("key set updated".to_owned()));
                 }
@@ -836,17 +846,17 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 async fn control_reader(mut recv: quinn::RecvStream, limits: Limits, tx: mpsc::Sender<Input>) {
+    // read_chunk hands over quinn's own buffers: no idle read buffer per agent.
     let mut decoder = FrameDecoder::new(Channel::Control, &limits);
-    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match recv.read(&mut buf).await {
-            Ok(Some(n)) => n,
+        let chunk = match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => chunk,
             Ok(None) | Err(_) => {
                 let _ = tx.send(Input::StreamEnded).await;
                 return;
             }
         };
-        let mut input = buf.get(..n).unwrap_or_default();
+        let mut input: &[u8] = &chunk.bytes;
         loop {
             match decoder.decode_next(&mut input) {
                 Ok(Some(message)) => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use flotilla_agent::identity::Keeper;
 use flotilla_agent::link::{AckOnly, Agent, AgentConfig};
 
 /// The Flotilla agent for one cluster.
@@ -35,6 +36,10 @@ struct Cli {
     /// The kubeconfig to use; in-cluster config or $KUBECONFIG when absent.
     #[arg(long, env = "FLOTILLA_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Keep the identity in this Secret (NAMESPACE/NAME) of the agent's cluster
+    /// instead of the state directory, so it survives pod restarts.
+    #[arg(long, env = "FLOTILLA_IDENTITY_SECRET")]
+    identity_secret: Option<String>,
     /// The longest delay between reconnect attempts, in seconds.
     #[arg(long, env = "FLOTILLA_BACKOFF_MAX_SECS", default_value_t = 30)]
     backoff_max_secs: u64,
@@ -69,6 +74,13 @@ fn main() -> ExitCode {
         eprintln!("flotilla-agent: --ca-fingerprint must be a hex SHA-256 (64 digits)");
         return ExitCode::from(EXIT_USAGE);
     }
+    if cli.identity_secret.as_deref().is_some_and(|s| {
+        s.split_once('/')
+            .is_none_or(|(ns, name)| ns.is_empty() || name.is_empty())
+    }) {
+        eprintln!("flotilla-agent: --identity-secret must be NAMESPACE/NAME");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,12 +113,25 @@ async fn run(cli: Cli, hub: SocketAddr) -> anyhow::Result<()> {
     };
     let url = kube_config.cluster_url.to_string();
     let client = kube::Client::try_from(kube_config).context("building the kube client")?;
-    let facts = flotilla_agent::facts::read(client, url).await?;
+    let facts = flotilla_agent::facts::read(client.clone(), url).await?;
+    let keeper = match &cli.identity_secret {
+        Some(secret) => {
+            let (namespace, name) = secret
+                .split_once('/')
+                .context("--identity-secret must be NAMESPACE/NAME")?;
+            Keeper::Secret {
+                client,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }
+        }
+        None => Keeper::Dir(cli.state_dir.clone()),
+    };
     let mut config = AgentConfig::new(hub, cli.ca_fingerprint, cli.cluster, cli.state_dir);
     config.token = cli.token;
     config.facts = facts;
     config.backoff_max = Duration::from_secs(cli.backoff_max_secs.max(1));
-    let agent = Agent::new(config, AckOnly)?;
+    let agent = Agent::new(config, AckOnly)?.with_keeper(keeper);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

@@ -51,6 +51,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
+    /// Prefixes tree names, so many load-test agents can share one database.
+    namespace: String,
 }
 
 fn db(tree: &'static str, what: &'static str) -> impl FnOnce(sled::Error) -> Error {
@@ -77,12 +79,31 @@ impl Store {
                 path: dir.to_owned(),
                 source,
             })?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            namespace: String::new(),
+        })
+    }
+
+    /// A store in its own namespace of a shared database: how a benchmark runs
+    /// thousands of agents in one process without a sled database (and flusher
+    /// thread) each.
+    pub fn in_shared(db: sled::Db, namespace: &str) -> Self {
+        Self {
+            db,
+            namespace: format!("{namespace}/"),
+        }
     }
 
     fn tree(&self, name: &'static str) -> Result<sled::Tree> {
+        if self.namespace.is_empty() {
+            return self
+                .db
+                .open_tree(name)
+                .map_err(db(name, "opening the tree"));
+        }
         self.db
-            .open_tree(name)
+            .open_tree(format!("{}{name}", self.namespace))
             .map_err(db(name, "opening the tree"))
     }
 

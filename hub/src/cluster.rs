@@ -341,7 +341,7 @@ spec:
       containers:
         - name: agent
           image: {image}:{version}
-          args: ["--state-dir", "/var/lib/flotilla-agent"]
+          args: ["--state-dir", "/var/lib/flotilla-agent", "--identity-secret", "flotilla-system/flotilla-agent-identity"]
           envFrom:
             - secretRef:
                 name: flotilla-agent-bootstrap

@@ -125,6 +125,8 @@ impl LinkConfig {
 /// A message to one agent's connection task.
 enum ToConnection {
     Publish(AppRef, Box<Envelope>),
+    /// Re-read every bundle of the cluster from the store.
+    Resync,
     Revoke,
 }
 
@@ -327,7 +329,7 @@ impl Link {
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), stop.clone()));
         let pusher = tokio::spawn(push_new_bundles(
             shared.clone(),
-            store.watch_bundles()?,
+            store.subscribe_bundles(),
             stop,
         ));
         info!(addr = ?endpoint.local_addr().ok(), fingerprint = %shared.ca.fingerprint(), "agent link listening");
@@ -430,35 +432,54 @@ async fn accept_loop(
 /// Hands each newly stored bundle to its cluster's connection, if any.
 async fn push_new_bundles(
     shared: Arc<Shared>,
-    mut subscriber: sled::Subscriber,
+    mut stored: tokio::sync::broadcast::Receiver<store::BundleStored>,
     mut stop: watch::Receiver<bool>,
 ) {
+    use tokio::sync::broadcast::error::RecvError;
     loop {
         let event = tokio::select! {
-            event = &mut subscriber => event,
+            event = stored.recv() => event,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Some(sled::Event::Insert { key, value }) = event else {
-            if event.is_none() {
-                return;
+        let stored = match event {
+            Ok(stored) => stored,
+            Err(RecvError::Lagged(missed)) => {
+                // Too many at once: every connection looks at the store again.
+                warn!(missed, "bundle notifications lagged; resyncing every agent");
+                for (_, conn) in lock(&shared.connections).values() {
+                    let _ = conn.send(ToConnection::Resync);
+                }
+                continue;
             }
+            Err(RecvError::Closed) => return,
+        };
+        let connection = lock(&shared.connections)
+            .get(&stored.cluster)
+            .map(|(_, conn)| conn.clone());
+        let Some(connection) = connection else {
             continue;
         };
-        let Some((project, app, cluster, generation)) = store::parse_bundle_key(&key) else {
-            continue;
-        };
-        let envelope = match Envelope::decode(&value) {
-            Ok(envelope) => envelope,
+        let bytes = match shared
+            .store
+            .latest_bundle(&stored.project, &stored.app, &stored.cluster)
+        {
+            Ok(Some((_, bytes))) => bytes,
+            Ok(None) => continue,
             Err(e) => {
-                warn!(%cluster, %app, generation, error = %e, "stored bundle does not decode");
+                warn!(cluster = %stored.cluster, app = %stored.app, error = %e, "reading a stored bundle failed");
                 continue;
             }
         };
-        if let Some((_, conn)) = lock(&shared.connections).get(&cluster) {
-            let _ = conn.send(ToConnection::Publish(
-                AppRef::new(project, app),
-                Box::new(envelope),
-            ));
+        match Envelope::decode(&bytes) {
+            Ok(envelope) => {
+                let _ = connection.send(ToConnection::Publish(
+                    AppRef::new(stored.project, stored.app),
+                    Box::new(envelope),
+                ));
+            }
+            Err(e) => {
+                warn!(cluster = %stored.cluster, app = %stored.app, generation = stored.generation, error = %e, "stored bundle does not decode");
+            }
         }
     }
 }
@@ -603,17 +624,18 @@ enum Input {
 }
 
 async fn control_reader(mut recv: quinn::RecvStream, limits: Limits, tx: mpsc::Sender<Input>) {
+    // read_chunk hands over quinn's own buffers, so an idle connection holds no
+    // read buffer of ours.
     let mut decoder = FrameDecoder::new(Channel::Control, &limits);
-    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match recv.read(&mut buf).await {
-            Ok(Some(n)) => n,
+        let chunk = match recv.read_chunk(CONTROL_LIMIT_CHUNK, true).await {
+            Ok(Some(chunk)) => chunk,
             Ok(None) | Err(_) => {
                 let _ = tx.send(Input::StreamEnded).await;
                 return;
             }
         };
-        let mut input = buf.get(..n).unwrap_or_default();
+        let mut input: &[u8] = &chunk.bytes;
         loop {
             match decoder.decode_next(&mut input) {
                 Ok(Some(message)) => {
@@ -632,6 +654,9 @@ async fn control_reader(mut recv: quinn::RecvStream, limits: Limits, tx: mpsc::S
         }
     }
 }
+
+/// The most bytes taken from the control stream at once.
+const CONTROL_LIMIT_CHUNK: usize = 64 * 1024;
 
 /// Reads status streams one at a time, in the order the agent opened them.
 async fn status_reader(connection: quinn::Connection, limits: Limits, tx: mpsc::Sender<Input>) {
@@ -701,16 +726,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
     };
     let mut session = HubSession::new(timing);
     session.handle_connected(Instant::now());
-    match shared.store.latest_bundles_for(&cluster) {
-        Ok(bundles) => {
-            for (project, app, bytes) in bundles {
-                if let Ok(envelope) = Envelope::decode(&bytes) {
-                    session.publish(AppRef::new(project, app), envelope);
-                }
-            }
-        }
-        Err(e) => warn!(error = %e, "reading stored bundles failed"),
-    }
+    publish_stored(&shared.store, &cluster, &mut session);
 
     let mut close = (close_code::DONE, "session ended".to_owned());
     let mut early: Vec<Message> = Vec::new();
@@ -810,6 +826,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
                 Some(ToConnection::Publish(app, envelope)) => {
                     session.publish(app, *envelope);
                 }
+                Some(ToConnection::Resync) => publish_stored(&shared.store, &cluster, &mut session),
                 Some(ToConnection::Revoke) => {
                     session.close(GoodbyeReason::Revoked, "the cluster was removed from the hub");
                     while let Some(transmit) = session.poll_transmit() {
@@ -849,6 +866,21 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
         .await;
     }
     info!(reason = %close.1, "agent disconnected");
+}
+
+/// Hands the session the newest stored bundle of every app of `cluster`; it sends
+/// those the agent lacks.
+fn publish_stored(store: &Store, cluster: &str, session: &mut HubSession) {
+    match store.latest_bundles_for(cluster) {
+        Ok(bundles) => {
+            for (project, app, bytes) in bundles {
+                if let Ok(envelope) = Envelope::decode(&bytes) {
+                    session.publish(AppRef::new(project, app), envelope);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "reading stored bundles failed"),
+    }
 }
 
 /// Removes this connection from the table if it is still the current one for

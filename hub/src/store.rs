@@ -98,6 +98,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// One flush at a time: concurrent `flush_async` calls with large values
+    /// deadlocked sled 0.34's io buffers (every sled-io thread waiting in
+    /// make_stable) in the link scale benchmark.
+    flush_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Told of every bundle stored, so the link pushes it at once.
+    bundles_stored: tokio::sync::broadcast::Sender<BundleStored>,
+}
+
+/// A bundle was stored for (app, cluster) at this generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleStored {
+    pub project: String,
+    pub app: String,
+    pub cluster: String,
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -120,6 +135,8 @@ impl Store {
         let store = Self {
             db,
             path: dir.to_owned(),
+            bundles_stored: tokio::sync::broadcast::channel(4096).0,
+            flush_lock: std::sync::Arc::default(),
         };
         store.check_schema()?;
         Ok(store)
@@ -232,6 +249,7 @@ impl Store {
     }
 
     async fn flush(&self, tree: &'static str) -> Result<()> {
+        let _one_at_a_time = self.flush_lock.lock().await;
         self.db
             .flush_async()
             .await
@@ -317,7 +335,20 @@ impl Store {
         self.tree("bundles")?
             .insert(key.as_bytes(), envelope)
             .map_err(|source| db("bundles", "writing", source))?;
-        self.flush("bundles").await
+        // Index by cluster, so an agent's connection finds its bundles without
+        // scanning every cluster's.
+        let index = Key::new().str(cluster).str(project).str(app);
+        self.tree("cluster_bundles")?
+            .insert(index.as_bytes(), &generation.to_be_bytes())
+            .map_err(|source| db("cluster_bundles", "writing", source))?;
+        self.flush("bundles").await?;
+        let _ = self.bundles_stored.send(BundleStored {
+            project: project.to_owned(),
+            app: app.to_owned(),
+            cluster: cluster.to_owned(),
+            generation,
+        });
+        Ok(())
     }
 
     /// The newest bundle of (app, cluster): its generation and envelope bytes.

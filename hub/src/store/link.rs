@@ -238,31 +238,43 @@ impl Store {
     /// Every stored bundle's newest generation for `cluster`: (project, app,
     /// envelope bytes).
     pub fn latest_bundles_for(&self, cluster: &str) -> Result<Vec<(String, String, Vec<u8>)>> {
-        let mut newest: BTreeMap<(String, String), (u64, Vec<u8>)> = BTreeMap::new();
-        for item in self.tree("bundles")?.iter() {
-            let (key, value) = item.map_err(|source| db("bundles", "scanning", source))?;
-            let Some((project, app, for_cluster, generation)) = parse_bundle_key(&key) else {
+        let mut out = Vec::new();
+        let prefix = Key::new().str(cluster);
+        for item in self
+            .tree("cluster_bundles")?
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+        {
+            let key = item.map_err(|source| db("cluster_bundles", "scanning", source))?;
+            let Some((project, app)) = parse_strings(&key[prefix.as_bytes().len()..]) else {
                 continue;
             };
-            if for_cluster != cluster {
-                continue;
-            }
-            let slot = newest.entry((project, app)).or_insert((0, Vec::new()));
-            if generation >= slot.0 {
-                *slot = (generation, value.to_vec());
+            if let Some((_, bytes)) = self.latest_bundle(&project, &app, cluster)? {
+                out.push((project, app, bytes));
             }
         }
-        Ok(newest
-            .into_iter()
-            .map(|((project, app), (_, bytes))| (project, app, bytes))
-            .collect())
+        Ok(out)
     }
 
-    /// A subscription to every write to the `bundles` tree, so the link can push a
-    /// new bundle at once.
-    pub fn watch_bundles(&self) -> Result<sled::Subscriber> {
-        Ok(self.tree("bundles")?.watch_prefix(Vec::<u8>::new()))
+    /// Every bundle this process stores from now on, so the link can push it at
+    /// once. (sled's own watch_prefix was tried first: its async Subscriber lost
+    /// wake-ups and stalled writers under a burst of large values.)
+    pub fn subscribe_bundles(&self) -> tokio::sync::broadcast::Receiver<super::BundleStored> {
+        self.bundles_stored.subscribe()
     }
+}
+
+/// Splits two length-prefixed strings.
+fn parse_strings(key: &[u8]) -> Option<(String, String)> {
+    let mut rest = key;
+    let mut part = || -> Option<String> {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let (s, tail) = (tail.get(..len)?, tail.get(len..)?);
+        rest = tail;
+        Some(String::from_utf8_lossy(s).into_owned())
+    };
+    Some((part()?, part()?))
 }
 
 /// Splits a `bundles` key into (project, app, cluster, generation).
