@@ -108,11 +108,17 @@ impl Store {
     }
 
     async fn flush(&self, tree: &'static str) -> Result<()> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(db(tree, "flushing"))
+        // A blocking flush on the blocking pool: sled 0.34's flush_async future
+        // was seen never to wake under load.
+        let handle = self.db.clone();
+        match tokio::task::spawn_blocking(move || handle.flush()).await {
+            Ok(flushed) => flushed.map(|_| ()).map_err(db(tree, "flushing")),
+            Err(_) => Err(Error::Db {
+                tree,
+                what: "flushing (the flush task panicked)",
+                source: sled::Error::ReportableBug("flush task panicked".to_owned()),
+            }),
+        }
     }
 
     /// Records a verified bundle as its app's last applied one, flushed.
