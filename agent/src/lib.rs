@@ -1,22 +1,27 @@
-//! The Flotilla agent's engine: it applies a verified [`Bundle`] to one cluster the
-//! way Argo CD would, keeps the cluster there, and explains every difference.
+//! The Flotilla agent: runs in one cluster, dials the hub, verifies the bundles it
+//! is sent, applies them the way Argo CD would, keeps the cluster there, and
+//! explains every difference.
 //!
-//! Start reading at [`apply`]: [`apply::Applier::sync`] runs one bundle through its
-//! phases and waves and returns a [`apply::SyncReport`]; [`apply::Applier::diff`]
-//! reports what a sync would change for apps with a manual sync policy.
-//! [`health`] judges live objects from watch events, [`drift::Monitor`] watches an
-//! app's objects and reports (and with selfHeal reverts) drift, and [`store`] keeps
-//! what each app owns and which hooks ran, so prune only ever deletes Flotilla's own
-//! objects and a restarted agent runs no hook twice.
+//! Start reading at [`link`] (the QUIC connection to the hub and the [`link::Applier`]
+//! seam where the apply engine plugs in), [`identity`] (key pair, client certificate,
+//! pinned CA) and [`journal`] (applied bundles and the status outbox); [`facts`]
+//! reads what registration tells the hub about the cluster.
 //!
-//! Until the link to the hub exists, reports are returned as values
-//! ([`apply::SyncReport`], [`drift::Report`]) that the tests in `agent/tests/` read.
-//!
-//! [`Bundle`]: flotilla_common::bundle::Bundle
+//! The engine: [`apply::Applier::sync`] runs one bundle through its phases and waves
+//! and returns a [`apply::SyncReport`]; [`apply::Applier::diff`] reports what a sync
+//! would change for apps with a manual sync policy. [`health`] judges live objects
+//! from watch events, [`drift::Monitor`] watches an app's objects and reports (and
+//! with selfHeal reverts) drift, and [`store`] keeps what each app owns and which
+//! hooks ran, so prune only ever deletes Flotilla's own objects and a restarted agent
+//! runs no hook twice.
 
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod drift;
+pub mod facts;
 pub mod health;
+pub mod identity;
+pub mod journal;
+pub mod link;
 pub mod store;

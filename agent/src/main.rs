@@ -1,13 +1,152 @@
 //! `flotilla-agent`: runs in one cluster, dials the hub, applies what it is sent.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Parser;
+use flotilla_agent::identity::Keeper;
+use flotilla_agent::link::{AckOnly, Agent, AgentConfig};
 
 /// The Flotilla agent for one cluster.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla-agent", version = flotilla_common::VERSION)]
-struct Cli {}
+struct Cli {
+    /// The hub's QUIC address, host:port.
+    #[arg(long, env = "FLOTILLA_HUB")]
+    hub: String,
+    /// SHA-256 fingerprint of the hub's CA, as `flotilla cluster add` printed it.
+    #[arg(long, env = "FLOTILLA_CA_FINGERPRINT")]
+    ca_fingerprint: String,
+    /// The name this cluster was added under.
+    #[arg(long, env = "FLOTILLA_CLUSTER")]
+    cluster: String,
+    /// The single-use bootstrap token; needed only until the agent has registered.
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where the agent keeps its identity and store.
+    #[arg(
+        long,
+        env = "FLOTILLA_STATE_DIR",
+        default_value = "/var/lib/flotilla-agent"
+    )]
+    state_dir: PathBuf,
+    /// The kubeconfig to use; in-cluster config or $KUBECONFIG when absent.
+    #[arg(long, env = "FLOTILLA_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Keep the identity in this Secret (NAMESPACE/NAME) of the agent's cluster
+    /// instead of the state directory, so it survives pod restarts.
+    #[arg(long, env = "FLOTILLA_IDENTITY_SECRET")]
+    identity_secret: Option<String>,
+    /// The longest delay between reconnect attempts, in seconds.
+    #[arg(long, env = "FLOTILLA_BACKOFF_MAX_SECS", default_value_t = 30)]
+    backoff_max_secs: u64,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("the agent cannot connect yet; see the open issues")
+/// Exit status for bad flags or configuration, as sysexits' EX_USAGE.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let hub: SocketAddr = match std::net::ToSocketAddrs::to_socket_addrs(&cli.hub)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+    {
+        Some(addr) => addr,
+        None => {
+            eprintln!(
+                "flotilla-agent: --hub {:?} is not a reachable host:port",
+                cli.hub
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.ca_fingerprint.replace(':', "").len() != 64 {
+        eprintln!("flotilla-agent: --ca-fingerprint must be a hex SHA-256 (64 digits)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if cli.identity_secret.as_deref().is_some_and(|s| {
+        s.split_once('/')
+            .is_none_or(|(ns, name)| ns.is_empty() || name.is_empty())
+    }) {
+        eprintln!("flotilla-agent: --identity-secret must be NAMESPACE/NAME");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flotilla-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, hub)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, hub: SocketAddr) -> anyhow::Result<()> {
+    let kube_config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig")?,
+    };
+    let url = kube_config.cluster_url.to_string();
+    let client = kube::Client::try_from(kube_config).context("building the kube client")?;
+    let facts = flotilla_agent::facts::read(client.clone(), url).await?;
+    let keeper = match &cli.identity_secret {
+        Some(secret) => {
+            let (namespace, name) = secret
+                .split_once('/')
+                .context("--identity-secret must be NAMESPACE/NAME")?;
+            Keeper::Secret {
+                client,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }
+        }
+        None => Keeper::Dir(cli.state_dir.clone()),
+    };
+    let mut config = AgentConfig::new(hub, cli.ca_fingerprint, cli.cluster, cli.state_dir);
+    config.token = cli.token;
+    config.facts = facts;
+    config.backoff_max = Duration::from_secs(cli.backoff_max_secs.max(1));
+    let agent = Agent::new(config, AckOnly)?.with_keeper(keeper);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
+    });
+    agent.run(stop).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_cli_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
 }

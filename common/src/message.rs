@@ -117,6 +117,8 @@ pub struct Hello {
     pub versions: Vec<ProtocolVersion>,
     /// The last applied bundle of every app, sorted by app.
     pub applied: Vec<Applied>,
+    /// The agent's Flotilla version, which the hub shows per cluster.
+    pub agent_version: String,
 }
 
 /// Accepts a session.

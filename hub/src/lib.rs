@@ -7,7 +7,10 @@
 pub mod account;
 pub mod api;
 pub mod app;
+pub mod ca;
 pub mod client;
+pub mod cluster;
+pub mod link;
 pub mod rbac;
 pub mod refresh;
 pub mod render;

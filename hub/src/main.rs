@@ -2,12 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flotilla_common::model::{ApiResource, ClusterFacts};
 use flotilla_hub::app::{Application, SourceKind};
+use flotilla_hub::ca::Ca;
 use flotilla_hub::client::Client;
+use flotilla_hub::cluster;
+use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::rbac::Policy;
 use flotilla_hub::refresh::Refresher;
 use flotilla_hub::render::{self, Renderer, Target, Tools};
@@ -28,7 +32,8 @@ enum Command {
     /// Print the objects an Application renders to, in apply order, without a hub
     /// (like `argocd app manifests --local` or `flux build`).
     Render(RenderArgs),
-    /// Run the hub: poll repositories, take push webhooks, render and store bundles.
+    /// Run the hub: poll repositories, take push webhooks, render and store bundles,
+    /// and push them to agents over QUIC.
     Serve(ServeArgs),
     /// Log in to a hub and keep the session for the commands below.
     Login(LoginArgs),
@@ -41,6 +46,59 @@ enum Command {
     /// Local accounts.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Add, remove and list clusters. These open the hub's data folder directly, so
+    /// run them while the hub is stopped (sled allows one process at a time).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Make a single-use bootstrap token for a new cluster and print the agent's
+    /// install manifest (or, with --print-command, a local command line).
+    Add(ClusterAddArgs),
+    /// Remove a cluster and revoke its certificate.
+    Rm(ClusterRmArgs),
+    /// List clusters with their connection state, last-seen time and agent version.
+    List(DataDirArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DataDirArgs {
+    /// The hub's data folder.
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterAddArgs {
+    /// The cluster's name: a DNS label.
+    name: String,
+    /// A label for the cluster, key=value; repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// The hub's QUIC address as agents reach it, host:port.
+    #[arg(long, env = "FLOTILLA_HUB_ADDRESS", default_value = "127.0.0.1:7443")]
+    hub_address: String,
+    /// How long the token works, in minutes.
+    #[arg(long, env = "FLOTILLA_TOKEN_TTL_MINUTES", default_value_t = 60)]
+    token_ttl_minutes: u64,
+    /// The agent image the manifest runs (the tag is this flotilla's version).
+    #[arg(long, env = "FLOTILLA_AGENT_IMAGE", default_value = flotilla_hub::cluster::DEFAULT_AGENT_IMAGE)]
+    image: String,
+    /// Print a command line that runs the agent locally instead of a manifest.
+    #[arg(long)]
+    print_command: bool,
+    #[command(flatten)]
+    data: DataDirArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterRmArgs {
+    /// The cluster to remove.
+    name: String,
+    #[command(flatten)]
+    data: DataDirArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +189,12 @@ struct ServeArgs {
     /// The `admin` password on first start; generated and printed once when unset.
     #[arg(long, env = "FLOTILLA_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// Where agents connect (QUIC, UDP).
+    #[arg(long, env = "FLOTILLA_AGENT_LISTEN", default_value = "127.0.0.1:7443")]
+    agent_listen: std::net::SocketAddr,
+    /// How long issued client certificates last, in days.
+    #[arg(long, env = "FLOTILLA_CERT_DAYS", default_value_t = 30)]
+    cert_days: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,6 +271,7 @@ fn main() -> ExitCode {
                 println!("account {name} created");
                 Ok(())
             }
+            Command::Cluster(command) => cluster_command(command).await,
         }
     });
     match result {
@@ -443,6 +508,14 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         policy,
         admin_password: args.admin_password,
     };
+    let mut link_config = LinkConfig::new(args.agent_listen);
+    if args.cert_days == 0 {
+        return Err(UsageError("--cert-days must be at least 1".to_owned()).into());
+    }
+    link_config.cert_lifetime = Duration::from_secs(args.cert_days * 24 * 3600);
+    let link = Link::start(store.clone(), link_config)
+        .await
+        .context("starting the agent link")?;
     let server = Server::start(config, store, refresher).await?;
     if let Some(password) = server.generated_admin_password() {
         // Shown once, on the terminal only, never in the log.
@@ -452,7 +525,89 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     server.stop().await;
+    link.stop().await;
     Ok(())
+}
+
+fn open_data_dir(args: &DataDirArgs) -> anyhow::Result<Store> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    Store::open(&data_dir.join("db")).context(
+        "opening the hub's data folder (cluster commands need the hub stopped: sled allows one process)",
+    )
+}
+
+async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Add(args) => {
+            let labels =
+                cluster::parse_labels(&args.labels).map_err(|e| UsageError(e.to_string()))?;
+            if args.token_ttl_minutes == 0 {
+                return Err(UsageError("--token-ttl-minutes must be at least 1".to_owned()).into());
+            }
+            let store = open_data_dir(&args.data)?;
+            let ca = Ca::load_or_create(&store, SystemTime::now()).await?;
+            let added = cluster::add(
+                &store,
+                &args.name,
+                labels,
+                Duration::from_secs(args.token_ttl_minutes * 60),
+                SystemTime::now(),
+            )
+            .await
+            .map_err(|e| match e {
+                cluster::Error::InvalidName(_)
+                | cluster::Error::Exists(_)
+                | cluster::Error::InvalidLabel(_) => anyhow::Error::from(UsageError(e.to_string())),
+                e => e.into(),
+            })?;
+            let fingerprint = ca.fingerprint();
+            let join = cluster::JoinInfo {
+                cluster: &added.cluster,
+                hub_address: &args.hub_address,
+                ca_fingerprint: &fingerprint,
+                token: &added.token,
+                image: &args.image,
+            };
+            if args.print_command {
+                print!("{}", cluster::command_line(&join));
+            } else {
+                print!("{}", cluster::manifest(&join));
+            }
+            Ok(())
+        }
+        ClusterCommand::Rm(args) => {
+            let store = open_data_dir(&args.data)?;
+            if !store.remove_cluster(&args.name).await? {
+                return Err(UsageError(format!("no cluster named {:?}", args.name)).into());
+            }
+            eprintln!(
+                "removed cluster {:?}; its certificate no longer works",
+                args.name
+            );
+            Ok(())
+        }
+        ClusterCommand::List(args) => {
+            let store = open_data_dir(&args)?;
+            println!("NAME\tSTATE\tLAST SEEN (ms since epoch)\tAGENT");
+            for link in store.links()? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    link.cluster,
+                    if link.connected {
+                        "Connected"
+                    } else {
+                        "Disconnected"
+                    },
+                    link.last_seen_ms.map_or("-".to_owned(), |t| t.to_string()),
+                    link.agent_version.as_deref().unwrap_or("-"),
+                );
+            }
+            for token in store.tokens()? {
+                println!("{}\tPending\t-\t-", token.cluster);
+            }
+            Ok(())
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {

@@ -14,11 +14,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod key;
+mod link;
 mod records;
 #[cfg(test)]
 mod tests;
 
 pub use key::Key;
+pub use link::{
+    AckRecord, LinkRecord, STATUS_HISTORY, StatusRecord, TokenRecord, parse_bundle_key,
+};
 pub use records::{AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord};
 
 /// The schema this build writes. Bump it when a stored layout changes.
@@ -33,8 +37,19 @@ const BUNDLE_KEY: &[u8] = b"bundle-signing-seed";
 
 /// The trees DESIGN.md lists, opened once.
 pub const TREES: &[&str] = &[
-    "clusters", "tokens", "repos", "projects", "apps", "bundles", "status", "history", "events",
+    "clusters",
+    "tokens",
+    "repos",
+    "projects",
+    "apps",
+    "bundles",
+    "status",
+    "history",
+    "events",
     "keys",
+    "links",
+    "certs",
+    "status_history",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +79,9 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// The blocking flush task did not finish (it panicked or was cancelled).
+    #[error("store {tree}: the flush task did not finish")]
+    FlushTask { tree: &'static str },
     /// The system's random source failed.
     #[error("failed to draw a new key from the system's random source: {0}")]
     Random(String),
@@ -83,6 +101,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// One flush at a time: concurrent `flush_async` calls with large values
+    /// deadlocked sled 0.34's io buffers (every sled-io thread waiting in
+    /// make_stable) in the link scale benchmark.
+    flush_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Told of every bundle stored, so the link pushes it at once.
+    bundles_stored: tokio::sync::broadcast::Sender<BundleStored>,
+}
+
+/// A bundle was stored for (app, cluster) at this generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleStored {
+    pub project: String,
+    pub app: String,
+    pub cluster: String,
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,6 +138,8 @@ impl Store {
         let store = Self {
             db,
             path: dir.to_owned(),
+            bundles_stored: tokio::sync::broadcast::channel(4096).0,
+            flush_lock: std::sync::Arc::default(),
         };
         store.check_schema()?;
         Ok(store)
@@ -217,9 +252,13 @@ impl Store {
     }
 
     async fn flush(&self, tree: &'static str) -> Result<()> {
-        self.db
-            .flush_async()
+        let _one_at_a_time = self.flush_lock.lock().await;
+        // A blocking flush on the blocking pool: sled 0.34's flush_async future
+        // was seen never to wake under load (the link scale benchmark at 1,000).
+        let db_handle = self.db.clone();
+        tokio::task::spawn_blocking(move || db_handle.flush())
             .await
+            .map_err(|_| Error::FlushTask { tree })?
             .map(|_| ())
             .map_err(|source| db(tree, "flushing", source))
     }
@@ -302,7 +341,20 @@ impl Store {
         self.tree("bundles")?
             .insert(key.as_bytes(), envelope)
             .map_err(|source| db("bundles", "writing", source))?;
-        self.flush("bundles").await
+        // Index by cluster, so an agent's connection finds its bundles without
+        // scanning every cluster's.
+        let index = Key::new().str(cluster).str(project).str(app);
+        self.tree("cluster_bundles")?
+            .insert(index.as_bytes(), &generation.to_be_bytes())
+            .map_err(|source| db("cluster_bundles", "writing", source))?;
+        self.flush("bundles").await?;
+        let _ = self.bundles_stored.send(BundleStored {
+            project: project.to_owned(),
+            app: app.to_owned(),
+            cluster: cluster.to_owned(),
+            generation,
+        });
+        Ok(())
     }
 
     /// The newest bundle of (app, cluster): its generation and envelope bytes.

@@ -115,3 +115,87 @@ fn an_unknown_revision_fails_naming_it_and_prints_nothing() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn cluster_add_prints_a_manifest_or_a_command_and_cluster_rm_revokes() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let added = flotilla(
+        &[
+            "cluster",
+            "add",
+            "east",
+            "--label",
+            "env=prod",
+            "--data-dir",
+            data_dir,
+            "--hub-address",
+            "hub.example:7443",
+        ],
+        data.path(),
+    );
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let manifest = text(&added.stdout);
+    for kind in [
+        "kind: Namespace",
+        "kind: ServiceAccount",
+        "kind: ClusterRole",
+        "kind: Secret",
+        "kind: Deployment",
+    ] {
+        assert!(manifest.contains(kind), "{kind} missing:\n{manifest}");
+    }
+    assert!(manifest.contains("hub.example:7443"));
+    assert!(manifest.contains("FLOTILLA_TOKEN: \"flt_"));
+
+    // The same name again is a usage error; a new name with --print-command
+    // prints the local command line with the same CA fingerprint.
+    let again = flotilla(
+        &["cluster", "add", "east", "--data-dir", data_dir],
+        data.path(),
+    );
+    assert_eq!(again.status.code(), Some(64), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("already exists"));
+    let west = flotilla(
+        &[
+            "cluster",
+            "add",
+            "west",
+            "--print-command",
+            "--data-dir",
+            data_dir,
+        ],
+        data.path(),
+    );
+    assert!(west.status.success(), "{}", text(&west.stderr));
+    let command = text(&west.stdout);
+    assert!(
+        command.starts_with("flotilla-agent --cluster west --hub 127.0.0.1:7443 --ca-fingerprint "),
+        "{command}"
+    );
+    let fingerprint = command.split_whitespace().nth(6).unwrap();
+    assert!(manifest.contains(fingerprint), "one CA for both");
+
+    let bad = flotilla(
+        &["cluster", "add", "Not_A_Name", "--data-dir", data_dir],
+        data.path(),
+    );
+    assert_eq!(bad.status.code(), Some(64));
+
+    let list = flotilla(&["cluster", "list", "--data-dir", data_dir], data.path());
+    assert!(
+        text(&list.stdout).contains("east\tPending"),
+        "{}",
+        text(&list.stdout)
+    );
+    let removed = flotilla(
+        &["cluster", "rm", "east", "--data-dir", data_dir],
+        data.path(),
+    );
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    let missing = flotilla(
+        &["cluster", "rm", "east", "--data-dir", data_dir],
+        data.path(),
+    );
+    assert_eq!(missing.status.code(), Some(64));
+}

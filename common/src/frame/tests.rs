@@ -168,6 +168,7 @@ fn write_fuzz_seed_corpus() {
         Message::Hello(Hello {
             versions: vec![1],
             applied: Vec::new(),
+            agent_version: "0.1.0".to_owned(),
         }),
         Message::Bundle(envelope.clone()),
         Message::Status(Status {

@@ -116,6 +116,7 @@ impl AgentSession {
         let hello = Hello {
             versions: SUPPORTED_VERSIONS.to_vec(),
             applied: self.applied(),
+            agent_version: crate::VERSION.to_owned(),
         };
         self.transmits
             .push_back(Transmit::new(Message::Hello(hello)));
@@ -229,6 +230,18 @@ impl AgentSession {
                     outcome,
                 })));
         }
+    }
+
+    /// Numbers the next status report at least `next`: the driver persists the
+    /// counter, so numbers keep rising across restarts even with an empty outbox,
+    /// and the hub can drop a report it already stored.
+    pub fn resume_status_sequence(&mut self, next: u64) {
+        self.next_status_sequence = self.next_status_sequence.max(next);
+    }
+
+    /// The number the next status report will get.
+    pub fn next_status_sequence(&self) -> u64 {
+        self.next_status_sequence
     }
 
     /// Queues a status report, numbering it; it stays in the outbox until the hub

@@ -197,6 +197,7 @@ fn an_agent_speaking_only_unknown_versions_gets_a_clear_goodbye() {
     let hello = Hello {
         versions: vec![7, 9],
         applied: Vec::new(),
+        agent_version: "0.1.0".to_owned(),
     };
     hub.handle_message(now, Message::Hello(hello)).unwrap();
     let Some(Transmit {

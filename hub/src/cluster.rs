@@ -1,0 +1,411 @@
+//! Clusters joining and leaving: bootstrap tokens, the agent install manifest,
+//! registration, and removal.
+//!
+//! `flotilla cluster add` makes a single-use token and prints what installs an
+//! agent holding it. The agent presents the token once, in `Register`, over a
+//! connection that has no client certificate yet; [`register`] checks it, refuses
+//! a cluster already registered under another name (same kube-system UID), and
+//! issues the client certificate every later connection uses.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use flotilla_common::message::Register;
+use sha2::{Digest as _, Sha256};
+
+use crate::ca::{self, Ca};
+use crate::store::{self, ClusterRecord, LinkRecord, Store, TokenRecord};
+
+/// How long a bootstrap token works by default.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a client certificate lasts by default.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The agent image the manifest names by default.
+pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/flotilla-gitops/flotilla-agent";
+
+/// Errors from adding and removing clusters.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The name is not a DNS label, as Kubernetes names are.
+    #[error(
+        "cluster name {0:?} is not valid: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+    )]
+    InvalidName(String),
+    /// A cluster of that name is registered or has a pending token.
+    #[error("cluster {0:?} already exists (remove it first with `flotilla cluster rm {0}`)")]
+    Exists(String),
+    /// A label is not `key=value`.
+    #[error("label {0:?} is not key=value")]
+    InvalidLabel(String),
+    /// The system's random source failed.
+    #[error("failed to draw a token from the system's random source")]
+    Random,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a registration was refused. The agent is told the message; nothing is
+/// stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// No pending token matches: never issued, already used, or the cluster was
+    /// removed.
+    #[error(
+        "bootstrap token is unknown or already used; make a new one with `flotilla cluster add`"
+    )]
+    UnknownToken,
+    /// The token's hour (or `--token-ttl`) has passed.
+    #[error(
+        "bootstrap token for cluster {cluster:?} expired; make a new one with `flotilla cluster add`"
+    )]
+    ExpiredToken {
+        /// The cluster it was for.
+        cluster: String,
+    },
+    /// The same cluster (by kube-system UID) is registered under another name.
+    #[error(
+        "this cluster (kube-system uid {uid}) is already registered as {existing:?}; it cannot also register as {requested:?} (remove {existing:?} first)"
+    )]
+    DuplicateCluster {
+        /// The kube-system UID.
+        uid: String,
+        /// The name it is registered as.
+        existing: String,
+        /// The name it asked for.
+        requested: String,
+    },
+    /// Issuing the certificate failed.
+    #[error("failed to issue a client certificate")]
+    Certificate(#[from] ca::Error),
+    /// The store failed.
+    #[error("failed to record the registration")]
+    Store(#[from] store::Error),
+}
+
+/// A new cluster's token, shown once.
+#[derive(Clone)]
+pub struct Added {
+    /// The cluster name.
+    pub cluster: String,
+    /// The bootstrap token. Print it once; never log it.
+    pub token: String,
+    /// When it expires, ms since the epoch.
+    pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for Added {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Added")
+            .field("cluster", &self.cluster)
+            .field("token", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+/// What a successful registration made.
+#[derive(Debug)]
+pub struct Registration {
+    /// The cluster registered.
+    pub cluster: String,
+    /// Its client certificate, DER.
+    pub certificate: Vec<u8>,
+}
+
+/// Milliseconds since the epoch.
+pub fn epoch_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The hash under which a token is stored.
+pub fn token_hash(token: &str) -> String {
+    ca::hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(|b| *b != b'-')
+        && bytes.last().is_some_and(|b| *b != b'-')
+}
+
+/// Parses `key=value` labels.
+pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|label| match label.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(Error::InvalidLabel(label.clone())),
+        })
+        .collect()
+}
+
+/// Makes a single-use bootstrap token for a new cluster.
+pub async fn add(
+    store: &Store,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<Added> {
+    if !valid_name(name) {
+        return Err(Error::InvalidName(name.to_owned()));
+    }
+    if store.cluster(name)?.is_some() || store.tokens()?.iter().any(|t| t.cluster == name) {
+        return Err(Error::Exists(name.to_owned()));
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|_| Error::Random)?;
+    let token = format!("flt_{}", ca::hex(&secret));
+    let expires_at_ms = epoch_ms(now + ttl);
+    store
+        .put_token(
+            &token_hash(&token),
+            &TokenRecord {
+                cluster: name.to_owned(),
+                labels,
+                expires_at_ms,
+            },
+        )
+        .await?;
+    Ok(Added {
+        cluster: name.to_owned(),
+        token,
+        expires_at_ms,
+    })
+}
+
+/// Checks a `Register` and, if it passes, records the cluster and issues its
+/// client certificate. A refusal changes nothing.
+pub async fn register(
+    store: &Store,
+    ca: &Ca,
+    register: &Register,
+    now: SystemTime,
+    cert_lifetime: Duration,
+) -> Result<Registration, RegisterError> {
+    let hash = token_hash(&register.token);
+    let token = store.token(&hash)?.ok_or(RegisterError::UnknownToken)?;
+    if token.expires_at_ms <= epoch_ms(now) {
+        return Err(RegisterError::ExpiredToken {
+            cluster: token.cluster,
+        });
+    }
+    let uid = &register.facts.kube_system_uid;
+    if !uid.is_empty()
+        && let Some(existing) = store.clusters()?.into_iter().find(|c| {
+            c.name != token.cluster && c.facts.as_ref().is_some_and(|f| f.kube_system_uid == *uid)
+        })
+    {
+        return Err(RegisterError::DuplicateCluster {
+            uid: uid.clone(),
+            existing: existing.name,
+            requested: token.cluster,
+        });
+    }
+    let certificate =
+        ca.issue_client_cert(&token.cluster, &register.public_key, now, cert_lifetime)?;
+    // Taking the token is the commit point: of two racing registrations only one
+    // removes it.
+    if !store.take_token(&hash).await? {
+        return Err(RegisterError::UnknownToken);
+    }
+    store
+        .put_cluster(&ClusterRecord {
+            name: token.cluster.clone(),
+            labels: token.labels,
+            facts: Some(register.facts.clone()),
+        })
+        .await?;
+    store
+        .put_link(&LinkRecord {
+            cluster: token.cluster.clone(),
+            cert_sha256: ca::fingerprint(&certificate),
+            cert_not_after_ms: epoch_ms(now + cert_lifetime),
+            ..LinkRecord::default()
+        })
+        .await?;
+    Ok(Registration {
+        cluster: token.cluster,
+        certificate,
+    })
+}
+
+/// What the agent needs to join, for the manifest and the command line.
+#[derive(Clone)]
+pub struct JoinInfo<'a> {
+    /// The cluster name.
+    pub cluster: &'a str,
+    /// The hub's QUIC address as the agent dials it, `host:port`.
+    pub hub_address: &'a str,
+    /// The CA fingerprint to pin.
+    pub ca_fingerprint: &'a str,
+    /// The bootstrap token.
+    pub token: &'a str,
+    /// The agent image.
+    pub image: &'a str,
+}
+
+/// The agent's install manifest: Namespace, ServiceAccount, RBAC, the bootstrap
+/// Secret, and the Deployment.
+pub fn manifest(join: &JoinInfo<'_>) -> String {
+    let JoinInfo {
+        cluster,
+        hub_address,
+        ca_fingerprint,
+        token,
+        image,
+    } = join;
+    let version = flotilla_common::VERSION;
+    format!(
+        r#"# Flotilla agent for cluster {cluster}. The token works once and expires; apply soon.
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: flotilla-system
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: flotilla-agent
+  namespace: flotilla-system
+---
+# The agent applies whatever the hub's AppProjects allow, so it needs broad rights;
+# AppProjects, checked on the agent, are what narrow them.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: flotilla-agent
+rules:
+  - apiGroups: ["*"]
+    resources: ["*"]
+    verbs: ["*"]
+  - nonResourceURLs: ["*"]
+    verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: flotilla-agent
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: flotilla-agent
+subjects:
+  - kind: ServiceAccount
+    name: flotilla-agent
+    namespace: flotilla-system
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: flotilla-agent-bootstrap
+  namespace: flotilla-system
+type: Opaque
+stringData:
+  FLOTILLA_HUB: "{hub_address}"
+  FLOTILLA_CA_FINGERPRINT: "{ca_fingerprint}"
+  FLOTILLA_TOKEN: "{token}"
+  FLOTILLA_CLUSTER: "{cluster}"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: flotilla-agent
+  namespace: flotilla-system
+spec:
+  replicas: 1
+  strategy:
+    type: Recreate
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: flotilla-agent
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: flotilla-agent
+    spec:
+      serviceAccountName: flotilla-agent
+      containers:
+        - name: agent
+          image: {image}:{version}
+          args: ["--state-dir", "/var/lib/flotilla-agent", "--identity-secret", "flotilla-system/flotilla-agent-identity"]
+          envFrom:
+            - secretRef:
+                name: flotilla-agent-bootstrap
+          volumeMounts:
+            - name: state
+              mountPath: /var/lib/flotilla-agent
+      volumes:
+        - name: state
+          emptyDir: {{}}
+"#
+    )
+}
+
+/// An equivalent command line for running the agent locally.
+pub fn command_line(join: &JoinInfo<'_>) -> String {
+    format!(
+        "flotilla-agent --cluster {} --hub {} --ca-fingerprint {} --token {} --state-dir ./flotilla-agent-{}\n",
+        join.cluster, join.hub_address, join.ca_fingerprint, join.token, join.cluster
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        assert!(valid_name("east-1"));
+        assert!(!valid_name("East"));
+        assert!(!valid_name("-east"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn labels_parse_as_key_value() {
+        let labels = parse_labels(&["env=prod".to_owned()]).unwrap();
+        assert_eq!(labels.get("env").map(String::as_str), Some("prod"));
+        assert!(parse_labels(&["novalue".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn the_manifest_carries_hub_fingerprint_and_token() {
+        let join = JoinInfo {
+            cluster: "east",
+            hub_address: "hub.example:7443",
+            ca_fingerprint: "ab12",
+            token: "flt_secret",
+            image: DEFAULT_AGENT_IMAGE,
+        };
+        let text = manifest(&join);
+        for kind in [
+            "kind: Namespace",
+            "kind: ServiceAccount",
+            "kind: ClusterRole",
+            "kind: ClusterRoleBinding",
+            "kind: Secret",
+            "kind: Deployment",
+        ] {
+            assert!(text.contains(kind), "{kind} missing");
+        }
+        assert!(text.contains("hub.example:7443"));
+        assert!(text.contains("ab12"));
+        assert!(text.contains("flt_secret"));
+        assert!(command_line(&join).contains("--token flt_secret"));
+    }
+}

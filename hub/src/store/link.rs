@@ -1,0 +1,293 @@
+//! What the link keeps: bootstrap tokens, issued certificates, each cluster's
+//! connection state and acks, and status reports with a bounded history.
+
+use std::collections::BTreeMap;
+
+use flotilla_common::message::Status;
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Key, Result, Store, app_key, db};
+
+/// How many status reports per (app, cluster) the history keeps.
+pub const STATUS_HISTORY: usize = 50;
+
+/// A bootstrap token, stored by the SHA-256 of the token so the database never
+/// holds one a thief could use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The cluster name the token registers.
+    pub cluster: String,
+    /// Labels given to `flotilla cluster add`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// When it stops working, in ms since the epoch.
+    pub expires_at_ms: u64,
+}
+
+/// The acknowledgement of one bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRecord {
+    /// The generation acknowledged.
+    pub generation: u64,
+    /// The digest the agent acknowledged, lowercase hex.
+    pub digest: String,
+    /// `Applied`, `Rejected: …` or `Failed: …`.
+    pub outcome: String,
+    /// When, in ms since the epoch.
+    pub at_ms: u64,
+}
+
+/// A registered cluster's link: its certificate and how it is connected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// The cluster.
+    pub cluster: String,
+    /// SHA-256 of its current client certificate, lowercase hex.
+    pub cert_sha256: String,
+    /// When that certificate expires, in ms since the epoch.
+    pub cert_not_after_ms: u64,
+    /// The agent's version, from its last connection.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    /// When the hub last heard from it, in ms since the epoch.
+    #[serde(default)]
+    pub last_seen_ms: Option<u64>,
+    /// Whether a connection is up.
+    #[serde(default)]
+    pub connected: bool,
+    /// The highest status sequence stored, so a report resent after a lost ack is
+    /// stored once.
+    #[serde(default)]
+    pub last_status_sequence: u64,
+    /// The last acknowledgement per app, keyed `project/name`.
+    #[serde(default)]
+    pub acks: BTreeMap<String, AckRecord>,
+}
+
+/// A status report as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    /// When the hub stored it, in ms since the epoch.
+    pub at_ms: u64,
+    /// The report.
+    pub status: Status,
+}
+
+impl Store {
+    /// Raw bytes from the `keys` tree.
+    pub fn key_bytes(&self, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree("keys")?
+            .get(name)
+            .map_err(|source| db("keys", "reading", source))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Writes raw bytes to the `keys` tree, flushed.
+    pub async fn put_key_bytes(&self, name: &[u8], value: &[u8]) -> Result<()> {
+        self.tree("keys")?
+            .insert(name, value)
+            .map_err(|source| db("keys", "writing", source))?;
+        self.flush("keys").await
+    }
+
+    /// Stores a token under its hash.
+    pub async fn put_token(&self, token_sha256: &str, token: &TokenRecord) -> Result<()> {
+        self.put("tokens", &Key::new().str(token_sha256), token)
+            .await
+    }
+
+    /// The token stored under this hash, if any.
+    pub fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>> {
+        self.get("tokens", &Key::new().str(token_sha256))
+    }
+
+    /// Removes a token, flushed: a token is used once. Returns whether this call
+    /// removed it, so two racing registrations cannot both use it.
+    pub async fn take_token(&self, token_sha256: &str) -> Result<bool> {
+        self.remove("tokens", &Key::new().str(token_sha256)).await
+    }
+
+    /// Every token's cluster name, to refuse a second token for a pending name.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(self
+            .scan("tokens", &Key::new())?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    /// Writes a cluster's link record and its certificate index entry.
+    pub async fn put_link(&self, link: &LinkRecord) -> Result<()> {
+        let certs = self.tree("certs")?;
+        certs
+            .insert(link.cert_sha256.as_bytes(), link.cluster.as_bytes())
+            .map_err(|source| db("certs", "writing", source))?;
+        self.put("links", &Key::new().str(&link.cluster), link)
+            .await
+    }
+
+    /// A cluster's link record.
+    pub fn link(&self, cluster: &str) -> Result<Option<LinkRecord>> {
+        self.get("links", &Key::new().str(cluster))
+    }
+
+    /// Every link record.
+    pub fn links(&self) -> Result<Vec<LinkRecord>> {
+        Ok(self
+            .scan("links", &Key::new())?
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect())
+    }
+
+    /// The cluster a client certificate belongs to, if it is current.
+    pub fn cluster_by_cert(&self, cert_sha256: &str) -> Result<Option<String>> {
+        let Some(name) = self
+            .tree("certs")?
+            .get(cert_sha256.as_bytes())
+            .map_err(|source| db("certs", "reading", source))?
+        else {
+            return Ok(None);
+        };
+        let name = String::from_utf8_lossy(&name).into_owned();
+        // Only the certificate the link record names is current; an older one
+        // left in the index after renewal does not count.
+        Ok(self
+            .link(&name)?
+            .filter(|link| link.cert_sha256 == cert_sha256)
+            .map(|_| name))
+    }
+
+    /// Forgets a cluster: its record, link and certificate. Returns whether it
+    /// was registered or pending.
+    pub async fn remove_cluster(&self, cluster: &str) -> Result<bool> {
+        let mut found = false;
+        if let Some(link) = self.link(cluster)? {
+            self.tree("certs")?
+                .remove(link.cert_sha256.as_bytes())
+                .map_err(|source| db("certs", "removing", source))?;
+            found = true;
+        }
+        found |= self.remove("links", &Key::new().str(cluster)).await?;
+        found |= self.remove("clusters", &Key::new().str(cluster)).await?;
+        for (key, token) in self.scan::<TokenRecord>("tokens", &Key::new())? {
+            if token.cluster == cluster {
+                self.tree("tokens")?
+                    .remove(key.as_bytes())
+                    .map_err(|source| db("tokens", "removing", source))?;
+                found = true;
+            }
+        }
+        self.flush("tokens").await?;
+        Ok(found)
+    }
+
+    /// Stores a status report as the latest for its (app, cluster) and appends it
+    /// to the history, dropping the oldest beyond [`STATUS_HISTORY`]; flushed.
+    pub async fn put_status(&self, cluster: &str, record: &StatusRecord) -> Result<()> {
+        let app = &record.status.app;
+        let key = app_key(&app.project, &app.name).str(cluster);
+        let bytes = serde_json::to_vec(record).map_err(|source| Error::Decode {
+            tree: "status",
+            source,
+        })?;
+        self.tree("status")?
+            .insert(key.as_bytes(), bytes.clone())
+            .map_err(|source| db("status", "writing", source))?;
+        let history = self.tree("status_history")?;
+        history
+            .insert(key.clone().u64(self.next_id()?).as_bytes(), bytes)
+            .map_err(|source| db("status_history", "writing", source))?;
+        let held = history.scan_prefix(key.as_bytes()).count();
+        if held > STATUS_HISTORY {
+            let old: Vec<_> = history
+                .scan_prefix(key.as_bytes())
+                .keys()
+                .take(held - STATUS_HISTORY)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|source| db("status_history", "scanning", source))?;
+            for k in old {
+                history
+                    .remove(k)
+                    .map_err(|source| db("status_history", "removing", source))?;
+            }
+        }
+        self.flush("status").await
+    }
+
+    /// The latest status of (app, cluster).
+    pub fn status(&self, project: &str, app: &str, cluster: &str) -> Result<Option<StatusRecord>> {
+        self.get("status", &app_key(project, app).str(cluster))
+    }
+
+    /// The status history of (app, cluster), oldest first.
+    pub fn status_history(
+        &self,
+        project: &str,
+        app: &str,
+        cluster: &str,
+    ) -> Result<Vec<StatusRecord>> {
+        Ok(self
+            .scan("status_history", &app_key(project, app).str(cluster))?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect())
+    }
+
+    /// Every stored bundle's newest generation for `cluster`: (project, app,
+    /// envelope bytes).
+    pub fn latest_bundles_for(&self, cluster: &str) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let prefix = Key::new().str(cluster);
+        for item in self
+            .tree("cluster_bundles")?
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+        {
+            let key = item.map_err(|source| db("cluster_bundles", "scanning", source))?;
+            let Some((project, app)) = parse_strings(&key[prefix.as_bytes().len()..]) else {
+                continue;
+            };
+            if let Some((_, bytes)) = self.latest_bundle(&project, &app, cluster)? {
+                out.push((project, app, bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every bundle this process stores from now on, so the link can push it at
+    /// once. (sled's own watch_prefix was tried first: its async Subscriber lost
+    /// wake-ups and stalled writers under a burst of large values.)
+    pub fn subscribe_bundles(&self) -> tokio::sync::broadcast::Receiver<super::BundleStored> {
+        self.bundles_stored.subscribe()
+    }
+}
+
+/// Splits two length-prefixed strings.
+fn parse_strings(key: &[u8]) -> Option<(String, String)> {
+    let mut rest = key;
+    let mut part = || -> Option<String> {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let (s, tail) = (tail.get(..len)?, tail.get(len..)?);
+        rest = tail;
+        Some(String::from_utf8_lossy(s).into_owned())
+    };
+    Some((part()?, part()?))
+}
+
+/// Splits a `bundles` key into (project, app, cluster, generation).
+pub fn parse_bundle_key(key: &[u8]) -> Option<(String, String, String, u64)> {
+    let mut rest = key;
+    let mut part = || -> Option<String> {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let (s, tail) = (tail.get(..len)?, tail.get(len..)?);
+        rest = tail;
+        Some(String::from_utf8_lossy(s).into_owned())
+    };
+    let (project, app, cluster) = (part()?, part()?, part()?);
+    let generation = u64::from_be_bytes(*rest.first_chunk::<8>()?);
+    Some((project, app, cluster, generation))
+}

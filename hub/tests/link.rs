@@ -1,0 +1,329 @@
+//! The hub's link against real agents over real QUIC and mutual TLS on
+//! 127.0.0.1: registration, delivery, status, and the bad input the issue lists.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "link/attacks.rs"]
+mod attacks;
+#[path = "link/fixture.rs"]
+mod fixture;
+
+use std::time::{Duration, SystemTime};
+
+use fixture::{Hub, RunningAgent, agent_config, eventually};
+use flotilla_common::message::Status;
+use flotilla_common::model::{AppRef, Health, SyncStatus};
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registers_then_gets_bundles_over_mutual_tls_and_reports_status() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let token = hub.add("east").await;
+    let mut agent = RunningAgent::start(agent_config(&hub, "east", Some(token), agent_dir.path()));
+    agent.wait("connected", |s| s.connected).await;
+
+    // Registered: the cluster, its facts and its certificate are on record, the
+    // token is gone, and the identity is on the agent's disk.
+    let cluster = hub.store.cluster("east").unwrap().unwrap();
+    assert_eq!(cluster.facts.unwrap().kube_system_uid, "uid-east");
+    assert!(hub.store.tokens().unwrap().is_empty());
+    assert!(agent_dir.path().join("identity.json").is_file());
+    let link = hub.store.link("east").unwrap().unwrap();
+    assert!(link.connected);
+    assert_eq!(
+        link.agent_version.as_deref(),
+        Some(flotilla_common::VERSION)
+    );
+
+    let envelope = hub.publish("east", "web", 1, 3).await;
+    agent
+        .wait("bundle applied", |s| {
+            s.applied.iter().any(|a| a.generation == 1)
+        })
+        .await;
+    eventually("the hub records the ack", Duration::from_secs(10), || {
+        hub.store
+            .link("east")
+            .unwrap()
+            .unwrap()
+            .acks
+            .get("default/web")
+            .is_some_and(|a| {
+                a.generation == 1
+                    && a.digest == envelope.digest.to_string()
+                    && a.outcome == "Applied"
+            })
+    })
+    .await;
+    eventually("the hub stores the status", Duration::from_secs(10), || {
+        hub.store
+            .status("default", "web", "east")
+            .unwrap()
+            .is_some_and(|s| s.status.generation == 1 && s.status.health == Health::Healthy)
+    })
+    .await;
+    agent.wait("outbox drained", |s| s.outbox == 0).await;
+
+    assert!(agent.stop().await.is_ok());
+    eventually(
+        "the hub marks it disconnected",
+        Duration::from_secs(10),
+        || {
+            let link = hub.store.link("east").unwrap().unwrap();
+            !link.connected && link.last_seen_ms.is_some()
+        },
+    )
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_expired_and_reused_tokens_are_refused_and_change_nothing() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+
+    // Wrong token.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some("flt_wrong".to_owned()),
+        dir.path(),
+    ));
+    let error = wrong.task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, flotilla_agent::link::Error::RegistrationRefused(_)),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("unknown or already used"),
+        "{error}"
+    );
+    assert!(!dir.path().join("identity.json").exists());
+
+    // Expired token: made with a one-second life, used after it.
+    let expired = flotilla_hub::cluster::add(
+        &hub.store,
+        "late",
+        Default::default(),
+        Duration::from_secs(1),
+        SystemTime::now() - Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let late = RunningAgent::start(agent_config(&hub, "late", Some(expired.token), dir.path()));
+    let error = late.task.await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("expired"), "{error}");
+    assert!(hub.store.cluster("late").unwrap().is_none());
+    assert!(hub.store.link("late").unwrap().is_none());
+
+    // Reused token: works once, then never again.
+    let token = hub.add("east").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first =
+        RunningAgent::start(agent_config(&hub, "east", Some(token.clone()), dir.path()));
+    first.wait("connected", |s| s.connected).await;
+    let cert_before = hub.store.link("east").unwrap().unwrap().cert_sha256;
+    let dir2 = tempfile::tempdir().unwrap();
+    let again = RunningAgent::start(agent_config(&hub, "east", Some(token), dir2.path()));
+    let error = again.task.await.unwrap().unwrap_err();
+    assert!(
+        error.to_string().contains("unknown or already used"),
+        "{error}"
+    );
+    assert_eq!(
+        hub.store.link("east").unwrap().unwrap().cert_sha256,
+        cert_before
+    );
+    first.stop().await.unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_cluster_cannot_register_under_a_second_name() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut east = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    east.wait("connected", |s| s.connected).await;
+
+    let token = hub.add("west").await;
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&hub, "west", Some(token), dir2.path());
+    config.facts = fixture::facts("uid-east");
+    let error = RunningAgent::start(config).task.await.unwrap().unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("already registered as \"east\""),
+        "{message}"
+    );
+    assert!(message.contains("uid-east"), "{message}");
+    assert!(hub.store.cluster("west").unwrap().is_none());
+    // The token was not spent on a refusal.
+    assert_eq!(hub.store.tokens().unwrap().len(), 1);
+    east.stop().await.unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_cluster_closes_its_connection_and_fails_its_next_handshake() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut east = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    east.wait("connected", |s| s.connected).await;
+
+    assert!(hub.link.remove_cluster("east").await.unwrap());
+    let ended = tokio::time::timeout(Duration::from_secs(10), east.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ended, Err(flotilla_agent::link::Error::Revoked(_))),
+        "{ended:?}"
+    );
+
+    // The same identity cannot connect again: the handshake is refused.
+    let mut again = RunningAgent::start(agent_config(&hub, "east", None, dir.path()));
+    again
+        .wait("a failed attempt", |s| s.last_error.is_some())
+        .await;
+    let error = again.state.borrow().last_error.clone().unwrap();
+    assert!(error.contains("Revoked"), "{error}");
+    assert!(!again.state.borrow().connected);
+    again.stop().await.unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_left_in_the_outbox_is_delivered_after_an_outage_in_order_and_once() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut east = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    east.wait("connected", |s| s.connected).await;
+    east.stop().await.unwrap();
+
+    // Reports made while the hub was unreachable wait in the agent's sled outbox.
+    {
+        let store = flotilla_agent::journal::Store::open(&dir.path().join("db")).unwrap();
+        for (sequence, health) in [
+            (1, Health::Progressing),
+            (2, Health::Degraded),
+            (3, Health::Healthy),
+        ] {
+            store
+                .push_outbox(&Status {
+                    sequence,
+                    app: AppRef::new("default", "web"),
+                    generation: 1,
+                    sync: SyncStatus::Synced,
+                    health,
+                    resources: Vec::new(),
+                    drift: Vec::new(),
+                    events: Vec::new(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let mut east = RunningAgent::start(agent_config(&hub, "east", None, dir.path()));
+    east.wait("outbox drained", |s| s.connected && s.outbox == 0)
+        .await;
+    let history: Vec<(u64, Health)> = hub
+        .store
+        .status_history("default", "web", "east")
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.status.sequence, r.status.health))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (1, Health::Progressing),
+            (2, Health::Degraded),
+            (3, Health::Healthy)
+        ]
+    );
+    assert_eq!(
+        hub.store
+            .status("default", "web", "east")
+            .unwrap()
+            .unwrap()
+            .status
+            .health,
+        Health::Healthy
+    );
+    // A restart resends nothing.
+    east.stop().await.unwrap();
+    let mut east = RunningAgent::start(agent_config(&hub, "east", None, dir.path()));
+    east.wait("connected", |s| s.connected).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        hub.store
+            .status_history("default", "web", "east")
+            .unwrap()
+            .len(),
+        3
+    );
+    east.stop().await.unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hub_restart_only_newer_bundles_are_sent() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let addr = hub.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let mut east = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    east.wait("connected", |s| s.connected).await;
+    hub.publish("east", "web", 1, 1).await;
+    hub.publish("east", "api", 1, 1).await;
+    east.wait("both applied", |s| s.applied.len() == 2).await;
+    assert_eq!(east.state.borrow().bundles_received, 2);
+
+    hub.stop().await;
+    east.wait("disconnected", |s| !s.connected).await;
+    let hub = Hub::start(hub_dir.path(), addr).await;
+    hub.publish("east", "api", 2, 1).await;
+    east.wait("reconnected", |s| s.sessions == 2).await;
+    east.wait("api 2 applied", |s| {
+        s.applied
+            .iter()
+            .any(|a| a.app.name == "api" && a.generation == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Only api generation 2 travelled; web 1 and api 1 were not resent.
+    assert_eq!(east.state.borrow().bundles_received, 3);
+    assert_eq!(east.state.borrow().bundles_rejected, 0);
+    east.stop().await.unwrap();
+    hub.stop().await;
+}

@@ -1,0 +1,363 @@
+//! Bad input and attacks: each fails with a clear error and changes nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_agent::identity::Identity;
+use flotilla_agent::link::client_config;
+use flotilla_common::bundle::Envelope;
+use flotilla_common::frame::{self, Limits};
+use flotilla_common::message::{BundleOutcome, Channel, Message, Rejection, Welcome};
+use flotilla_hub::ca::Ca;
+use flotilla_hub::link::{self, LinkConfig};
+use flotilla_hub::store::Store;
+
+use crate::fixture::{self, Hub, RunningAgent, agent_config, eventually};
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Registers `name` and returns its identity, with the agent stopped.
+async fn registered(hub: &Hub, name: &str, dir: &std::path::Path) -> Identity {
+    let mut agent = RunningAgent::start(agent_config(hub, name, Some(hub.add(name).await), dir));
+    agent.wait("connected", |s| s.connected).await;
+    agent.stop().await.unwrap();
+    Identity::load(dir).unwrap().unwrap()
+}
+
+/// A raw mutual-TLS connection with `identity`'s certificate.
+async fn raw_connection(hub: &Hub, identity: &Identity) -> Result<quinn::Connection, String> {
+    let config = client_config(
+        &hub.fingerprint,
+        Some((&identity.certificate, &identity.key_pkcs8)),
+        Duration::from_secs(15),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let endpoint = flotilla_agent::link::client_endpoint(hub.addr).unwrap();
+    let connection = endpoint
+        .connect_with(config, hub.addr, flotilla_agent::link::HUB_SERVER_NAME)
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(connection)
+}
+
+async fn close_reason(connection: &quinn::Connection) -> (u64, String) {
+    let reason = tokio::time::timeout(Duration::from_secs(10), connection.closed())
+        .await
+        .unwrap();
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => (
+            close.error_code.into_inner(),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        other => (u64::MAX, other.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_fails_the_handshake() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let hub_a = Hub::start(dir_a.path(), loopback()).await;
+    let hub_b = Hub::start(dir_b.path(), loopback()).await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let foreign = registered(&hub_b, "east", agent_dir.path()).await;
+    assert_ne!(hub_a.fingerprint, hub_b.fingerprint);
+
+    let mut attempt = raw_connection(&hub_a, &foreign).await;
+    if let Ok(connection) = &attempt {
+        // TLS 1.3 reports a refused client certificate after the client's side
+        // of the handshake; the connection dies at once.
+        let opened = connection.open_bi().await;
+        attempt = match opened {
+            Ok((mut send, _)) => send
+                .write_all(b"x")
+                .await
+                .map_err(|e| e.to_string())
+                .and(Err(close_reason(connection).await.1)),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    let error = attempt.unwrap_err();
+    assert!(
+        error.contains("UnknownIssuer")
+            || error.contains("BadSignature")
+            || error.contains("certificate"),
+        "{error}"
+    );
+    assert!(hub_a.store.link("east").unwrap().is_none());
+    assert!(hub_a.store.clusters().unwrap().is_empty());
+    hub_a.stop().await;
+    hub_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_claiming_another_clusters_name_is_still_named_by_its_certificate() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let east_dir = tempfile::tempdir().unwrap();
+    let west_dir = tempfile::tempdir().unwrap();
+    let mut east = registered(&hub, "east", east_dir.path()).await;
+    registered(&hub, "west", west_dir.path()).await;
+    let west_before = hub.store.link("west").unwrap().unwrap();
+
+    // East's certificate, but the agent says it is west.
+    east.cluster = "west".to_owned();
+    let liar_dir = tempfile::tempdir().unwrap();
+    east.save(liar_dir.path()).unwrap();
+    let mut liar = RunningAgent::start(agent_config(&hub, "west", None, liar_dir.path()));
+    liar.wait("connected", |s| s.connected).await;
+    hub.publish("east", "web", 1, 1).await;
+    hub.publish("west", "web", 1, 1).await;
+    // The hub sends it east's bundle, which it refuses as addressed elsewhere.
+    liar.wait("a refusal", |s| s.bundles_rejected == 1).await;
+    eventually("east records the refusal", Duration::from_secs(10), || {
+        hub.store
+            .link("east")
+            .unwrap()
+            .unwrap()
+            .acks
+            .values()
+            .any(|a| a.outcome.contains("WrongCluster"))
+    })
+    .await;
+    assert!(liar.state.borrow().applied.is_empty());
+    let west_after = hub.store.link("west").unwrap().unwrap();
+    assert_eq!(west_after.acks, west_before.acks);
+    assert!(!west_after.connected);
+    liar.stop().await.unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_close_only_that_connection() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&hub, "east", dir.path()).await;
+
+    // A frame whose body is not a message.
+    let connection = raw_connection(&hub, &identity).await.unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    let mut garbage = 16u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 16]);
+    send.write_all(&garbage).await.unwrap();
+    let (code, reason) = close_reason(&connection).await;
+    assert_eq!(code, u64::from(link::close_code::PROTOCOL), "{reason}");
+    assert!(reason.contains("not a valid message"), "{reason}");
+
+    // A length prefix past the 64 KiB control limit: refused before any body.
+    let connection = raw_connection(&hub, &identity).await.unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let (code, reason) = close_reason(&connection).await;
+    assert_eq!(code, u64::from(link::close_code::PROTOCOL), "{reason}");
+    assert!(reason.contains("exceeds the 65536-byte limit"), "{reason}");
+
+    // Garbage on a status stream.
+    let connection = raw_connection(&hub, &identity).await.unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    let mut status = connection.open_uni().await.unwrap();
+    status.write_all(&garbage).await.unwrap();
+    status.finish().unwrap();
+    let (code, reason) = close_reason(&connection).await;
+    assert_eq!(code, u64::from(link::close_code::PROTOCOL), "{reason}");
+    assert!(reason.contains("status stream"), "{reason}");
+
+    // Nothing was stored, and the real agent still connects.
+    assert!(
+        hub.store
+            .status_history("default", "web", "east")
+            .unwrap()
+            .is_empty()
+    );
+    let mut agent = RunningAgent::start(agent_config(&hub, "east", None, dir.path()));
+    agent.wait("connected", |s| s.connected).await;
+    agent.stop().await.unwrap();
+    hub.stop().await;
+}
+
+/// A hub that speaks the protocol by hand, to put what a real hub never sends
+/// on the wire: a replayed old bundle and a tampered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_replayed_bundles_on_the_wire_are_refused_and_not_applied() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let addr = hub.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    agent.wait("connected", |s| s.connected).await;
+    let old = hub.publish("east", "web", 1, 1).await;
+    hub.publish("east", "web", 2, 1).await;
+    agent
+        .wait("generation 2", |s| {
+            s.applied.iter().any(|a| a.generation == 2)
+        })
+        .await;
+    let newer = fixture::sign(&hub.store, "east", "web", 3, 1, 16).await;
+    hub.stop().await;
+    agent.wait("disconnected", |s| !s.connected).await;
+
+    // The fake hub: same store, CA and address.
+    let store = Store::open(&hub_dir.path().join("db")).unwrap();
+    let ca = Ca::load_or_create(&store, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    let slot = Arc::new(Mutex::new(Some(store.clone())));
+    let config = link::server_config(&ca, slot.clone(), &LinkConfig::new(addr)).unwrap();
+    let endpoint = quinn::Endpoint::server(config, addr).unwrap();
+    let connection = tokio::time::timeout(Duration::from_secs(20), endpoint.accept())
+        .await
+        .unwrap()
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut control, mut recv) =
+        tokio::time::timeout(Duration::from_secs(20), connection.accept_bi())
+            .await
+            .unwrap()
+            .unwrap();
+    let limits = Limits::default();
+    let mut decoder = frame::FrameDecoder::new(Channel::Control, &limits);
+    let mut pending = std::collections::VecDeque::new();
+    let mut next = async || -> Message {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(message) = pending.pop_front() {
+                return message;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), recv.read(&mut buf))
+                .await
+                .expect("the agent answers within 20 s")
+                .unwrap()
+                .unwrap();
+            let mut input = &buf[..n];
+            while let Some(message) = decoder.decode_next(&mut input).unwrap() {
+                pending.push_back(message);
+            }
+        }
+    };
+    let Message::Hello(hello) = next().await else {
+        panic!("expected hello")
+    };
+    assert_eq!(hello.applied[0].generation, 2);
+    let welcome = Message::Welcome(Welcome {
+        version: 1,
+        heartbeat_interval_ms: 15_000,
+    });
+    control
+        .write_all(&frame::encode(&welcome, &limits).unwrap())
+        .await
+        .unwrap();
+
+    let mut tampered: Envelope = newer.clone();
+    let last = tampered.payload.len() - 1;
+    tampered.payload[last] ^= 1;
+    for envelope in [old, tampered] {
+        let mut stream = connection.open_uni().await.unwrap();
+        let bytes = frame::encode(&Message::Bundle(envelope), &limits).unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        stream.finish().unwrap();
+    }
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 2 {
+        if let Message::BundleAck(ack) = next().await {
+            outcomes.push(ack.outcome);
+        }
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            BundleOutcome::Rejected(Rejection::Stale { last_applied: 2 }),
+            BundleOutcome::Rejected(Rejection::DigestMismatch),
+        ]
+    );
+    assert_eq!(agent.applied_generation("web"), Some(2));
+    assert_eq!(agent.state.borrow().bundles_rejected, 2);
+    connection.close(0u32.into(), b"done");
+    agent.stop().await.unwrap();
+    endpoint.close(0u32.into(), b"done");
+    slot.lock().unwrap().take();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_without_a_certificate_leaves_agents_served() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    agent.wait("connected", |s| s.connected).await;
+
+    // 1,000 attempts in about a second from one socket, none with a certificate.
+    let config = client_config(
+        &hub.fingerprint,
+        None,
+        Duration::from_secs(15),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let endpoint = flotilla_agent::link::client_endpoint(hub.addr).unwrap();
+    let addr = hub.addr;
+    let flood = tokio::spawn(async move {
+        let mut attempts = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for _ in 0..1000 {
+            tick.tick().await;
+            if let Ok(connecting) =
+                endpoint.connect_with(config.clone(), addr, flotilla_agent::link::HUB_SERVER_NAME)
+            {
+                attempts.push(tokio::spawn(async move {
+                    if let Ok(connection) = connecting.await {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(3), connection.closed()).await;
+                    }
+                }));
+            }
+        }
+        for attempt in attempts {
+            let _ = attempt.await;
+        }
+        endpoint
+    });
+
+    // Meanwhile the registered agent gets new bundles promptly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut worst = Duration::ZERO;
+    for generation in 1..=3 {
+        let start = Instant::now();
+        hub.publish("east", "web", generation, 1).await;
+        agent
+            .wait("bundle during the flood", |s| {
+                s.applied.iter().any(|a| a.generation == generation)
+            })
+            .await;
+        worst = worst.max(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        worst < Duration::from_secs(5),
+        "a bundle took {worst:?} during the flood"
+    );
+    println!("slowest bundle delivery during the flood: {worst:?}");
+    let endpoint = flood.await.unwrap();
+    endpoint.close(0u32.into(), b"done");
+    // No cluster, token or link was created by the flood.
+    assert_eq!(hub.store.clusters().unwrap().len(), 1);
+    assert!(agent.state.borrow().connected);
+    agent.stop().await.unwrap();
+    hub.stop().await;
+}
