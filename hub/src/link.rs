@@ -692,7 +692,7 @@ async fn update_link(store: &Store, cluster: &str, change: impl FnOnce(&mut Link
     match store.link(cluster) {
         Ok(Some(mut link)) => {
             change(&mut link);
-            if let Err(e) = store.put_link(&link).await {
+            if let Err(e) = store.put_link_lazily(&link) {
                 warn!(error = %e, "recording the link state failed");
             }
         }
