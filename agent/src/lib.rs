@@ -19,6 +19,7 @@
 
 pub mod apply;
 pub mod drift;
+pub mod engine;
 pub mod facts;
 pub mod health;
 pub mod identity;

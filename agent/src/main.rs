@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use flotilla_agent::apply::{Applier, Options};
+use flotilla_agent::engine::Engine;
 use flotilla_agent::identity::Keeper;
-use flotilla_agent::link::{AckOnly, Agent, AgentConfig};
+use flotilla_agent::link::{Agent, AgentConfig};
+use flotilla_agent::store::Store;
 
 /// The Flotilla agent for one cluster.
 #[derive(Debug, Parser)]
@@ -120,18 +123,32 @@ async fn run(cli: Cli, hub: SocketAddr) -> anyhow::Result<()> {
                 .split_once('/')
                 .context("--identity-secret must be NAMESPACE/NAME")?;
             Keeper::Secret {
-                client,
+                client: client.clone(),
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             }
         }
         None => Keeper::Dir(cli.state_dir.clone()),
     };
+    // The engine's inventory (what each app owns, which hooks ran) sits beside the
+    // link's journal in the state folder.
+    let inventory = Store::open(&cli.state_dir.join("inventory")).with_context(|| {
+        format!(
+            "opening the agent's inventory in {}",
+            cli.state_dir.display()
+        )
+    })?;
+    let engine = Engine::new(Applier::new(
+        client,
+        cli.cluster.clone(),
+        inventory,
+        Options::default(),
+    ));
     let mut config = AgentConfig::new(hub, cli.ca_fingerprint, cli.cluster, cli.state_dir);
     config.token = cli.token;
     config.facts = facts;
     config.backoff_max = Duration::from_secs(cli.backoff_max_secs.max(1));
-    let agent = Agent::new(config, AckOnly)?.with_keeper(keeper);
+    let agent = Agent::new(config, engine)?.with_keeper(keeper);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

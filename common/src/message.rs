@@ -140,7 +140,9 @@ pub struct Heartbeat {
 /// The outcome of a bundle on the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BundleOutcome {
-    /// Verified, stored and applied.
+    /// Verified, stored and taken by the app's sync policy: applied under automated
+    /// sync, diffed under manual sync (the Status then says whether the cluster
+    /// matches). Either way the agent will not need this generation again.
     Applied,
     /// Refused by verification; never applied.
     Rejected(Rejection),

@@ -153,3 +153,98 @@ async fn two_clusters_register_receive_a_bundle_and_return_after_a_hub_restart_w
     }
     hub.stop().await;
 }
+
+/// The whole path on a real cluster: a bundle the hub stores is pushed over QUIC,
+/// verified by the agent, applied by its engine with server-side apply, acknowledged,
+/// and reported Synced and Healthy back to the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_travels_from_the_hub_store_into_a_real_cluster_and_reports_back() {
+    use flotilla_common::model::{Health, SyncStatus};
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let cluster = fleet().expect("the local fleet is running").remove(0);
+    let name = cluster.name().to_owned();
+    let client = cluster.client().await.unwrap();
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let url = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .cluster_url
+    .to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AgentConfig::new(
+        hub.addr,
+        hub.fingerprint.clone(),
+        name.clone(),
+        dir.path().to_owned(),
+    );
+    config.token = Some(hub.add(&name).await);
+    config.facts = flotilla_agent::facts::read(client.clone(), url)
+        .await
+        .unwrap();
+    config.backoff_initial = Duration::from_millis(100);
+    let inventory = flotilla_agent::store::Store::open(&dir.path().join("inventory")).unwrap();
+    let applier = flotilla_agent::apply::Applier::new(
+        client.clone(),
+        name.clone(),
+        inventory,
+        flotilla_agent::apply::Options::default(),
+    );
+    let mut agent = RunningAgent::start_with(config, flotilla_agent::engine::Engine::new(applier));
+    agent.wait("connected", |s| s.connected).await;
+
+    let app = format!("e2e-{}", std::process::id());
+    let digest = hub.publish(&name, &app, 1, 3).await.digest;
+    agent
+        .wait("applied", |s| s.applied.iter().any(|a| a.generation == 1))
+        .await;
+    eventually("the ack", Duration::from_secs(20), || {
+        hub.store
+            .link(&name)
+            .unwrap()
+            .unwrap()
+            .acks
+            .get(&format!("default/{app}"))
+            .is_some_and(|a| a.digest == digest.to_string() && a.outcome == "Applied")
+    })
+    .await;
+
+    let configmaps = Api::<ConfigMap>::namespaced(client, "default");
+    for i in 0..3 {
+        let cm = configmaps.get(&format!("cm-{i}")).await.unwrap();
+        let managers: Vec<_> = cm
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        assert!(managers.iter().any(|m| m == "flotilla"), "{managers:?}");
+    }
+    eventually(
+        "a Synced, Healthy status on the hub",
+        Duration::from_secs(20),
+        || {
+            hub.store
+                .status("default", &app, &name)
+                .unwrap()
+                .is_some_and(|r| {
+                    r.status.sync == SyncStatus::Synced && r.status.health == Health::Healthy
+                })
+        },
+    )
+    .await;
+
+    agent.stop().await.unwrap();
+    hub.stop().await;
+    for i in 0..3 {
+        let _ = configmaps
+            .delete(&format!("cm-{i}"), &Default::default())
+            .await;
+    }
+}

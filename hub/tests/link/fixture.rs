@@ -202,8 +202,17 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     pub fn start(config: AgentConfig) -> RunningAgent {
+        Self::start_with(config, AckOnly)
+    }
+
+    /// Starts an agent that hands bundles to `applier`.
+    #[allow(dead_code)]
+    pub fn start_with(
+        config: AgentConfig,
+        applier: impl flotilla_agent::link::Applier,
+    ) -> RunningAgent {
         let dir = config.state_dir.clone();
-        let agent = Agent::new(config, AckOnly).unwrap();
+        let agent = Agent::new(config, applier).unwrap();
         let state = agent.state();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(agent.run(stopped));
