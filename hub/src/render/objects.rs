@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use flotilla_common::bundle::{Hook, HookDeletePolicy, HookPhase, Object};
-use flotilla_common::model::{ClusterFacts, Gvk};
+use flotilla_common::model::{ClusterFacts, Gvk, kind_rank};
 use serde_json::Value;
 
 use super::{Error, Result};
@@ -42,45 +42,6 @@ const CLUSTER_SCOPED: &[&str] = &[
     "CertificateSigningRequest",
     "FlowSchema",
     "PriorityLevelConfiguration",
-];
-
-/// Argo CD's order of kinds inside one wave: what others depend on comes first.
-const KIND_ORDER: &[&str] = &[
-    "Namespace",
-    "NetworkPolicy",
-    "ResourceQuota",
-    "LimitRange",
-    "PodSecurityPolicy",
-    "PodDisruptionBudget",
-    "ServiceAccount",
-    "Secret",
-    "SecretList",
-    "ConfigMap",
-    "StorageClass",
-    "PersistentVolume",
-    "PersistentVolumeClaim",
-    "CustomResourceDefinition",
-    "ClusterRole",
-    "ClusterRoleList",
-    "ClusterRoleBinding",
-    "ClusterRoleBindingList",
-    "Role",
-    "RoleList",
-    "RoleBinding",
-    "RoleBindingList",
-    "Service",
-    "DaemonSet",
-    "Pod",
-    "ReplicationController",
-    "ReplicaSet",
-    "Deployment",
-    "HorizontalPodAutoscaler",
-    "StatefulSet",
-    "Job",
-    "CronJob",
-    "IngressClass",
-    "Ingress",
-    "APIService",
 ];
 
 /// Turns manifests into bundle objects. Objects of namespaced kinds without a
@@ -333,9 +294,6 @@ fn apply_key(o: &Object) -> (u8, i32, usize, &str, &Option<String>, &str) {
         Some(HookPhase::SyncFail) => 3,
         Some(HookPhase::Skip) => 4,
     };
-    let kind = KIND_ORDER
-        .iter()
-        .position(|k| *k == o.gvk.kind)
-        .unwrap_or(KIND_ORDER.len());
+    let kind = kind_rank(&o.gvk.kind);
     (phase, o.wave, kind, &o.gvk.kind, &o.namespace, &o.name)
 }
