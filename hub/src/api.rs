@@ -6,7 +6,6 @@
 //! audit log with its user. Repository credentials go in and never come out.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -94,17 +93,7 @@ impl ApiState {
     }
 
     async fn audit(&self, who: &Principal, action: &str, target: String) {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let event = Event {
-            at_ms,
-            actor: who.user.clone(),
-            action: action.to_owned(),
-            target,
-            detail: String::new(),
-        };
+        let event = Event::now(&who.user, action, target, "");
         if let Err(e) = self.store.push_event(&event).await {
             tracing::warn!(error = %e, "failed to record an audit event");
         }

@@ -276,15 +276,17 @@ impl Refresher {
                     .fail(record, format!("cluster {}: {violation}", cluster.name))
                     .await;
             }
-            let found = match self.expand_sets(found) {
-                Ok(found) => found,
-                Err(e) => return self.fail(record, e).await,
-            };
-            checked.push((cluster, objects, found));
-        }
-        for (cluster, objects, found) in checked {
-            // Children are the same for every cluster; adopt them once.
+            // Children are the same for every cluster; keep the first cluster's.
             children.get_or_insert(found);
+            checked.push((cluster, objects));
+        }
+        // ApplicationSets are expanded once, and before anything is stored, so a
+        // failing generator leaves every cluster's bundle as it was.
+        let children = match children.map(|found| self.expand_sets(found)).transpose() {
+            Ok(children) => children,
+            Err(e) => return self.fail(record, e).await,
+        };
+        for (cluster, objects) in checked {
             if let Some(generation) = self
                 .store_bundle(&record, &app, cluster, &commit, objects, now)
                 .await?
@@ -534,18 +536,9 @@ impl Refresher {
     }
 
     async fn event(&self, record: &AppRecord, action: &str, detail: &str) -> Result<()> {
-        let at_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let target = format!("application/{}/{}", record.project(), record.name());
         self.store
-            .push_event(&Event {
-                at_ms,
-                actor: "hub".to_owned(),
-                action: action.to_owned(),
-                target: format!("application/{}/{}", record.project(), record.name()),
-                detail: detail.to_owned(),
-            })
+            .push_event(&Event::now("hub", action, target, detail))
             .await?;
         Ok(())
     }

@@ -161,3 +161,16 @@ pub struct Event {
     #[serde(default)]
     pub detail: String,
 }
+
+impl Event {
+    /// An event stamped with the current time.
+    pub fn now(actor: &str, action: &str, target: impl Into<String>, detail: &str) -> Self {
+        Self {
+            at_ms: crate::cluster::epoch_ms(std::time::SystemTime::now()),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.into(),
+            detail: detail.to_owned(),
+        }
+    }
+}
