@@ -371,6 +371,7 @@ impl SyncReport {
             resources,
             drift,
             events,
+            operation: None,
         }
     }
 

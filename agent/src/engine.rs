@@ -73,6 +73,7 @@ impl link::Applier for Engine {
                             resources,
                             drift: Vec::new(),
                             events: Vec::new(),
+                            operation: None,
                         }),
                     }
                 }

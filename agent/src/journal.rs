@@ -235,6 +235,7 @@ mod tests {
             resources: Vec::new(),
             drift: Vec::new(),
             events: Vec::new(),
+            operation: None,
         }
     }
 

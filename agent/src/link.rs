@@ -121,6 +121,7 @@ impl Applier for AckOnly {
                 resources: Vec::new(),
                 drift: Vec::new(),
                 events: Vec::new(),
+                operation: None,
             }),
         }
     }
@@ -735,6 +736,7 @@ impl<A: Applier> Agent<A> {
                         message: "commands are not implemented by this agent yet".to_owned(),
                     },
                     drift: Vec::new(),
+                    diffs: Vec::new(),
                 });
             }
             AgentEvent::KeySetUpdate(update) => match identity.key_set.apply_update(&update) {

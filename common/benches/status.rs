@@ -47,6 +47,7 @@ fn status_of_1000_resources() -> Message {
                 resource: Some(resource(i as usize)),
             })
             .collect(),
+        operation: None,
     })
 }
 

@@ -282,6 +282,76 @@ pub struct Status {
     pub drift: Vec<DriftEntry>,
     /// Events since the last report.
     pub events: Vec<Event>,
+    /// The sync operation this report ends, if it ends one: what the hub records
+    /// in the app's history.
+    pub operation: Option<Box<Operation>>,
+}
+
+/// How a sync operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationPhase {
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed.
+    Failed,
+}
+
+/// What a sync operation did to one resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResourceAction {
+    /// It did not exist and was created.
+    Created,
+    /// It existed, differed, and was changed.
+    Configured,
+    /// It already matched; nothing was written.
+    Unchanged,
+    /// It was replaced (`Replace=true`).
+    Replaced,
+    /// It left the bundle and was deleted.
+    Pruned,
+    /// It left the bundle and was kept (prune off, or `Prune=false`).
+    PruneSkipped,
+    /// A hook that ran and succeeded.
+    HookSucceeded,
+    /// A hook that failed.
+    HookFailed,
+    /// Writing it failed.
+    Failed,
+    /// It was not reached because an earlier step failed.
+    Skipped,
+    /// A dry run would have changed it.
+    WouldChange,
+}
+
+/// The outcome of one resource in a sync operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceResult {
+    /// Which resource.
+    pub resource: ResourceRef,
+    /// What was done to it.
+    pub action: ResourceAction,
+    /// The apiserver's or the hook's message, if any.
+    pub message: Option<String>,
+}
+
+/// One sync operation as the agent ran it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// The [`Command`] that asked for it; `None` when the agent started it itself
+    /// (a new bundle under automated sync, or selfHeal).
+    pub request_id: Option<u64>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// How it ended.
+    pub phase: OperationPhase,
+    /// Why it failed, or a summary.
+    pub message: String,
+    /// Whether it was a dry run, which writes nothing.
+    pub dry_run: bool,
+    /// Every resource it touched or meant to, in apply order.
+    pub resources: Vec<ResourceResult>,
 }
 
 /// A status report is stored.
@@ -291,15 +361,42 @@ pub struct StatusAck {
     pub sequence: u64,
 }
 
+/// How a commanded sync runs, as `argocd app sync` flags it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncOptions {
+    /// The bundle generation to sync; the agent refuses when it holds another one.
+    pub generation: u64,
+    /// Delete what left the bundle, even when the app's policy does not prune.
+    pub prune: bool,
+    /// Compute what would change and write nothing.
+    pub dry_run: bool,
+    /// Only these resources; empty for all of them.
+    pub resources: Vec<ResourceRef>,
+}
+
 /// What the hub asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandKind {
-    /// Apply the current bundle now (manual sync).
-    SyncNow,
-    /// Compare live state again and report.
+    /// Sync the app's bundle now (a manual sync); the operation is reported in a
+    /// Status with its `operation` set and this command's request id.
+    Sync(SyncOptions),
+    /// Compare live state again and report a Status.
     Refresh,
     /// Report the diff between live and desired state without applying.
     Diff,
+}
+
+/// One resource's desired and live state, as YAML with server-set fields
+/// (`status`, `metadata.managedFields`, `resourceVersion`, `uid`, timestamps)
+/// removed, for a unified diff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDiff {
+    /// Which resource.
+    pub resource: ResourceRef,
+    /// What the bundle wants; `None` when the object is live but left the bundle.
+    pub desired: Option<String>,
+    /// What the cluster holds; `None` when it does not exist.
+    pub live: Option<String>,
 }
 
 /// A request from the hub.
@@ -337,6 +434,8 @@ pub struct CommandResult {
     pub outcome: CommandOutcome,
     /// For `Diff` and `Refresh`, the drift found.
     pub drift: Vec<DriftEntry>,
+    /// For `Diff`, every resource whose live state differs from the bundle.
+    pub diffs: Vec<ResourceDiff>,
 }
 
 /// Why a session ends.

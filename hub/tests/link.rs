@@ -243,6 +243,7 @@ async fn status_left_in_the_outbox_is_delivered_after_an_outage_in_order_and_onc
                     resources: Vec::new(),
                     drift: Vec::new(),
                     events: Vec::new(),
+                    operation: None,
                 })
                 .await
                 .unwrap();

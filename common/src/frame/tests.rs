@@ -180,6 +180,7 @@ fn write_fuzz_seed_corpus() {
             resources: Vec::new(),
             drift: Vec::new(),
             events: Vec::new(),
+            operation: None,
         }),
     ];
     for (index, message) in messages.iter().enumerate() {
@@ -296,6 +297,7 @@ mod properties {
                 }).collect(),
                 drift: Vec::new(),
                 events: Vec::new(),
+                operation: None,
             };
             let limits = Limits::default();
             let frame = encode(&Message::Status(status.clone()), &limits).unwrap();

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::fixture::{self, CLUSTER, NOW};
-use crate::message::{CommandKind, CommandOutcome, Rejection};
+use crate::message::{CommandKind, CommandOutcome, Rejection, SyncOptions};
 use crate::model::{ClusterFacts, Health, SyncStatus};
 use crate::signing::{self, BundleSigner, Expectation, KeySet};
 
@@ -174,6 +174,7 @@ fn status(app: &str) -> Status {
         resources: Vec::new(),
         drift: Vec::new(),
         events: Vec::new(),
+        operation: None,
     }
 }
 
@@ -374,7 +375,7 @@ fn a_command_comes_back_with_its_result() {
     let command = Command {
         request_id: 9,
         app: AppRef::new("default", "web"),
-        kind: CommandKind::SyncNow,
+        kind: CommandKind::Sync(SyncOptions::default()),
     };
     pair.hub.send_command(command.clone()).unwrap();
     pair.drive();
@@ -385,6 +386,7 @@ fn a_command_comes_back_with_its_result() {
             message: "synced".to_owned(),
         },
         drift: Vec::new(),
+        diffs: Vec::new(),
     };
     pair.agent.command_result(result.clone()).unwrap();
     pair.drive();
