@@ -673,7 +673,14 @@ impl Applier {
             .into_iter()
             .partition(|t| phase_of(t) == Some(HookPhase::SyncFail));
 
-        if let Err(failure) = self.run_phase(bundle, &pre, &mut report).await {
+        // Argo CD creates the namespace before the PreSync phase, so a PreSync hook
+        // (a migration Job) can run in a namespace that does not exist yet.
+        let every_task = pre.iter().chain(&sync).chain(&post).chain(&fail);
+        let prepared = match self.create_namespaces(bundle, every_task).await {
+            Ok(()) => self.run_phase(bundle, &pre, &mut report).await,
+            Err(failure) => Err(failure),
+        };
+        if let Err(failure) = prepared {
             report.outcome = failure;
             self.mark_skipped(&sync, &mut report);
             self.run_sync_fail(bundle, &fail, &mut report).await;
@@ -850,27 +857,37 @@ impl Applier {
         result
     }
 
-    /// The Sync phase: namespaces, inventory, then wave after wave.
+    /// `CreateNamespace=true`: creates every namespace the tasks use that does not
+    /// exist yet.
+    async fn create_namespaces<'t>(
+        &self,
+        bundle: &Bundle,
+        tasks: impl Iterator<Item = &'t Task<'t>>,
+    ) -> Result<(), Outcome> {
+        if !has_option(bundle, None, "CreateNamespace=true") {
+            return Ok(());
+        }
+        let namespaces: BTreeSet<&str> = tasks
+            .filter_map(|t| t.resource.namespace.as_deref())
+            .collect();
+        for ns in namespaces {
+            if let Err(e) = self.ensure_namespace(ns).await {
+                return Err(Outcome::Failed {
+                    resource: None,
+                    message: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The Sync phase: inventory, then wave after wave.
     async fn run_sync_phase(
         &self,
         bundle: &Bundle,
         tasks: &[Task<'_>],
         report: &mut SyncReport,
     ) -> Result<(), Outcome> {
-        if has_option(bundle, None, "CreateNamespace=true") {
-            let namespaces: BTreeSet<&str> = tasks
-                .iter()
-                .filter_map(|t| t.resource.namespace.as_deref())
-                .collect();
-            for ns in namespaces {
-                if let Err(e) = self.ensure_namespace(ns).await {
-                    return Err(Outcome::Failed {
-                        resource: None,
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
         // Remember new objects before creating them, so a crash mid-sync cannot
         // leave an object Flotilla created but no longer knows it owns.
         let owned = |t: &Task<'_>| Owned {

@@ -182,6 +182,31 @@ async fn recipe_sync_hooks_run_around_the_sync_phase_and_are_deleted_on_success(
     support::delete_namespace(&client, &ns).await;
 }
 
+/// With CreateNamespace=true the namespace exists before the PreSync phase, as in
+/// Argo CD: a migration Job can run in the namespace of a first sync.
+#[tokio::test]
+async fn create_namespace_happens_before_presync_hooks_run() {
+    let cluster = cluster_for("hooks-fresh-namespace");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("freshns");
+    let objects = vec![
+        support::job(&ns, "db-migration", "PreSync", Some("HookSucceeded"), false),
+        config_map(&ns, "myapp-config"),
+    ];
+    let mut b = bundle(&format!("{ns}-app"), 1, objects, None);
+    b.policy.sync_options.push("CreateNamespace=true".into());
+    let report = applier(&client).sync(&b).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let hook = report.hook("db-migration").unwrap();
+    assert_eq!(
+        (hook.phase, &hook.outcome),
+        (HookPhase::PreSync, &HookOutcome::Succeeded)
+    );
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(maps.get_opt("myapp-config").await.unwrap().is_some());
+    support::delete_namespace(&client, &ns).await;
+}
+
 /// A failing PreSync hook stops the sync before the Sync phase: nothing of it is
 /// applied, the SyncFail hook runs, and the failed hook stays for inspection
 /// because its policy only deletes it on success.
