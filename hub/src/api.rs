@@ -73,8 +73,34 @@ pub fn router(state: ApiState) -> Router {
         .merge(repos::routes())
         .merge(tokens::routes())
         .merge(health::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticated,
+        ))
         .with_state(state)
         .layer(axum::middleware::map_response(error::to_json))
+}
+
+/// Routes anyone may call: logging in, probes and the scraper.
+fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+        || (method == axum::http::Method::POST && path == "/api/v1/session")
+}
+
+/// Answers 401 before anything reads the request, so an unauthenticated caller
+/// learns nothing from how a body would have been judged.
+async fn authenticated(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !is_public(request.method(), request.uri().path())
+        && let Err(reply) = state.principal(request.headers())
+    {
+        return reply.into_response();
+    }
+    next.run(request).await
 }
 
 impl ApiState {

@@ -99,6 +99,10 @@ struct Shared {
 impl Server {
     /// Binds the API and starts polling. Every repository is refreshed once at start.
     pub async fn start(config: Config, store: Store, refresher: Refresher) -> Result<Self> {
+        // Refused before binding, so nothing listens even for a moment.
+        if matches!(config.tls, ApiTls::Plain) && !config.listen.ip().is_loopback() {
+            return Err(tls::Error::PlainNotLoopback(config.listen).into());
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
