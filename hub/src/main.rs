@@ -600,9 +600,10 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         admin_password: args.admin_password,
         tls: tls.clone(),
         link: Some(link.clone()),
+        // With port 0 asked for, the port the system chose.
         agent_address: Some(
             args.agent_address
-                .unwrap_or_else(|| args.agent_listen.to_string()),
+                .unwrap_or_else(|| link.local_addr().unwrap_or(args.agent_listen).to_string()),
         ),
     };
     let server = match Server::start(config, store, refresher).await {

@@ -24,7 +24,13 @@ pub(super) fn routes() -> axum::Router<ApiState> {
 }
 
 /// A cluster, registered or waiting for its agent, as the API shows it.
-fn view(state: &ApiState, name: &str, record: Option<&ClusterRecord>, detail: bool) -> Value {
+fn view(
+    state: &ApiState,
+    name: &str,
+    record: Option<&ClusterRecord>,
+    pending_labels: Option<&BTreeMap<String, String>>,
+    detail: bool,
+) -> Value {
     let link = state.store.link(name).ok().flatten();
     let connected_now = state.link.as_ref().and_then(|l| {
         l.clusters()
@@ -43,7 +49,7 @@ fn view(state: &ApiState, name: &str, record: Option<&ClusterRecord>, detail: bo
         "name": name,
         "state": state_name,
         "connected": connected,
-        "labels": record.map(|r| r.labels.clone()).unwrap_or_default(),
+        "labels": record.map(|r| &r.labels).or(pending_labels).cloned().unwrap_or_default(),
         "server": facts.map(|f| f.api_server_url.clone()),
         "kubernetesVersion": facts.map(|f| f.kubernetes_version.clone()),
         "lastSeenMs": link.as_ref().and_then(|l| l.last_seen_ms),
@@ -69,20 +75,18 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
         Ok(records) => records,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let pending: Vec<String> = state
-        .store
-        .tokens()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.cluster)
-        .collect();
+    let pending = state.store.tokens().unwrap_or_default();
     let policy = state.effective_policy();
     let mut items: Vec<Value> = records
         .iter()
-        .map(|r| (r.name.clone(), Some(r)))
-        .chain(pending.into_iter().map(|name| (name, None)))
-        .filter(|(name, _)| policy.enforce(&who.user, &who.groups, "clusters", "get", name))
-        .map(|(name, record)| view(&state, &name, record, false))
+        .map(|r| (r.name.as_str(), Some(r), None))
+        .chain(
+            pending
+                .iter()
+                .map(|t| (t.cluster.as_str(), None, Some(&t.labels))),
+        )
+        .filter(|(name, _, _)| policy.enforce(&who.user, &who.groups, "clusters", "get", name))
+        .map(|(name, record, labels)| view(&state, name, record, labels, false))
         .collect();
     items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     ok(json!({ "items": items }))
@@ -97,20 +101,24 @@ async fn show(
         return reply;
     }
     match state.store.cluster(&name) {
-        Ok(Some(record)) => ok(view(&state, &name, Some(&record), true)),
-        Ok(None) if pending(&state, &name) => ok(view(&state, &name, None, true)),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("cluster {name:?} not found")),
+        Ok(Some(record)) => ok(view(&state, &name, Some(&record), None, true)),
+        Ok(None) => match pending_labels(&state, &name) {
+            Some(labels) => ok(view(&state, &name, None, Some(&labels), true)),
+            None => error(StatusCode::NOT_FOUND, format!("cluster {name:?} not found")),
+        },
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-fn pending(state: &ApiState, name: &str) -> bool {
+/// The labels of a cluster whose agent has not registered yet.
+fn pending_labels(state: &ApiState, name: &str) -> Option<BTreeMap<String, String>> {
     state
         .store
         .tokens()
         .unwrap_or_default()
-        .iter()
-        .any(|t| t.cluster == name)
+        .into_iter()
+        .find(|t| t.cluster == name)
+        .map(|t| t.labels)
 }
 
 #[derive(Deserialize)]
