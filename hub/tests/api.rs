@@ -9,14 +9,19 @@
 #[path = "link/fixture.rs"]
 mod link_fixture;
 
+#[path = "source/fixture.rs"]
+#[allow(dead_code)]
+mod source_fixture;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_agent::link::AgentConfig;
-use flotilla_common::message::Status;
-use flotilla_common::model::{AppRef, Health, SyncStatus};
+use flotilla_agent::link::{AgentConfig, Applier, ApplyReport};
+use flotilla_common::bundle::Bundle;
+use flotilla_common::message::{BundleOutcome, Operation, OperationPhase, Status};
+use flotilla_common::model::{AppRef, Health, SyncStatus, Timestamp};
 use flotilla_hub::client::{Trust, http_client};
 use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::refresh::Refresher;
@@ -627,6 +632,37 @@ async fn account_tokens_act_as_the_account_with_its_groups() {
     hub.stop().await;
 }
 
+/// Acknowledges every bundle and reports a sync that took 1.5 s.
+#[derive(Clone, Copy)]
+struct TimedSync;
+
+impl Applier for TimedSync {
+    async fn apply(&self, bundle: &Bundle) -> ApplyReport {
+        ApplyReport {
+            outcome: BundleOutcome::Applied,
+            status: Some(Status {
+                sequence: 0,
+                app: bundle.app.clone(),
+                generation: bundle.generation,
+                sync: SyncStatus::Synced,
+                health: Health::Healthy,
+                resources: Vec::new(),
+                drift: Vec::new(),
+                events: Vec::new(),
+                operation: Some(Box::new(Operation {
+                    request_id: None,
+                    started_at: Timestamp(0),
+                    duration_ms: 1500,
+                    phase: OperationPhase::Succeeded,
+                    message: String::new(),
+                    dry_run: false,
+                    resources: Vec::new(),
+                })),
+            }),
+        }
+    }
+}
+
 fn agent_config(hub: &Running, cluster: &str, token: String, dir: &std::path::Path) -> AgentConfig {
     let mut config = AgentConfig::new(
         hub.quic,
@@ -678,8 +714,52 @@ async fn clusters_are_added_listed_and_removed_through_the_api_while_the_hub_run
 
     // A real agent registers with the token and connects over mutual TLS.
     let agent_dir = tempfile::tempdir().unwrap();
-    let mut agent = RunningAgent::start(agent_config(&hub, "east", token, agent_dir.path()));
+    let mut agent = RunningAgent::start_with(
+        agent_config(&hub, "east", token, agent_dir.path()),
+        TimedSync,
+    );
     agent.wait("connected", |s| s.connected).await;
+
+    // A bundle pushed and a sync the agent reports are in the metrics.
+    let envelope = link_fixture::sign(&hub.store, "east", "web", 1, 1, 16).await;
+    hub.store
+        .put_bundle("default", "web", "east", 1, &envelope.encode().unwrap())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let samples = loop {
+        let (_, _, body) = hub.call_raw("GET", "/metrics", None, "").await;
+        let samples = parse_exposition(body.as_str().unwrap());
+        if sample(&samples, "flotilla_sync_duration_seconds_count", &[]) == Some(1.0) {
+            break samples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync duration: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let bucket = |le: &str| {
+        sample(
+            &samples,
+            "flotilla_sync_duration_seconds_bucket",
+            &[("le", le)],
+        )
+    };
+    assert_eq!(bucket("1"), Some(0.0));
+    assert_eq!(bucket("2.5"), Some(1.0));
+    assert_eq!(
+        sample(&samples, "flotilla_sync_duration_seconds_sum", &[]),
+        Some(1.5)
+    );
+    assert_eq!(
+        sample(&samples, "flotilla_bundle_pushes_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&samples, "flotilla_agents_connected", &[]),
+        Some(1.0)
+    );
     let (status, east) = hub
         .call("GET", "/api/v1/clusters/east", Some(&admin), "")
         .await;
@@ -938,6 +1018,61 @@ async fn health_readiness_and_metrics_answer_without_a_token_and_metrics_parse()
     assert!(sample(&samples, "flotilla_render_errors_total", &[]).is_some());
     assert!(sample(&samples, "flotilla_sync_duration_seconds_count", &[]).is_some());
     assert!(sample(&samples, "flotilla_render_duration_seconds_count", &[]).is_some());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renders_are_timed_and_render_errors_counted_in_metrics() {
+    let repo = source_fixture::WorkRepo::new();
+    repo.write(
+        "apps/good/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: good}\ndata: {v: \"1\"}\n",
+    );
+    repo.write("apps/bad/broken.yaml", "kind: [unclosed\n");
+    repo.commit("two apps");
+    let hub = start().await;
+    hub.store
+        .put_cluster(&ClusterRecord {
+            name: "east".to_owned(),
+            facts: Some(facts("uid-east")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let admin = hub.admin().await;
+    for name in ["good", "bad"] {
+        let app = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  source: {{repoURL: '{}', path: apps/{name}, targetRevision: main}}\n  destination: {{name: east, namespace: shop}}\n",
+            repo.path().display()
+        );
+        let (status, json) = hub
+            .call("POST", "/api/v1/applications", Some(&admin), &app)
+            .await;
+        assert_eq!(status, 201, "{json}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, good) = hub
+            .call("GET", "/api/v1/applications/default/good", Some(&admin), "")
+            .await;
+        let (_, bad) = hub
+            .call("GET", "/api/v1/applications/default/bad", Some(&admin), "")
+            .await;
+        if good["renderedCommit"].is_string() && bad["renderError"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not rendered: {good} {bad}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, _, body) = hub.call_raw("GET", "/metrics", None, "").await;
+    let samples = parse_exposition(body.as_str().unwrap());
+    let renders = sample(&samples, "flotilla_render_duration_seconds_count", &[]).unwrap();
+    assert!(renders >= 2.0, "{renders}");
+    let errors = sample(&samples, "flotilla_render_errors_total", &[]).unwrap();
+    assert!(errors >= 1.0, "{errors}");
     hub.stop().await;
 }
 
