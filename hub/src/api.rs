@@ -335,12 +335,13 @@ async fn list_repos(State(state): State<ApiState>, headers: HeaderMap) -> Reply 
         Ok(who) => who,
         Err(reply) => return reply,
     };
+    let policy = state.effective_policy();
     let repos: Vec<Value> = state
         .store
         .repos()
         .unwrap_or_default()
         .into_iter()
-        .filter(|r| state.may(&who, "repositories", "get", &r.url))
+        .filter(|r| policy.enforce(&who.user, &who.groups, "repositories", "get", &r.url))
         .map(|r| {
             let kind = match &r.credentials {
                 None => "none",

@@ -600,11 +600,14 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         admin_password: args.admin_password,
         tls: tls.clone(),
         link: Some(link.clone()),
-        // With port 0 asked for, the port the system chose.
-        agent_address: Some(
-            args.agent_address
-                .unwrap_or_else(|| link.local_addr().unwrap_or(args.agent_listen).to_string()),
-        ),
+        // The bound address (with port 0, the port the system chose), unless it is
+        // a wildcard no agent can dial: then `cluster add` must name one.
+        agent_address: args.agent_address.or_else(|| {
+            link.local_addr()
+                .ok()
+                .filter(|a| !a.ip().is_unspecified())
+                .map(|a| a.to_string())
+        }),
     };
     let server = match Server::start(config, store, refresher).await {
         Ok(server) => server,
