@@ -20,10 +20,12 @@ pub enum Error {
     /// No session: `flotilla login` first.
     #[error("not logged in (run `flotilla login --server URL --username NAME`)")]
     NotLoggedIn,
-    /// The hub could not be reached.
-    #[error("cannot reach the hub at {server}")]
+    /// The hub could not be reached, or its certificate was not trusted.
+    #[error("cannot reach the hub at {server}{hint}")]
     Unreachable {
         server: String,
+        /// What to try, when the cause suggests something.
+        hint: &'static str,
         #[source]
         source: reqwest::Error,
     },
@@ -36,6 +38,9 @@ pub enum Error {
     /// The hub answered with another error.
     #[error("the hub answered {status}: {message}")]
     Api { status: u16, message: String },
+    /// rustls refused the client's TLS settings.
+    #[error("failed to set up TLS: {0}")]
+    Tls(#[source] rustls::Error),
     /// The HTTP client could not be built.
     #[error("failed to set up the HTTP client")]
     Http(#[source] reqwest::Error),
@@ -171,10 +176,7 @@ pub fn http_client(trust: &Trust) -> Result<reqwest::Client> {
         };
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Api {
-                status: 0,
-                message: format!("TLS setup: {e}"),
-            })?
+            .map_err(Error::Tls)?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
@@ -245,8 +247,13 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<Value> {
-        let unreachable = |source| Error::Unreachable {
+        let unreachable = |source: reqwest::Error| Error::Unreachable {
             server: self.server.clone(),
+            hint: if source.is_connect() && self.server.starts_with("https://") {
+                " (a hub serving its own CA's certificate is trusted with --ca-fingerprint, as `flotilla hub` prints it, or --insecure)"
+            } else {
+                ""
+            },
             source,
         };
         let mut request = self.http.request(method, format!("{}{path}", self.server));

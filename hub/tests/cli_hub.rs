@@ -104,6 +104,20 @@ fn the_cli_drives_a_running_hub_over_pinned_https() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    // Without a pin the system's roots do not know the hub's CA; the error says
+    // what to do.
+    let unpinned = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["login", "--server", &hub.api])
+        .env("XDG_CONFIG_HOME", cfg)
+        .env("FLOTILLA_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(unpinned.status.code(), Some(1));
+    assert!(
+        text(&unpinned.stderr).contains("--ca-fingerprint"),
+        "{}",
+        text(&unpinned.stderr)
+    );
     let login = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args([
             "login",
