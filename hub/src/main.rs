@@ -73,6 +73,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct LoginArgs {
+    /// The hub, as `argocd login SERVER` takes it: HOST:PORT (https) or a URL;
+    /// the same as --server.
+    #[arg(value_name = "SERVER")]
+    address: Option<String>,
     #[arg(long, env = "FLOTILLA_USERNAME", default_value = "admin")]
     username: String,
     /// The password; read from FLOTILLA_PASSWORD when not given.
@@ -269,9 +273,18 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 async fn login_command(args: LoginArgs, connection: &Connection) -> anyhow::Result<()> {
-    let server = connection.server.clone().ok_or_else(|| {
-        UsageError("give the hub with --server https://HOST:PORT (or FLOTILLA_SERVER)".to_owned())
-    })?;
+    let server = match (args.address, &connection.server) {
+        (Some(address), _) if address.contains("://") => address,
+        (Some(address), _) => format!("https://{address}"),
+        (None, Some(server)) => server.clone(),
+        (None, None) => {
+            return Err(UsageError(
+                "give the hub: flotilla login HOST:PORT, or --server https://HOST:PORT (or FLOTILLA_SERVER)"
+                    .to_owned(),
+            )
+            .into());
+        }
+    };
     let trust = connection.trust()?.unwrap_or_default();
     let session = Client::login(&server, &args.username, &args.password, trust).await?;
     session.save()?;

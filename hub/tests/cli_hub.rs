@@ -118,11 +118,11 @@ fn the_cli_drives_a_running_hub_over_pinned_https() {
         "{}",
         text(&unpinned.stderr)
     );
+    // `login HOST:PORT` as argocd takes it, https implied.
     let login = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args([
             "login",
-            "--server",
-            &hub.api,
+            hub.api.trim_start_matches("https://"),
             "--ca-fingerprint",
             &hub.fingerprint,
         ])
