@@ -154,6 +154,23 @@ pub async fn login(store: &Store, name: &str, password: &str) -> Result<String> 
     Ok(token)
 }
 
+/// The groups of account `name`, or `None` when there is no such account.
+pub fn groups(store: &Store, name: &str) -> Result<Option<Vec<String>>> {
+    Ok(store
+        .get::<AccountRecord>(TREE, &account_key(name))?
+        .map(|a| a.groups))
+}
+
+/// Whether account `name` exists.
+pub fn exists(store: &Store, name: &str) -> Result<bool> {
+    Ok(groups(store, name)?.is_some())
+}
+
+/// Ends the session `token`; says whether it was one.
+pub async fn logout(store: &Store, token: &str) -> Result<bool> {
+    Ok(store.remove(TREE, &session_key(token)).await?)
+}
+
 /// Who holds `token`, if it is a live session.
 pub fn authenticate(store: &Store, token: &str) -> Result<Principal> {
     let session: SessionRecord = store

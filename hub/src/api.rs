@@ -16,10 +16,19 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::account::{self, Principal};
-use crate::app::Application;
+use crate::app::{AppProject, Application};
+use crate::link::Link;
+use crate::metrics::Metrics;
 use crate::rbac::Policy;
 use crate::source::{Credentials, RepoSpec};
 use crate::store::{AppOrigin, AppRecord, Event, RepoRecord, Store};
+
+mod clusters;
+pub mod error;
+mod health;
+mod projects;
+mod repos;
+mod tokens;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -28,12 +37,20 @@ pub struct ApiState {
     pub policy: Arc<Policy>,
     /// Repositories to refresh at once (a new app's repo).
     pub refresh_now: mpsc::UnboundedSender<String>,
+    /// The agent link, when this hub runs one: cluster removal closes connections
+    /// through it, and readiness waits for it.
+    pub link: Option<Arc<Link>>,
+    /// What the hub counts, for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The QUIC address agents dial, for install manifests; a request may name
+    /// another.
+    pub agent_address: Option<String>,
 }
 
 type Reply = (StatusCode, Json<Value>);
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
-    (status, Json(json!({ "error": message.to_string() })))
+    (status, Json(error::body(status, &message.to_string())))
 }
 
 fn ok(value: Value) -> Reply {
@@ -49,11 +66,41 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/applications/{project}/{name}",
             get(get_app).delete(delete_app),
         )
-        .route("/api/v1/clusters", get(list_clusters))
         .route("/api/v1/repositories", get(list_repos).post(create_repo))
-        .route("/api/v1/projects", get(list_projects))
         .route("/api/v1/accounts", post(create_account))
+        .merge(clusters::routes())
+        .merge(projects::routes())
+        .merge(repos::routes())
+        .merge(tokens::routes())
+        .merge(health::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticated,
+        ))
         .with_state(state)
+        .layer(axum::middleware::map_response(error::to_json))
+}
+
+/// Routes anyone may call: logging in, probes and the scraper.
+fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+        || (method == axum::http::Method::POST && path == "/api/v1/session")
+}
+
+/// Answers 401 before anything reads the request, so an unauthenticated caller
+/// learns nothing from how a body would have been judged.
+async fn authenticated(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !is_public(request.method(), request.uri().path())
+        && let Err(reply) = state.principal(request.headers())
+    {
+        return reply.into_response();
+    }
+    next.run(request).await
 }
 
 impl ApiState {
@@ -62,9 +109,50 @@ impl ApiState {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-        account::authenticate(&self.store, token.trim())
-            .map_err(|e| error(StatusCode::UNAUTHORIZED, e))
+            .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?
+            .trim();
+        if token.starts_with(crate::token::PREFIX) {
+            return crate::token::authenticate(&self.store, token, std::time::SystemTime::now())
+                .map_err(|e| match e {
+                    crate::token::Error::Invalid => error(StatusCode::UNAUTHORIZED, e),
+                    e => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                });
+        }
+        account::authenticate(&self.store, token).map_err(|e| match e {
+            account::Error::BadToken => error(StatusCode::UNAUTHORIZED, e),
+            e => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        })
+    }
+
+    /// The configured policy plus the roles every stored AppProject defines, so
+    /// project role tokens and role `groups` take effect as projects change. A
+    /// project whose roles do not parse is left out, with a warning.
+    fn effective_policy(&self) -> Arc<Policy> {
+        let projects: Vec<AppProject> = self
+            .store
+            .scan::<AppProject>("projects", &crate::store::Key::new())
+            .map(|found| found.into_iter().map(|(_, p)| p).collect())
+            .unwrap_or_default();
+        if projects.iter().all(|p| p.spec.roles.is_empty()) {
+            return self.policy.clone();
+        }
+        let mut policy = (*self.policy).clone();
+        for project in &projects {
+            let mut with_project = policy.clone();
+            match with_project.add_project_roles(project) {
+                Ok(()) => policy = with_project,
+                Err(e) => {
+                    tracing::warn!(project = %project.name(), error = %e, "project roles ignored")
+                }
+            }
+        }
+        Arc::new(policy)
+    }
+
+    /// Whether `who` may do `action` on `object` of `resource`.
+    fn may(&self, who: &Principal, resource: &str, action: &str, object: &str) -> bool {
+        self.effective_policy()
+            .enforce(&who.user, &who.groups, resource, action, object)
     }
 
     /// The principal, if it may do `action` on `object` of `resource`.
@@ -76,10 +164,7 @@ impl ApiState {
         object: &str,
     ) -> Result<Principal, Reply> {
         let who = self.principal(headers)?;
-        if self
-            .policy
-            .enforce(&who.user, &who.groups, resource, action, object)
-        {
+        if self.may(&who, resource, action, object) {
             Ok(who)
         } else {
             Err(error(
@@ -155,13 +240,12 @@ async fn list_apps(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     // A list shows only what the caller may get, as Argo CD's does.
+    let policy = state.effective_policy();
     let visible: Vec<Value> = apps
         .iter()
         .filter(|a| {
             let object = format!("{}/{}", a.project(), a.name());
-            state
-                .policy
-                .enforce(&who.user, &who.groups, "applications", "get", &object)
+            policy.enforce(&who.user, &who.groups, "applications", "get", &object)
         })
         .map(|a| app_summary(&state, a))
         .collect();
@@ -246,48 +330,18 @@ async fn delete_app(
     }
 }
 
-async fn list_clusters(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
-    let who = match state.principal(&headers) {
-        Ok(who) => who,
-        Err(reply) => return reply,
-    };
-    let clusters: Vec<Value> = state
-        .store
-        .clusters()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| {
-            state
-                .policy
-                .enforce(&who.user, &who.groups, "clusters", "get", &c.name)
-        })
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "labels": c.labels,
-                "server": c.facts.as_ref().map(|f| f.api_server_url.clone()),
-                "kubernetesVersion": c.facts.as_ref().map(|f| f.kubernetes_version.clone()),
-            })
-        })
-        .collect();
-    ok(json!({ "items": clusters }))
-}
-
 async fn list_repos(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
     let who = match state.principal(&headers) {
         Ok(who) => who,
         Err(reply) => return reply,
     };
+    let policy = state.effective_policy();
     let repos: Vec<Value> = state
         .store
         .repos()
         .unwrap_or_default()
         .into_iter()
-        .filter(|r| {
-            state
-                .policy
-                .enforce(&who.user, &who.groups, "repositories", "get", &r.url)
-        })
+        .filter(|r| policy.enforce(&who.user, &who.groups, "repositories", "get", &r.url))
         .map(|r| {
             let kind = match &r.credentials {
                 None => "none",
@@ -377,36 +431,6 @@ async fn create_repo(
         .audit(&who, "create", format!("repository/{shown}"))
         .await;
     (StatusCode::CREATED, Json(json!({ "url": shown })))
-}
-
-async fn list_projects(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
-    let who = match state.principal(&headers) {
-        Ok(who) => who,
-        Err(reply) => return reply,
-    };
-    let mut names = vec!["default".to_owned()];
-    if let Ok(manifests) = state
-        .store
-        .scan::<Value>("projects", &crate::store::Key::new())
-    {
-        names.extend(manifests.into_iter().filter_map(|(_, v)| {
-            v.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        }));
-    }
-    names.sort();
-    names.dedup();
-    let items: Vec<Value> = names
-        .into_iter()
-        .filter(|n| {
-            state
-                .policy
-                .enforce(&who.user, &who.groups, "projects", "get", n)
-        })
-        .map(|n| json!({ "name": n }))
-        .collect();
-    ok(json!({ "items": items }))
 }
 
 #[derive(Deserialize)]

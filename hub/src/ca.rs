@@ -29,6 +29,8 @@ const SERVER_CERT: &[u8] = b"transport-server-cert";
 
 /// The CA's lifetime: long, because rotating it means re-registering every agent.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The API certificate's lifetime; a new one is made at every start.
+const API_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The server certificate's lifetime; it is remade when the CA is.
 const SERVER_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 
@@ -199,6 +201,40 @@ impl Ca {
     /// The server key, PKCS#8 DER.
     pub fn server_key_der(&self) -> &[u8] {
         &self.server_key_der
+    }
+
+    /// Issues a certificate for the hub's HTTPS API, valid for `names` (DNS names
+    /// or IP addresses) and for [`SERVER_NAME`], with a fresh key. Returns the
+    /// certificate and its PKCS#8 key, both DER.
+    pub fn issue_api_cert(&self, names: &[String], now: SystemTime) -> Result<(Vec<u8>, Vec<u8>)> {
+        let mut all: Vec<String> = vec![SERVER_NAME.to_owned()];
+        all.extend(
+            names
+                .iter()
+                .filter(|n| !all.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(cert_error("make the API key"))?;
+        let mut params =
+            CertificateParams::new(all).map_err(cert_error("make API certificate parameters"))?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "flotilla hub API");
+        params.distinguished_name = name;
+        params.not_before = offset_time(now - Duration::from_secs(3600))?;
+        params.not_after = offset_time(now + API_CERT_LIFETIME)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial).map_err(|_| Error::Random)?;
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let issuer = Issuer::new(ca_params()?, &self.ca_key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(cert_error("sign the API certificate"))?
+            .der()
+            .to_vec();
+        Ok((cert, key.serialize_der()))
     }
 
     /// Issues a client certificate for `cluster`'s Ed25519 public key, valid from

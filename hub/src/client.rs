@@ -1,8 +1,16 @@
 //! A client of the hub's API, for the `flotilla` CLI: it keeps the session a `login`
 //! made, and turns the API's answers into typed errors (a 403 stays a permission
 //! denial, with the hub's message).
+//!
+//! Over HTTPS it trusts the hub by the fingerprint of the hub's CA (what `flotilla
+//! login --ca-fingerprint` saves in the session), by the system's roots for a
+//! certificate the operator provided, or not at all with `--insecure`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest as _, Sha256};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,10 +20,12 @@ pub enum Error {
     /// No session: `flotilla login` first.
     #[error("not logged in (run `flotilla login --server URL --username NAME`)")]
     NotLoggedIn,
-    /// The hub could not be reached.
-    #[error("cannot reach the hub at {server}")]
+    /// The hub could not be reached, or its certificate was not trusted.
+    #[error("cannot reach the hub at {server}{hint}")]
     Unreachable {
         server: String,
+        /// What to try, when the cause suggests something.
+        hint: &'static str,
         #[source]
         source: reqwest::Error,
     },
@@ -28,6 +38,15 @@ pub enum Error {
     /// The hub answered with another error.
     #[error("the hub answered {status}: {message}")]
     Api { status: u16, message: String },
+    /// rustls refused the client's TLS settings.
+    #[error("failed to set up TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The HTTP client could not be built.
+    #[error("failed to set up the HTTP client")]
+    Http(#[source] reqwest::Error),
+    /// A CA fingerprint is not 64 hex digits.
+    #[error("CA fingerprint {0:?} is not a SHA-256 in hex (64 hex digits, colons allowed)")]
+    BadFingerprint(String),
     /// Reading or writing the session file failed.
     #[error("session file {path}")]
     SessionFile {
@@ -39,11 +58,41 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How the client trusts the hub's certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trust {
+    /// The SHA-256 of a certificate in the hub's chain (its CA, as `flotilla
+    /// cluster add` and the hub's log show it), lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    /// Accept any certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+impl Trust {
+    /// Pins `fingerprint`, written in hex with or without colons.
+    pub fn pinned(fingerprint: &str) -> Result<Self> {
+        let normal = fingerprint.trim().replace(':', "").to_ascii_lowercase();
+        if normal.len() != 64 || !normal.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::BadFingerprint(fingerprint.to_owned()));
+        }
+        Ok(Self {
+            ca_fingerprint: Some(normal),
+            insecure: false,
+        })
+    }
+}
+
 /// A logged-in session, kept in the user's config folder (mode 0600).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Session {
     pub server: String,
     pub token: String,
+    /// How the hub's certificate is trusted.
+    #[serde(default, flatten)]
+    pub trust: Trust,
 }
 
 /// Where the session is kept: `$XDG_CONFIG_HOME/flotilla/session.json`.
@@ -57,6 +106,16 @@ pub fn session_path() -> PathBuf {
 }
 
 impl Session {
+    /// Forgets the saved session; says whether there was one.
+    pub fn remove() -> Result<bool> {
+        let path = session_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::SessionFile { path, source }),
+        }
+    }
+
     pub fn load() -> Result<Self> {
         let path = session_path();
         let text = std::fs::read_to_string(&path).map_err(|_| Error::NotLoggedIn)?;
@@ -102,23 +161,54 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// A reqwest client that trusts the hub as `trust` says.
+pub fn http_client(trust: &Trust) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder();
+    let builder = if trust.insecure || trust.ca_fingerprint.is_some() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if trust.insecure {
+            Arc::new(AnyCertificate(provider.clone()))
+        } else {
+            Arc::new(PinnedFingerprint {
+                fingerprint: trust.ca_fingerprint.clone().unwrap_or_default(),
+                provider: provider.clone(),
+            })
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(Error::Tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        builder.use_preconfigured_tls(config)
+    } else {
+        builder
+    };
+    builder.build().map_err(Error::Http)
+}
+
 impl Client {
-    pub fn new(server: &str, token: Option<String>) -> Self {
-        Self {
-            http: reqwest::Client::new(),
+    pub fn new(server: &str, token: Option<String>, trust: &Trust) -> Result<Self> {
+        Ok(Self {
+            http: http_client(trust)?,
             server: server.trim_end_matches('/').to_owned(),
             token,
-        }
+        })
     }
 
     pub fn from_session() -> Result<Self> {
         let session = Session::load()?;
-        Ok(Self::new(&session.server, Some(session.token)))
+        Self::new(&session.server, Some(session.token), &session.trust)
     }
 
     /// Logs in and returns the session (not yet saved).
-    pub async fn login(server: &str, username: &str, password: &str) -> Result<Session> {
-        let client = Self::new(server, None);
+    pub async fn login(
+        server: &str,
+        username: &str,
+        password: &str,
+        trust: Trust,
+    ) -> Result<Session> {
+        let client = Self::new(server, None, &trust)?;
         let body = serde_json::json!({ "username": username, "password": password });
         let reply = client
             .send(
@@ -130,7 +220,13 @@ impl Client {
         Ok(Session {
             server: client.server,
             token: reply["token"].as_str().unwrap_or_default().to_owned(),
+            trust,
         })
+    }
+
+    /// The hub's address.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -151,8 +247,13 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<Value> {
-        let unreachable = |source| Error::Unreachable {
+        let unreachable = |source: reqwest::Error| Error::Unreachable {
             server: self.server.clone(),
+            hint: if source.is_connect() && self.server.starts_with("https://") {
+                " (a hub serving its own CA's certificate is trusted with --ca-fingerprint, as `flotilla hub` prints it, or --insecure)"
+            } else {
+                ""
+            },
             source,
         };
         let mut request = self.http.request(method, format!("{}{path}", self.server));
@@ -168,12 +269,151 @@ impl Client {
         let status = response.status().as_u16();
         let text = response.text().await.map_err(unreachable)?;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let message = json["error"].as_str().map(str::to_owned).unwrap_or(text);
+        let message = json["message"]
+            .as_str()
+            .or(json["error"].as_str())
+            .map(str::to_owned)
+            .unwrap_or(text);
         match status {
             200..=299 => Ok(json),
             401 => Err(Error::Unauthorized(message)),
             403 => Err(Error::PermissionDenied(message)),
             _ => Err(Error::Api { status, message }),
         }
+    }
+}
+
+/// Trusts a server whose chain holds a certificate with the pinned SHA-256: the
+/// hub's CA (then the leaf must chain to it and name the host dialled), or the
+/// leaf itself (a self-signed certificate the operator provided).
+#[derive(Debug)]
+struct PinnedFingerprint {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    crate::ca::hex(&Sha256::digest(bytes))
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedFingerprint {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if sha256_hex(end_entity) == self.fingerprint {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        let anchor = intermediates
+            .iter()
+            .find(|cert| sha256_hex(cert) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the hub's certificate chain has no certificate with the pinned fingerprint {}",
+                    self.fingerprint
+                ))
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(anchor.clone().into_owned())?;
+        let others: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .filter(|cert| sha256_hex(cert) != self.fingerprint)
+            .cloned()
+            .collect();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(format!("building the pinned verifier: {e}")))?
+        .verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `--insecure`: any certificate, as `argocd --insecure`. The handshake's
+/// signatures are still checked, so the peer holds the key it presents.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -105,6 +105,8 @@ pub struct LinkConfig {
     pub max_registering: usize,
     /// How long a connection without a certificate has to register.
     pub register_timeout: Duration,
+    /// Where bundle pushes and reported sync durations are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl LinkConfig {
@@ -118,6 +120,7 @@ impl LinkConfig {
             limits: Limits::default(),
             max_registering: 64,
             register_timeout: Duration::from_secs(10),
+            metrics: Arc::default(),
         }
     }
 }
@@ -749,6 +752,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
                         );
                     }
                     *lock(&shared.sent).entry(cluster.clone()).or_insert(0) += 1;
+                    shared.config.metrics.count_push();
                     tokio::spawn(send_bundle(connection.clone(), bytes));
                 }
                 _ => {
@@ -950,6 +954,9 @@ async fn handle_event(
                     // Not acknowledged, so the agent sends it again.
                     warn!(error = %e, "storing a status failed");
                     return false;
+                }
+                if let Some(operation) = &record.status.operation {
+                    shared.config.metrics.observe_sync(operation.duration_ms);
                 }
                 update_link(&shared.store, cluster, |link| {
                     link.last_seen_ms = Some(now);

@@ -2,27 +2,34 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use flotilla_common::model::{ApiResource, ClusterFacts};
 use flotilla_hub::app::{Application, SourceKind};
-use flotilla_hub::ca::Ca;
-use flotilla_hub::client::Client;
-use flotilla_hub::cluster;
+use flotilla_hub::client::{self, Client, Session};
 use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::rbac::Policy;
 use flotilla_hub::refresh::Refresher;
 use flotilla_hub::render::{self, Renderer, Target, Tools};
-use flotilla_hub::server::{self, Config, Server};
+use flotilla_hub::server::{self, ApiTls, Config, Server};
 use flotilla_hub::source::{RepoCache, RepoSpec};
 use flotilla_hub::store::Store;
+
+mod cli;
+
+use cli::output::{OutputArgs, Table, cell, print};
+use cli::{ConfigError, Connection, UsageError, default_data_dir};
 
 /// Multi-cluster GitOps: one hub, an agent in every cluster.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version = flotilla_common::VERSION)]
 struct Cli {
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,79 +40,43 @@ enum Command {
     /// (like `argocd app manifests --local` or `flux build`).
     Render(RenderArgs),
     /// Run the hub: poll repositories, take push webhooks, render and store bundles,
-    /// and push them to agents over QUIC.
-    Serve(ServeArgs),
-    /// Log in to a hub and keep the session for the commands below.
+    /// serve the API, and push bundles to agents over QUIC.
+    #[command(visible_alias = "serve")]
+    Hub(ServeArgs),
+    /// Log in to a hub (--server, --ca-fingerprint or --insecure) and keep the
+    /// session for the commands below.
     Login(LoginArgs),
+    /// End the saved session, on the hub and here.
+    Logout,
     /// Applications on the hub.
     #[command(subcommand)]
     App(AppCommand),
     /// Git repositories the hub reads (credentials are stored, never shown).
     #[command(subcommand)]
     Repo(RepoCommand),
-    /// Local accounts.
+    /// Local accounts and their API tokens.
     #[command(subcommand)]
-    Account(AccountCommand),
-    /// Add, remove and list clusters. These open the hub's data folder directly, so
-    /// run them while the hub is stopped (sled allows one process at a time).
+    Account(cli::account::AccountCommand),
+    /// Add, remove, list and show clusters: through the API, or with --data-dir
+    /// on a stopped hub's data folder.
     #[command(subcommand)]
-    Cluster(ClusterCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum ClusterCommand {
-    /// Make a single-use bootstrap token for a new cluster and print the agent's
-    /// install manifest (or, with --print-command, a local command line).
-    Add(ClusterAddArgs),
-    /// Remove a cluster and revoke its certificate.
-    Rm(ClusterRmArgs),
-    /// List clusters with their connection state, last-seen time and agent version.
-    List(DataDirArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct DataDirArgs {
-    /// The hub's data folder.
-    #[arg(long, env = "FLOTILLA_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
-struct ClusterAddArgs {
-    /// The cluster's name: a DNS label.
-    name: String,
-    /// A label for the cluster, key=value; repeatable.
-    #[arg(long = "label")]
-    labels: Vec<String>,
-    /// The hub's QUIC address as agents reach it, host:port.
-    #[arg(long, env = "FLOTILLA_HUB_ADDRESS", default_value = "127.0.0.1:7443")]
-    hub_address: String,
-    /// How long the token works, in minutes.
-    #[arg(long, env = "FLOTILLA_TOKEN_TTL_MINUTES", default_value_t = 60)]
-    token_ttl_minutes: u64,
-    /// The agent image the manifest runs (the tag is this flotilla's version).
-    #[arg(long, env = "FLOTILLA_AGENT_IMAGE", default_value = flotilla_hub::cluster::DEFAULT_AGENT_IMAGE)]
-    image: String,
-    /// Print a command line that runs the agent locally instead of a manifest.
-    #[arg(long)]
-    print_command: bool,
-    #[command(flatten)]
-    data: DataDirArgs,
-}
-
-#[derive(Debug, clap::Args)]
-struct ClusterRmArgs {
-    /// The cluster to remove.
-    name: String,
-    #[command(flatten)]
-    data: DataDirArgs,
+    Cluster(cli::cluster::ClusterCommand),
+    /// AppProjects and their roles' tokens.
+    #[command(subcommand)]
+    Proj(cli::project::ProjCommand),
+    /// Print a shell completion script: `source <(flotilla completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 struct LoginArgs {
-    /// The hub's API, e.g. http://127.0.0.1:8080.
-    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    /// The hub, as `argocd login SERVER` takes it: HOST:PORT (https) or a URL;
+    /// the same as --server.
+    #[arg(value_name = "SERVER")]
+    address: Option<String>,
     #[arg(long, env = "FLOTILLA_USERNAME", default_value = "admin")]
     username: String,
     /// The password; read from FLOTILLA_PASSWORD when not given.
@@ -116,9 +87,13 @@ struct LoginArgs {
 #[derive(Debug, Subcommand)]
 enum AppCommand {
     /// List the applications you may see.
-    List,
+    List(OutputArgs),
     /// Show one application (PROJECT/NAME, or NAME in the default project).
-    Get { app: String },
+    Get {
+        app: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Create applications from an Argo CD Application manifest.
     Create {
         #[arg(short = 'f', long = "file")]
@@ -131,7 +106,9 @@ enum AppCommand {
 #[derive(Debug, Subcommand)]
 enum RepoCommand {
     /// List repositories.
-    List,
+    List(OutputArgs),
+    /// Remove a repository and its credentials (the URL as `repo list` shows it).
+    Rm { url: String },
     /// Add a repository, or an Argo CD repository Secret with --from-secret.
     Add {
         url: Option<String>,
@@ -154,20 +131,6 @@ enum RepoCommand {
         /// Seconds between polls (180 by default).
         #[arg(long)]
         poll_interval: Option<u64>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum AccountCommand {
-    /// Create a local account.
-    Create {
-        name: String,
-        /// Its password; read from FLOTILLA_ACCOUNT_PASSWORD when not given.
-        #[arg(long, env = "FLOTILLA_ACCOUNT_PASSWORD", hide_env_values = true)]
-        password: String,
-        /// Groups the account belongs to, for RBAC `g` lines; repeatable.
-        #[arg(long = "group")]
-        groups: Vec<String>,
     },
 }
 
@@ -195,6 +158,23 @@ struct ServeArgs {
     /// How long issued client certificates last, in days.
     #[arg(long, env = "FLOTILLA_CERT_DAYS", default_value_t = 30)]
     cert_days: u64,
+    /// The agent address written into install manifests (`cluster add` through
+    /// the API), host:port; --agent-listen by default.
+    #[arg(long, env = "FLOTILLA_AGENT_ADDRESS")]
+    agent_address: Option<String>,
+    /// Serve the API with this PEM certificate chain instead of one from the hub's CA.
+    #[arg(long, env = "FLOTILLA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// More DNS names or addresses for the certificate the hub's CA issues to the
+    /// API; comma-separated.
+    #[arg(long, env = "FLOTILLA_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Serve the API over plain HTTP; allowed only on a loopback --listen.
+    #[arg(long, env = "FLOTILLA_PLAIN_HTTP", conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
+    plain_http: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,13 +204,10 @@ struct RenderArgs {
     api_versions: Vec<String>,
 }
 
-/// Exit status for bad flags or configuration, as sysexits' EX_USAGE.
-const EXIT_USAGE: u8 = 64;
-
-/// An error in what the user asked for, as opposed to a failure doing it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct UsageError(String);
+/// Exit status for bad usage, as clap gives for bad flags.
+const EXIT_USAGE: u8 = 2;
+/// Exit status for a bad hub configuration, as sysexits' EX_USAGE.
+const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     // reqwest is built without a default crypto provider; gix's https needs one.
@@ -246,45 +223,90 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let connection = cli.connection;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Render(args) => render_command(args).await,
-            Command::Serve(args) => serve_command(args).await,
-            Command::Login(args) => {
-                let session = Client::login(&args.server, &args.username, &args.password).await?;
-                session.save()?;
-                println!("logged in to {} as {}", session.server, args.username);
+            Command::Hub(args) => serve_command(args).await,
+            Command::Login(args) => login_command(args, &connection).await,
+            Command::Logout => logout_command(&connection).await,
+            Command::App(command) => app_command(command, &connection).await,
+            Command::Repo(command) => repo_command(command, &connection).await,
+            Command::Account(command) => cli::account::run(command, &connection).await,
+            Command::Cluster(command) => cli::cluster::run(command, &connection).await,
+            Command::Proj(command) => cli::project::run(command, &connection).await,
+            Command::Completion { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "flotilla",
+                    &mut std::io::stdout(),
+                );
                 Ok(())
             }
-            Command::App(command) => app_command(command).await,
-            Command::Repo(command) => repo_command(command).await,
-            Command::Account(AccountCommand::Create {
-                name,
-                password,
-                groups,
-            }) => {
-                let body =
-                    serde_json::json!({ "name": name, "password": password, "groups": groups });
-                Client::from_session()?
-                    .post("/api/v1/accounts", body.to_string())
-                    .await?;
-                println!("account {name} created");
-                Ok(())
-            }
-            Command::Cluster(command) => cluster_command(command).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flotilla: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// 2 for bad usage (here or as the hub judged the request), 64 for a bad hub
+/// configuration, 1 for anything that failed.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        EXIT_USAGE
+    } else if e.downcast_ref::<ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else if matches!(
+        e.downcast_ref::<client::Error>(),
+        Some(client::Error::Api { status: 400, .. })
+    ) {
+        EXIT_USAGE
+    } else {
+        1
+    }
+}
+
+async fn login_command(args: LoginArgs, connection: &Connection) -> anyhow::Result<()> {
+    let server = match (args.address, &connection.server) {
+        (Some(address), _) if address.contains("://") => address,
+        (Some(address), _) => format!("https://{address}"),
+        (None, Some(server)) => server.clone(),
+        (None, None) => {
+            return Err(UsageError(
+                "give the hub: flotilla login HOST:PORT, or --server https://HOST:PORT (or FLOTILLA_SERVER)"
+                    .to_owned(),
+            )
+            .into());
+        }
+    };
+    let trust = connection.trust()?.unwrap_or_default();
+    let session = Client::login(&server, &args.username, &args.password, trust).await?;
+    session.save()?;
+    println!("logged in to {} as {}", session.server, args.username);
+    Ok(())
+}
+
+async fn logout_command(connection: &Connection) -> anyhow::Result<()> {
+    let Ok(session) = Session::load() else {
+        println!("not logged in");
+        return Ok(());
+    };
+    // Ending it on the hub is best effort: a hub that is gone still lets you log
+    // out here.
+    if let Ok(client) = connection.client()
+        && let Err(e) = client.delete("/api/v1/session").await
+    {
+        eprintln!("flotilla: the hub did not end the session: {e}");
+    }
+    Session::remove()?;
+    println!("logged out of {}", session.server);
+    Ok(())
 }
 
 async fn render_command(args: RenderArgs) -> anyhow::Result<()> {
@@ -371,6 +393,74 @@ async fn render_command(args: RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applications as a table: name, project, source and render state; wide adds
+/// the destination and the clusters with their bundle generation.
+fn app_table(list: &serde_json::Value, wide: bool) -> Table {
+    let mut header = vec!["NAME", "PROJECT", "SOURCE", "STATUS"];
+    if wide {
+        header.extend(["DESTINATION", "CLUSTERS"]);
+    }
+    let mut table = Table::new(&header);
+    for app in list["items"].as_array().into_iter().flatten() {
+        let source = format!(
+            "{}@{}",
+            app["source"]["path"]
+                .as_str()
+                .or(app["source"]["chart"].as_str())
+                .unwrap_or(""),
+            app["source"]["targetRevision"].as_str().unwrap_or("")
+        );
+        let status = match app["renderError"].as_str() {
+            Some(_) => "RenderError".to_owned(),
+            None => app["renderedCommit"]
+                .as_str()
+                .map_or("Pending".to_owned(), |c| {
+                    format!("Rendered {}", c.get(..8).unwrap_or(c))
+                }),
+        };
+        let mut row = vec![cell(&app["name"]), cell(&app["project"]), source, status];
+        if wide {
+            let destination = &app["destination"];
+            let clusters: Vec<String> = app["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| format!("{}@{}", cell(&c["cluster"]), cell(&c["generation"])))
+                .collect();
+            row.extend([
+                format!(
+                    "{}/{}",
+                    destination["name"]
+                        .as_str()
+                        .or(destination["server"].as_str())
+                        .unwrap_or("-"),
+                    destination["namespace"].as_str().unwrap_or("-")
+                ),
+                if clusters.is_empty() {
+                    "-".to_owned()
+                } else {
+                    clusters.join(",")
+                },
+            ]);
+        }
+        table.row(row);
+    }
+    table
+}
+
+/// A path segment with everything but unreserved characters percent-encoded,
+/// as a repository URL travels in `/api/v1/repositories/{url}`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `PROJECT/NAME`, or `NAME` in the default project.
 fn app_path(app: &str) -> String {
     match app.split_once('/') {
@@ -379,41 +469,17 @@ fn app_path(app: &str) -> String {
     }
 }
 
-async fn app_command(command: AppCommand) -> anyhow::Result<()> {
-    let client = Client::from_session()?;
+async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Result<()> {
+    let client = connection.client()?;
     match command {
-        AppCommand::List => {
+        AppCommand::List(output) => {
             let list = client.get("/api/v1/applications").await?;
-            println!("{:<30} {:<12} {:<40} STATUS", "NAME", "PROJECT", "SOURCE");
-            for app in list["items"].as_array().into_iter().flatten() {
-                let source = format!(
-                    "{}@{}",
-                    app["source"]["path"]
-                        .as_str()
-                        .or(app["source"]["chart"].as_str())
-                        .unwrap_or(""),
-                    app["source"]["targetRevision"].as_str().unwrap_or("")
-                );
-                let status = match app["renderError"].as_str() {
-                    Some(_) => "RenderError".to_owned(),
-                    None => app["renderedCommit"]
-                        .as_str()
-                        .map_or("Pending".to_owned(), |c| {
-                            format!("Rendered {}", c.get(..8).unwrap_or(c))
-                        }),
-                };
-                println!(
-                    "{:<30} {:<12} {:<40} {}",
-                    app["name"].as_str().unwrap_or(""),
-                    app["project"].as_str().unwrap_or(""),
-                    source,
-                    status
-                );
-            }
+            print(output.output, &list, |wide| app_table(&list, wide))?;
         }
-        AppCommand::Get { app } => {
+        AppCommand::Get { app, output } => {
             let app = client.get(&app_path(&app)).await?;
-            println!("{}", serde_json::to_string_pretty(&app)?);
+            let list = serde_json::json!({ "items": [app.clone()] });
+            print(output.output, &app, |_| app_table(&list, true))?;
         }
         AppCommand::Create { file } => {
             let text = std::fs::read_to_string(&file)
@@ -433,20 +499,30 @@ async fn app_command(command: AppCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn repo_command(command: RepoCommand) -> anyhow::Result<()> {
-    let client = Client::from_session()?;
+async fn repo_command(command: RepoCommand, connection: &Connection) -> anyhow::Result<()> {
+    let client = connection.client()?;
     match command {
-        RepoCommand::List => {
+        RepoCommand::List(output) => {
             let list = client.get("/api/v1/repositories").await?;
-            println!("{:<60} {:<12} POLL", "URL", "CREDENTIALS");
-            for repo in list["items"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<60} {:<12} {}s",
-                    repo["url"].as_str().unwrap_or(""),
-                    repo["credentials"].as_str().unwrap_or(""),
-                    repo["pollIntervalSeconds"]
-                );
-            }
+            print(output.output, &list, |_| {
+                let mut table = Table::new(&["URL", "CREDENTIALS", "POLL", "WEBHOOK SECRET"]);
+                for repo in list["items"].as_array().into_iter().flatten() {
+                    table.row(vec![
+                        cell(&repo["url"]),
+                        cell(&repo["credentials"]),
+                        format!("{}s", repo["pollIntervalSeconds"]),
+                        cell(&repo["webhookSecret"]),
+                    ]);
+                }
+                table
+            })?;
+        }
+        RepoCommand::Rm { url } => {
+            let encoded = percent_encode(&url);
+            client
+                .delete(&format!("/api/v1/repositories/{encoded}"))
+                .await?;
+            println!("repository {url} removed");
         }
         RepoCommand::Add {
             url,
@@ -486,37 +562,80 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let store = Store::open(&data_dir.join("db")).context("opening the hub's store")?;
-    let cache = RepoCache::new(data_dir.join("repos"))?;
-    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env())).await?;
+    if args.cert_days == 0 {
+        return Err(ConfigError("--cert-days must be at least 1".to_owned()).into());
+    }
+    let tls = match (&args.tls_cert, &args.tls_key, args.plain_http) {
+        (_, _, true) if !args.listen.ip().is_loopback() => {
+            return Err(ConfigError(format!(
+                "--plain-http is allowed only on a loopback --listen, not {}: credentials would cross the network unencrypted; drop --plain-http to serve HTTPS",
+                args.listen
+            ))
+            .into());
+        }
+        (_, _, true) => ApiTls::Plain,
+        (Some(cert), Some(key), false) => ApiTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ if !args.tls_san.is_empty() => ApiTls::HubCaWithNames(args.tls_san.clone()),
+        _ => ApiTls::HubCa,
+    };
     let policy = match &args.rbac {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| UsageError(format!("reading {}: {e}", path.display())))?;
+                .map_err(|e| ConfigError(format!("reading --rbac {}: {e}", path.display())))?;
             let mut policy = Policy::from_configmap_yaml(&text, &path.display().to_string())
-                .map_err(|e| UsageError(e.to_string()))?;
+                .map_err(|e| ConfigError(e.to_string()))?;
             // The built-in admin account keeps its role, as Argo CD's does.
             policy.add_grouping("admin", "role:admin");
             policy
         }
         None => server::default_policy(),
     };
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let store = Store::open(&data_dir.join("db")).context("opening the hub's store")?;
+    let cache = RepoCache::new(data_dir.join("repos"))?;
+    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env())).await?;
+    let mut link_config = LinkConfig::new(args.agent_listen);
+    link_config.cert_lifetime = Duration::from_secs(args.cert_days * 24 * 3600);
+    link_config.metrics = refresher.metrics();
+    let link = Arc::new(
+        Link::start(store.clone(), link_config)
+            .await
+            .context("starting the agent link")?,
+    );
+    let fingerprint = link.ca_fingerprint();
     let config = Config {
         listen: args.listen,
         webhook_secret: args.webhook_secret,
         policy,
         admin_password: args.admin_password,
+        tls: tls.clone(),
+        link: Some(link.clone()),
+        // The bound address (with port 0, the port the system chose), unless it is
+        // a wildcard no agent can dial: then `cluster add` must name one.
+        agent_address: args.agent_address.or_else(|| {
+            link.local_addr()
+                .ok()
+                .filter(|a| !a.ip().is_unspecified())
+                .map(|a| a.to_string())
+        }),
     };
-    let mut link_config = LinkConfig::new(args.agent_listen);
-    if args.cert_days == 0 {
-        return Err(UsageError("--cert-days must be at least 1".to_owned()).into());
+    let server = match Server::start(config, store, refresher).await {
+        Ok(server) => server,
+        Err(e @ server::Error::Tls(_)) => return Err(ConfigError(format!("{e:#}")).into()),
+        Err(e) => return Err(e.into()),
+    };
+    let scheme = if matches!(tls, ApiTls::Plain) {
+        "http"
+    } else {
+        "https"
+    };
+    println!("hub API: {scheme}://{}", server.local_addr());
+    if matches!(tls, ApiTls::HubCa | ApiTls::HubCaWithNames(_)) {
+        println!("hub CA fingerprint (for flotilla login --ca-fingerprint): {fingerprint}");
     }
-    link_config.cert_lifetime = Duration::from_secs(args.cert_days * 24 * 3600);
-    let link = Link::start(store.clone(), link_config)
-        .await
-        .context("starting the agent link")?;
-    let server = Server::start(config, store, refresher).await?;
     if let Some(password) = server.generated_admin_password() {
         // Shown once, on the terminal only, never in the log.
         println!("admin password (shown once): {password}");
@@ -525,97 +644,11 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     server.stop().await;
-    link.stop().await;
-    Ok(())
-}
-
-fn open_data_dir(args: &DataDirArgs) -> anyhow::Result<Store> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    Store::open(&data_dir.join("db")).context(
-        "opening the hub's data folder (cluster commands need the hub stopped: sled allows one process)",
-    )
-}
-
-async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
-    match command {
-        ClusterCommand::Add(args) => {
-            let labels =
-                cluster::parse_labels(&args.labels).map_err(|e| UsageError(e.to_string()))?;
-            if args.token_ttl_minutes == 0 {
-                return Err(UsageError("--token-ttl-minutes must be at least 1".to_owned()).into());
-            }
-            let store = open_data_dir(&args.data)?;
-            let ca = Ca::load_or_create(&store, SystemTime::now()).await?;
-            let added = cluster::add(
-                &store,
-                &args.name,
-                labels,
-                Duration::from_secs(args.token_ttl_minutes * 60),
-                SystemTime::now(),
-            )
-            .await
-            .map_err(|e| match e {
-                cluster::Error::InvalidName(_)
-                | cluster::Error::Exists(_)
-                | cluster::Error::InvalidLabel(_) => anyhow::Error::from(UsageError(e.to_string())),
-                e => e.into(),
-            })?;
-            let fingerprint = ca.fingerprint();
-            let join = cluster::JoinInfo {
-                cluster: &added.cluster,
-                hub_address: &args.hub_address,
-                ca_fingerprint: &fingerprint,
-                token: &added.token,
-                image: &args.image,
-            };
-            if args.print_command {
-                print!("{}", cluster::command_line(&join));
-            } else {
-                print!("{}", cluster::manifest(&join));
-            }
-            Ok(())
-        }
-        ClusterCommand::Rm(args) => {
-            let store = open_data_dir(&args.data)?;
-            if !store.remove_cluster(&args.name).await? {
-                return Err(UsageError(format!("no cluster named {:?}", args.name)).into());
-            }
-            eprintln!(
-                "removed cluster {:?}; its certificate no longer works",
-                args.name
-            );
-            Ok(())
-        }
-        ClusterCommand::List(args) => {
-            let store = open_data_dir(&args)?;
-            println!("NAME\tSTATE\tLAST SEEN (ms since epoch)\tAGENT");
-            for link in store.links()? {
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    link.cluster,
-                    if link.connected {
-                        "Connected"
-                    } else {
-                        "Disconnected"
-                    },
-                    link.last_seen_ms.map_or("-".to_owned(), |t| t.to_string()),
-                    link.agent_version.as_deref().unwrap_or("-"),
-                );
-            }
-            for token in store.tokens()? {
-                println!("{}\tPending\t-\t-", token.cluster);
-            }
-            Ok(())
-        }
+    match Arc::try_unwrap(link) {
+        Ok(link) => link.stop().await,
+        Err(_) => tracing::warn!("the agent link is still in use; not waiting for it"),
     }
-}
-
-fn default_data_dir() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("flotilla")
+    Ok(())
 }
 
 /// A relative local path in repoURL is relative to the Application's file.

@@ -20,6 +20,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use crate::app::appset::{ClusterParams, GeneratorInput};
 use crate::app::project::{self, Violation};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
+use crate::metrics::Metrics;
 use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
 use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, Store};
@@ -88,6 +89,7 @@ pub struct Refresher {
     renderer: Renderer,
     signer: BundleSigner,
     bundle_ttl: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Refresher {
@@ -99,7 +101,19 @@ impl Refresher {
             renderer,
             signer,
             bundle_ttl: DEFAULT_BUNDLE_TTL,
+            metrics: Arc::default(),
         })
+    }
+
+    /// Records render durations and errors in `metrics` instead of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where render durations and errors are counted.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The key agents must trust to accept this hub's bundles.
@@ -233,11 +247,14 @@ impl Refresher {
                 cluster: &cluster.name,
                 facts: cluster.facts.as_ref(),
             };
-            match self
+            let started = std::time::Instant::now();
+            let result = self
                 .renderer
                 .render(&app, Some(repo), Some(&commit), target)
-                .await
-            {
+                .await;
+            self.metrics
+                .observe_render(started.elapsed(), result.is_err());
+            match result {
                 Ok(rendered) => rendered_per_cluster.push((cluster, rendered)),
                 Err(e) => {
                     return self

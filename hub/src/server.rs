@@ -20,10 +20,15 @@ use tracing::{info, warn};
 
 use crate::account;
 use crate::api::{self, ApiState};
+use crate::link::Link;
 use crate::rbac::Policy;
 use crate::refresh::Refresher;
 use crate::source::{DEFAULT_POLL_INTERVAL, webhook};
 use crate::store::Store;
+
+mod tls;
+
+pub use tls::{ApiTls, Error as TlsError};
 
 /// The webhook path, as forges are configured to call it.
 pub const WEBHOOK_PATH: &str = "/api/webhook";
@@ -43,6 +48,9 @@ pub enum Error {
     /// The admin account could not be made.
     #[error("failed to set up the admin account")]
     Account(#[from] account::Error),
+    /// The API's TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -57,6 +65,13 @@ pub struct Config {
     pub policy: Policy,
     /// The `admin` account's password on first start; generated when `None`.
     pub admin_password: Option<String>,
+    /// HTTPS from the hub's CA, from provided files, or plain HTTP on loopback.
+    pub tls: ApiTls,
+    /// The agent link this hub runs, if any: the API removes clusters through it
+    /// and `/readyz` waits for it.
+    pub link: Option<Arc<Link>>,
+    /// The QUIC address agents dial, written into install manifests.
+    pub agent_address: Option<String>,
 }
 
 /// The policy when none is configured: `admin` is `role:admin`, nobody else may do
@@ -84,6 +99,10 @@ struct Shared {
 impl Server {
     /// Binds the API and starts polling. Every repository is refreshed once at start.
     pub async fn start(config: Config, store: Store, refresher: Refresher) -> Result<Self> {
+        // Refused before binding, so nothing listens even for a moment.
+        if matches!(config.tls, ApiTls::Plain) && !config.listen.ip().is_loopback() {
+            return Err(tls::Error::PlainNotLoopback(config.listen).into());
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -91,6 +110,7 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().map_err(Error::Serve)?;
+        let tls = tls::server_config(&config.tls, addr, &store).await?;
         let generated_admin_password =
             account::ensure_admin(&store, config.admin_password.as_deref()).await?;
         let (shutdown, stop) = watch::channel(false);
@@ -99,6 +119,9 @@ impl Server {
             store: store.clone(),
             policy: Arc::new(config.policy),
             refresh_now: refresh_now.clone(),
+            link: config.link,
+            metrics: refresher.metrics(),
+            agent_address: config.agent_address,
         });
         let shared = Shared {
             store: store.clone(),
@@ -108,18 +131,33 @@ impl Server {
         let app = Router::new()
             .route(WEBHOOK_PATH, post(webhook_handler))
             .with_state(shared)
-            .merge(api);
+            .merge(api)
+            .layer(axum::middleware::map_response(api::error::to_json));
         let mut api_stop = stop.clone();
-        let api = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = api_stop.wait_for(|stopped| *stopped).await;
-            });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "the API server stopped");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let api = match tls {
+            Some(tls) => {
+                let listener = tls::TlsListener::new(listener, tls).map_err(Error::Serve)?;
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = api_stop.wait_for(|stopped| *stopped).await;
+                    });
+                    if let Err(e) = serve.await {
+                        warn!(error = %e, "the API server stopped");
+                    }
+                })
             }
-        });
+            None => tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = api_stop.wait_for(|stopped| *stopped).await;
+                });
+                if let Err(e) = serve.await {
+                    warn!(error = %e, "the API server stopped");
+                }
+            }),
+        };
         let poller = tokio::spawn(poll_loop(store, Arc::new(refresher), requests, stop));
-        info!(%addr, "hub API listening");
+        info!(%addr, scheme, "hub API listening");
         Ok(Self {
             addr,
             generated_admin_password,

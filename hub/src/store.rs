@@ -50,6 +50,7 @@ pub const TREES: &[&str] = &[
     "links",
     "certs",
     "status_history",
+    "api_tokens",
 ];
 
 #[derive(Debug, thiserror::Error)]

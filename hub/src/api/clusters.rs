@@ -1,0 +1,239 @@
+//! `/api/v1/clusters`: adding a cluster (a bootstrap token, the agent's install
+//! manifest and command line), listing and showing clusters with their link
+//! state, and removing one, which revokes it at once, while the hub runs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiState, Reply, error, ok};
+use crate::ca::Ca;
+use crate::cluster::{self, JoinInfo};
+use crate::store::ClusterRecord;
+
+pub(super) fn routes() -> axum::Router<ApiState> {
+    axum::Router::new()
+        .route("/api/v1/clusters", get(list).post(add))
+        .route("/api/v1/clusters/{name}", get(show).delete(remove))
+}
+
+/// A cluster, registered or waiting for its agent, as the API shows it.
+fn view(
+    state: &ApiState,
+    name: &str,
+    record: Option<&ClusterRecord>,
+    pending_labels: Option<&BTreeMap<String, String>>,
+    detail: bool,
+) -> Value {
+    let link = state.store.link(name).ok().flatten();
+    let connected_now = state.link.as_ref().and_then(|l| {
+        l.clusters()
+            .ok()
+            .and_then(|views| views.into_iter().find(|v| v.cluster == name))
+            .map(|v| v.connected)
+    });
+    let connected = connected_now.unwrap_or_else(|| link.as_ref().is_some_and(|l| l.connected));
+    let state_name = match (record, connected) {
+        (None, _) => "Pending",
+        (Some(_), true) => "Connected",
+        (Some(_), false) => "Disconnected",
+    };
+    let facts = record.and_then(|r| r.facts.as_ref());
+    let mut value = json!({
+        "name": name,
+        "state": state_name,
+        "connected": connected,
+        "labels": record.map(|r| &r.labels).or(pending_labels).cloned().unwrap_or_default(),
+        "server": facts.map(|f| f.api_server_url.clone()),
+        "kubernetesVersion": facts.map(|f| f.kubernetes_version.clone()),
+        "lastSeenMs": link.as_ref().and_then(|l| l.last_seen_ms),
+        "agentVersion": link.as_ref().and_then(|l| l.agent_version.clone()),
+    });
+    if detail {
+        value["facts"] = json!({
+            "kubeSystemUid": facts.map(|f| f.kube_system_uid.clone()),
+            "apiResources": facts.map_or(0, |f| f.api_resources.len()),
+        });
+        value["certificateNotAfterMs"] = json!(link.as_ref().map(|l| l.cert_not_after_ms));
+        value["acks"] = json!(link.map(|l| l.acks).unwrap_or_default());
+    }
+    value
+}
+
+async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+    let who = match state.principal(&headers) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let records = match state.store.clusters() {
+        Ok(records) => records,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let pending = state.store.tokens().unwrap_or_default();
+    let policy = state.effective_policy();
+    let mut items: Vec<Value> = records
+        .iter()
+        .map(|r| (r.name.as_str(), Some(r), None))
+        .chain(
+            pending
+                .iter()
+                .map(|t| (t.cluster.as_str(), None, Some(&t.labels))),
+        )
+        .filter(|(name, _, _)| policy.enforce(&who.user, &who.groups, "clusters", "get", name))
+        .map(|(name, record, labels)| view(&state, name, record, labels, false))
+        .collect();
+    items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    ok(json!({ "items": items }))
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Reply {
+    if let Err(reply) = state.allow(&headers, "clusters", "get", &name) {
+        return reply;
+    }
+    match state.store.cluster(&name) {
+        Ok(Some(record)) => ok(view(&state, &name, Some(&record), None, true)),
+        Ok(None) => match pending_labels(&state, &name) {
+            Some(labels) => ok(view(&state, &name, None, Some(&labels), true)),
+            None => error(StatusCode::NOT_FOUND, format!("cluster {name:?} not found")),
+        },
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The labels of a cluster whose agent has not registered yet.
+fn pending_labels(state: &ApiState, name: &str) -> Option<BTreeMap<String, String>> {
+    state
+        .store
+        .tokens()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| t.cluster == name)
+        .map(|t| t.labels)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddRequest {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// The hub's QUIC address as the agent dials it; the hub's own by default.
+    #[serde(default)]
+    hub_address: Option<String>,
+    #[serde(default)]
+    token_ttl_minutes: Option<u64>,
+    #[serde(default)]
+    image: Option<String>,
+}
+
+/// `POST /api/v1/clusters`: a bootstrap token, shown once inside the manifest and
+/// the command line it returns.
+async fn add(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<AddRequest>,
+) -> Reply {
+    let who = match state.allow(&headers, "clusters", "create", &req.name) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let Some(hub_address) = req
+        .hub_address
+        .clone()
+        .or_else(|| state.agent_address.clone())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "hubAddress is required: this hub does not know the address agents dial",
+        );
+    };
+    let ttl = match req.token_ttl_minutes {
+        Some(0) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "tokenTtlMinutes must be at least 1",
+            );
+        }
+        Some(minutes) => Duration::from_secs(minutes.saturating_mul(60)),
+        None => cluster::DEFAULT_TOKEN_TTL,
+    };
+    let fingerprint = match &state.link {
+        Some(link) => link.ca_fingerprint(),
+        None => match Ca::load_or_create(&state.store, SystemTime::now()).await {
+            Ok(ca) => ca.fingerprint(),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+    };
+    let added =
+        match cluster::add(&state.store, &req.name, req.labels, ttl, SystemTime::now()).await {
+            Ok(added) => added,
+            Err(e @ (cluster::Error::InvalidName(_) | cluster::Error::InvalidLabel(_))) => {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            Err(e @ cluster::Error::Exists(_)) => return error(StatusCode::CONFLICT, e),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+    state
+        .audit(&who, "create", format!("cluster/{}", added.cluster))
+        .await;
+    let image = req
+        .image
+        .unwrap_or_else(|| cluster::DEFAULT_AGENT_IMAGE.to_owned());
+    let join = JoinInfo {
+        cluster: &added.cluster,
+        hub_address: &hub_address,
+        ca_fingerprint: &fingerprint,
+        token: &added.token,
+        image: &image,
+    };
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "name": added.cluster,
+            "hubAddress": hub_address,
+            "caFingerprint": fingerprint,
+            "tokenExpiresAtMs": added.expires_at_ms,
+            "manifest": cluster::manifest(&join),
+            "command": cluster::command_line(&join),
+        })),
+    )
+}
+
+/// `DELETE /api/v1/clusters/NAME`: forgets the cluster and revokes its
+/// certificate; an open connection is closed at once.
+async fn remove(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Reply {
+    let who = match state.allow(&headers, "clusters", "delete", &name) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let removed = match &state.link {
+        Some(link) => link.remove_cluster(&name).await.map_err(|e| e.to_string()),
+        None => state
+            .store
+            .remove_cluster(&name)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match removed {
+        Ok(true) => {
+            state.audit(&who, "delete", format!("cluster/{name}")).await;
+            ok(json!({ "deleted": name }))
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("cluster {name:?} not found")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

@@ -1,0 +1,275 @@
+//! The hub's Prometheus metrics, in the text exposition format (version 0.0.4).
+//!
+//! A small in-house registry rather than a crate: the hub has a handful of
+//! metrics, most of them computed from the store when scraped, so counters and
+//! histograms the code bumps are a few atomics, and the encoder is one function.
+//!
+//! What the hub bumps lives in [`Metrics`], shared by the refresher (render
+//! durations and errors), the link (bundle pushes, sync durations from the
+//! operations agents report) and the API. What is read from the store at scrape
+//! time is a [`FleetSnapshot`]; [`app_status_counts`] is the one function that
+//! decides an app's sync and health status, so a richer derivation can replace it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::store::Store;
+
+/// Bucket bounds for render durations, in seconds (helm and kustomize run up to
+/// their 90 s timeout).
+pub const RENDER_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 90.0];
+/// Bucket bounds for sync durations, in seconds.
+pub const SYNC_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// A histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    state: Mutex<HistogramState>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramState {
+    /// Observations per bucket (not cumulative), plus one for +Inf.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    /// A histogram with `bounds` (ascending) as its buckets' upper bounds.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            state: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len() + 1],
+                sum: 0.0,
+            }),
+        }
+    }
+
+    /// Records one observation of `value` seconds.
+    pub fn observe(&self, value: f64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(self.bounds.len());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = state.counts.get_mut(bucket) {
+            *count += 1;
+        }
+        state.sum += value;
+    }
+
+    fn encode(&self, out: &mut String, name: &str, help: &str) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        header(out, name, help, "histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&state.counts) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += state.counts.last().copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", state.sum);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// What the hub's tasks count as they go.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Seconds each render (one app for one cluster) took.
+    pub render_duration: Histogram,
+    /// Renders that failed.
+    pub render_errors: AtomicU64,
+    /// Seconds each sync operation an agent reported took.
+    pub sync_duration: Histogram,
+    /// Bundles the link pushed to agents.
+    pub bundle_pushes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            render_duration: Histogram::new(RENDER_BUCKETS),
+            render_errors: AtomicU64::new(0),
+            sync_duration: Histogram::new(SYNC_BUCKETS),
+            bundle_pushes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one render's time and whether it failed.
+    pub fn observe_render(&self, took: Duration, failed: bool) {
+        self.render_duration.observe(took.as_secs_f64());
+        if failed {
+            self.render_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a sync operation's duration as the agent reported it.
+    pub fn observe_sync(&self, duration_ms: u64) {
+        // Milliseconds fit an f64 exactly far beyond any real duration.
+        #[allow(clippy::cast_precision_loss)]
+        self.sync_duration.observe(duration_ms as f64 / 1000.0);
+    }
+
+    /// Counts one bundle pushed to an agent.
+    pub fn count_push(&self) {
+        self.bundle_pushes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the store holds when scraped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetSnapshot {
+    /// (sync status, health status) to the number of (app, cluster) pairs in it.
+    pub apps: BTreeMap<(String, String), u64>,
+    /// Registered clusters.
+    pub clusters: u64,
+    /// Clusters whose agent is connected.
+    pub agents_connected: u64,
+}
+
+/// Each app's sync and health status on each of its destination clusters, counted:
+/// from the latest Status its agent sent, `Unknown` before the first.
+pub fn app_status_counts(store: &Store) -> BTreeMap<(String, String), u64> {
+    let mut counts = BTreeMap::new();
+    let clusters = store.clusters().unwrap_or_default();
+    for app in store.apps().unwrap_or_default() {
+        for cluster in clusters
+            .iter()
+            .filter(|c| c.is_destination(&app.application.spec.destination))
+        {
+            let (sync, health) = match store.status(&app.project(), &app.name(), &cluster.name) {
+                Ok(Some(record)) => (
+                    format!("{:?}", record.status.sync),
+                    format!("{:?}", record.status.health),
+                ),
+                _ => ("Unknown".to_owned(), "Unknown".to_owned()),
+            };
+            *counts.entry((sync, health)).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The snapshot of `store`, with the connected-agent count from the link's view
+/// when a link runs (`None`: read the store's connection flags).
+pub fn snapshot(store: &Store, connected: Option<u64>) -> FleetSnapshot {
+    let links = store.links().unwrap_or_default();
+    FleetSnapshot {
+        apps: app_status_counts(store),
+        clusters: store.clusters().map(|c| c.len() as u64).unwrap_or(0),
+        agents_connected: connected
+            .unwrap_or_else(|| links.iter().filter(|l| l.connected).count() as u64),
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the format wants.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition text: everything counted plus the snapshot.
+pub fn encode(metrics: &Metrics, fleet: &FleetSnapshot) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "flotilla_apps",
+        "Applications per destination cluster, by sync and health status.",
+        "gauge",
+    );
+    for ((sync, health), count) in &fleet.apps {
+        let _ = writeln!(
+            out,
+            "flotilla_apps{{sync_status=\"{}\",health_status=\"{}\"}} {count}",
+            label_value(sync),
+            label_value(health)
+        );
+    }
+    header(
+        &mut out,
+        "flotilla_clusters",
+        "Registered clusters.",
+        "gauge",
+    );
+    let _ = writeln!(out, "flotilla_clusters {}", fleet.clusters);
+    header(
+        &mut out,
+        "flotilla_agents_connected",
+        "Clusters whose agent is connected now.",
+        "gauge",
+    );
+    let _ = writeln!(out, "flotilla_agents_connected {}", fleet.agents_connected);
+    header(
+        &mut out,
+        "flotilla_bundle_pushes_total",
+        "Bundles pushed to agents since the hub started.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "flotilla_bundle_pushes_total {}",
+        metrics.bundle_pushes.load(Ordering::Relaxed)
+    );
+    metrics.sync_duration.encode(
+        &mut out,
+        "flotilla_sync_duration_seconds",
+        "How long sync operations took, as agents report them.",
+    );
+    metrics.render_duration.encode(
+        &mut out,
+        "flotilla_render_duration_seconds",
+        "How long rendering one app for one cluster took.",
+    );
+    header(
+        &mut out,
+        "flotilla_render_errors_total",
+        "Renders that failed.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "flotilla_render_errors_total {}",
+        metrics.render_errors.load(Ordering::Relaxed)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_in_inf() {
+        let metrics = Metrics::default();
+        metrics.observe_sync(200);
+        metrics.observe_sync(3_000);
+        metrics.observe_sync(1_000_000);
+        let text = encode(&metrics, &FleetSnapshot::default());
+        assert!(text.contains("flotilla_sync_duration_seconds_bucket{le=\"0.25\"} 1\n"));
+        assert!(text.contains("flotilla_sync_duration_seconds_bucket{le=\"5\"} 2\n"));
+        assert!(text.contains("flotilla_sync_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("flotilla_sync_duration_seconds_count 3\n"));
+        assert!(text.contains("flotilla_sync_duration_seconds_sum 1003.2\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
