@@ -10,6 +10,7 @@ pub mod app;
 pub mod ca;
 pub mod client;
 pub mod cluster;
+pub mod history;
 pub mod link;
 pub mod rbac;
 pub mod refresh;

@@ -85,32 +85,73 @@ async fn the_latest_bundle_is_the_highest_generation_and_prefixes_do_not_leak() 
     assert_eq!(store.latest_bundle("web", "shop", "west").unwrap(), None);
 }
 
+fn entry(cluster: &str, revision: &str) -> HistoryEntry {
+    HistoryEntry {
+        id: 0,
+        cluster: cluster.to_owned(),
+        revision: revision.to_owned(),
+        digest: String::new(),
+        generation: 1,
+        started_at_ms: 0,
+        finished_at_ms: None,
+        result: "Succeeded".to_owned(),
+        message: String::new(),
+        initiated_by: "automated".to_owned(),
+        resources: Vec::new(),
+    }
+}
+
 #[tokio::test]
-async fn history_comes_back_oldest_first() {
+async fn history_comes_back_oldest_first_with_ids_increasing_per_app() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    for revision in ["aaa", "bbb", "ccc"] {
-        let entry = HistoryEntry {
-            id: store.next_id().unwrap(),
-            revision: revision.to_owned(),
-            generation: 1,
-            started_at_ms: 0,
-            finished_at_ms: None,
-            result: "Succeeded".to_owned(),
-            initiated_by: "automated".to_owned(),
-        };
+    for (cluster, revision) in [("east", "aaa"), ("west", "bbb"), ("east", "ccc")] {
         store
-            .push_history("web", "shop", "east", &entry)
+            .push_history("web", "shop", entry(cluster, revision), None, 10)
             .await
             .unwrap();
     }
-    let revisions: Vec<_> = store
-        .history("web", "shop", "east")
-        .unwrap()
-        .into_iter()
-        .map(|h| h.revision)
+    store
+        .push_history("web", "other", entry("east", "zzz"), None, 10)
+        .await
+        .unwrap();
+    let history = store.history("web", "shop").unwrap();
+    let got: Vec<_> = history
+        .iter()
+        .map(|h| (h.id, h.cluster.as_str(), h.revision.as_str()))
         .collect();
-    assert_eq!(revisions, ["aaa", "bbb", "ccc"]);
+    assert_eq!(
+        got,
+        [(1, "east", "aaa"), (2, "west", "bbb"), (3, "east", "ccc")]
+    );
+    assert_eq!(store.history("web", "other").unwrap()[0].id, 1);
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_entries_and_their_bundles_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..5u8 {
+        store
+            .push_history("web", "shop", entry("east", &i.to_string()), Some(&[i]), 3)
+            .await
+            .unwrap();
+    }
+    let ids: Vec<_> = store
+        .history("web", "shop")
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, [3, 4, 5]);
+    assert_eq!(store.history_bundle("web", "shop", 2).unwrap(), None);
+    assert_eq!(
+        store.history_bundle("web", "shop", 5).unwrap(),
+        Some(vec![4])
+    );
+    store.remove_history("web", "shop").await.unwrap();
+    assert!(store.history("web", "shop").unwrap().is_empty());
+    assert_eq!(store.history_bundle("web", "shop", 5).unwrap(), None);
 }
 
 #[tokio::test]
