@@ -17,4 +17,5 @@ pub mod refresh;
 pub mod render;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod store;

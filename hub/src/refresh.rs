@@ -254,7 +254,7 @@ impl Refresher {
                 let missing = Violation::NoSuchProject {
                     project: app.spec.project.clone(),
                 };
-                return self.fail(record, missing.to_string()).await;
+                return self.fail_project(record, missing.to_string()).await;
             }
         };
 
@@ -273,7 +273,7 @@ impl Refresher {
             };
             if let Err(violation) = project.permits(&app, &objects) {
                 return self
-                    .fail(record, format!("cluster {}: {violation}", cluster.name))
+                    .fail_project(record, format!("cluster {}: {violation}", cluster.name))
                     .await;
             }
             // Children are the same for every cluster; keep the first cluster's.
@@ -301,6 +301,7 @@ impl Refresher {
         record.rendered_commit = Some(commit.to_string());
         record.rendered_kind = kind;
         record.render_error = None;
+        record.project_violation = false;
         self.store.put_app(&record).await?;
         let outcome = if generations.is_empty() {
             Outcome::Unchanged {
@@ -318,6 +319,25 @@ impl Refresher {
     }
 
     async fn fail(&self, mut record: AppRecord, error: String) -> Result<Vec<(String, Outcome)>> {
+        record.project_violation = false;
+        self.record_failure(record, error).await
+    }
+
+    /// A render the app's AppProject refused, which the app's conditions tell apart.
+    async fn fail_project(
+        &self,
+        mut record: AppRecord,
+        error: String,
+    ) -> Result<Vec<(String, Outcome)>> {
+        record.project_violation = true;
+        self.record_failure(record, error).await
+    }
+
+    async fn record_failure(
+        &self,
+        mut record: AppRecord,
+        error: String,
+    ) -> Result<Vec<(String, Outcome)>> {
         warn!(%error, "render failed; the last good bundle stays in force");
         record.render_error = Some(error.clone());
         self.store.put_app(&record).await?;

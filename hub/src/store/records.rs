@@ -85,6 +85,10 @@ pub struct AppRecord {
     /// last good bundle stays in force: a failed render never becomes an empty one.
     #[serde(default)]
     pub render_error: Option<String>,
+    /// Whether `render_error` is the app's AppProject refusing it, rather than the
+    /// source failing to render.
+    #[serde(default)]
+    pub project_violation: bool,
 }
 
 impl AppRecord {
@@ -95,6 +99,7 @@ impl AppRecord {
             rendered_commit: None,
             rendered_kind: None,
             render_error: None,
+            project_violation: false,
         }
     }
 
