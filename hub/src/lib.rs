@@ -10,6 +10,7 @@ pub mod app;
 pub mod ca;
 pub mod client;
 pub mod cluster;
+pub mod diff;
 pub mod history;
 pub mod link;
 pub mod rbac;

@@ -516,7 +516,8 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     let link = Link::start(store.clone(), link_config)
         .await
         .context("starting the agent link")?;
-    let server = Server::start(config, store, refresher).await?;
+    let link = std::sync::Arc::new(link);
+    let server = Server::start_with_link(config, store, refresher, Some(link.clone())).await?;
     if let Some(password) = server.generated_admin_password() {
         // Shown once, on the terminal only, never in the log.
         println!("admin password (shown once): {password}");
@@ -525,7 +526,11 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     server.stop().await;
-    link.stop().await;
+    // The API's handlers held the other references; they are gone with the server.
+    match std::sync::Arc::try_unwrap(link) {
+        Ok(link) => link.stop().await,
+        Err(_) => eprintln!("flotilla: the agent link is still in use; exiting without closing it"),
+    }
     Ok(())
 }
 

@@ -43,6 +43,14 @@ pub enum Error {
         #[source]
         source: flotilla_common::signing::Error,
     },
+    /// The app to render does not exist.
+    #[error("application {app} not found")]
+    NoSuchApp { app: String },
+    /// A Helm repository chart has versions, not Git revisions.
+    #[error(
+        "application {app} takes its chart from a Helm repository; sync --revision needs a Git source"
+    )]
+    RevisionUnsupported { app: String },
     /// The fetch task died.
     #[error("the fetch of {url} did not complete")]
     Join {
@@ -163,6 +171,61 @@ impl Refresher {
                 }
             }
             Ok(outcomes)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Renders one app at `revision` instead of its targetRevision, and stores the
+    /// bundles that come of it, for `flotilla app sync --revision`. The app's spec
+    /// keeps its targetRevision: the next refresh compares against it again, so a
+    /// manual app shows OutOfSync once its target renders differently.
+    pub async fn render_revision(
+        &self,
+        project: &str,
+        name: &str,
+        revision: &str,
+        now: SystemTime,
+    ) -> Result<Outcome> {
+        let span = info_span!("render_revision", app = %format!("{project}/{name}"), %revision);
+        async {
+            let Some(mut record) = self.store.app(project, name)? else {
+                return Err(Error::NoSuchApp {
+                    app: format!("{project}/{name}"),
+                });
+            };
+            if record.application.source().chart.is_some() {
+                return Err(Error::RevisionUnsupported {
+                    app: format!("{project}/{name}"),
+                });
+            }
+            let url = record.application.source().repo_url.clone();
+            let spec = match self.store.repo(&url)? {
+                Some(repo) => repo.spec(),
+                None => RepoSpec::new(&url),
+            };
+            let cache = self.cache.clone();
+            let repo = tokio::task::spawn_blocking(move || cache.fetch(&spec))
+                .await
+                .map_err(|source| Error::Join {
+                    url: RepoSpec::new(&url).redacted_url(),
+                    source,
+                })??;
+            let original = record.application.clone();
+            if let Some(source) = record.application.spec.source.as_mut() {
+                source.target_revision = revision.to_owned();
+            }
+            // Render even when the commit is the one rendered last.
+            record.rendered_commit = None;
+            let outcomes = self.refresh_app(&repo, record, now).await?;
+            if let Some(mut stored) = self.store.app(project, name)? {
+                stored.application = original;
+                self.store.put_app(&stored).await?;
+            }
+            Ok(outcomes
+                .into_iter()
+                .next()
+                .map_or(Outcome::Adopted, |(_, o)| o))
         }
         .instrument(span)
         .await

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::account;
 use crate::api::{self, ApiState};
+use crate::link::Link;
 use crate::rbac::Policy;
 use crate::refresh::Refresher;
 use crate::source::{DEFAULT_POLL_INTERVAL, webhook};
@@ -84,6 +85,18 @@ struct Shared {
 impl Server {
     /// Binds the API and starts polling. Every repository is refreshed once at start.
     pub async fn start(config: Config, store: Store, refresher: Refresher) -> Result<Self> {
+        Self::start_with_link(config, store, refresher, None).await
+    }
+
+    /// As [`Server::start`], with the agent link the API sends sync, diff and
+    /// refresh commands over.
+    pub async fn start_with_link(
+        config: Config,
+        store: Store,
+        refresher: Refresher,
+        link: Option<Arc<Link>>,
+    ) -> Result<Self> {
+        let refresher = Arc::new(refresher);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -99,6 +112,9 @@ impl Server {
             store: store.clone(),
             policy: Arc::new(config.policy),
             refresh_now: refresh_now.clone(),
+            link,
+            refresher: Some(refresher.clone()),
+            command_timeout: api::DEFAULT_COMMAND_TIMEOUT,
         });
         let shared = Shared {
             store: store.clone(),
@@ -118,7 +134,7 @@ impl Server {
                 warn!(error = %e, "the API server stopped");
             }
         });
-        let poller = tokio::spawn(poll_loop(store, Arc::new(refresher), requests, stop));
+        let poller = tokio::spawn(poll_loop(store, refresher, requests, stop));
         info!(%addr, "hub API listening");
         Ok(Self {
             addr,
