@@ -19,6 +19,9 @@ use flotilla_hub::server::{self, Config, Server};
 use flotilla_hub::source::{RepoCache, RepoSpec};
 use flotilla_hub::store::Store;
 
+#[path = "cli/app.rs"]
+mod app_cli;
+
 /// Multi-cluster GitOps: one hub, an agent in every cluster.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version = flotilla_common::VERSION)]
@@ -115,10 +118,23 @@ struct LoginArgs {
 
 #[derive(Debug, Subcommand)]
 enum AppCommand {
-    /// List the applications you may see.
+    /// List the applications you may see, with their sync status and health.
     List,
-    /// Show one application (PROJECT/NAME, or NAME in the default project).
+    /// Show one application (PROJECT/NAME, or NAME in the default project): its
+    /// state, conditions and, per cluster, its resource tree with health.
     Get { app: String },
+    /// Sync an application now and wait for the result (exit 1 when it failed).
+    Sync(app_cli::SyncArgs),
+    /// List an application's past syncs.
+    History { app: String },
+    /// Re-send the bundle of a history entry and sync it; switches automated sync
+    /// off, as Argo CD does.
+    Rollback { app: String, id: u64 },
+    /// Show desired against live state per cluster as a unified diff (exit 20 when
+    /// they differ).
+    Diff { app: String },
+    /// Wait until an application is Synced and/or Healthy (exit 1 on timeout).
+    Wait(app_cli::WaitArgs),
     /// Create applications from an Argo CD Application manifest.
     Create {
         #[arg(short = 'f', long = "file")]
@@ -277,6 +293,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<app_cli::Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("flotilla: {}", exit.message);
+                }
+                return ExitCode::from(exit.code);
+            }
             eprintln!("flotilla: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(EXIT_USAGE)
@@ -371,50 +393,16 @@ async fn render_command(args: RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `PROJECT/NAME`, or `NAME` in the default project.
-fn app_path(app: &str) -> String {
-    match app.split_once('/') {
-        Some((project, name)) => format!("/api/v1/applications/{project}/{name}"),
-        None => format!("/api/v1/applications/default/{app}"),
-    }
-}
-
 async fn app_command(command: AppCommand) -> anyhow::Result<()> {
     let client = Client::from_session()?;
     match command {
-        AppCommand::List => {
-            let list = client.get("/api/v1/applications").await?;
-            println!("{:<30} {:<12} {:<40} STATUS", "NAME", "PROJECT", "SOURCE");
-            for app in list["items"].as_array().into_iter().flatten() {
-                let source = format!(
-                    "{}@{}",
-                    app["source"]["path"]
-                        .as_str()
-                        .or(app["source"]["chart"].as_str())
-                        .unwrap_or(""),
-                    app["source"]["targetRevision"].as_str().unwrap_or("")
-                );
-                let status = match app["renderError"].as_str() {
-                    Some(_) => "RenderError".to_owned(),
-                    None => app["renderedCommit"]
-                        .as_str()
-                        .map_or("Pending".to_owned(), |c| {
-                            format!("Rendered {}", c.get(..8).unwrap_or(c))
-                        }),
-                };
-                println!(
-                    "{:<30} {:<12} {:<40} {}",
-                    app["name"].as_str().unwrap_or(""),
-                    app["project"].as_str().unwrap_or(""),
-                    source,
-                    status
-                );
-            }
-        }
-        AppCommand::Get { app } => {
-            let app = client.get(&app_path(&app)).await?;
-            println!("{}", serde_json::to_string_pretty(&app)?);
-        }
+        AppCommand::List => app_cli::list(&client).await?,
+        AppCommand::Get { app } => app_cli::get(&client, &app).await?,
+        AppCommand::Sync(args) => app_cli::sync(&client, args).await?,
+        AppCommand::History { app } => app_cli::history(&client, &app).await?,
+        AppCommand::Rollback { app, id } => app_cli::rollback(&client, &app, id).await?,
+        AppCommand::Diff { app } => app_cli::diff(&client, &app).await?,
+        AppCommand::Wait(args) => app_cli::wait(&client, args).await?,
         AppCommand::Create { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| UsageError(format!("reading {}: {e}", file.display())))?;
@@ -426,7 +414,7 @@ async fn app_command(command: AppCommand) -> anyhow::Result<()> {
             );
         }
         AppCommand::Delete { app } => {
-            client.delete(&app_path(&app)).await?;
+            client.delete(&app_cli::app_path(&app)).await?;
             println!("application {app} deleted");
         }
     }
