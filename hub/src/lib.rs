@@ -20,3 +20,5 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod testing;

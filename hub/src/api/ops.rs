@@ -776,7 +776,7 @@ async fn refresh(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use flotilla_common::bundle::{Object, Source, SyncPolicy};
+    use flotilla_common::bundle::Object;
     use flotilla_common::model::Gvk;
 
     use super::*;
@@ -790,21 +790,17 @@ mod tests {
                 &json!({"metadata": {"name": name}}),
             )
         };
-        Bundle {
-            app: AppRef::new("default", "shop"),
-            cluster: "east".to_owned(),
-            source: Source::default(),
-            generation: 1,
-            created_at: Timestamp(0),
-            not_after: Timestamp(1),
-            policy: SyncPolicy::default(),
-            ignore_differences: Vec::new(),
-            objects: vec![
+        crate::testing::bundle(
+            "shop",
+            "east",
+            1,
+            "abc",
+            vec![
                 object(Gvk::new("apps", "v1", "Deployment"), Some("shop"), "web"),
                 object(Gvk::new("", "v1", "ConfigMap"), Some("shop"), "web"),
                 object(Gvk::new("", "v1", "ConfigMap"), Some("other"), "web"),
             ],
-        }
+        )
     }
 
     #[test]

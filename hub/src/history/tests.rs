@@ -1,27 +1,12 @@
 #![allow(clippy::unwrap_used)]
 
-use flotilla_common::bundle::{Bundle, Source, SyncPolicy};
 use flotilla_common::message::{Operation, OperationPhase, ResourceAction, ResourceResult, Status};
 use flotilla_common::model::{AppRef, Gvk, Health, ResourceRef, SyncStatus, Timestamp};
 
 use super::*;
 
 async fn store_bundle(store: &Store, generation: u64, revision: &str) -> String {
-    let bundle = Bundle {
-        app: AppRef::new("default", "shop"),
-        cluster: "east".to_owned(),
-        source: Source {
-            repo: "https://git.example/fleet.git".to_owned(),
-            revision: revision.to_owned(),
-            path: "apps/shop".to_owned(),
-        },
-        generation,
-        created_at: Timestamp(1),
-        not_after: Timestamp(u64::MAX / 2),
-        policy: SyncPolicy::default(),
-        ignore_differences: Vec::new(),
-        objects: Vec::new(),
-    };
+    let bundle = crate::testing::bundle("shop", "east", generation, revision, Vec::new());
     let envelope = store.bundle_signer().await.unwrap().sign(&bundle).unwrap();
     store
         .put_bundle(

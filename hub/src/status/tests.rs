@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
-use flotilla_common::bundle::{Bundle, Object, Source, SyncPolicy};
+use flotilla_common::bundle::Object;
 use flotilla_common::message::{ResourceStatus, Status};
-use flotilla_common::model::{AppRef, Gvk, ResourceRef, Timestamp};
+use flotilla_common::model::{AppRef, Gvk, ResourceRef};
 
 use super::*;
 use crate::app::Application;
@@ -62,27 +62,15 @@ fn config_map() -> ResourceRef {
 
 async fn put_bundle(store: &Store, generation: u64) {
     let resource = config_map();
-    let bundle = Bundle {
-        app: AppRef::new("default", "shop"),
-        cluster: "east".to_owned(),
-        source: Source {
-            repo: "https://git.example/fleet.git".to_owned(),
-            revision: format!("rev{generation}"),
-            path: "apps".to_owned(),
-        },
-        generation,
-        created_at: Timestamp(1),
-        not_after: Timestamp(u64::MAX / 2),
-        policy: SyncPolicy::default(),
-        ignore_differences: Vec::new(),
-        objects: vec![Object::new(
-            resource.gvk.clone(),
-            resource.namespace.clone(),
-            &resource.name,
-            &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "settings", "namespace": "shop"}}),
-        )],
-    };
+    let object = Object::new(
+        resource.gvk.clone(),
+        resource.namespace.clone(),
+        &resource.name,
+        &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "shop"}}),
+    );
+    let revision = format!("rev{generation}");
+    let bundle = crate::testing::bundle("shop", "east", generation, &revision, vec![object]);
     let envelope = store.bundle_signer().await.unwrap().sign(&bundle).unwrap();
     store
         .put_bundle(
