@@ -25,7 +25,7 @@ use flotilla_hub::refresh::Refresher;
 use flotilla_hub::render::{Renderer, Tools};
 use flotilla_hub::server::{Config, Server};
 use flotilla_hub::source::RepoCache;
-use flotilla_hub::store::Store;
+use flotilla_hub::store::{OperationRecord, Store};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use link_fixture::{RunningAgent, eventually};
@@ -405,6 +405,42 @@ async fn a_manual_app_is_out_of_sync_and_a_denied_sync_and_a_wait_that_runs_out_
     let stderr = text(&wait.stderr);
     assert!(stderr.contains("timed out after 2s"), "{stderr}");
     assert!(stderr.contains("OutOfSync"), "{stderr}");
+
+    // One operation at a time: while a sync runs there, another is refused.
+    let running = OperationRecord {
+        request_id: Some(1),
+        initiated_by: "someone-else".to_owned(),
+        generation: 1,
+        phase: "Running".to_owned(),
+        message: String::new(),
+        dry_run: false,
+        prune: false,
+        started_at_ms: flotilla_hub::cluster::epoch_ms(std::time::SystemTime::now()),
+        finished_at_ms: None,
+        resources: Vec::new(),
+        history_id: None,
+    };
+    fleet
+        .store
+        .put_operation("default", &name, &fleet.cluster, &running)
+        .await
+        .unwrap();
+    let (status, body) = fleet
+        .call(
+            "POST",
+            &format!("/api/v1/applications/{object}/sync"),
+            Some(&fleet.admin),
+            json!({"dryRun": true}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("already in progress") && message.contains("someone-else"),
+        "{message}"
+    );
+    let app = fleet.app(&name).await;
+    assert_eq!(app["status"]["operation"]["phase"], "Running");
 
     fleet.stop(&[&cm]).await;
 }

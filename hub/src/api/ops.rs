@@ -119,6 +119,32 @@ impl ApiState {
         Ok(names)
     }
 
+    /// A 409 when a sync of the app is still running on `cluster`, as Argo CD
+    /// allows one operation at a time. A Running record older than the command
+    /// timeout is a hub that stopped mid-sync, and does not count.
+    fn refuse_if_busy(&self, app: &AppRef, cluster: &str) -> Result<(), Reply> {
+        let running = self
+            .store
+            .operation(&app.project, &app.name, cluster)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
+            .filter(|op| op.is_running())
+            .filter(|op| {
+                let age = epoch_ms(SystemTime::now()).saturating_sub(op.started_at_ms);
+                u128::from(age) < self.command_timeout.as_millis()
+            });
+        match running {
+            Some(op) => Err(error(
+                StatusCode::CONFLICT,
+                format!(
+                    "another operation is already in progress on cluster {cluster}: a sync of \
+                     generation {} started by {}",
+                    op.generation, op.initiated_by
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     async fn audit_detail(&self, who: &Principal, action: &str, target: String, detail: &str) {
         let event = Event::now(&who.user, action, target, detail);
         if let Err(e) = self.store.push_event(&event).await {
@@ -259,6 +285,10 @@ async fn sync(
     let record = try_reply!(state.app_record(&project, &name));
     try_reply!(state.agent_link());
     let app = AppRef::new(project.clone(), name.clone());
+    let clusters = try_reply!(state.destinations(&record));
+    for cluster in &clusters {
+        try_reply!(state.refuse_if_busy(&app, cluster));
+    }
 
     if let Some(revision) = &request.revision {
         if record.application.automated().is_some() {
@@ -299,7 +329,6 @@ async fn sync(
         }
     }
 
-    let clusters = try_reply!(state.destinations(&record));
     let mut results = Vec::with_capacity(clusters.len());
     let mut plans = Vec::with_capacity(clusters.len());
     for cluster in &clusters {
@@ -582,6 +611,7 @@ async fn rollback(
     };
     let cluster = entry.cluster.clone();
     let app = AppRef::new(project.clone(), name.clone());
+    try_reply!(state.refuse_if_busy(&app, &cluster));
     let latest = match state.store.latest_bundle(&project, &name, &cluster) {
         Ok(latest) => latest.map_or(0, |(g, _)| g),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
