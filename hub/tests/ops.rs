@@ -583,3 +583,135 @@ async fn a_rollback_resends_the_older_bundle_and_switches_automation_off() {
 
     fleet.stop(&[&cm]).await;
 }
+
+/// `sync --revision` renders the app at that revision as a new generation and
+/// leaves its targetRevision alone; under automated sync it is refused. Needs no
+/// cluster: the hub's side ends at the link, where no agent is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_under_automation() {
+    link_fixture::crypto();
+    let repo = repo_with_config_map("settings", "one");
+    let first = repo.head();
+    write_config_map(&repo, "settings", "two");
+    repo.commit("two");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    store
+        .put_cluster(&flotilla_hub::store::ClusterRecord {
+            name: "east".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let link = Arc::new(
+        Link::start(
+            store.clone(),
+            LinkConfig::new("127.0.0.1:0".parse().unwrap()),
+        )
+        .await
+        .unwrap(),
+    );
+    let refresher = Refresher::new(
+        store.clone(),
+        RepoCache::new(dir.path().join("repos")).unwrap(),
+        Renderer::new(Tools::from_env()),
+    )
+    .await
+    .unwrap();
+    let mut policy = Policy::parse("", None, "test policy").unwrap();
+    policy.add_grouping("admin", "role:admin");
+    let server = Server::start_with_link(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            webhook_secret: None,
+            policy,
+            admin_password: Some(ADMIN_PASSWORD.to_owned()),
+        },
+        store.clone(),
+        refresher,
+        Some(link.clone()),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let http = reqwest::Client::new();
+    let token = http
+        .post(format!("{url}/api/v1/session"))
+        .body(json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string())
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (name, policy) in [("manual", ""), ("auto", "\n  syncPolicy: {automated: {}}")] {
+        let manifest = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: east, namespace: default}}{policy}\n",
+            repo.path().display()
+        );
+        let created = http
+            .post(format!("{url}/api/v1/applications"))
+            .bearer_auth(&token)
+            .body(manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+    }
+    let bundle = |app: &str| {
+        store
+            .latest_bundle("default", app, "east")
+            .unwrap()
+            .map(|(generation, bytes)| {
+                let envelope = flotilla_common::bundle::Envelope::decode(&bytes).unwrap();
+                let bundle = flotilla_common::bundle::Bundle::decode(&envelope.payload).unwrap();
+                (generation, bundle.source.revision)
+            })
+    };
+    eventually("both apps rendered", Duration::from_secs(30), || {
+        bundle("manual").is_some() && bundle("auto").is_some()
+    })
+    .await;
+    assert_ne!(bundle("manual").unwrap().1, first);
+
+    let sync = |app: &'static str| {
+        http.post(format!("{url}/api/v1/applications/default/{app}/sync"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(json!({"revision": first}).to_string())
+            .send()
+    };
+    let reply = sync("manual").await.unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let body: Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    // Rendered and stored; the sync itself fails, naming the unconnected cluster.
+    assert_eq!(bundle("manual").unwrap(), (2, first.clone()));
+    assert_eq!(body["phase"], "Failed", "{body}");
+    assert_eq!(
+        body["clusters"][0]["message"], "cluster east is not connected",
+        "{body}"
+    );
+    let record = store.app("default", "manual").unwrap().unwrap();
+    assert_eq!(record.application.source().target_revision, "main");
+
+    let refused = sync("auto").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let body: Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("automated sync"),
+        "{body}"
+    );
+    assert_eq!(bundle("auto").unwrap().0, 1);
+
+    server.stop().await;
+    match Arc::try_unwrap(link) {
+        Ok(link) => link.stop().await,
+        Err(_) => panic!("the link is still shared after the server stopped"),
+    }
+}
