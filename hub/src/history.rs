@@ -6,7 +6,7 @@
 //! it. A commanded sync carries the request id of the hub's command, and the
 //! operation the API wrote when it sent the command names the user; a sync the agent
 //! started itself is `automated` for a generation the cluster had not synced before
-//! and `selfHeal` for a re-apply of the same one. Dry runs change nothing, so they
+//! (or only failed to) and `selfHeal` for a re-apply of one it synced. Dry runs change nothing, so they
 //! update the operation but are not history, as in Argo CD.
 
 use flotilla_common::bundle::{Bundle, Envelope};
@@ -151,12 +151,12 @@ fn initiator(
             |p| p.initiated_by.clone(),
         ));
     }
-    // A generation this cluster already synced, synced again: selfHeal.
+    // A generation this cluster already synced successfully, synced again:
+    // selfHeal. After a failure it is the automated sync trying again.
     let app = &status.app;
-    let synced_before = store
-        .history(&app.project, &app.name)?
-        .iter()
-        .any(|h| h.cluster == cluster && h.generation == status.generation);
+    let synced_before = store.history(&app.project, &app.name)?.iter().any(|h| {
+        h.cluster == cluster && h.generation == status.generation && h.result == "Succeeded"
+    });
     Ok(if synced_before { SELF_HEAL } else { AUTOMATED }.to_owned())
 }
 

@@ -123,6 +123,23 @@ async fn syncs_the_agent_starts_are_automated_for_a_new_generation_and_self_heal
         .unwrap();
     assert_eq!(again.initiated_by, SELF_HEAL);
     assert_eq!(again.id, 2);
+
+    // A failed automated sync tried again is still automated.
+    store_bundle(&store, 2, "bbb").await;
+    let mut failing = status(2, None, false);
+    if let Some(op) = failing.operation.as_mut() {
+        op.phase = OperationPhase::Failed;
+    }
+    let failed = record(&store, "east", &failing, 3).await.unwrap().unwrap();
+    assert_eq!(
+        (failed.initiated_by.as_str(), failed.result.as_str()),
+        (AUTOMATED, "Failed")
+    );
+    let retried = record(&store, "east", &status(2, None, false), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retried.initiated_by, AUTOMATED);
 }
 
 #[tokio::test]
