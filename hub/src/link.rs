@@ -337,6 +337,20 @@ impl Link {
                 store.put_link(&link).await?;
             }
         }
+        // Commands sent before a restart died with that process; their
+        // operations will never end by themselves.
+        let stale = store
+            .fail_running_operations(
+                "the hub restarted while the operation ran",
+                epoch_ms(SystemTime::now()),
+            )
+            .await?;
+        if stale > 0 {
+            info!(
+                operations = stale,
+                "marked operations cut short by a restart as failed"
+            );
+        }
         let signer: BundleSigner = store.bundle_signer().await?;
         let key_set = KeySet::new(1, &[signer.public_key()])?;
         let verifier_store: StoreSlot = Arc::new(Mutex::new(Some(store.clone())));

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, HistoryEntry, ResourceOutcome, Result, Store, app_key, db};
+use super::{Error, HistoryEntry, Key, ResourceOutcome, Result, Store, app_key, db};
 
 /// How many history entries an app keeps unless its Application sets
 /// `revisionHistoryLimit`, as in Argo CD.
@@ -172,6 +172,33 @@ impl Store {
         cluster: &str,
     ) -> Result<Option<OperationRecord>> {
         self.get("operations", &app_key(project, app).str(cluster))
+    }
+
+    /// Marks every operation still Running as Failed with `message`, flushed; for a
+    /// hub starting again, whose commands died with the process before. Returns how
+    /// many there were.
+    pub async fn fail_running_operations(&self, message: &str, now_ms: u64) -> Result<usize> {
+        let mut failed = 0;
+        for (key, mut op) in self.scan::<OperationRecord>("operations", &Key::new())? {
+            if !op.is_running() {
+                continue;
+            }
+            op.phase = "Failed".to_owned();
+            op.message = message.to_owned();
+            op.finished_at_ms = Some(now_ms);
+            let bytes = serde_json::to_vec(&op).map_err(|source| Error::Decode {
+                tree: "operations",
+                source,
+            })?;
+            self.tree("operations")?
+                .insert(key.as_bytes(), bytes)
+                .map_err(|source| db("operations", "writing", source))?;
+            failed += 1;
+        }
+        if failed > 0 {
+            self.flush("operations").await?;
+        }
+        Ok(failed)
     }
 
     /// Forgets an app's history and operations, when the app is deleted.

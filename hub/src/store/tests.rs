@@ -215,3 +215,42 @@ fn string_parts_are_length_prefixed_so_prefix_scans_are_exact() {
     assert!(a.as_bytes().starts_with(Key::new().str("web").as_bytes()));
     assert_eq!(Key::new().str("x").u64(42).last_u64(), Some(42));
 }
+
+#[tokio::test]
+async fn operations_left_running_by_a_stopped_hub_are_marked_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let op = |phase: &str| OperationRecord {
+        request_id: Some(1),
+        initiated_by: "alice".to_owned(),
+        generation: 1,
+        phase: phase.to_owned(),
+        message: String::new(),
+        dry_run: false,
+        prune: false,
+        started_at_ms: 1,
+        finished_at_ms: None,
+        resources: Vec::new(),
+        history_id: None,
+    };
+    store
+        .put_operation("web", "shop", "east", &op("Running"))
+        .await
+        .unwrap();
+    store
+        .put_operation("web", "shop", "west", &op("Succeeded"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.fail_running_operations("restarted", 9).await.unwrap(),
+        1
+    );
+    let east = store.operation("web", "shop", "east").unwrap().unwrap();
+    assert_eq!(
+        (east.phase.as_str(), east.message.as_str()),
+        ("Failed", "restarted")
+    );
+    assert_eq!(east.finished_at_ms, Some(9));
+    let west = store.operation("web", "shop", "west").unwrap().unwrap();
+    assert_eq!(west.phase, "Succeeded");
+}
