@@ -6,6 +6,7 @@
 //! audit log with its user. Repository credentials go in and never come out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,11 +16,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+mod ops;
+
 use crate::account::{self, Principal};
 use crate::app::{AppProject, Application};
 use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::rbac::Policy;
+use crate::refresh::Refresher;
 use crate::source::{Credentials, RepoSpec};
 use crate::store::{AppOrigin, AppRecord, Event, RepoRecord, Store};
 
@@ -45,7 +49,14 @@ pub struct ApiState {
     /// The QUIC address agents dial, for install manifests; a request may name
     /// another.
     pub agent_address: Option<String>,
+    /// Renders an app at another revision, for `sync --revision`.
+    pub refresher: Option<Arc<Refresher>>,
+    /// How long a sync command may run on an agent.
+    pub command_timeout: Duration,
 }
+
+/// How long the API waits for an agent to finish a sync by default.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 type Reply = (StatusCode, Json<Value>);
 
@@ -66,6 +77,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/applications/{project}/{name}",
             get(get_app).delete(delete_app),
         )
+        .merge(ops::routes())
         .route("/api/v1/repositories", get(list_repos).post(create_repo))
         .route("/api/v1/accounts", post(create_account))
         .merge(clusters::routes())
@@ -227,6 +239,7 @@ fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
         "renderedCommit": record.rendered_commit,
         "renderError": record.render_error,
         "clusters": clusters,
+        "status": ops::derived_state(state, record),
     })
 }
 
@@ -317,6 +330,9 @@ async fn delete_app(
     };
     match state.store.remove_app(&project, &name).await {
         Ok(true) => {
+            if let Err(e) = state.store.remove_history(&project, &name).await {
+                tracing::warn!(error = %e, "failed to forget the history of a deleted app");
+            }
             state
                 .audit(&who, "delete", format!("application/{object}"))
                 .await;

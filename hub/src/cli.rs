@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use flotilla_hub::client::{self, Client, Session, Trust};
 
 pub mod account;
+pub mod app;
 pub mod cluster;
 pub mod output;
 pub mod project;

@@ -10,6 +10,8 @@ pub mod app;
 pub mod ca;
 pub mod client;
 pub mod cluster;
+pub mod diff;
+pub mod history;
 pub mod link;
 pub mod metrics;
 pub mod rbac;
@@ -17,5 +19,8 @@ pub mod refresh;
 pub mod render;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod token;

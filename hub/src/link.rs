@@ -20,12 +20,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_common::bundle::Envelope;
 use flotilla_common::frame::{self, FrameDecoder, Limits};
-use flotilla_common::message::{BundleOutcome, Channel, GoodbyeReason, Message, Registered};
+use flotilla_common::message::{
+    BundleOutcome, Channel, Command, CommandResult, GoodbyeReason, Message, Registered,
+};
 use flotilla_common::model::AppRef;
 use flotilla_common::protocol::{HubEvent, HubSession, Timing};
 use flotilla_common::signing::{BundleSigner, KeySet};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::ca::{self, Ca};
@@ -85,6 +87,34 @@ pub enum Error {
     KeySet(#[from] flotilla_common::signing::Error),
 }
 
+/// Why a command got no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No agent connection of the cluster is up.
+    #[error("cluster {cluster} is not connected")]
+    NotConnected {
+        /// The cluster.
+        cluster: String,
+    },
+    /// The connection ended before the agent answered.
+    #[error("the connection to cluster {cluster} ended before its agent answered")]
+    ConnectionLost {
+        /// The cluster.
+        cluster: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the agent of cluster {cluster} did not answer within {after:?}")]
+    Timeout {
+        /// The cluster.
+        cluster: String,
+        /// How long the hub waited.
+        after: Duration,
+    },
+    /// No request id could be drawn.
+    #[error("failed to draw a request id")]
+    Store(#[from] store::Error),
+}
+
 /// Result alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -128,6 +158,7 @@ impl LinkConfig {
 /// A message to one agent's connection task.
 enum ToConnection {
     Publish(AppRef, Box<Envelope>),
+    Command(Command),
     /// Re-read every bundle of the cluster from the store.
     Resync,
     Revoke,
@@ -159,6 +190,8 @@ struct Shared {
     /// Bundles pushed per cluster since start, to show that a reconnect resends
     /// nothing the agent already has.
     sent: Mutex<HashMap<String, u64>>,
+    /// Commands sent and not answered yet, by request id.
+    pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
 }
 
 /// The running link.
@@ -307,6 +340,20 @@ impl Link {
                 store.put_link(&link).await?;
             }
         }
+        // Commands sent before a restart died with that process; their
+        // operations will never end by themselves.
+        let stale = store
+            .fail_running_operations(
+                "the hub restarted while the operation ran",
+                epoch_ms(SystemTime::now()),
+            )
+            .await?;
+        if stale > 0 {
+            info!(
+                operations = stale,
+                "marked operations cut short by a restart as failed"
+            );
+        }
         let signer: BundleSigner = store.bundle_signer().await?;
         let key_set = KeySet::new(1, &[signer.public_key()])?;
         let verifier_store: StoreSlot = Arc::new(Mutex::new(Some(store.clone())));
@@ -327,6 +374,7 @@ impl Link {
             connections: Mutex::new(HashMap::new()),
             next_connection: std::sync::atomic::AtomicU64::new(1),
             sent: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
         });
         let (shutdown, stop) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), stop.clone()));
@@ -382,6 +430,89 @@ impl Link {
                 agent_version: link.agent_version,
             })
             .collect())
+    }
+
+    /// A fresh request id for a [`Command`], unique across hub restarts.
+    pub fn new_request_id(&self) -> Result<u64, CommandError> {
+        Ok(self.shared.store.next_id()?)
+    }
+
+    /// Whether an agent connection of `cluster` is up.
+    pub fn is_connected(&self, cluster: &str) -> bool {
+        lock(&self.shared.connections).contains_key(cluster)
+    }
+
+    /// Sends `command` to the agent of `cluster` and waits up to `timeout` for its
+    /// result.
+    pub async fn command(
+        &self,
+        cluster: &str,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, CommandError> {
+        let request_id = command.request_id;
+        let span = info_span!("command", cluster = %cluster, app = %command.app, request_id);
+        let (tx, rx) = oneshot::channel();
+        {
+            let connections = lock(&self.shared.connections);
+            let Some((_, conn)) = connections.get(cluster) else {
+                return Err(CommandError::NotConnected {
+                    cluster: cluster.to_owned(),
+                });
+            };
+            lock(&self.shared.pending).insert(request_id, tx);
+            if conn.send(ToConnection::Command(command)).is_err() {
+                lock(&self.shared.pending).remove(&request_id);
+                return Err(CommandError::NotConnected {
+                    cluster: cluster.to_owned(),
+                });
+            }
+        }
+        let answer = tokio::time::timeout(timeout, rx).instrument(span).await;
+        match answer {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(CommandError::ConnectionLost {
+                cluster: cluster.to_owned(),
+            }),
+            Err(_) => {
+                lock(&self.shared.pending).remove(&request_id);
+                Err(CommandError::Timeout {
+                    cluster: cluster.to_owned(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// Waits until the agent of `cluster` has acknowledged `generation` (or a newer
+    /// one) of `app`, up to `timeout`; returns the acknowledgement's outcome, or
+    /// `None` when none came in time.
+    pub async fn wait_for_ack(
+        &self,
+        cluster: &str,
+        app: &AppRef,
+        generation: u64,
+        timeout: Duration,
+    ) -> Option<String> {
+        let key = format!("{}/{}", app.project, app.name);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ack = self
+                .shared
+                .store
+                .link(cluster)
+                .ok()
+                .flatten()
+                .and_then(|l| l.acks.get(&key).cloned())
+                .filter(|a| a.generation >= generation);
+            if let Some(ack) = ack {
+                return Some(ack.outcome);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Closes every connection and stops.
@@ -733,6 +864,8 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
 
     let mut close = (close_code::DONE, "session ended".to_owned());
     let mut early: Vec<Message> = Vec::new();
+    // Commands sent on this connection: their waiters learn it ended.
+    let mut sent_commands: Vec<u64> = Vec::new();
     'conn: loop {
         while let Some(transmit) = session.poll_transmit() {
             let bytes = match transmit.encode(&limits) {
@@ -830,6 +963,16 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
                 Some(ToConnection::Publish(app, envelope)) => {
                     session.publish(app, *envelope);
                 }
+                Some(ToConnection::Command(command)) => {
+                    let request_id = command.request_id;
+                    sent_commands.retain(|id| lock(&shared.pending).contains_key(id));
+                    sent_commands.push(request_id);
+                    if let Err(e) = session.send_command(command) {
+                        // Dropping the waiter tells the caller the command was not sent.
+                        info!(error = %e, request_id, "a command could not be sent");
+                        lock(&shared.pending).remove(&request_id);
+                    }
+                }
                 Some(ToConnection::Resync) => publish_stored(&shared.store, &cluster, &mut session),
                 Some(ToConnection::Revoke) => {
                     session.close(GoodbyeReason::Revoked, "the cluster was removed from the hub");
@@ -860,6 +1003,12 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
     connection.close(close.0.into(), close.1.as_bytes());
     reader.abort();
     statuses.abort();
+    {
+        let mut pending = lock(&shared.pending);
+        for request_id in sent_commands {
+            pending.remove(&request_id);
+        }
+    }
     session.handle_disconnected(Instant::now());
     if forget_connection(&shared, &cluster, id) {
         let now = epoch_ms(SystemTime::now());
@@ -958,6 +1107,12 @@ async fn handle_event(
                 if let Some(operation) = &record.status.operation {
                     shared.config.metrics.observe_sync(operation.duration_ms);
                 }
+                if let Err(e) =
+                    crate::history::record(&shared.store, cluster, &record.status, now).await
+                {
+                    // The report itself is stored; only its history entry is lost.
+                    warn!(error = %e, "recording the operation in the history failed");
+                }
                 update_link(&shared.store, cluster, |link| {
                     link.last_seen_ms = Some(now);
                     link.last_status_sequence = sequence;
@@ -975,7 +1130,19 @@ async fn handle_event(
             info!(?offered, "agent speaks no common protocol version");
             true
         }
-        HubEvent::CommandResult(_) => false,
+        HubEvent::CommandResult(result) => {
+            let waiting = lock(&shared.pending).remove(&result.request_id);
+            match waiting {
+                Some(waiting) => {
+                    let _ = waiting.send(result);
+                }
+                None => debug!(
+                    request_id = result.request_id,
+                    "a command result nobody waits for any more"
+                ),
+            }
+            false
+        }
         HubEvent::Goodbye(goodbye) => {
             info!(reason = ?goodbye.reason, message = %goodbye.message, "agent said goodbye");
             true

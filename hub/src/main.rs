@@ -21,7 +21,8 @@ use flotilla_hub::store::Store;
 
 mod cli;
 
-use cli::output::{OutputArgs, Table, cell, print};
+use cli::app as app_cli;
+use cli::output::{Format, OutputArgs, Table, cell, print};
 use cli::{ConfigError, Connection, UsageError, default_data_dir};
 
 /// Multi-cluster GitOps: one hub, an agent in every cluster.
@@ -86,14 +87,27 @@ struct LoginArgs {
 
 #[derive(Debug, Subcommand)]
 enum AppCommand {
-    /// List the applications you may see.
+    /// List the applications you may see, with their sync status and health.
     List(OutputArgs),
-    /// Show one application (PROJECT/NAME, or NAME in the default project).
+    /// Show one application (PROJECT/NAME, or NAME in the default project): its
+    /// state, conditions and, per cluster, its resource tree with health.
     Get {
         app: String,
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Sync an application now and wait for the result (exit 1 when it failed).
+    Sync(app_cli::SyncArgs),
+    /// List an application's past syncs.
+    History { app: String },
+    /// Re-send the bundle of a history entry and sync it; switches automated sync
+    /// off, as Argo CD does.
+    Rollback { app: String, id: u64 },
+    /// Show desired against live state per cluster as a unified diff (exit 20 when
+    /// they differ).
+    Diff { app: String },
+    /// Wait until an application is Synced and/or Healthy (exit 1 on timeout).
+    Wait(app_cli::WaitArgs),
     /// Create applications from an Argo CD Application manifest.
     Create {
         #[arg(short = 'f', long = "file")]
@@ -249,6 +263,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<app_cli::Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("flotilla: {}", exit.message);
+                }
+                return ExitCode::from(exit.code);
+            }
             eprintln!("flotilla: {e:#}");
             ExitCode::from(exit_code(&e))
         }
@@ -396,7 +416,7 @@ async fn render_command(args: RenderArgs) -> anyhow::Result<()> {
 /// Applications as a table: name, project, source and render state; wide adds
 /// the destination and the clusters with their bundle generation.
 fn app_table(list: &serde_json::Value, wide: bool) -> Table {
-    let mut header = vec!["NAME", "PROJECT", "SOURCE", "STATUS"];
+    let mut header = vec!["NAME", "PROJECT", "SYNC", "HEALTH", "SOURCE", "STATUS"];
     if wide {
         header.extend(["DESTINATION", "CLUSTERS"]);
     }
@@ -418,7 +438,14 @@ fn app_table(list: &serde_json::Value, wide: bool) -> Table {
                     format!("Rendered {}", c.get(..8).unwrap_or(c))
                 }),
         };
-        let mut row = vec![cell(&app["name"]), cell(&app["project"]), source, status];
+        let mut row = vec![
+            cell(&app["name"]),
+            cell(&app["project"]),
+            cell(&app["status"]["sync"]),
+            cell(&app["status"]["health"]),
+            source,
+            status,
+        ];
         if wide {
             let destination = &app["destination"];
             let clusters: Vec<String> = app["clusters"]
@@ -472,15 +499,26 @@ fn app_path(app: &str) -> String {
 async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Result<()> {
     let client = connection.client()?;
     match command {
-        AppCommand::List(output) => {
-            let list = client.get("/api/v1/applications").await?;
-            print(output.output, &list, |wide| app_table(&list, wide))?;
-        }
-        AppCommand::Get { app, output } => {
-            let app = client.get(&app_path(&app)).await?;
-            let list = serde_json::json!({ "items": [app.clone()] });
-            print(output.output, &app, |_| app_table(&list, true))?;
-        }
+        AppCommand::List(output) => match output.output {
+            Format::Table => app_cli::list(&client).await?,
+            format => {
+                let list = client.get("/api/v1/applications").await?;
+                print(format, &list, |wide| app_table(&list, wide))?;
+            }
+        },
+        AppCommand::Get { app, output } => match output.output {
+            Format::Table => app_cli::get(&client, &app).await?,
+            format => {
+                let app = client.get(&app_path(&app)).await?;
+                let list = serde_json::json!({ "items": [app.clone()] });
+                print(format, &app, |_| app_table(&list, true))?;
+            }
+        },
+        AppCommand::Sync(args) => app_cli::sync(&client, args).await?,
+        AppCommand::History { app } => app_cli::history(&client, &app).await?,
+        AppCommand::Rollback { app, id } => app_cli::rollback(&client, &app, id).await?,
+        AppCommand::Diff { app } => app_cli::diff(&client, &app).await?,
+        AppCommand::Wait(args) => app_cli::wait(&client, args).await?,
         AppCommand::Create { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| UsageError(format!("reading {}: {e}", file.display())))?;
@@ -492,7 +530,7 @@ async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Re
             );
         }
         AppCommand::Delete { app } => {
-            client.delete(&app_path(&app)).await?;
+            client.delete(&app_cli::app_path(&app)).await?;
             println!("application {app} deleted");
         }
     }

@@ -44,6 +44,14 @@ pub enum Error {
         #[source]
         source: flotilla_common::signing::Error,
     },
+    /// The app to render does not exist.
+    #[error("application {app} not found")]
+    NoSuchApp { app: String },
+    /// A Helm repository chart has versions, not Git revisions.
+    #[error(
+        "application {app} takes its chart from a Helm repository; sync --revision needs a Git source"
+    )]
+    RevisionUnsupported { app: String },
     /// The fetch task died.
     #[error("the fetch of {url} did not complete")]
     Join {
@@ -182,6 +190,61 @@ impl Refresher {
         .await
     }
 
+    /// Renders one app at `revision` instead of its targetRevision, and stores the
+    /// bundles that come of it, for `flotilla app sync --revision`. The app's spec
+    /// keeps its targetRevision: the next refresh compares against it again, so a
+    /// manual app shows OutOfSync once its target renders differently.
+    pub async fn render_revision(
+        &self,
+        project: &str,
+        name: &str,
+        revision: &str,
+        now: SystemTime,
+    ) -> Result<Outcome> {
+        let span = info_span!("render_revision", app = %format!("{project}/{name}"), %revision);
+        async {
+            let Some(mut record) = self.store.app(project, name)? else {
+                return Err(Error::NoSuchApp {
+                    app: format!("{project}/{name}"),
+                });
+            };
+            if record.application.source().chart.is_some() {
+                return Err(Error::RevisionUnsupported {
+                    app: format!("{project}/{name}"),
+                });
+            }
+            let url = record.application.source().repo_url.clone();
+            let spec = match self.store.repo(&url)? {
+                Some(repo) => repo.spec(),
+                None => RepoSpec::new(&url),
+            };
+            let cache = self.cache.clone();
+            let repo = tokio::task::spawn_blocking(move || cache.fetch(&spec))
+                .await
+                .map_err(|source| Error::Join {
+                    url: RepoSpec::new(&url).redacted_url(),
+                    source,
+                })??;
+            let original = record.application.clone();
+            if let Some(source) = record.application.spec.source.as_mut() {
+                source.target_revision = revision.to_owned();
+            }
+            // Render even when the commit is the one rendered last.
+            record.rendered_commit = None;
+            let outcomes = self.refresh_app(&repo, record, now).await?;
+            if let Some(mut stored) = self.store.app(project, name)? {
+                stored.application = original;
+                self.store.put_app(&stored).await?;
+            }
+            Ok(outcomes
+                .into_iter()
+                .next()
+                .map_or(Outcome::Adopted, |(_, o)| o))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn refresh_app(
         &self,
         repo: &Repo,
@@ -271,7 +334,7 @@ impl Refresher {
                 let missing = Violation::NoSuchProject {
                     project: app.spec.project.clone(),
                 };
-                return self.fail(record, missing.to_string()).await;
+                return self.fail_project(record, missing.to_string()).await;
             }
         };
 
@@ -290,7 +353,7 @@ impl Refresher {
             };
             if let Err(violation) = project.permits(&app, &objects) {
                 return self
-                    .fail(record, format!("cluster {}: {violation}", cluster.name))
+                    .fail_project(record, format!("cluster {}: {violation}", cluster.name))
                     .await;
             }
             // Children are the same for every cluster; keep the first cluster's.
@@ -318,6 +381,7 @@ impl Refresher {
         record.rendered_commit = Some(commit.to_string());
         record.rendered_kind = kind;
         record.render_error = None;
+        record.project_violation = false;
         self.store.put_app(&record).await?;
         let outcome = if generations.is_empty() {
             Outcome::Unchanged {
@@ -335,6 +399,25 @@ impl Refresher {
     }
 
     async fn fail(&self, mut record: AppRecord, error: String) -> Result<Vec<(String, Outcome)>> {
+        record.project_violation = false;
+        self.record_failure(record, error).await
+    }
+
+    /// A render the app's AppProject refused, which the app's conditions tell apart.
+    async fn fail_project(
+        &self,
+        mut record: AppRecord,
+        error: String,
+    ) -> Result<Vec<(String, Outcome)>> {
+        record.project_violation = true;
+        self.record_failure(record, error).await
+    }
+
+    async fn record_failure(
+        &self,
+        mut record: AppRecord,
+        error: String,
+    ) -> Result<Vec<(String, Outcome)>> {
         warn!(%error, "render failed; the last good bundle stays in force");
         record.render_error = Some(error.clone());
         self.store.put_app(&record).await?;

@@ -103,6 +103,7 @@ impl Server {
         if matches!(config.tls, ApiTls::Plain) && !config.listen.ip().is_loopback() {
             return Err(tls::Error::PlainNotLoopback(config.listen).into());
         }
+        let refresher = Arc::new(refresher);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -122,6 +123,8 @@ impl Server {
             link: config.link,
             metrics: refresher.metrics(),
             agent_address: config.agent_address,
+            refresher: Some(refresher.clone()),
+            command_timeout: api::DEFAULT_COMMAND_TIMEOUT,
         });
         let shared = Shared {
             store: store.clone(),
@@ -156,7 +159,7 @@ impl Server {
                 }
             }),
         };
-        let poller = tokio::spawn(poll_loop(store, Arc::new(refresher), requests, stop));
+        let poller = tokio::spawn(poll_loop(store, refresher, requests, stop));
         info!(%addr, scheme, "hub API listening");
         Ok(Self {
             addr,
@@ -164,6 +167,20 @@ impl Server {
             shutdown,
             tasks: vec![api, poller],
         })
+    }
+
+    /// As [`Server::start`], with the agent link the API sends sync, diff and
+    /// refresh commands over (and removes clusters through).
+    pub async fn start_with_link(
+        mut config: Config,
+        store: Store,
+        refresher: Refresher,
+        link: Option<Arc<Link>>,
+    ) -> Result<Self> {
+        if link.is_some() {
+            config.link = link;
+        }
+        Self::start(config, store, refresher).await
     }
 
     /// The `admin` password made at this start, if one was made: show it once.

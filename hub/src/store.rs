@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 mod key;
 mod link;
+mod ops;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,10 @@ pub use key::Key;
 pub use link::{
     AckRecord, LinkRecord, STATUS_HISTORY, StatusRecord, TokenRecord, parse_bundle_key,
 };
-pub use records::{AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord};
+pub use ops::{DEFAULT_HISTORY_LIMIT, OperationRecord};
+pub use records::{
+    AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord, ResourceOutcome,
+};
 
 /// The schema this build writes. Bump it when a stored layout changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -51,6 +55,8 @@ pub const TREES: &[&str] = &[
     "certs",
     "status_history",
     "api_tokens",
+    "history_bundles",
+    "operations",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -376,27 +382,6 @@ impl Store {
             let generation = Key::from_bytes(k.to_vec()).last_u64()?;
             Some((generation, v.to_vec()))
         }))
-    }
-
-    /// Appends to an app's sync history on one cluster.
-    pub async fn push_history(
-        &self,
-        project: &str,
-        app: &str,
-        cluster: &str,
-        entry: &HistoryEntry,
-    ) -> Result<()> {
-        let key = app_key(project, app).str(cluster).u64(entry.id);
-        self.put("history", &key, entry).await
-    }
-
-    /// An app's history on one cluster, oldest first.
-    pub fn history(&self, project: &str, app: &str, cluster: &str) -> Result<Vec<HistoryEntry>> {
-        Ok(self
-            .scan("history", &app_key(project, app).str(cluster))?
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect())
     }
 
     /// Records an audit event.

@@ -328,3 +328,50 @@ async fn after_a_hub_restart_only_newer_bundles_are_sent() {
     east.stop().await.unwrap();
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_reaches_the_connected_agent_and_its_result_comes_back() {
+    use flotilla_common::message::{Command, CommandKind};
+    use flotilla_hub::link::CommandError;
+
+    let hub_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let token = hub.add("east").await;
+    let mut agent = RunningAgent::start(agent_config(&hub, "east", Some(token), agent_dir.path()));
+    agent.wait("connected", |s| s.connected).await;
+    eventually(
+        "the link counts it connected",
+        Duration::from_secs(10),
+        || hub.link.is_connected("east"),
+    )
+    .await;
+
+    let request_id = hub.link.new_request_id().unwrap();
+    let command = Command {
+        request_id,
+        app: AppRef::new("default", "web"),
+        kind: CommandKind::Refresh,
+    };
+    // Whatever the agent makes of it, its answer carries this request id.
+    let result = hub
+        .link
+        .command("east", command.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(result.request_id, request_id);
+
+    let unknown = hub
+        .link
+        .command("west", command, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, CommandError::NotConnected { cluster } if cluster == "west"),
+        "{unknown}"
+    );
+    assert_eq!(unknown.to_string(), "cluster west is not connected");
+
+    agent.stop().await.unwrap();
+    hub.stop().await;
+}

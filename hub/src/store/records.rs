@@ -85,6 +85,10 @@ pub struct AppRecord {
     /// last good bundle stays in force: a failed render never becomes an empty one.
     #[serde(default)]
     pub render_error: Option<String>,
+    /// Whether `render_error` is the app's AppProject refusing it, rather than the
+    /// source failing to render.
+    #[serde(default)]
+    pub project_violation: bool,
 }
 
 impl AppRecord {
@@ -95,6 +99,7 @@ impl AppRecord {
             rendered_commit: None,
             rendered_kind: None,
             render_error: None,
+            project_violation: false,
         }
     }
 
@@ -136,19 +141,52 @@ impl ClusterRecord {
     }
 }
 
-/// One sync, as `argocd app history` lists it.
+/// One sync, as `argocd app history` lists it: what an agent reported as the end of
+/// an operation on one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    /// Increasing per app.
     pub id: u64,
+    /// The cluster the operation ran on.
+    #[serde(default)]
+    pub cluster: String,
+    /// The commit the bundle was rendered from.
     pub revision: String,
+    /// The bundle's digest, `sha256:…`.
+    #[serde(default)]
+    pub digest: String,
     pub generation: u64,
     pub started_at_ms: u64,
     #[serde(default)]
     pub finished_at_ms: Option<u64>,
     /// `Succeeded`, `Failed`, `Running`.
     pub result: String,
-    /// Who started it: a user, or `automated`.
+    /// The agent's summary, or why it failed.
+    #[serde(default)]
+    pub message: String,
+    /// Who started it: a user, `automated` (a new bundle under automated sync) or
+    /// `selfHeal`.
     pub initiated_by: String,
+    /// What the operation did to each resource, in apply order.
+    #[serde(default)]
+    pub resources: Vec<ResourceOutcome>,
+}
+
+/// What one operation did to one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceOutcome {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// `Created`, `Configured`, `Unchanged`, `Pruned`, `Failed`, … as the agent
+    /// reported it.
+    pub action: String,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// An audit record: who did what to which object.

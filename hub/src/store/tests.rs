@@ -85,32 +85,73 @@ async fn the_latest_bundle_is_the_highest_generation_and_prefixes_do_not_leak() 
     assert_eq!(store.latest_bundle("web", "shop", "west").unwrap(), None);
 }
 
+fn entry(cluster: &str, revision: &str) -> HistoryEntry {
+    HistoryEntry {
+        id: 0,
+        cluster: cluster.to_owned(),
+        revision: revision.to_owned(),
+        digest: String::new(),
+        generation: 1,
+        started_at_ms: 0,
+        finished_at_ms: None,
+        result: "Succeeded".to_owned(),
+        message: String::new(),
+        initiated_by: "automated".to_owned(),
+        resources: Vec::new(),
+    }
+}
+
 #[tokio::test]
-async fn history_comes_back_oldest_first() {
+async fn history_comes_back_oldest_first_with_ids_increasing_per_app() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    for revision in ["aaa", "bbb", "ccc"] {
-        let entry = HistoryEntry {
-            id: store.next_id().unwrap(),
-            revision: revision.to_owned(),
-            generation: 1,
-            started_at_ms: 0,
-            finished_at_ms: None,
-            result: "Succeeded".to_owned(),
-            initiated_by: "automated".to_owned(),
-        };
+    for (cluster, revision) in [("east", "aaa"), ("west", "bbb"), ("east", "ccc")] {
         store
-            .push_history("web", "shop", "east", &entry)
+            .push_history("web", "shop", entry(cluster, revision), None, 10)
             .await
             .unwrap();
     }
-    let revisions: Vec<_> = store
-        .history("web", "shop", "east")
-        .unwrap()
-        .into_iter()
-        .map(|h| h.revision)
+    store
+        .push_history("web", "other", entry("east", "zzz"), None, 10)
+        .await
+        .unwrap();
+    let history = store.history("web", "shop").unwrap();
+    let got: Vec<_> = history
+        .iter()
+        .map(|h| (h.id, h.cluster.as_str(), h.revision.as_str()))
         .collect();
-    assert_eq!(revisions, ["aaa", "bbb", "ccc"]);
+    assert_eq!(
+        got,
+        [(1, "east", "aaa"), (2, "west", "bbb"), (3, "east", "ccc")]
+    );
+    assert_eq!(store.history("web", "other").unwrap()[0].id, 1);
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_entries_and_their_bundles_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..5u8 {
+        store
+            .push_history("web", "shop", entry("east", &i.to_string()), Some(&[i]), 3)
+            .await
+            .unwrap();
+    }
+    let ids: Vec<_> = store
+        .history("web", "shop")
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, [3, 4, 5]);
+    assert_eq!(store.history_bundle("web", "shop", 2).unwrap(), None);
+    assert_eq!(
+        store.history_bundle("web", "shop", 5).unwrap(),
+        Some(vec![4])
+    );
+    store.remove_history("web", "shop").await.unwrap();
+    assert!(store.history("web", "shop").unwrap().is_empty());
+    assert_eq!(store.history_bundle("web", "shop", 5).unwrap(), None);
 }
 
 #[tokio::test]
@@ -173,4 +214,43 @@ fn string_parts_are_length_prefixed_so_prefix_scans_are_exact() {
     assert!(!b.as_bytes().starts_with(a.as_bytes()));
     assert!(a.as_bytes().starts_with(Key::new().str("web").as_bytes()));
     assert_eq!(Key::new().str("x").u64(42).last_u64(), Some(42));
+}
+
+#[tokio::test]
+async fn operations_left_running_by_a_stopped_hub_are_marked_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let op = |phase: &str| OperationRecord {
+        request_id: Some(1),
+        initiated_by: "alice".to_owned(),
+        generation: 1,
+        phase: phase.to_owned(),
+        message: String::new(),
+        dry_run: false,
+        prune: false,
+        started_at_ms: 1,
+        finished_at_ms: None,
+        resources: Vec::new(),
+        history_id: None,
+    };
+    store
+        .put_operation("web", "shop", "east", &op("Running"))
+        .await
+        .unwrap();
+    store
+        .put_operation("web", "shop", "west", &op("Succeeded"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.fail_running_operations("restarted", 9).await.unwrap(),
+        1
+    );
+    let east = store.operation("web", "shop", "east").unwrap().unwrap();
+    assert_eq!(
+        (east.phase.as_str(), east.message.as_str()),
+        ("Failed", "restarted")
+    );
+    assert_eq!(east.finished_at_ms, Some(9));
+    let west = store.operation("web", "shop", "west").unwrap().unwrap();
+    assert_eq!(west.phase, "Succeeded");
 }

@@ -1,0 +1,529 @@
+//! `flotilla app list|get|sync|history|rollback|diff|wait`: the app operations of
+//! the CLI, as `argocd app …` offers them, through the hub's API.
+//!
+//! Exit codes, as argocd's: 0 when all went well, 1 when the operation failed (a
+//! failed sync, a wait that ran out of time), 20 when `diff` found differences.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use flotilla_hub::client::Client;
+use serde_json::{Value, json};
+
+/// Ends the command with an exit code other than success, and a message (printed
+/// to stderr when not empty).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The operation failed.
+pub const EXIT_FAILED: u8 = 1;
+/// `diff` found differences.
+pub const EXIT_DIFF: u8 = 20;
+
+fn failed(message: impl Into<String>) -> anyhow::Error {
+    Exit {
+        code: EXIT_FAILED,
+        message: message.into(),
+    }
+    .into()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// The app: PROJECT/NAME, or NAME in the default project.
+    app: String,
+    /// Delete what left the bundle, even when the app's policy does not prune.
+    #[arg(long)]
+    prune: bool,
+    /// Show what would change and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Render and sync this branch, tag or commit instead of the targetRevision
+    /// (refused under automated sync).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Only this resource, GROUP:KIND:NAME or GROUP:KIND:NAMESPACE/NAME (an empty
+    /// group for the core group: `:ConfigMap:settings`); repeatable.
+    #[arg(long = "resource")]
+    resources: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// The app: PROJECT/NAME, or NAME in the default project.
+    app: String,
+    /// Wait until it is Synced.
+    #[arg(long)]
+    sync: bool,
+    /// Wait until it is Healthy.
+    #[arg(long)]
+    health: bool,
+    /// Give up after this many seconds (0: never) and exit 1.
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+}
+
+/// `PROJECT/NAME`, or `NAME` in the default project, as an API path.
+pub fn app_path(app: &str) -> String {
+    match app.split_once('/') {
+        Some((project, name)) => format!("/api/v1/applications/{project}/{name}"),
+        None => format!("/api/v1/applications/default/{app}"),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as columns two spaces apart, the first row being the header.
+fn table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn short(revision: &str) -> &str {
+    revision.get(..8).unwrap_or(revision)
+}
+
+fn resource_name(r: &Value) -> String {
+    match r["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{}", text(&r["name"])),
+        None => text(&r["name"]),
+    }
+}
+
+/// `app list`: NAME, PROJECT, SYNC, HEALTH, CLUSTERS, SOURCE.
+pub async fn list(client: &Client) -> anyhow::Result<()> {
+    let list = client.get("/api/v1/applications").await?;
+    let mut rows = vec![vec![
+        "NAME".to_owned(),
+        "PROJECT".to_owned(),
+        "SYNC".to_owned(),
+        "HEALTH".to_owned(),
+        "CLUSTERS".to_owned(),
+        "SOURCE".to_owned(),
+        "CONDITIONS".to_owned(),
+    ]];
+    for app in list["items"].as_array().into_iter().flatten() {
+        let status = &app["status"];
+        let clusters: Vec<String> = status["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| text(&c["cluster"]))
+            .collect();
+        let conditions: Vec<String> = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| text(&c["type"]))
+            .collect();
+        rows.push(vec![
+            text(&app["name"]),
+            text(&app["project"]),
+            text(&status["sync"]),
+            text(&status["health"]),
+            if clusters.is_empty() {
+                "-".to_owned()
+            } else {
+                clusters.join(",")
+            },
+            format!(
+                "{}@{}",
+                app["source"]["path"]
+                    .as_str()
+                    .or(app["source"]["chart"].as_str())
+                    .unwrap_or(""),
+                app["source"]["targetRevision"].as_str().unwrap_or("")
+            ),
+            if conditions.is_empty() {
+                "-".to_owned()
+            } else {
+                conditions.join(",")
+            },
+        ]);
+    }
+    table(&rows);
+    Ok(())
+}
+
+fn describe_operation(op: &Value) -> String {
+    if op.is_null() {
+        return "-".to_owned();
+    }
+    let mut s = format!(
+        "{} (sync of generation {} on {}, by {})",
+        text(&op["phase"]),
+        text(&op["generation"]),
+        text(&op["cluster"]),
+        text(&op["initiatedBy"])
+    );
+    if let Some(message) = op["message"].as_str().filter(|m| !m.is_empty()) {
+        s.push_str(": ");
+        s.push_str(message);
+    }
+    s
+}
+
+/// `app get`: the app's state and, per cluster, its resource tree.
+pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
+    let summary = client.get(&app_path(app)).await?;
+    let status = &summary["status"];
+    let source = &summary["source"];
+    println!(
+        "Name:        {}/{}",
+        text(&summary["project"]),
+        text(&summary["name"])
+    );
+    println!(
+        "Source:      {} {}@{}",
+        text(&source["repoURL"]),
+        source["path"]
+            .as_str()
+            .or(source["chart"].as_str())
+            .unwrap_or(""),
+        text(&source["targetRevision"])
+    );
+    println!(
+        "Sync policy: {}",
+        if summary["automated"].as_bool() == Some(true) {
+            "Automated"
+        } else {
+            "Manual"
+        }
+    );
+    println!("Sync:        {}", text(&status["sync"]));
+    println!("Health:      {}", text(&status["health"]));
+    println!("Operation:   {}", describe_operation(&status["operation"]));
+    let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    if !conditions.is_empty() {
+        println!("Conditions:");
+        for c in &conditions {
+            let on = c["cluster"]
+                .as_str()
+                .map(|c| format!(" [{c}]"))
+                .unwrap_or_default();
+            println!("  {}{on}: {}", text(&c["type"]), text(&c["message"]));
+        }
+    }
+    for cluster in status["clusters"].as_array().into_iter().flatten() {
+        println!();
+        println!(
+            "Cluster {} ({}; generation {}, revision {}; {} {})",
+            text(&cluster["cluster"]),
+            if cluster["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            text(&cluster["generation"]),
+            cluster["revision"].as_str().map_or("-", short),
+            text(&cluster["sync"]),
+            text(&cluster["health"]),
+        );
+        let mut rows = vec![vec![
+            "GROUP".to_owned(),
+            "KIND".to_owned(),
+            "NAMESPACE".to_owned(),
+            "NAME".to_owned(),
+            "SYNC".to_owned(),
+            "HEALTH".to_owned(),
+            "MESSAGE".to_owned(),
+        ]];
+        for r in cluster["resources"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                r["group"].as_str().unwrap_or("").to_owned(),
+                text(&r["kind"]),
+                r["namespace"].as_str().unwrap_or("").to_owned(),
+                text(&r["name"]),
+                text(&r["sync"]),
+                text(&r["health"]),
+                r["message"].as_str().unwrap_or("").to_owned(),
+            ]);
+        }
+        table(&rows);
+    }
+    Ok(())
+}
+
+fn print_resources(resources: &[Value]) {
+    if resources.is_empty() {
+        return;
+    }
+    let mut rows = vec![vec![
+        "GROUP".to_owned(),
+        "KIND".to_owned(),
+        "NAME".to_owned(),
+        "RESULT".to_owned(),
+        "MESSAGE".to_owned(),
+    ]];
+    for r in resources {
+        rows.push(vec![
+            r["group"].as_str().unwrap_or("").to_owned(),
+            text(&r["kind"]),
+            resource_name(r),
+            text(&r["action"]),
+            r["message"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    table(&rows);
+}
+
+/// Prints each cluster's outcome; fails (exit 1) when one failed.
+fn report_operation(what: &str, reply: &Value) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for cluster in reply["clusters"].as_array().into_iter().flatten() {
+        let name = text(&cluster["cluster"]);
+        let phase = text(&cluster["phase"]);
+        let message = cluster["message"].as_str().unwrap_or("");
+        println!(
+            "Cluster {name}: {phase}{}{}",
+            if cluster["dryRun"].as_bool() == Some(true) {
+                " (dry run)"
+            } else {
+                ""
+            },
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(" - {message}")
+            }
+        );
+        print_resources(cluster["resources"].as_array().map_or(&[], Vec::as_slice));
+        if phase != "Succeeded" {
+            failures.push(format!("{name}: {message}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(format!("{what} failed on {}", failures.join("; "))))
+    }
+}
+
+/// `app sync`: waits for the operation's result; exit 1 when it failed.
+pub async fn sync(client: &Client, args: SyncArgs) -> anyhow::Result<()> {
+    let body = json!({
+        "prune": args.prune,
+        "dryRun": args.dry_run,
+        "revision": args.revision,
+        "resources": args.resources,
+    });
+    let reply = client
+        .post(&format!("{}/sync", app_path(&args.app)), body.to_string())
+        .await?;
+    report_operation(&format!("sync of {}", text(&reply["app"])), &reply)?;
+    println!("Phase: {}", text(&reply["phase"]));
+    Ok(())
+}
+
+fn format_ms(ms: &Value) -> String {
+    let Some(at) = ms
+        .as_u64()
+        .and_then(|ms| i64::try_from(ms / 1000).ok())
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+    else {
+        return "-".to_owned();
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// `app history`: ID, CLUSTER, STARTED, FINISHED, REVISION, GENERATION, RESULT,
+/// INITIATED BY.
+pub async fn history(client: &Client, app: &str) -> anyhow::Result<()> {
+    let reply = client.get(&format!("{}/history", app_path(app))).await?;
+    let mut rows = vec![vec![
+        "ID".to_owned(),
+        "CLUSTER".to_owned(),
+        "STARTED".to_owned(),
+        "FINISHED".to_owned(),
+        "REVISION".to_owned(),
+        "GENERATION".to_owned(),
+        "RESULT".to_owned(),
+        "INITIATED BY".to_owned(),
+    ]];
+    for h in reply["items"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(&h["id"]),
+            text(&h["cluster"]),
+            format_ms(&h["started_at_ms"]),
+            format_ms(&h["finished_at_ms"]),
+            short(h["revision"].as_str().unwrap_or("-")).to_owned(),
+            text(&h["generation"]),
+            text(&h["result"]),
+            text(&h["initiated_by"]),
+        ]);
+    }
+    table(&rows);
+    Ok(())
+}
+
+/// `app rollback`: re-sends a history entry's bundle and syncs it.
+pub async fn rollback(client: &Client, app: &str, id: u64) -> anyhow::Result<()> {
+    let reply = client
+        .post(
+            &format!("{}/rollback", app_path(app)),
+            json!({ "id": id }).to_string(),
+        )
+        .await?;
+    println!("{}", text(&reply["message"]));
+    report_operation(&format!("rollback of {}", text(&reply["app"])), &reply)
+}
+
+/// `app diff`: desired against live per cluster; exit 20 when they differ.
+pub async fn diff(client: &Client, app: &str) -> anyhow::Result<()> {
+    let reply = client.get(&format!("{}/diff", app_path(app))).await?;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut found = false;
+    let mut errors = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for cluster in reply["clusters"].as_array().into_iter().flatten() {
+        let name = text(&cluster["cluster"]);
+        if let Some(e) = cluster["error"].as_str() {
+            errors.push(format!("{name}: {e}"));
+            continue;
+        }
+        for d in cluster["diffs"].as_array().into_iter().flatten() {
+            found = true;
+            let group = d["group"].as_str().unwrap_or("");
+            let kind = text(&d["kind"]);
+            let id = resource_name(d);
+            let _ = writeln!(out, "===== {name}: {group}/{kind} {id} ======");
+            let live = d["live"].as_str().unwrap_or("");
+            let desired = d["desired"].as_str().unwrap_or("");
+            let _ = write!(
+                out,
+                "{}",
+                flotilla_hub::diff::unified(
+                    live,
+                    desired,
+                    &format!("live/{name}/{kind}/{id}"),
+                    &format!("desired/{name}/{kind}/{id}"),
+                    colour,
+                )
+            );
+        }
+    }
+    drop(out);
+    if !errors.is_empty() {
+        return Err(failed(format!("diff failed on {}", errors.join("; "))));
+    }
+    if found {
+        return Err(Exit {
+            code: EXIT_DIFF,
+            message: String::new(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `app wait`: polls until the app is Synced and/or Healthy with no operation
+/// running; exit 1 on timeout.
+pub async fn wait(client: &Client, args: WaitArgs) -> anyhow::Result<()> {
+    let (want_sync, want_health) = match (args.sync, args.health) {
+        (false, false) => (true, true),
+        flags => flags,
+    };
+    let start = Instant::now();
+    let limit = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    loop {
+        let summary = client.get(&app_path(&args.app)).await?;
+        let status = &summary["status"];
+        let sync = text(&status["sync"]);
+        let health = text(&status["health"]);
+        let running = status["operation"]["phase"].as_str() == Some("Running");
+        let done = (!want_sync || sync == "Synced") && (!want_health || health == "Healthy");
+        let line = format!(
+            "{}: sync {sync}, health {health}{}",
+            args.app,
+            if running { ", operation Running" } else { "" }
+        );
+        if terminal {
+            eprint!("\r\x1b[2K{line} ({}s)", start.elapsed().as_secs());
+        } else if line != last_line {
+            eprintln!("{line}");
+        }
+        last_line = line;
+        if done && !running {
+            if terminal {
+                eprintln!();
+            }
+            println!("{} is {sync} and {health}", args.app);
+            return Ok(());
+        }
+        if let Some(limit) = limit
+            && start.elapsed() >= limit
+        {
+            if terminal {
+                eprintln!();
+            }
+            return Err(failed(format!(
+                "timed out after {}s waiting for {} (now: {last_line})",
+                limit.as_secs(),
+                args.app
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(format_ms(&json!(0)), "1970-01-01 00:00:00Z");
+        assert_eq!(
+            format_ms(&json!(1_795_788_000_000u64)),
+            "2026-11-27 14:00:00Z"
+        );
+        assert_eq!(format_ms(&Value::Null), "-");
+    }
+}

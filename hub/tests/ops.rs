@@ -1,0 +1,723 @@
+//! Sync orchestration end to end: a real hub (store, link, API server and
+//! refresher on loopback) and a real agent with its apply engine against a local
+//! cluster, with Applications from a real Git repository, driven through the API
+//! and the `flotilla` binary as a user drives them.
+//!
+//! Needs a running local cluster: the first of `FLOTILLA_TEST_CLUSTERS` (or
+//! `east`), as `tests/run` starts it.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "link/fixture.rs"]
+mod link_fixture;
+#[path = "source/fixture.rs"]
+#[allow(dead_code)]
+mod source_fixture;
+
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_hub::account;
+use flotilla_hub::link::{Link, LinkConfig};
+use flotilla_hub::rbac::Policy;
+use flotilla_hub::refresh::Refresher;
+use flotilla_hub::render::{Renderer, Tools};
+use flotilla_hub::server::{Config, Server};
+use flotilla_hub::source::RepoCache;
+use flotilla_hub::store::{OperationRecord, Store};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use link_fixture::{RunningAgent, eventually};
+use serde_json::{Value, json};
+use source_fixture::WorkRepo;
+
+const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+const VIEWER_PASSWORD: &str = "viewer-password-for-tests";
+
+/// A hub with one real agent on a local cluster.
+struct Fleet {
+    _hub_dir: tempfile::TempDir,
+    _agent_dir: tempfile::TempDir,
+    cli_home: tempfile::TempDir,
+    store: Store,
+    link: Arc<Link>,
+    server: Server,
+    agent: RunningAgent,
+    cluster: String,
+    kube: kube::Client,
+    http: reqwest::Client,
+    admin: String,
+    viewer: String,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        link_fixture::crypto();
+        let local = flotilla_tests::fleet()
+            .expect("the local fleet is running")
+            .remove(0);
+        let cluster = local.name().to_owned();
+        let kube = local.client().await.unwrap();
+        let url = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(local.kubeconfig_path()).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap()
+        .cluster_url
+        .to_string();
+
+        let hub_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&hub_dir.path().join("db")).unwrap();
+        let link = Arc::new(
+            Link::start(
+                store.clone(),
+                LinkConfig::new("127.0.0.1:0".parse().unwrap()),
+            )
+            .await
+            .unwrap(),
+        );
+        let refresher = Refresher::new(
+            store.clone(),
+            RepoCache::new(hub_dir.path().join("repos")).unwrap(),
+            Renderer::new(Tools::from_env()),
+        )
+        .await
+        .unwrap();
+        let mut policy = Policy::parse("g, viewer, role:readonly", None, "test policy").unwrap();
+        policy.add_grouping("admin", "role:admin");
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            webhook_secret: None,
+            policy,
+            admin_password: Some(ADMIN_PASSWORD.to_owned()),
+            tls: flotilla_hub::server::ApiTls::Plain,
+            link: None,
+            agent_address: None,
+        };
+        let server = Server::start_with_link(config, store.clone(), refresher, Some(link.clone()))
+            .await
+            .unwrap();
+        account::create(&store, "viewer", VIEWER_PASSWORD, Vec::new())
+            .await
+            .unwrap();
+
+        let agent_dir = tempfile::tempdir().unwrap();
+        let token = flotilla_hub::cluster::add(
+            &store,
+            &cluster,
+            Default::default(),
+            flotilla_hub::cluster::DEFAULT_TOKEN_TTL,
+            std::time::SystemTime::now(),
+        )
+        .await
+        .unwrap()
+        .token;
+        let mut config = flotilla_agent::link::AgentConfig::new(
+            link.local_addr().unwrap(),
+            link.ca_fingerprint(),
+            cluster.clone(),
+            agent_dir.path().to_owned(),
+        );
+        config.token = Some(token);
+        config.facts = flotilla_agent::facts::read(kube.clone(), url)
+            .await
+            .unwrap();
+        config.backoff_initial = Duration::from_millis(100);
+        let inventory =
+            flotilla_agent::store::Store::open(&agent_dir.path().join("inventory")).unwrap();
+        let applier = flotilla_agent::apply::Applier::new(
+            kube.clone(),
+            cluster.clone(),
+            inventory,
+            flotilla_agent::apply::Options::default(),
+        );
+        let mut agent =
+            RunningAgent::start_with(config, flotilla_agent::engine::Engine::new(applier));
+        agent.wait("connected", |s| s.connected).await;
+
+        let http = reqwest::Client::new();
+        let mut fleet = Fleet {
+            _hub_dir: hub_dir,
+            _agent_dir: agent_dir,
+            cli_home: tempfile::tempdir().unwrap(),
+            store,
+            link,
+            server,
+            agent,
+            cluster,
+            kube,
+            http,
+            admin: String::new(),
+            viewer: String::new(),
+        };
+        fleet.admin = fleet.login("admin", ADMIN_PASSWORD).await;
+        fleet.viewer = fleet.login("viewer", VIEWER_PASSWORD).await;
+        fleet
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.server.local_addr())
+    }
+
+    async fn login(&self, user: &str, password: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/v1/session",
+                None,
+                json!({"username": user, "password": password}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// One API call; the status and the JSON body.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if !body.is_null() {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn create_app(&self, repo: &WorkRepo, name: &str, automated: bool) {
+        let policy = if automated {
+            "\n  syncPolicy: {automated: {prune: true}}"
+        } else {
+            ""
+        };
+        let manifest = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: default\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}{policy}\n",
+            repo.path().display(),
+            self.cluster
+        );
+        let response = self
+            .http
+            .post(format!("{}/api/v1/applications", self.url()))
+            .bearer_auth(&self.admin)
+            .body(manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+
+    async fn app(&self, name: &str) -> Value {
+        let (status, body) = self
+            .call(
+                "GET",
+                &format!("/api/v1/applications/default/{name}"),
+                Some(&self.admin),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls the app until `f` holds for its derived status.
+    async fn wait_status(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let app = self.app(name).await;
+            if f(&app["status"]) {
+                return app;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {name}: {what}; last: {}",
+                serde_json::to_string_pretty(&app["status"]).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs the `flotilla` binary logged in as `user`.
+    fn cli(&self, user: &str, args: &[&str]) -> Output {
+        let home = self.cli_home.path().join(user);
+        std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", &home)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn cli_login(&self, user: &str, password: &str) {
+        let out = self.cli(
+            user,
+            &[
+                "login",
+                "--server",
+                &self.url(),
+                "--username",
+                user,
+                "--password",
+                password,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    async fn config_map(&self, name: &str) -> Option<ConfigMap> {
+        Api::<ConfigMap>::namespaced(self.kube.clone(), "default")
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self, config_maps: &[&str]) {
+        let api = Api::<ConfigMap>::namespaced(self.kube.clone(), "default");
+        for name in config_maps {
+            let _ = api.delete(name, &Default::default()).await;
+        }
+        self.agent.stop().await.unwrap();
+        self.server.stop().await;
+        match Arc::try_unwrap(self.link) {
+            Ok(link) => link.stop().await,
+            Err(_) => panic!("the link is still shared after the server stopped"),
+        }
+        drop(self.store);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A repository whose `app/` holds one ConfigMap with `value`.
+fn repo_with_config_map(cm: &str, value: &str) -> WorkRepo {
+    let repo = WorkRepo::new();
+    write_config_map(&repo, cm, value);
+    repo.commit(value);
+    repo
+}
+
+fn write_config_map(repo: &WorkRepo, cm: &str, value: &str) {
+    repo.write(
+        "app/cm.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {cm}, namespace: default}}\ndata: {{value: \"{value}\"}}\n"
+        ),
+    );
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_app_is_out_of_sync_and_a_denied_sync_and_a_wait_that_runs_out_fail() {
+    let fleet = Fleet::start().await;
+    let name = unique("ops-manual");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    fleet.create_app(&repo, &name, false).await;
+
+    // The agent diffs a manual bundle without applying it: OutOfSync, Missing,
+    // with the ConfigMap in the resource tree.
+    let app = fleet
+        .wait_status(&name, "OutOfSync", |s| s["sync"] == "OutOfSync")
+        .await;
+    let east = &app["status"]["clusters"][0];
+    assert_eq!(east["cluster"], fleet.cluster.as_str());
+    assert_eq!(east["connected"], true);
+    let resources = east["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 1, "{resources:?}");
+    assert_eq!(resources[0]["kind"], "ConfigMap");
+    assert_eq!(resources[0]["name"], cm.as_str());
+    assert_eq!(resources[0]["sync"], "OutOfSync");
+    assert!(
+        fleet.config_map(&cm).await.is_none(),
+        "a manual app was applied"
+    );
+
+    // The list and the tree show it too.
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    let list = fleet.cli("admin", &["app", "list"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let row = text(&list.stdout)
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .map(str::to_owned)
+        .unwrap();
+    assert!(row.contains("OutOfSync"), "{row}");
+    let get = fleet.cli("admin", &["app", "get", &name]);
+    assert!(get.status.success(), "{}", text(&get.stderr));
+    let shown = text(&get.stdout);
+    assert!(shown.contains("Sync:        OutOfSync"), "{shown}");
+    assert!(shown.contains(&cm), "{shown}");
+
+    // A read-only user may not sync: 403 with a JSON error from the API, and the
+    // CLI exits 1 with the hub's message. Nothing is applied.
+    let object = format!("default/{name}");
+    let (status, body) = fleet
+        .call(
+            "POST",
+            &format!("/api/v1/applications/{object}/sync"),
+            Some(&fleet.viewer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("permission denied") && message.contains("sync"),
+        "{message}"
+    );
+    fleet.cli_login("viewer", VIEWER_PASSWORD);
+    let denied = fleet.cli("viewer", &["app", "sync", &name]);
+    assert_eq!(denied.status.code(), Some(1), "{}", text(&denied.stderr));
+    let stderr = text(&denied.stderr);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(stderr.contains(&object), "{stderr}");
+    assert!(fleet.config_map(&cm).await.is_none());
+    // No operation was started for the denied user.
+    assert!(
+        fleet
+            .store
+            .operation("default", &name, &fleet.cluster)
+            .unwrap()
+            .is_none()
+    );
+
+    // Waiting for Synced on an app nobody syncs runs out of time: exit 1.
+    let started = std::time::Instant::now();
+    let wait = fleet.cli("admin", &["app", "wait", &name, "--sync", "--timeout", "2"]);
+    assert_eq!(wait.status.code(), Some(1), "{}", text(&wait.stderr));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let stderr = text(&wait.stderr);
+    assert!(stderr.contains("timed out after 2s"), "{stderr}");
+    assert!(stderr.contains("OutOfSync"), "{stderr}");
+
+    // One operation at a time: while a sync runs there, another is refused.
+    let running = OperationRecord {
+        request_id: Some(1),
+        initiated_by: "someone-else".to_owned(),
+        generation: 1,
+        phase: "Running".to_owned(),
+        message: String::new(),
+        dry_run: false,
+        prune: false,
+        started_at_ms: flotilla_hub::cluster::epoch_ms(std::time::SystemTime::now()),
+        finished_at_ms: None,
+        resources: Vec::new(),
+        history_id: None,
+    };
+    fleet
+        .store
+        .put_operation("default", &name, &fleet.cluster, &running)
+        .await
+        .unwrap();
+    let (status, body) = fleet
+        .call(
+            "POST",
+            &format!("/api/v1/applications/{object}/sync"),
+            Some(&fleet.admin),
+            json!({"dryRun": true}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("already in progress") && message.contains("someone-else"),
+        "{message}"
+    );
+    let app = fleet.app(&name).await;
+    assert_eq!(app["status"]["operation"]["phase"], "Running");
+
+    fleet.stop(&[&cm]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the agent's command support (branch agentops)"]
+async fn a_sync_applies_a_manual_app_and_the_history_records_it_with_the_user() {
+    let fleet = Fleet::start().await;
+    let name = unique("ops-sync");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    let commit = repo.head();
+    fleet.create_app(&repo, &name, false).await;
+    fleet
+        .wait_status(&name, "OutOfSync", |s| s["sync"] == "OutOfSync")
+        .await;
+
+    // The diff shows the missing ConfigMap: exit 20.
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    let diff = fleet.cli("admin", &["app", "diff", &name]);
+    assert_eq!(diff.status.code(), Some(20), "{}", text(&diff.stderr));
+    let shown = text(&diff.stdout);
+    assert!(shown.contains(&format!("+  name: {cm}")), "{shown}");
+
+    let sync = fleet.cli("admin", &["app", "sync", &name]);
+    assert!(sync.status.success(), "{}", text(&sync.stderr));
+    let shown = text(&sync.stdout);
+    assert!(shown.contains("Phase: Succeeded"), "{shown}");
+    assert!(shown.contains("Created"), "{shown}");
+    assert_eq!(
+        fleet.config_map(&cm).await.unwrap().data.unwrap()["value"],
+        "one"
+    );
+    fleet
+        .wait_status(&name, "Synced and Healthy", |s| {
+            s["sync"] == "Synced" && s["health"] == "Healthy"
+        })
+        .await;
+    let after = fleet.cli("admin", &["app", "diff", &name]);
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after.stdout));
+
+    let history = fleet.store.history("default", &name).unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    let entry = &history[0];
+    assert_eq!(entry.initiated_by, "admin");
+    assert_eq!(entry.revision, commit);
+    assert_eq!(entry.result, "Succeeded");
+    assert_eq!(entry.cluster, fleet.cluster);
+    assert!(entry.digest.starts_with("sha256:"));
+    assert!(entry.finished_at_ms >= Some(entry.started_at_ms));
+    assert!(
+        entry
+            .resources
+            .iter()
+            .any(|r| r.name == cm && r.action == "Created"),
+        "{:?}",
+        entry.resources
+    );
+    let listed = fleet.cli("admin", &["app", "history", &name]);
+    assert!(listed.status.success());
+    let row = text(&listed.stdout);
+    assert!(row.contains("admin") && row.contains(&commit[..8]), "{row}");
+
+    fleet.stop(&[&cm]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the agent's command support (branch agentops)"]
+async fn a_rollback_resends_the_older_bundle_and_switches_automation_off() {
+    let fleet = Fleet::start().await;
+    let name = unique("ops-rollback");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    fleet.create_app(&repo, &name, true).await;
+    fleet
+        .wait_status(&name, "Synced", |s| s["sync"] == "Synced")
+        .await;
+    eventually(
+        "the first sync in the history",
+        Duration::from_secs(30),
+        || fleet.store.history("default", &name).unwrap().len() == 1,
+    )
+    .await;
+
+    write_config_map(&repo, &cm, "two");
+    repo.commit("two");
+    let (status, body) = fleet
+        .call(
+            "POST",
+            &format!("/api/v1/applications/default/{name}/refresh"),
+            Some(&fleet.admin),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "the second sync in the history",
+        Duration::from_secs(60),
+        || fleet.store.history("default", &name).unwrap().len() == 2,
+    )
+    .await;
+    let history = fleet.store.history("default", &name).unwrap();
+    assert_eq!(history[1].initiated_by, "automated");
+    assert_eq!(
+        fleet.config_map(&cm).await.unwrap().data.unwrap()["value"],
+        "two"
+    );
+
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    let first = history[0].id.to_string();
+    let rollback = fleet.cli("admin", &["app", "rollback", &name, &first]);
+    assert!(rollback.status.success(), "{}", text(&rollback.stderr));
+    let shown = text(&rollback.stdout);
+    assert!(shown.contains("automated sync is now off"), "{shown}");
+    assert_eq!(
+        fleet.config_map(&cm).await.unwrap().data.unwrap()["value"],
+        "one"
+    );
+    let app = fleet.app(&name).await;
+    assert_eq!(app["automated"], false);
+    let generation = fleet
+        .store
+        .latest_bundle("default", &name, &fleet.cluster)
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(generation, 3, "the rollback is a new generation");
+    let history = fleet.store.history("default", &name).unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(last.generation, 3);
+    assert_eq!(last.initiated_by, "admin");
+    assert_eq!(last.revision, history[0].revision);
+    let audit = fleet.store.events().unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "rollback" && e.actor == "admin"),
+        "{audit:?}"
+    );
+
+    fleet.stop(&[&cm]).await;
+}
+
+/// `sync --revision` renders the app at that revision as a new generation and
+/// leaves its targetRevision alone; under automated sync it is refused. Needs no
+/// cluster: the hub's side ends at the link, where no agent is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_under_automation() {
+    link_fixture::crypto();
+    let repo = repo_with_config_map("settings", "one");
+    let first = repo.head();
+    write_config_map(&repo, "settings", "two");
+    repo.commit("two");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    store
+        .put_cluster(&flotilla_hub::store::ClusterRecord {
+            name: "east".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let link = Arc::new(
+        Link::start(
+            store.clone(),
+            LinkConfig::new("127.0.0.1:0".parse().unwrap()),
+        )
+        .await
+        .unwrap(),
+    );
+    let refresher = Refresher::new(
+        store.clone(),
+        RepoCache::new(dir.path().join("repos")).unwrap(),
+        Renderer::new(Tools::from_env()),
+    )
+    .await
+    .unwrap();
+    let mut policy = Policy::parse("", None, "test policy").unwrap();
+    policy.add_grouping("admin", "role:admin");
+    let server = Server::start_with_link(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            webhook_secret: None,
+            policy,
+            admin_password: Some(ADMIN_PASSWORD.to_owned()),
+            tls: flotilla_hub::server::ApiTls::Plain,
+            link: None,
+            agent_address: None,
+        },
+        store.clone(),
+        refresher,
+        Some(link.clone()),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let http = reqwest::Client::new();
+    let token = http
+        .post(format!("{url}/api/v1/session"))
+        .body(json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string())
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (name, policy) in [("manual", ""), ("auto", "\n  syncPolicy: {automated: {}}")] {
+        let manifest = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: east, namespace: default}}{policy}\n",
+            repo.path().display()
+        );
+        let created = http
+            .post(format!("{url}/api/v1/applications"))
+            .bearer_auth(&token)
+            .body(manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+    }
+    let bundle = |app: &str| {
+        store
+            .latest_bundle("default", app, "east")
+            .unwrap()
+            .map(|(generation, bytes)| {
+                let envelope = flotilla_common::bundle::Envelope::decode(&bytes).unwrap();
+                let bundle = flotilla_common::bundle::Bundle::decode(&envelope.payload).unwrap();
+                (generation, bundle.source.revision)
+            })
+    };
+    eventually("both apps rendered", Duration::from_secs(30), || {
+        bundle("manual").is_some() && bundle("auto").is_some()
+    })
+    .await;
+    assert_ne!(bundle("manual").unwrap().1, first);
+
+    let sync = |app: &'static str| {
+        http.post(format!("{url}/api/v1/applications/default/{app}/sync"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(json!({"revision": first}).to_string())
+            .send()
+    };
+    let reply = sync("manual").await.unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let body: Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    // Rendered and stored; the sync itself fails, naming the unconnected cluster.
+    assert_eq!(bundle("manual").unwrap(), (2, first.clone()));
+    assert_eq!(body["phase"], "Failed", "{body}");
+    assert_eq!(
+        body["clusters"][0]["message"], "cluster east is not connected",
+        "{body}"
+    );
+    let record = store.app("default", "manual").unwrap().unwrap();
+    assert_eq!(record.application.source().target_revision, "main");
+
+    let refused = sync("auto").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let body: Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("automated sync"),
+        "{body}"
+    );
+    assert_eq!(bundle("auto").unwrap().0, 1);
+
+    server.stop().await;
+    match Arc::try_unwrap(link) {
+        Ok(link) => link.stop().await,
+        Err(_) => panic!("the link is still shared after the server stopped"),
+    }
+}
