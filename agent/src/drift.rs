@@ -61,6 +61,8 @@ pub enum Change {
     InSync,
     /// selfHeal re-applied it.
     Healed(ObjectResult),
+    /// Its health changed (a Deployment became Available, or Degraded).
+    Health,
 }
 
 /// One report from the monitor.
@@ -199,6 +201,18 @@ impl Monitor {
         Health::worst(self.state.lock().await.health.values().map(|a| a.health))
     }
 
+    /// Every watched object's last health, and the drift of those that drifted
+    /// (an empty list for one that was deleted).
+    pub async fn snapshot(
+        &self,
+    ) -> (
+        HashMap<ResourceRef, Assessment>,
+        HashMap<ResourceRef, Vec<DriftEntry>>,
+    ) {
+        let state = self.state.lock().await;
+        (state.health.clone(), state.drift.clone())
+    }
+
     /// Every drifted field now known.
     pub async fn drift(&self) -> Vec<DriftEntry> {
         self.state
@@ -262,11 +276,15 @@ impl Watched {
             return;
         };
         let health = health::assess(&live);
-        let was_drifted = {
+        let (was_drifted, health_changed) = {
             let mut state = self.state.lock().await;
-            state.health.insert(resource.clone(), health.clone());
-            state.drift.contains_key(&resource)
+            let before = state.health.insert(resource.clone(), health.clone());
+            let changed = before.is_none_or(|b| b.health != health.health);
+            (state.drift.contains_key(&resource), changed)
         };
+        if health_changed {
+            self.send(resource.clone(), Change::Health, health.clone());
+        }
         if contains(manifest, &live) {
             if was_drifted {
                 let mut state = self.state.lock().await;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use flotilla_common::bundle::{Bundle, Envelope};
 use flotilla_common::frame::{self, FrameDecoder, Limits};
 use flotilla_common::message::{
-    Applied, BundleOutcome, Channel, CommandOutcome, CommandResult, GoodbyeReason, Message,
-    Register, Rejection, Status,
+    Applied, BundleOutcome, Channel, Command, CommandOutcome, CommandResult, GoodbyeReason,
+    Message, Register, Rejection, Status,
 };
 use flotilla_common::model::{ClusterFacts, Health, SyncStatus, Timestamp};
 use flotilla_common::protocol::{AgentEvent, AgentSession, Timing};
@@ -96,11 +96,51 @@ pub struct ApplyReport {
     pub status: Option<Status>,
 }
 
+/// What running a command came to: the result for the hub, and the app's status
+/// afterwards (with the operation a sync ran), if it changed.
+#[derive(Clone, Debug)]
+pub struct CommandReport {
+    /// The command's result.
+    pub result: CommandResult,
+    /// A status to report; its sequence is set by the link.
+    pub status: Option<Status>,
+}
+
 /// Where applying a bundle plugs in: the apply engine implements this. The link
-/// calls it only with bundles that verified and are flushed to the store.
+/// calls it only with bundles that verified, that their AppProject permits, and
+/// that are flushed to the store.
 pub trait Applier: Send + Sync + 'static {
     /// Applies `bundle` to the cluster.
     fn apply(&self, bundle: &Bundle) -> impl Future<Output = ApplyReport> + Send;
+
+    /// Called once when the agent starts, with the last bundle of every app it
+    /// holds, so the engine can watch them again without re-applying.
+    fn resume(&self, bundles: Vec<Bundle>) -> impl Future<Output = ()> + Send {
+        drop(bundles);
+        async {}
+    }
+
+    /// Runs a command from the hub. The link runs it on its own task, so a long
+    /// sync does not hold up heartbeats, bundles or other commands.
+    fn command(&self, command: Command) -> impl Future<Output = CommandReport> + Send + 'static {
+        std::future::ready(CommandReport {
+            result: CommandResult {
+                request_id: command.request_id,
+                outcome: CommandOutcome::Failed {
+                    message: "this agent runs no commands".to_owned(),
+                },
+                drift: Vec::new(),
+                diffs: Vec::new(),
+            },
+            status: None,
+        })
+    }
+
+    /// Status reports the applier makes on its own (drift, health, self-heal);
+    /// the link asks once and sends each one through the outbox.
+    fn reports(&self) -> Option<mpsc::UnboundedReceiver<Status>> {
+        None
+    }
 }
 
 /// The stand-in until the apply engine lands: applies nothing, acknowledges every
@@ -381,6 +421,11 @@ pub struct Agent<A: Applier> {
     applier: A,
     endpoint: quinn::Endpoint,
     state: watch::Sender<LinkState>,
+    /// Statuses the applier reports on its own.
+    reports: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<Status>>>,
+    /// Finished commands, from their tasks back to the connection loop.
+    finished: mpsc::UnboundedSender<CommandReport>,
+    finished_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<CommandReport>>,
 }
 
 impl<A: Applier> std::fmt::Debug for Agent<A> {
@@ -408,13 +453,17 @@ impl<A: Applier> Agent<A> {
         endpoint: quinn::Endpoint,
     ) -> Self {
         let (state, _) = watch::channel(LinkState::default());
+        let (finished, finished_rx) = mpsc::unbounded_channel();
         Self {
             keeper: identity::Keeper::Dir(config.state_dir.clone()),
             config,
             store,
+            reports: tokio::sync::Mutex::new(applier.reports()),
             applier,
             endpoint,
             state,
+            finished,
+            finished_rx: tokio::sync::Mutex::new(finished_rx),
         }
     }
 
@@ -444,6 +493,7 @@ impl<A: Applier> Agent<A> {
             let mut session =
                 AgentSession::new(timing, self.store.applied()?, self.store.outbox()?);
             session.resume_status_sequence(self.store.next_status_sequence()?);
+            self.applier.resume(self.held_bundles()?).await;
             self.state.send_modify(|s| {
                 s.applied = session.applied();
                 s.outbox = self.store.outbox().map(|o| o.len()).unwrap_or(0);
@@ -489,6 +539,36 @@ impl<A: Applier> Agent<A> {
         }
         .instrument(span)
         .await
+    }
+
+    /// The last bundle of every app in the store; one that no longer decodes is
+    /// skipped with a warning (the hub resends it, as Hello will not name it).
+    fn held_bundles(&self) -> Result<Vec<Bundle>> {
+        let mut bundles = Vec::new();
+        for applied in self.store.applied()? {
+            let Some(bytes) = self.store.bundle(&applied.app)? else {
+                continue;
+            };
+            match Envelope::decode(&bytes).and_then(|e| Bundle::decode(&e.payload)) {
+                Ok(bundle) => bundles.push(bundle),
+                Err(e) => warn!(app = %applied.app, error = %e, "a stored bundle does not decode"),
+            }
+        }
+        Ok(bundles)
+    }
+
+    /// Numbers a status, puts it in the outbox and queues it for the hub.
+    async fn report(
+        &self,
+        session: &mut AgentSession,
+        mut status: Status,
+    ) -> std::result::Result<(), Attempt> {
+        status.sequence = session.next_status_sequence();
+        self.store.push_outbox(&status).await.map_err(Error::from)?;
+        session.report_status(status);
+        let outbox = session.unacknowledged().count();
+        self.state.send_modify(|s| s.outbox = outbox);
+        Ok(())
     }
 
     async fn connect(
@@ -631,6 +711,8 @@ impl<A: Applier> Agent<A> {
         let limits = self.config.limits;
         let ended = |e: &dyn std::fmt::Display| Attempt::Ended(e.to_string());
         let mut early: Vec<Message> = Vec::new();
+        let mut reports = self.reports.lock().await;
+        let mut finished = self.finished_rx.lock().await;
         loop {
             while let Some(transmit) = session.poll_transmit() {
                 let bytes = transmit.encode(&limits).map_err(|e| ended(&e))?;
@@ -688,6 +770,16 @@ impl<A: Applier> Agent<A> {
                         });
                     }
                 },
+                status = next_report(&mut reports) => self.report(session, status).await?,
+                Some(done) = finished.recv() => {
+                    if let Some(status) = done.status {
+                        self.report(session, status).await?;
+                    }
+                    let id = done.result.request_id;
+                    if let Err(e) = session.command_result(done.result) {
+                        warn!(request_id = id, error = %e, "the result of a command could not be sent");
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
                 reason = connection.closed() => return Err(connection_ended(reason)),
                 _ = stopped(stop) => {
@@ -730,14 +822,15 @@ impl<A: Applier> Agent<A> {
                     .send_modify(|s| s.outbox = s.outbox.saturating_sub(1));
             }
             AgentEvent::Command(command) => {
-                let _ = session.command_result(CommandResult {
-                    request_id: command.request_id,
-                    outcome: CommandOutcome::Failed {
-                        message: "commands are not implemented by this agent yet".to_owned(),
-                    },
-                    drift: Vec::new(),
-                    diffs: Vec::new(),
-                });
+                info!(request_id = command.request_id, app = %command.app, "command received");
+                let running = self.applier.command(command);
+                let finished = self.finished.clone();
+                tokio::spawn(
+                    async move {
+                        let _ = finished.send(running.await);
+                    }
+                    .in_current_span(),
+                );
             }
             AgentEvent::KeySetUpdate(update) => match identity.key_set.apply_update(&update) {
                 Ok(key_set) => {
@@ -790,6 +883,21 @@ impl<A: Applier> Agent<A> {
                 return Ok(());
             }
         };
+        // The hub checked the app's AppProject when it rendered the bundle; check
+        // again here, before anything is stored or applied.
+        if let Err(violation) = bundle.permitted() {
+            warn!(app = %bundle.app, generation = envelope.generation, %violation, "refused a bundle its project does not permit");
+            self.state.send_modify(|s| s.bundles_rejected += 1);
+            session.bundle_outcome(
+                Some(bundle.app.clone()),
+                envelope.generation,
+                envelope.digest,
+                BundleOutcome::Rejected(Rejection::NotPermitted {
+                    message: violation.to_string(),
+                }),
+            );
+            return Ok(());
+        }
         let record = Applied {
             app: bundle.app.clone(),
             generation: envelope.generation,
@@ -810,10 +918,8 @@ impl<A: Applier> Agent<A> {
             envelope.digest,
             report.outcome,
         );
-        if let Some(mut status) = report.status {
-            status.sequence = session.next_status_sequence();
-            self.store.push_outbox(&status).await.map_err(Error::from)?;
-            session.report_status(status);
+        if let Some(status) = report.status {
+            self.report(session, status).await?;
         }
         let applied = session.applied();
         let outbox = session.unacknowledged().count();
@@ -839,6 +945,17 @@ fn connection_ended(reason: quinn::ConnectionError) -> Attempt {
             ))
         }
         _ => Attempt::Ended(reason.to_string()),
+    }
+}
+
+/// The next status the applier reports on its own; never, if it reports none.
+async fn next_report(reports: &mut Option<mpsc::UnboundedReceiver<Status>>) -> Status {
+    match reports {
+        Some(receiver) => match receiver.recv().await {
+            Some(status) => status,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
