@@ -109,16 +109,29 @@ struct State {
     heals: HashMap<ResourceRef, u32>,
 }
 
-/// Watches one app's objects; stops when dropped.
+/// Self-heals waiting out their backoff; aborted with the monitor, so a heal
+/// never lands in the middle of a sync that replaced it.
+type PendingHeals = Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>;
+
+/// Watches one app's objects; stops when dropped, with any self-heal it has
+/// scheduled.
 pub struct Monitor {
     tasks: Vec<JoinHandle<()>>,
     state: Arc<Mutex<State>>,
+    heals: PendingHeals,
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        let mut heals = match self.heals.lock() {
+            Ok(heals) => heals,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for heal in heals.drain(..) {
+            heal.abort();
         }
     }
 }
@@ -136,6 +149,7 @@ struct Watched {
     desired: HashMap<ResourceRef, (Object, Value)>,
     state: Arc<Mutex<State>>,
     reports: mpsc::UnboundedSender<Report>,
+    heals: PendingHeals,
 }
 
 impl Monitor {
@@ -159,7 +173,9 @@ impl Monitor {
             }
         }
         let state = Arc::new(Mutex::new(State::default()));
+        let heals = PendingHeals::default();
         let watched = Arc::new(Watched {
+            heals: heals.clone(),
             applier: applier.clone(),
             bundle: bundle.clone(),
             options,
@@ -193,7 +209,11 @@ impl Monitor {
                 .instrument(span),
             ));
         }
-        Ok(Self { tasks, state })
+        Ok(Self {
+            tasks,
+            state,
+            heals,
+        })
     }
 
     /// The app's health: the worst of its watched objects' health.
@@ -363,7 +383,7 @@ impl Watched {
             .saturating_mul(1 << (count - 1).min(16))
             .min(self.options.max_backoff);
         let this = self.clone();
-        tokio::spawn(
+        let heal = tokio::spawn(
             async move {
                 tokio::time::sleep(delay).await;
                 let mut results = this
@@ -378,6 +398,10 @@ impl Watched {
             }
             .in_current_span(),
         );
+        if let Ok(mut heals) = self.heals.lock() {
+            heals.retain(|h| !h.is_finished());
+            heals.push(heal);
+        }
     }
 
     fn send(&self, resource: ResourceRef, change: Change, health: Assessment) {

@@ -517,3 +517,64 @@ async fn a_bundle_outside_its_project_is_refused_before_anything_is_applied() {
     assert!(matches!(none.result.outcome, CommandOutcome::Failed { .. }));
     support::delete_namespace(&client, &ns).await;
 }
+
+/// Statuses follow health without a sync: a Deployment that cannot schedule
+/// its pods turns Degraded once its progress deadline passes, and the agent
+/// reports that on its own, with no operation; then it stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_turning_degraded_is_reported_without_an_operation() {
+    let cluster = cluster_for("ops-health");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("opshealth");
+    support::create_namespace(&client, &ns).await;
+    let applier = flotilla_agent::apply::Applier::new(
+        client.clone(),
+        "test",
+        flotilla_agent::store::Store::temporary().unwrap(),
+        flotilla_agent::apply::Options {
+            wave_timeout: Duration::from_secs(1),
+            hook_timeout: Duration::from_secs(10),
+            parallelism: 4,
+        },
+    );
+    let engine = Engine::with_options(
+        applier,
+        engine::Options {
+            coalesce: Duration::from_millis(200),
+        },
+    );
+    let mut reports = engine.take_reports().unwrap();
+    let stuck = support::object(
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "stuck", "namespace": ns},
+        "spec": {"replicas": 1, "progressDeadlineSeconds": 2,
+            "selector": {"matchLabels": {"app": "stuck"}},
+            "template": {"metadata": {"labels": {"app": "stuck"}},
+                "spec": {"nodeSelector": {"flotilla.dev/no-such-node": "true"},
+                    "containers": [{"name": "app", "image": "example.com/app:1"}]}}}}),
+    );
+    let b = bundle(
+        &format!("{ns}-app"),
+        1,
+        vec![stuck],
+        Some(Automated::default()),
+    );
+    let taken = engine.take(b).await;
+    let status = taken.status.unwrap();
+    assert_eq!(status.health, Health::Progressing, "{status:?}");
+
+    let degraded = next_status(&mut reports, |s| s.health == Health::Degraded).await;
+    assert!(degraded.operation.is_none());
+    assert_eq!(degraded.resources.len(), 1);
+    assert!(
+        degraded.resources[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("progress deadline"),
+        "{degraded:?}"
+    );
+    let quiet = tokio::time::timeout(Duration::from_secs(2), reports.recv()).await;
+    assert!(quiet.is_err(), "an unchanged app sent {quiet:?}");
+    support::delete_namespace(&client, &ns).await;
+}
