@@ -1420,13 +1420,18 @@ impl Applier {
                 });
                 continue;
             };
-            let live = without_server_fields(to_value(&live, &resource.gvk));
-            let desired = without_server_fields(self.dry_run(bundle, object).await?);
-            if desired != live {
+            let live = to_value(&live, &resource.gvk);
+            let desired = self.dry_run(bundle, object).await?;
+            if !crate::drift::differences(bundle, &resource, &desired, &live).is_empty() {
+                let shown = |v: Value| {
+                    to_yaml(&without_server_fields(crate::drift::without_ignored(
+                        bundle, &resource, v,
+                    )))
+                };
                 out.push(ResourceDiff {
+                    desired: Some(shown(desired)),
+                    live: Some(shown(live)),
                     resource,
-                    desired: Some(to_yaml(&desired)),
-                    live: Some(to_yaml(&live)),
                 });
             }
         }

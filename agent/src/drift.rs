@@ -321,17 +321,7 @@ impl Watched {
                 return;
             }
         };
-        let entries: Vec<DriftEntry> = compare(&dry_run, &live)
-            .into_iter()
-            .map(|(path, desired, actual)| DriftEntry {
-                resource: resource.clone(),
-                field_manager: manager_of(&live, &path).filter(|m| m != FIELD_MANAGER),
-                path: render_path(&path),
-                old: desired.map(|v| v.to_string()),
-                new: actual.map(|v| v.to_string()),
-            })
-            .filter(|e| !ignored(&self.bundle.ignore_differences, &resource, e))
-            .collect();
+        let entries = differences(&self.bundle, &resource, &dry_run, &live);
         if entries.is_empty() {
             return;
         }
@@ -444,19 +434,99 @@ fn render_path(path: &[compare::Segment]) -> String {
     out
 }
 
+/// The fields where `dry_run` (a server-side apply dry run of the desired
+/// object) and `live` differ, each with the field manager that last wrote it,
+/// leaving out what the app's `ignoreDifferences` covers.
+pub fn differences(
+    bundle: &Bundle,
+    resource: &ResourceRef,
+    dry_run: &Value,
+    live: &Value,
+) -> Vec<DriftEntry> {
+    compare(dry_run, live)
+        .into_iter()
+        .map(|(path, desired, actual)| DriftEntry {
+            resource: resource.clone(),
+            field_manager: manager_of(live, &path).filter(|m| m != FIELD_MANAGER),
+            path: render_path(&path),
+            old: desired.map(|v| v.to_string()),
+            new: actual.map(|v| v.to_string()),
+        })
+        .filter(|e| !ignored(&bundle.ignore_differences, resource, e))
+        .collect()
+}
+
+/// `object` without the fields the app's `ignoreDifferences` names by JSON
+/// pointer or plain jq path, so a diff does not show them.
+pub fn without_ignored(bundle: &Bundle, resource: &ResourceRef, mut object: Value) -> Value {
+    for rule in bundle
+        .ignore_differences
+        .iter()
+        .filter(|rule| rule_applies(rule, resource))
+    {
+        let pointers = rule
+            .json_pointers
+            .iter()
+            .map(|p| {
+                p.trim_start_matches('/')
+                    .split('/')
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .chain(rule.jq_path_expressions.iter().map(|p| {
+                p.trim_start_matches('.')
+                    .split('.')
+                    .map(str::to_owned)
+                    .collect::<Vec<String>>()
+            }));
+        for path in pointers {
+            remove_path(&mut object, &path);
+        }
+    }
+    object
+}
+
+fn remove_path(object: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = object;
+    for key in parents {
+        // JSON pointer escapes: ~1 is '/', ~0 is '~'.
+        let key = key.replace("~1", "/").replace("~0", "~");
+        node = match node {
+            Value::Object(map) => match map.get_mut(&key) {
+                Some(next) => next,
+                None => return,
+            },
+            Value::Array(items) => match key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(next) => next,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    if let Value::Object(map) = node {
+        map.remove(&last.replace("~1", "/").replace("~0", "~"));
+    }
+}
+
+fn rule_applies(rule: &IgnoreDifference, resource: &ResourceRef) -> bool {
+    rule.group == resource.gvk.group
+        && (rule.kind == resource.gvk.kind || rule.kind == "*")
+        && rule.name.as_ref().is_none_or(|n| *n == resource.name)
+        && rule
+            .namespace
+            .as_ref()
+            .is_none_or(|n| Some(n) == resource.namespace.as_ref())
+}
+
 /// Whether an app's `ignoreDifferences` covers this entry: JSON pointers and
 /// jq paths that are plain field paths match the field and everything under it;
 /// managedFieldsManagers match the entry's manager.
 fn ignored(rules: &[IgnoreDifference], resource: &ResourceRef, entry: &DriftEntry) -> bool {
     rules.iter().any(|rule| {
-        let applies = rule.group == resource.gvk.group
-            && (rule.kind == resource.gvk.kind || rule.kind == "*")
-            && rule.name.as_ref().is_none_or(|n| *n == resource.name)
-            && rule
-                .namespace
-                .as_ref()
-                .is_none_or(|n| Some(n) == resource.namespace.as_ref());
-        if !applies {
+        if !rule_applies(rule, resource) {
             return false;
         }
         let under = |prefix: &str| {

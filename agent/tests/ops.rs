@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_agent::engine::{self, Engine};
-use flotilla_common::bundle::{Automated, Bundle};
+use flotilla_common::bundle::{Automated, Bundle, IgnoreDifference};
 use flotilla_common::message::{
     BundleOutcome, Command, CommandKind, CommandOutcome, OperationPhase, Rejection, ResourceAction,
     Status, SyncOptions,
@@ -213,7 +213,14 @@ async fn manual_sync_waits_for_commands_and_honours_their_options() {
         config_map(&ns, "settings"),
         config_map(&ns, "extra"),
     ];
-    let b = bundle(&app, 1, objects.clone(), None);
+    let mut b = bundle(&app, 1, objects.clone(), None);
+    // Changes to settings' data.name are the app's to ignore.
+    b.ignore_differences = vec![IgnoreDifference {
+        kind: "ConfigMap".into(),
+        name: Some("settings".into()),
+        json_pointers: vec!["/data/name".into()],
+        ..IgnoreDifference::default()
+    }];
 
     let taken = engine.take(b.clone()).await;
     assert_eq!(taken.outcome, BundleOutcome::Applied);
@@ -361,6 +368,19 @@ async fn manual_sync_waits_for_commands_and_honours_their_options() {
             r#"{"data":{"name":"edited"}}"#,
         ],
     );
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "settings",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"name":"ignored"}}"#,
+        ],
+    );
     let diff = engine.command(command(7, &b, CommandKind::Diff)).await;
     assert_eq!(diff.result.diffs.len(), 1, "{:?}", diff.result.diffs);
     let d = &diff.result.diffs[0];
@@ -375,7 +395,8 @@ async fn manual_sync_waits_for_commands_and_honours_their_options() {
     assert!(status.operation.is_none());
 
     // A new generation without "extra": kept until a sync asks for prune.
-    let b2 = bundle(&app, 2, objects[..2].to_vec(), None);
+    let mut b2 = bundle(&app, 2, objects[..2].to_vec(), None);
+    b2.ignore_differences = b.ignore_differences.clone();
     engine.take(b2.clone()).await;
     let done = engine
         .command(command(9, &b2, CommandKind::Sync(sync(2))))
