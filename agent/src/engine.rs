@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_common::bundle::Bundle;
 use flotilla_common::message::{
-    BundleOutcome, Command, CommandKind, CommandOutcome, CommandResult, DriftEntry, Operation,
-    OperationPhase, Rejection, ResourceAction, ResourceResult, ResourceStatus, Status, SyncOptions,
+    BundleOutcome, Command, CommandKind, CommandOutcome, CommandResult, DriftEntry, Event,
+    EventKind, Operation, OperationPhase, Rejection, ResourceAction, ResourceResult,
+    ResourceStatus, Status, SyncOptions,
 };
 use flotilla_common::model::{AppRef, Health, ResourceRef, SyncStatus, Timestamp};
 use tokio::sync::{Mutex, mpsc};
@@ -575,14 +576,50 @@ impl Forwarder {
             while let Ok(report) = rx.try_recv() {
                 batch.push(report);
             }
-            let heals: Vec<ObjectResult> = batch
-                .into_iter()
-                .filter_map(|r| match r.change {
-                    Change::Healed(result) => Some(result),
-                    _ => None,
-                })
-                .collect();
+            let at = now();
+            let mut events = Vec::new();
+            let mut heals: Vec<ObjectResult> = Vec::new();
+            for report in batch {
+                let (kind, reason, message) = match report.change {
+                    Change::Drifted(entries) => (
+                        EventKind::Warning,
+                        "Drifted",
+                        entries
+                            .iter()
+                            .map(drift::describe_entry)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                    Change::Deleted => (
+                        EventKind::Warning,
+                        "Deleted",
+                        "deleted behind Flotilla's back".to_owned(),
+                    ),
+                    Change::InSync => (
+                        EventKind::Normal,
+                        "InSync",
+                        "matches the bundle again".to_owned(),
+                    ),
+                    Change::Healed(result) => {
+                        let message = match &result.error {
+                            Some(e) => format!("self-heal failed: {e}"),
+                            None => "self-heal re-applied it".to_owned(),
+                        };
+                        heals.push(result);
+                        (EventKind::Normal, "SelfHealed", message)
+                    }
+                    Change::Health => continue,
+                };
+                events.push(Event {
+                    at,
+                    kind,
+                    reason: reason.to_owned(),
+                    message,
+                    resource: Some(report.resource),
+                });
+            }
             let mut status = self.status().await;
+            status.events = events;
             if !heals.is_empty() {
                 status.operation = Some(Box::new(heal_operation(started, &heals)));
             }

@@ -159,14 +159,23 @@ async fn kubectl_patch_is_reported_as_drift_with_its_manager_and_healed_as_an_op
             r#"{"data":{"name":"patched"}}"#,
         ],
     );
+    let patched = std::time::Instant::now();
     // Drift, the heal and the return to Synced may share a coalesced report.
     let (mut drifted, mut healed) = (None, None);
     loop {
         let status = next_status(&mut reports, |_| true).await;
         if drifted.is_none() && !status.drift.is_empty() {
+            eprintln!(
+                "drift reported {:?} after kubectl patch returned",
+                patched.elapsed()
+            );
             drifted = Some(status.clone());
         }
         if healed.is_none() && status.operation.is_some() {
+            eprintln!(
+                "self-heal reported {:?} after kubectl patch returned",
+                patched.elapsed()
+            );
             healed = Some(status.clone());
         }
         if healed.is_some() && status.sync == SyncStatus::Synced && status.drift.is_empty() {
@@ -180,6 +189,14 @@ async fn kubectl_patch_is_reported_as_drift_with_its_manager_and_healed_as_an_op
     assert_eq!(entry.path, "data.name");
     assert_eq!(entry.field_manager.as_deref(), Some("kubectl-patch"));
     assert_eq!(entry.new.as_deref(), Some("\"patched\""));
+    assert!(
+        drifted
+            .events
+            .iter()
+            .any(|e| e.reason == "Drifted" && e.message.contains("changed by kubectl-patch")),
+        "{:?}",
+        drifted.events
+    );
     let operation = healed.unwrap().operation.unwrap();
     assert_eq!(operation.request_id, None);
     assert_eq!(operation.phase, OperationPhase::Succeeded);
