@@ -380,6 +380,23 @@ impl Inner {
                 ),
             );
         }
+        let owned = self.applier.store().inventory(app).unwrap_or_default();
+        if let Some(unknown) = options.resources.iter().find(|r| {
+            !bundle
+                .objects
+                .iter()
+                .any(|o| o.hook.is_none() && o.resource() == **r)
+                && !owned.iter().any(|o| o.resource == **r)
+        }) {
+            return failed(
+                id,
+                format!(
+                    "{} is neither in generation {} of app {app} nor owned by it",
+                    crate::apply::describe(unknown),
+                    bundle.generation
+                ),
+            );
+        }
         let request = SyncRequest {
             prune: options.prune,
             dry_run: options.dry_run,

@@ -286,6 +286,27 @@ async fn manual_sync_waits_for_commands_and_honours_their_options() {
         "{message}"
     );
 
+    // An object the app does not have.
+    let mut stranger = objects[1].resource();
+    stranger.name = "stranger".into();
+    let refused = engine
+        .command(command(
+            20,
+            &b,
+            CommandKind::Sync(SyncOptions {
+                resources: vec![stranger],
+                ..sync(1)
+            }),
+        ))
+        .await;
+    let CommandOutcome::Failed { message } = &refused.result.outcome else {
+        panic!("{:?}", refused.result)
+    };
+    assert!(
+        message.contains("ConfigMap") && message.contains("/stranger is neither in generation 1"),
+        "{message}"
+    );
+
     // Only the chosen object.
     let chosen = objects[1].resource();
     let done = engine
