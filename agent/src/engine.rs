@@ -16,6 +16,7 @@
 //! at any time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, SystemTime};
 
@@ -40,12 +41,17 @@ pub struct Options {
     /// How long watch events are gathered into one status report, so a rollout
     /// that changes health many times sends a few reports, not one per event.
     pub coalesce: Duration,
+    /// How long a sync command for a generation the agent does not hold yet
+    /// waits for that bundle. The hub sends the bundle first, but it travels on
+    /// its own stream and can arrive after the command.
+    pub bundle_wait: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             coalesce: Duration::from_millis(500),
+            bundle_wait: Duration::from_secs(10),
         }
     }
 }
@@ -98,6 +104,8 @@ impl Shown {
 
 /// One app the engine holds.
 struct Slot {
+    /// The generation of the bundle held, set as soon as one is taken.
+    generation: AtomicU64,
     /// Held for the whole of a sync.
     operation: Mutex<()>,
     watch: Mutex<Watch>,
@@ -207,6 +215,8 @@ impl Engine {
         self.blocking(async move |handle| {
             for bundle in bundles {
                 let slot = inner.slot(&bundle.app);
+                slot.generation
+                    .fetch_max(bundle.generation, Ordering::SeqCst);
                 let mut watch = slot.watch.lock().await;
                 inner
                     .watch(&slot, &mut watch, Arc::new(bundle), &handle)
@@ -240,6 +250,7 @@ impl Inner {
         apps.entry(app.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
+                    generation: AtomicU64::new(0),
                     operation: Mutex::new(()),
                     watch: Mutex::new(Watch::default()),
                     shown: Arc::new(SyncMutex::new(None)),
@@ -275,7 +286,8 @@ impl Inner {
                 };
             }
             let slot = self.slot(&bundle.app);
-            let _operation = slot.operation.lock().await;
+            let generation = bundle.generation;
+            let operation = slot.operation.lock().await;
             let mut watch = slot.watch.lock().await;
             watch.stop();
             let bundle = Arc::new(bundle);
@@ -313,6 +325,10 @@ impl Inner {
                 *shown = Some(Shown::of(status));
             }
             self.watch(&slot, &mut watch, bundle, &handle).await;
+            drop(watch);
+            drop(operation);
+            // Only now may a sync command waiting for this generation start.
+            slot.generation.fetch_max(generation, Ordering::SeqCst);
             report
         }
         .instrument(span)
@@ -332,6 +348,12 @@ impl Inner {
         );
         async {
             let id = command.request_id;
+            if let CommandKind::Sync(options) = &command.kind
+                && options.generation != 0
+            {
+                self.await_generation(&command.app, options.generation)
+                    .await;
+            }
             let Some(slot) = self.existing(&command.app) else {
                 return failed(
                     id,
@@ -349,6 +371,21 @@ impl Inner {
         }
         .instrument(span)
         .await
+    }
+
+    /// Waits, up to [`Options::bundle_wait`], until a bundle of `generation` (or a
+    /// newer one) of `app` has been taken.
+    async fn await_generation(&self, app: &AppRef, generation: u64) {
+        let deadline = tokio::time::Instant::now() + self.options.bundle_wait;
+        loop {
+            let held = self
+                .existing(app)
+                .map_or(0, |slot| slot.generation.load(Ordering::SeqCst));
+            if held >= generation || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn commanded_sync(

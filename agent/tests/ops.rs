@@ -29,6 +29,7 @@ fn engine(client: &kube::Client) -> Engine {
         applier(client),
         engine::Options {
             coalesce: Duration::from_millis(200),
+            bundle_wait: Duration::from_secs(1),
         },
     )
 }
@@ -432,13 +433,23 @@ async fn manual_sync_waits_for_commands_and_honours_their_options() {
     assert_eq!(status.sync, SyncStatus::OutOfSync);
     assert!(status.operation.is_none());
 
-    // A new generation without "extra": kept until a sync asks for prune.
+    // A new generation without "extra": kept until a sync asks for prune. The
+    // command comes first, as it may over the link, and waits for the bundle.
     let mut b2 = bundle(&app, 2, objects[..2].to_vec(), None);
     b2.ignore_differences = b.ignore_differences.clone();
+    let early = tokio::spawn({
+        let engine = engine.clone();
+        let c = command(9, &b2, CommandKind::Sync(sync(2)));
+        async move { engine.command(c).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     engine.take(b2.clone()).await;
-    let done = engine
-        .command(command(9, &b2, CommandKind::Sync(sync(2))))
-        .await;
+    let done = early.await.unwrap();
+    assert!(
+        matches!(done.result.outcome, CommandOutcome::Done { .. }),
+        "{:?}",
+        done.result
+    );
     let operation = done.status.unwrap().operation.unwrap();
     assert!(
         operation
@@ -600,6 +611,7 @@ async fn a_deployment_turning_degraded_is_reported_without_an_operation() {
         applier,
         engine::Options {
             coalesce: Duration::from_millis(200),
+            bundle_wait: Duration::from_secs(1),
         },
     );
     let mut reports = engine.take_reports().unwrap();

@@ -154,12 +154,20 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
     let hub = Hub::start(hub_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = hub.addr;
     let token = hub.add("east").await;
-    let engine = Engine::new(Applier::new(
-        client.clone(),
-        "east",
-        flotilla_agent::store::Store::temporary().unwrap(),
-        Options::default(),
-    ));
+    let engine = Engine::with_options(
+        Applier::new(
+            client.clone(),
+            "east",
+            flotilla_agent::store::Store::temporary().unwrap(),
+            Options::default(),
+        ),
+        flotilla_agent::engine::Options {
+            // The stale-generation command below waits this long for a bundle
+            // that never comes.
+            bundle_wait: Duration::from_secs(1),
+            ..flotilla_agent::engine::Options::default()
+        },
+    );
     let mut agent = RunningAgent::start_with(
         agent_config(&hub, "east", Some(token), agent_dir.path()),
         engine,
@@ -212,7 +220,19 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
         &LinkConfig::new(addr),
     )
     .unwrap();
-    let endpoint = quinn::Endpoint::server(server, addr).unwrap();
+    // The stopped link's socket may take a moment to close.
+    let mut attempts = 0;
+    let endpoint = loop {
+        match quinn::Endpoint::server(server.clone(), addr) {
+            Ok(endpoint) => break endpoint,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                eprintln!("binding {addr} again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("binding {addr}: {e}"),
+        }
+    };
     let mut hub = StandIn::accept(&endpoint).await;
     hub.until("the session", |s| s.established).await;
     let app = bundle.app.clone();
