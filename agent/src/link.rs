@@ -5,8 +5,10 @@
 //! The hub is trusted by the SHA-256 of its CA certificate, pinned at install
 //! time; the hub sends its CA along with its server certificate, and
 //! [`PinnedCa`] checks the server certificate against the CA whose fingerprint
-//! matches. Every bundle is verified, flushed to the agent's store, handed to the
-//! [`Applier`], and only then acknowledged. Status reports wait in the store's
+//! matches. Every bundle is verified, checked against its AppProject's rules,
+//! flushed to the agent's store, handed to the [`Applier`], and only then
+//! acknowledged. Commands run on tasks of their own, and their results, like the
+//! statuses the applier reports on its own, come back to the connection loop. Status reports wait in the store's
 //! outbox until the hub acknowledges them, and go again, in order, after an
 //! outage. Lost connections are retried with jittered exponential backoff.
 
@@ -542,7 +544,7 @@ impl<A: Applier> Agent<A> {
     }
 
     /// The last bundle of every app in the store; one that no longer decodes is
-    /// skipped with a warning (the hub resends it, as Hello will not name it).
+    /// skipped with a warning, and its app stays unwatched until a newer bundle.
     fn held_bundles(&self) -> Result<Vec<Bundle>> {
         let mut bundles = Vec::new();
         for applied in self.store.applied()? {
