@@ -7,10 +7,11 @@
 //! [`PinnedCa`] checks the server certificate against the CA whose fingerprint
 //! matches. Every bundle is verified, checked against its AppProject's rules,
 //! flushed to the agent's store, handed to the [`Applier`], and only then
-//! acknowledged. Commands run on tasks of their own, and their results, like the
-//! statuses the applier reports on its own, come back to the connection loop. Status reports wait in the store's
-//! outbox until the hub acknowledges them, and go again, in order, after an
-//! outage. Lost connections are retried with jittered exponential backoff.
+//! acknowledged. Bundles are applied one after another on a task of their own,
+//! and commands each on theirs, so a long sync never stalls heartbeats; their
+//! outcomes, like the statuses the applier reports on its own, come back to the
+//! connection loop. Status reports wait in the store's outbox until the hub
+//! acknowledges them, and go again, in order, after an outage. Lost connections are retried with jittered exponential backoff.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -420,9 +421,15 @@ pub struct Agent<A: Applier> {
     config: AgentConfig,
     keeper: identity::Keeper,
     store: Store,
-    applier: A,
+    applier: Arc<A>,
     endpoint: quinn::Endpoint,
     state: watch::Sender<LinkState>,
+    /// Verified, stored bundles waiting for the applier, in the order they came.
+    queue: mpsc::UnboundedSender<Queued>,
+    queued: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    /// Applied bundles, from the apply task back to the connection loop.
+    applied_tx: mpsc::UnboundedSender<(Queued, ApplyReport)>,
+    applied_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(Queued, ApplyReport)>>,
     /// Statuses the applier reports on its own.
     reports: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<Status>>>,
     /// Finished commands, from their tasks back to the connection loop.
@@ -456,14 +463,20 @@ impl<A: Applier> Agent<A> {
     ) -> Self {
         let (state, _) = watch::channel(LinkState::default());
         let (finished, finished_rx) = mpsc::unbounded_channel();
+        let (queue, queued) = mpsc::unbounded_channel();
+        let (applied_tx, applied_rx) = mpsc::unbounded_channel();
         Self {
             keeper: identity::Keeper::Dir(config.state_dir.clone()),
             config,
             store,
             reports: tokio::sync::Mutex::new(applier.reports()),
-            applier,
+            applier: Arc::new(applier),
             endpoint,
             state,
+            queue,
+            queued: std::sync::Mutex::new(Some(queued)),
+            applied_tx,
+            applied_rx: tokio::sync::Mutex::new(applied_rx),
             finished,
             finished_rx: tokio::sync::Mutex::new(finished_rx),
         }
@@ -496,6 +509,7 @@ impl<A: Applier> Agent<A> {
                 AgentSession::new(timing, self.store.applied()?, self.store.outbox()?);
             session.resume_status_sequence(self.store.next_status_sequence()?);
             self.applier.resume(self.held_bundles()?).await;
+            let _applying = self.start_applying();
             self.state.send_modify(|s| {
                 s.applied = session.applied();
                 s.outbox = self.store.outbox().map(|o| o.len()).unwrap_or(0);
@@ -541,6 +555,29 @@ impl<A: Applier> Agent<A> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Starts the task that applies queued bundles in order; it stops when the
+    /// returned guard is dropped.
+    fn start_applying(&self) -> Option<AbortOnDrop> {
+        let mut queued = match self.queued.lock() {
+            Ok(mut queued) => queued.take()?,
+            Err(poisoned) => poisoned.into_inner().take()?,
+        };
+        let applier = self.applier.clone();
+        let applied = self.applied_tx.clone();
+        let task = tokio::spawn(
+            async move {
+                while let Some(next) = queued.recv().await {
+                    let report = applier.apply(&next.bundle).await;
+                    if applied.send((next, report)).is_err() {
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Some(AbortOnDrop(task))
     }
 
     /// The last bundle of every app in the store; one that no longer decodes is
@@ -715,6 +752,7 @@ impl<A: Applier> Agent<A> {
         let mut early: Vec<Message> = Vec::new();
         let mut reports = self.reports.lock().await;
         let mut finished = self.finished_rx.lock().await;
+        let mut applied = self.applied_rx.lock().await;
         loop {
             while let Some(transmit) = session.poll_transmit() {
                 let bytes = transmit.encode(&limits).map_err(|e| ended(&e))?;
@@ -773,6 +811,7 @@ impl<A: Applier> Agent<A> {
                     }
                 },
                 status = next_report(&mut reports) => self.report(session, status).await?,
+                Some((done, report)) = applied.recv() => self.bundle_applied(session, done, report).await?,
                 Some(done) = finished.recv() => {
                     if let Some(status) = done.status {
                         self.report(session, status).await?;
@@ -912,12 +951,29 @@ impl<A: Applier> Agent<A> {
             .put_bundle(&record, &bytes)
             .await
             .map_err(Error::from)?;
-        let report = self.applier.apply(&bundle).await;
-        info!(app = %bundle.app.name, generation = envelope.generation, outcome = ?report.outcome, "bundle applied");
+        let queued = Queued {
+            bundle,
+            generation: envelope.generation,
+            digest: envelope.digest,
+        };
+        if self.queue.send(queued).is_err() {
+            return Err(Attempt::Ended("the apply task is gone".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a bundle the applier is done with, and reports its status.
+    async fn bundle_applied(
+        &self,
+        session: &mut AgentSession,
+        done: Queued,
+        report: ApplyReport,
+    ) -> std::result::Result<(), Attempt> {
+        info!(app = %done.bundle.app.name, generation = done.generation, outcome = ?report.outcome, "bundle applied");
         session.bundle_outcome(
-            Some(bundle.app.clone()),
-            envelope.generation,
-            envelope.digest,
+            Some(done.bundle.app.clone()),
+            done.generation,
+            done.digest,
             report.outcome,
         );
         if let Some(status) = report.status {
@@ -947,6 +1003,22 @@ fn connection_ended(reason: quinn::ConnectionError) -> Attempt {
             ))
         }
         _ => Attempt::Ended(reason.to_string()),
+    }
+}
+
+/// A verified, stored bundle waiting for the applier.
+struct Queued {
+    bundle: Bundle,
+    generation: u64,
+    digest: flotilla_common::bundle::Digest,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -33,7 +33,10 @@ use tokio::sync::mpsc;
 /// stream, and feeds it everything the agent sends.
 struct StandIn {
     session: HubSession,
+    connection: quinn::Connection,
     control: quinn::SendStream,
+    /// Acks and command results in the order they arrived.
+    log: Vec<String>,
     inbox: mpsc::UnboundedReceiver<Message>,
     statuses: Vec<Status>,
     results: Vec<CommandResult>,
@@ -44,6 +47,7 @@ impl StandIn {
     async fn accept(endpoint: &quinn::Endpoint) -> StandIn {
         let connection = endpoint.accept().await.unwrap().await.unwrap();
         let (control, mut recv) = connection.accept_bi().await.unwrap();
+        let uni = connection.clone();
         let (tx, inbox) = mpsc::unbounded_channel();
         let limits = Limits::default();
         let control_tx = tx.clone();
@@ -57,7 +61,7 @@ impl StandIn {
             }
         });
         tokio::spawn(async move {
-            while let Ok(mut stream) = connection.accept_uni().await {
+            while let Ok(mut stream) = uni.accept_uni().await {
                 let bytes = stream.read_to_end(1 << 20).await.unwrap();
                 let _ = tx.send(frame::decode(&bytes, Channel::Status, &limits).unwrap());
             }
@@ -66,7 +70,9 @@ impl StandIn {
         session.handle_connected(Instant::now());
         StandIn {
             session,
+            connection,
             control,
+            log: Vec::new(),
             inbox,
             statuses: Vec::new(),
             results: Vec::new(),
@@ -80,7 +86,13 @@ impl StandIn {
         loop {
             while let Some(transmit) = self.session.poll_transmit() {
                 let bytes = transmit.encode(&Limits::default()).unwrap();
-                self.control.write_all(&bytes).await.unwrap();
+                if transmit.channel == Channel::Bundle {
+                    let mut stream = self.connection.open_uni().await.unwrap();
+                    stream.write_all(&bytes).await.unwrap();
+                    stream.finish().unwrap();
+                } else {
+                    self.control.write_all(&bytes).await.unwrap();
+                }
             }
             while let Some(event) = self.session.poll_event() {
                 match event {
@@ -89,7 +101,14 @@ impl StandIn {
                         self.session.ack_status(status.sequence);
                         self.statuses.push(status);
                     }
-                    HubEvent::CommandResult(result) => self.results.push(result),
+                    HubEvent::CommandResult(result) => {
+                        self.log.push(format!("result {}", result.request_id));
+                        self.results.push(result);
+                    }
+                    HubEvent::BundleAck(ack) => {
+                        let app = ack.app.map(|a| a.name).unwrap_or_default();
+                        self.log.push(format!("ack {app} {}", ack.generation));
+                    }
                     _ => {}
                 }
             }
@@ -159,7 +178,10 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
             client.clone(),
             "east",
             flotilla_agent::store::Store::temporary().unwrap(),
-            Options::default(),
+            Options {
+                wave_timeout: Duration::from_secs(5),
+                ..Options::default()
+            },
         ),
         flotilla_agent::engine::Options {
             // The stale-generation command below waits this long for a bundle
@@ -310,6 +332,45 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
         .command(4, &AppRef::new("default", "nope"), CommandKind::Refresh)
         .await;
     assert!(matches!(unknown.outcome, CommandOutcome::Failed { .. }));
+
+    // A sync that takes seconds (a Deployment that cannot schedule, waited on
+    // until the wave times out) does not hold up a command for another app.
+    let mut slow = fixture::bundle("east", "slow", 1, 0, 0);
+    slow.policy = SyncPolicy {
+        automated: Some(Default::default()),
+        sync_options: Vec::new(),
+    };
+    slow.objects = vec![Object::new(
+        Gvk::new("apps", "v1", "Deployment"),
+        Some(ns.clone()),
+        "stuck",
+        &serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "stuck", "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "stuck"}},
+                "template": {"metadata": {"labels": {"app": "stuck"}},
+                    "spec": {"nodeSelector": {"flotilla.dev/no-such-node": "true"},
+                        "containers": [{"name": "app", "image": "example.com/app:1"}]}}}}),
+    )];
+    let signed = store.bundle_signer().await.unwrap().sign(&slow).unwrap();
+    assert!(hub.session.publish(slow.app.clone(), signed));
+    // Flushes what the session queued, the bundle among it.
+    hub.until("the slow bundle to be sent", |_| true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refreshed = hub.command(5, &app, CommandKind::Refresh).await;
+    assert!(
+        matches!(refreshed.outcome, CommandOutcome::Done { .. }),
+        "{refreshed:?}"
+    );
+    hub.until("the slow bundle's ack", |s| {
+        s.log.iter().any(|l| l == "ack slow 1")
+    })
+    .await;
+    let order: Vec<&String> = hub
+        .log
+        .iter()
+        .filter(|l| *l == "result 5" || *l == "ack slow 1")
+        .collect();
+    assert_eq!(order, ["result 5", "ack slow 1"], "{:?}", hub.log);
 
     agent.stop().await.unwrap();
     endpoint.close(0u32.into(), b"done");
