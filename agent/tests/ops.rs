@@ -225,6 +225,7 @@ async fn manual_sync_waits_for_commands_and_honours_their_options() {
     let ns = unique("opsmanual");
     support::create_namespace(&client, &ns).await;
     let engine = engine(&client);
+    let mut reports = engine.take_reports().unwrap();
     let app = format!("{ns}-app");
     let objects = vec![
         deployment(&ns, "web", 1),
@@ -427,11 +428,39 @@ async fn manual_sync_waits_for_commands_and_honours_their_options() {
     assert!(d.desired.as_deref().unwrap().contains("name: extra"));
     assert!(d.live.as_deref().unwrap().contains("name: edited"));
     assert!(!d.live.as_deref().unwrap().contains("managedFields"));
-    // Refresh reports the drift without fixing it: no selfHeal under manual sync.
+    // The watch reported the edit on its own, naming kubectl-patch, and nothing
+    // reverted it: no selfHeal under manual sync.
+    let drifted = next_status(&mut reports, |s| {
+        s.drift
+            .iter()
+            .any(|d| d.resource.name == "extra" && d.path == "data.name")
+    })
+    .await;
+    assert_eq!(drifted.sync, SyncStatus::OutOfSync);
+    assert!(drifted.operation.is_none());
+    assert!(
+        drifted
+            .drift
+            .iter()
+            .all(|d| d.field_manager.as_deref() == Some("kubectl-patch")),
+        "{:?}",
+        drifted.drift
+    );
+    assert!(
+        !drifted.drift.iter().any(|d| d.resource.name == "settings"),
+        "ignored: {:?}",
+        drifted.drift
+    );
+    // Refresh says the same, and still nothing is reverted.
     let refreshed = engine.command(command(8, &b, CommandKind::Refresh)).await;
     let status = refreshed.status.unwrap();
     assert_eq!(status.sync, SyncStatus::OutOfSync);
     assert!(status.operation.is_none());
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        maps.get("extra").await.unwrap().data.unwrap()["name"],
+        "edited"
+    );
 
     // A new generation without "extra": kept until a sync asks for prune. The
     // command comes first, as it may over the link, and waits for the bundle.
