@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use flotilla_common::bundle::{Bundle, HookDeletePolicy, HookPhase, Object};
 use flotilla_common::message::{
-    DriftEntry, Event as StatusEvent, EventKind, ResourceStatus, Status,
+    DriftEntry, Event as StatusEvent, EventKind, Operation, OperationPhase, ResourceAction,
+    ResourceDiff, ResourceResult, ResourceStatus, Status,
 };
 use flotilla_common::model::{AppRef, Gvk, Health, ResourceRef, SyncStatus, Timestamp};
 use futures::{StreamExt, TryStreamExt, stream};
@@ -189,6 +190,20 @@ pub enum Action {
     Failed,
     /// It was not reached because an earlier step failed.
     Skipped,
+    /// A dry run found that a sync would change it; nothing was written.
+    WouldChange,
+}
+
+/// How a sync runs beyond the app's policy, as `argocd app sync` flags it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncRequest {
+    /// Delete what left the bundle even when the policy does not prune.
+    pub prune: bool,
+    /// Write nothing: report what a sync would change (server-side dry run).
+    pub dry_run: bool,
+    /// Only these objects (and no hooks, as in Argo CD's selective sync); empty
+    /// for all of them.
+    pub resources: Vec<ResourceRef>,
 }
 
 /// The result of applying one object.
@@ -267,6 +282,12 @@ pub struct SyncReport {
     pub waves: Vec<WaveTiming>,
     /// Options Flotilla read but treats differently from Argo CD, said out loud.
     pub warnings: Vec<String>,
+    /// When the sync started.
+    pub started_at: Timestamp,
+    /// How long it took.
+    pub duration: Duration,
+    /// Whether it was a dry run: `pruned` then lists what would be pruned.
+    pub dry_run: bool,
 }
 
 /// How long one wave took to apply and then to become healthy.
@@ -371,7 +392,100 @@ impl SyncReport {
             resources,
             drift,
             events,
-            operation: None,
+            operation: Some(Box::new(self.operation(None))),
+        }
+    }
+
+    /// The one-line summary of the sync, as `argocd app sync` ends with.
+    pub fn summary(&self) -> String {
+        let count = |action: Action| self.resources.iter().filter(|r| r.action == action).count();
+        let verb = if self.dry_run { "dry run" } else { "sync" };
+        match &self.outcome {
+            Outcome::Succeeded if self.dry_run => format!(
+                "{verb} of generation {}: {} would change, {} unchanged, {} would be pruned",
+                self.generation,
+                count(Action::WouldChange),
+                count(Action::Unchanged),
+                self.pruned.len()
+            ),
+            Outcome::Succeeded => format!(
+                "{verb} of generation {} succeeded: {} created, {} configured, {} unchanged, {} pruned, {} hooks",
+                self.generation,
+                count(Action::Created),
+                count(Action::Configured) + count(Action::Replaced),
+                count(Action::Unchanged),
+                self.pruned.len(),
+                self.hooks.len()
+            ),
+            Outcome::Failed { message, .. } => {
+                format!("{verb} of generation {} failed: {message}", self.generation)
+            }
+        }
+    }
+
+    /// The sync as the operation the hub records in the app's history: every hook,
+    /// object, pruned and kept object, in the order they were handled.
+    pub fn operation(&self, request_id: Option<u64>) -> Operation {
+        let hook = |h: &HookResult| {
+            let (action, message) = match &h.outcome {
+                HookOutcome::Succeeded => (ResourceAction::HookSucceeded, None),
+                HookOutcome::AlreadyRan => (
+                    ResourceAction::HookSucceeded,
+                    Some("already ran for this generation".to_owned()),
+                ),
+                HookOutcome::Failed(m) => (ResourceAction::HookFailed, Some(m.clone())),
+            };
+            ResourceResult {
+                resource: h.resource.clone(),
+                action,
+                message: Some(format!("{:?} hook", h.phase))
+                    .into_iter()
+                    .chain(message)
+                    .reduce(|a, b| format!("{a}: {b}")),
+            }
+        };
+        let before = |h: &&HookResult| matches!(h.phase, HookPhase::PreSync);
+        let mut resources: Vec<ResourceResult> =
+            self.hooks.iter().filter(before).map(hook).collect();
+        resources.extend(self.resources.iter().map(|r| ResourceResult {
+            resource: r.resource.clone(),
+            action: match r.action {
+                Action::Created => ResourceAction::Created,
+                Action::Configured => ResourceAction::Configured,
+                Action::Unchanged => ResourceAction::Unchanged,
+                Action::Replaced => ResourceAction::Replaced,
+                Action::Failed => ResourceAction::Failed,
+                Action::Skipped => ResourceAction::Skipped,
+                Action::WouldChange => ResourceAction::WouldChange,
+            },
+            message: r.error.as_ref().map(|e| e.to_string()),
+        }));
+        resources.extend(self.pruned.iter().map(|p| ResourceResult {
+            resource: p.clone(),
+            action: if self.dry_run {
+                ResourceAction::WouldChange
+            } else {
+                ResourceAction::Pruned
+            },
+            message: self.dry_run.then(|| "would be pruned".to_owned()),
+        }));
+        resources.extend(self.kept.iter().map(|(k, why)| ResourceResult {
+            resource: k.clone(),
+            action: ResourceAction::PruneSkipped,
+            message: Some(why.clone()),
+        }));
+        resources.extend(self.hooks.iter().filter(|h| !before(h)).map(hook));
+        Operation {
+            request_id,
+            started_at: self.started_at,
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            phase: match self.outcome {
+                Outcome::Succeeded => OperationPhase::Succeeded,
+                Outcome::Failed { .. } => OperationPhase::Failed,
+            },
+            message: self.summary(),
+            dry_run: self.dry_run,
+            resources,
         }
     }
 
@@ -382,7 +496,7 @@ impl SyncReport {
             .map(|r| ResourceStatus {
                 resource: r.resource.clone(),
                 sync: match r.action {
-                    Action::Failed | Action::Skipped => SyncStatus::OutOfSync,
+                    Action::Failed | Action::Skipped | Action::WouldChange => SyncStatus::OutOfSync,
                     _ => SyncStatus::Synced,
                 },
                 health: r.health.health,
@@ -538,6 +652,11 @@ impl Applier {
         &self.client
     }
 
+    /// The cluster's name, for logs.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
     /// The agent store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -619,16 +738,26 @@ impl Applier {
     /// Syncs `bundle`: hooks, waves, prune, in Argo CD's order. Never panics and
     /// never returns early without a report: failures are in [`SyncReport::outcome`].
     pub async fn sync(&self, bundle: &Bundle) -> SyncReport {
+        self.sync_with(bundle, &SyncRequest::default()).await
+    }
+
+    /// Syncs `bundle` as `request` asks: forced prune, a dry run that writes
+    /// nothing, or only some of its objects.
+    pub async fn sync_with(&self, bundle: &Bundle, request: &SyncRequest) -> SyncReport {
         let span = info_span!(
             "sync",
             cluster = %self.cluster,
             app = %format!("{}/{}", bundle.app.project, bundle.app.name),
-            generation = bundle.generation
+            generation = bundle.generation,
+            dry_run = request.dry_run,
         );
-        self.sync_inner(bundle).instrument(span).await
+        let started = Instant::now();
+        let mut report = self.sync_inner(bundle, request).instrument(span).await;
+        report.duration = started.elapsed();
+        report
     }
 
-    async fn sync_inner(&self, bundle: &Bundle) -> SyncReport {
+    async fn sync_inner(&self, bundle: &Bundle, request: &SyncRequest) -> SyncReport {
         let writes_before = self.writes();
         let label = app_label(&bundle.app);
         let mut report = SyncReport {
@@ -642,7 +771,14 @@ impl Applier {
             writes: 0,
             waves: Vec::new(),
             warnings: Vec::new(),
+            started_at: Timestamp::from_system_time(std::time::SystemTime::now()),
+            duration: Duration::ZERO,
+            dry_run: request.dry_run,
         };
+        if request.dry_run {
+            self.dry_run_sync(bundle, request, &mut report).await;
+            return report;
+        }
         let client_side = bundle
             .objects
             .iter()
@@ -656,6 +792,11 @@ impl Applier {
         let tasks: Vec<Task<'_>> = sync_order(&bundle.objects)
             .into_iter()
             .filter(|o| !matches!(o.hook.as_ref().map(|h| h.phase), Some(HookPhase::Skip)))
+            // A selective sync applies only the chosen objects and runs no hooks.
+            .filter(|o| {
+                request.resources.is_empty()
+                    || (o.hook.is_none() && request.resources.contains(&o.resource()))
+            })
             .map(|object| Task {
                 object,
                 resource: object.resource(),
@@ -694,13 +835,13 @@ impl Applier {
                 let prune_last = has_option(bundle, None, "PruneLast=true");
                 let mut result = Ok(());
                 if !prune_last {
-                    result = self.prune(bundle, &sync, &mut report).await;
+                    result = self.prune(bundle, request, &mut report).await;
                 }
                 if result.is_ok() {
                     result = self.run_phase(bundle, &post, &mut report).await;
                 }
                 if result.is_ok() && prune_last {
-                    result = self.prune(bundle, &sync, &mut report).await;
+                    result = self.prune(bundle, request, &mut report).await;
                 }
                 result
             }
@@ -1265,6 +1406,72 @@ impl Applier {
         Ok(out)
     }
 
+    /// Every object whose live state differs from what a sync would make of it,
+    /// as YAML with server-set fields removed on both sides: the desired side is
+    /// a server-side apply dry run, so defaults the server fills in never show.
+    /// A missing object has no live side; an owned object that left the bundle
+    /// (it would be pruned) has no desired side. Hooks are not compared.
+    pub async fn resource_diffs(&self, bundle: &Bundle) -> Result<Vec<ResourceDiff>> {
+        let mut out = Vec::new();
+        for object in sync_order(&bundle.objects)
+            .into_iter()
+            .filter(|o| o.hook.is_none())
+        {
+            let resource = object.resource();
+            let api = self.api(&resource).await?;
+            let live = api
+                .get_opt(&resource.name)
+                .await
+                .map_err(|source| Error::Rejected {
+                    resource: describe(&resource),
+                    verb: "get",
+                    message: api_message(&source),
+                    source: Box::new(source),
+                })?;
+            let Some(live) = live else {
+                let desired = self.desired_manifest(bundle, object)?;
+                out.push(ResourceDiff {
+                    resource,
+                    desired: Some(to_yaml(&without_server_fields(desired))),
+                    live: None,
+                });
+                continue;
+            };
+            let live = to_value(&live, &resource.gvk);
+            let desired = self.dry_run(bundle, object).await?;
+            if !crate::drift::differences(bundle, &resource, &desired, &live).is_empty() {
+                let shown = |v: Value| {
+                    to_yaml(&without_server_fields(crate::drift::without_ignored(
+                        bundle, &resource, v,
+                    )))
+                };
+                out.push(ResourceDiff {
+                    desired: Some(shown(desired)),
+                    live: Some(shown(live)),
+                    resource,
+                });
+            }
+        }
+        let (_, leaving) = self.leaving(bundle, &SyncRequest::default())?;
+        let label = app_label(&bundle.app);
+        for owned in leaving {
+            let api = self.api(&owned.resource).await?;
+            let live = api.get_opt(&owned.resource.name).await.ok().flatten();
+            let ours = live.as_ref().is_some_and(|l| {
+                l.metadata.labels.as_ref().and_then(|m| m.get(APP_LABEL)) == Some(&label)
+            });
+            if let (Some(live), true) = (live, ours) {
+                let live = without_server_fields(to_value(&live, &owned.resource.gvk));
+                out.push(ResourceDiff {
+                    resource: owned.resource,
+                    desired: None,
+                    live: Some(to_yaml(&live)),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Re-applies single objects of `bundle` (self-heal), skipping hooks.
     pub async fn reapply(&self, bundle: &Bundle, resources: &[ResourceRef]) -> Vec<ObjectResult> {
         let label = app_label(&bundle.app);
@@ -1498,7 +1705,7 @@ impl Applier {
     async fn prune(
         &self,
         bundle: &Bundle,
-        tasks: &[Task<'_>],
+        request: &SyncRequest,
         report: &mut SyncReport,
     ) -> Result<(), Outcome> {
         let fail = |e: Error| Outcome::Failed {
@@ -1506,22 +1713,12 @@ impl Applier {
             message: e.to_string(),
         };
         let automated = bundle.policy.automated.clone().unwrap_or_default();
-        let desired: BTreeSet<&ResourceRef> = tasks
-            .iter()
-            .filter(|t| t.object.hook.is_none())
-            .map(|t| &t.resource)
-            .collect();
-        let inventory = self
-            .store
-            .inventory(&bundle.app)
-            .map_err(|e| fail(e.into()))?;
-        let (stay, leaving): (Vec<Owned>, Vec<Owned>) = inventory
-            .into_iter()
-            .partition(|o| desired.contains(&o.resource));
+        let (stay, leaving) = self.leaving(bundle, request).map_err(fail)?;
         if leaving.is_empty() {
             return Ok(());
         }
-        if !automated.prune {
+        let desired_empty = !bundle.objects.iter().any(|o| o.hook.is_none());
+        if !automated.prune && !request.prune {
             for o in &leaving {
                 report
                     .kept
@@ -1529,7 +1726,7 @@ impl Applier {
             }
             return Ok(());
         }
-        if desired.is_empty() && !automated.allow_empty {
+        if desired_empty && !automated.allow_empty {
             for o in &leaving {
                 report.kept.push((
                     o.resource.clone(),
@@ -1574,6 +1771,108 @@ impl Applier {
             .await
             .map_err(|e| fail(e.into()))?;
         Ok(())
+    }
+
+    /// What the app owns that left the bundle, split from what stays. In a
+    /// selective sync only the chosen objects can leave.
+    fn leaving(&self, bundle: &Bundle, request: &SyncRequest) -> Result<(Vec<Owned>, Vec<Owned>)> {
+        let desired: BTreeSet<ResourceRef> = bundle
+            .objects
+            .iter()
+            .filter(|o| o.hook.is_none())
+            .map(Object::resource)
+            .collect();
+        Ok(self
+            .store
+            .inventory(&bundle.app)?
+            .into_iter()
+            .partition(|o| {
+                desired.contains(&o.resource)
+                    || (!request.resources.is_empty() && !request.resources.contains(&o.resource))
+            }))
+    }
+
+    /// A sync that writes nothing: each object is compared with a server-side
+    /// apply dry run of its desired state, and what would be pruned is listed.
+    async fn dry_run_sync(&self, bundle: &Bundle, request: &SyncRequest, report: &mut SyncReport) {
+        let label = app_label(&bundle.app);
+        let mut live = LiveCache::default();
+        let objects = sync_order(&bundle.objects).into_iter().filter(|o| {
+            o.hook.is_none()
+                && (request.resources.is_empty() || request.resources.contains(&o.resource()))
+        });
+        let mut failure = None;
+        for object in objects {
+            let resource = object.resource();
+            live.load(self, &resource).await;
+            let current = live.get(&resource).ok().flatten();
+            let judged = match current {
+                None => Ok((Action::WouldChange, health::assess_live(None))),
+                Some(current) => {
+                    let owner = current
+                        .pointer("/metadata/labels")
+                        .and_then(|l| l.get(APP_LABEL))
+                        .and_then(Value::as_str);
+                    match owner {
+                        Some(owner) if owner != label => Err(Error::Conflict {
+                            resource: describe(&resource),
+                            owner: owner.to_owned(),
+                        }),
+                        _ => self.dry_run(bundle, object).await.map(|after| {
+                            let action = if crate::drift::compare(&after, current).is_empty() {
+                                Action::Unchanged
+                            } else {
+                                Action::WouldChange
+                            };
+                            (action, health::assess(current))
+                        }),
+                    }
+                }
+            };
+            let (action, health, error) = match judged {
+                Ok((action, health)) => (action, health, None),
+                Err(e) => {
+                    failure.get_or_insert_with(|| Outcome::Failed {
+                        resource: Some(resource.clone()),
+                        message: e.to_string(),
+                    });
+                    (Action::Failed, health::assess_live(None), Some(Arc::new(e)))
+                }
+            };
+            report.resources.push(ObjectResult {
+                resource,
+                wave: object.wave,
+                action,
+                health,
+                error,
+            });
+        }
+        let prune = request.prune || bundle.policy.automated.as_ref().is_some_and(|a| a.prune);
+        match self.leaving(bundle, request) {
+            Ok((_, leaving)) => {
+                for o in leaving {
+                    if prune && o.prune {
+                        report.pruned.push(o.resource);
+                    } else {
+                        let why = if o.prune {
+                            "requires pruning; prune is off"
+                        } else {
+                            "Prune=false"
+                        };
+                        report.kept.push((o.resource, why.into()));
+                    }
+                }
+            }
+            Err(e) => {
+                failure.get_or_insert_with(|| Outcome::Failed {
+                    resource: None,
+                    message: e.to_string(),
+                });
+            }
+        }
+        if let Some(failure) = failure {
+            report.outcome = failure;
+        }
     }
 
     /// Deletes an app's objects, as deleting an Argo CD Application with cascade
@@ -1656,6 +1955,35 @@ pub fn to_value(object: &DynamicObject, gvk: &Gvk) -> Value {
         map.insert("kind".into(), Value::String(gvk.kind.clone()));
     }
     value
+}
+
+/// Metadata the apiserver sets; a diff never shows it.
+const SERVER_METADATA: &[&str] = &[
+    "managedFields",
+    "resourceVersion",
+    "uid",
+    "generation",
+    "creationTimestamp",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
+
+/// The object without `status` and server-set metadata, for a diff.
+pub fn without_server_fields(mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            for key in SERVER_METADATA {
+                meta.remove(*key);
+            }
+        }
+    }
+    object
+}
+
+fn to_yaml(value: &Value) -> String {
+    serde_saphyr::to_string(value).unwrap_or_else(|_| value.to_string())
 }
 
 fn is_settled(health: Health) -> bool {

@@ -61,6 +61,8 @@ pub enum Change {
     InSync,
     /// selfHeal re-applied it.
     Healed(ObjectResult),
+    /// Its health changed (a Deployment became Available, or Degraded).
+    Health,
 }
 
 /// One report from the monitor.
@@ -107,16 +109,29 @@ struct State {
     heals: HashMap<ResourceRef, u32>,
 }
 
-/// Watches one app's objects; stops when dropped.
+/// Self-heals waiting out their backoff; aborted with the monitor, so a heal
+/// never lands in the middle of a sync that replaced it.
+type PendingHeals = Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>;
+
+/// Watches one app's objects; stops when dropped, with any self-heal it has
+/// scheduled.
 pub struct Monitor {
     tasks: Vec<JoinHandle<()>>,
     state: Arc<Mutex<State>>,
+    heals: PendingHeals,
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        let mut heals = match self.heals.lock() {
+            Ok(heals) => heals,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for heal in heals.drain(..) {
+            heal.abort();
         }
     }
 }
@@ -134,6 +149,7 @@ struct Watched {
     desired: HashMap<ResourceRef, (Object, Value)>,
     state: Arc<Mutex<State>>,
     reports: mpsc::UnboundedSender<Report>,
+    heals: PendingHeals,
 }
 
 impl Monitor {
@@ -157,7 +173,9 @@ impl Monitor {
             }
         }
         let state = Arc::new(Mutex::new(State::default()));
+        let heals = PendingHeals::default();
         let watched = Arc::new(Watched {
+            heals: heals.clone(),
             applier: applier.clone(),
             bundle: bundle.clone(),
             options,
@@ -191,12 +209,28 @@ impl Monitor {
                 .instrument(span),
             ));
         }
-        Ok(Self { tasks, state })
+        Ok(Self {
+            tasks,
+            state,
+            heals,
+        })
     }
 
     /// The app's health: the worst of its watched objects' health.
     pub async fn health(&self) -> Health {
         Health::worst(self.state.lock().await.health.values().map(|a| a.health))
+    }
+
+    /// Every watched object's last health, and the drift of those that drifted
+    /// (an empty list for one that was deleted).
+    pub async fn snapshot(
+        &self,
+    ) -> (
+        HashMap<ResourceRef, Assessment>,
+        HashMap<ResourceRef, Vec<DriftEntry>>,
+    ) {
+        let state = self.state.lock().await;
+        (state.health.clone(), state.drift.clone())
     }
 
     /// Every drifted field now known.
@@ -262,11 +296,15 @@ impl Watched {
             return;
         };
         let health = health::assess(&live);
-        let was_drifted = {
+        let (was_drifted, health_changed) = {
             let mut state = self.state.lock().await;
-            state.health.insert(resource.clone(), health.clone());
-            state.drift.contains_key(&resource)
+            let before = state.health.insert(resource.clone(), health.clone());
+            let changed = before.is_none_or(|b| b.health != health.health);
+            (state.drift.contains_key(&resource), changed)
         };
+        if health_changed {
+            self.send(resource.clone(), Change::Health, health.clone());
+        }
         if contains(manifest, &live) {
             if was_drifted {
                 let mut state = self.state.lock().await;
@@ -283,17 +321,7 @@ impl Watched {
                 return;
             }
         };
-        let entries: Vec<DriftEntry> = compare(&dry_run, &live)
-            .into_iter()
-            .map(|(path, desired, actual)| DriftEntry {
-                resource: resource.clone(),
-                field_manager: manager_of(&live, &path).filter(|m| m != FIELD_MANAGER),
-                path: render_path(&path),
-                old: desired.map(|v| v.to_string()),
-                new: actual.map(|v| v.to_string()),
-            })
-            .filter(|e| !ignored(&self.bundle.ignore_differences, &resource, e))
-            .collect();
+        let entries = differences(&self.bundle, &resource, &dry_run, &live);
         if entries.is_empty() {
             return;
         }
@@ -345,7 +373,7 @@ impl Watched {
             .saturating_mul(1 << (count - 1).min(16))
             .min(self.options.max_backoff);
         let this = self.clone();
-        tokio::spawn(
+        let heal = tokio::spawn(
             async move {
                 tokio::time::sleep(delay).await;
                 let mut results = this
@@ -360,6 +388,10 @@ impl Watched {
             }
             .in_current_span(),
         );
+        if let Ok(mut heals) = self.heals.lock() {
+            heals.retain(|h| !h.is_finished());
+            heals.push(heal);
+        }
     }
 
     fn send(&self, resource: ResourceRef, change: Change, health: Assessment) {
@@ -402,19 +434,99 @@ fn render_path(path: &[compare::Segment]) -> String {
     out
 }
 
+/// The fields where `dry_run` (a server-side apply dry run of the desired
+/// object) and `live` differ, each with the field manager that last wrote it,
+/// leaving out what the app's `ignoreDifferences` covers.
+pub fn differences(
+    bundle: &Bundle,
+    resource: &ResourceRef,
+    dry_run: &Value,
+    live: &Value,
+) -> Vec<DriftEntry> {
+    compare(dry_run, live)
+        .into_iter()
+        .map(|(path, desired, actual)| DriftEntry {
+            resource: resource.clone(),
+            field_manager: manager_of(live, &path).filter(|m| m != FIELD_MANAGER),
+            path: render_path(&path),
+            old: desired.map(|v| v.to_string()),
+            new: actual.map(|v| v.to_string()),
+        })
+        .filter(|e| !ignored(&bundle.ignore_differences, resource, e))
+        .collect()
+}
+
+/// `object` without the fields the app's `ignoreDifferences` names by JSON
+/// pointer or plain jq path, so a diff does not show them.
+pub fn without_ignored(bundle: &Bundle, resource: &ResourceRef, mut object: Value) -> Value {
+    for rule in bundle
+        .ignore_differences
+        .iter()
+        .filter(|rule| rule_applies(rule, resource))
+    {
+        let pointers = rule
+            .json_pointers
+            .iter()
+            .map(|p| {
+                p.trim_start_matches('/')
+                    .split('/')
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .chain(rule.jq_path_expressions.iter().map(|p| {
+                p.trim_start_matches('.')
+                    .split('.')
+                    .map(str::to_owned)
+                    .collect::<Vec<String>>()
+            }));
+        for path in pointers {
+            remove_path(&mut object, &path);
+        }
+    }
+    object
+}
+
+fn remove_path(object: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = object;
+    for key in parents {
+        // JSON pointer escapes: ~1 is '/', ~0 is '~'.
+        let key = key.replace("~1", "/").replace("~0", "~");
+        node = match node {
+            Value::Object(map) => match map.get_mut(&key) {
+                Some(next) => next,
+                None => return,
+            },
+            Value::Array(items) => match key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(next) => next,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    if let Value::Object(map) = node {
+        map.remove(&last.replace("~1", "/").replace("~0", "~"));
+    }
+}
+
+fn rule_applies(rule: &IgnoreDifference, resource: &ResourceRef) -> bool {
+    rule.group == resource.gvk.group
+        && (rule.kind == resource.gvk.kind || rule.kind == "*")
+        && rule.name.as_ref().is_none_or(|n| *n == resource.name)
+        && rule
+            .namespace
+            .as_ref()
+            .is_none_or(|n| Some(n) == resource.namespace.as_ref())
+}
+
 /// Whether an app's `ignoreDifferences` covers this entry: JSON pointers and
 /// jq paths that are plain field paths match the field and everything under it;
 /// managedFieldsManagers match the entry's manager.
 fn ignored(rules: &[IgnoreDifference], resource: &ResourceRef, entry: &DriftEntry) -> bool {
     rules.iter().any(|rule| {
-        let applies = rule.group == resource.gvk.group
-            && (rule.kind == resource.gvk.kind || rule.kind == "*")
-            && rule.name.as_ref().is_none_or(|n| *n == resource.name)
-            && rule
-                .namespace
-                .as_ref()
-                .is_none_or(|n| Some(n) == resource.namespace.as_ref());
-        if !applies {
+        if !rule_applies(rule, resource) {
             return false;
         }
         let under = |prefix: &str| {

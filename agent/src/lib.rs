@@ -7,7 +7,12 @@
 //! pinned CA) and [`journal`] (applied bundles and the status outbox); [`facts`]
 //! reads what registration tells the hub about the cluster.
 //!
-//! The engine: [`apply::Applier::sync`] runs one bundle through its phases and waves
+//! [`engine::Engine`] is what the link drives: it syncs (automated) or diffs
+//! (manual) each bundle, runs the hub's Sync, Refresh and Diff commands one
+//! operation per app at a time, and keeps watching every app it holds, turning
+//! drift, self-heal and health changes into coalesced status reports.
+//!
+//! Underneath: [`apply::Applier::sync`] runs one bundle through its phases and waves
 //! and returns a [`apply::SyncReport`]; [`apply::Applier::diff`] reports what a sync
 //! would change for apps with a manual sync policy. [`health`] judges live objects
 //! from watch events, [`drift::Monitor`] watches an app's objects and reports (and

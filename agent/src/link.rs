@@ -5,10 +5,13 @@
 //! The hub is trusted by the SHA-256 of its CA certificate, pinned at install
 //! time; the hub sends its CA along with its server certificate, and
 //! [`PinnedCa`] checks the server certificate against the CA whose fingerprint
-//! matches. Every bundle is verified, flushed to the agent's store, handed to the
-//! [`Applier`], and only then acknowledged. Status reports wait in the store's
-//! outbox until the hub acknowledges them, and go again, in order, after an
-//! outage. Lost connections are retried with jittered exponential backoff.
+//! matches. Every bundle is verified, checked against its AppProject's rules,
+//! flushed to the agent's store, handed to the [`Applier`], and only then
+//! acknowledged. Bundles are applied one after another on a task of their own,
+//! and commands each on theirs, so a long sync never stalls heartbeats; their
+//! outcomes, like the statuses the applier reports on its own, come back to the
+//! connection loop. Status reports wait in the store's outbox until the hub
+//! acknowledges them, and go again, in order, after an outage. Lost connections are retried with jittered exponential backoff.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use flotilla_common::bundle::{Bundle, Envelope};
 use flotilla_common::frame::{self, FrameDecoder, Limits};
 use flotilla_common::message::{
-    Applied, BundleOutcome, Channel, CommandOutcome, CommandResult, GoodbyeReason, Message,
-    Register, Rejection, Status,
+    Applied, BundleOutcome, Channel, Command, CommandOutcome, CommandResult, GoodbyeReason,
+    Message, Register, Rejection, Status,
 };
 use flotilla_common::model::{ClusterFacts, Health, SyncStatus, Timestamp};
 use flotilla_common::protocol::{AgentEvent, AgentSession, Timing};
@@ -96,11 +99,51 @@ pub struct ApplyReport {
     pub status: Option<Status>,
 }
 
+/// What running a command came to: the result for the hub, and the app's status
+/// afterwards (with the operation a sync ran), if it changed.
+#[derive(Clone, Debug)]
+pub struct CommandReport {
+    /// The command's result.
+    pub result: CommandResult,
+    /// A status to report; its sequence is set by the link.
+    pub status: Option<Status>,
+}
+
 /// Where applying a bundle plugs in: the apply engine implements this. The link
-/// calls it only with bundles that verified and are flushed to the store.
+/// calls it only with bundles that verified, that their AppProject permits, and
+/// that are flushed to the store.
 pub trait Applier: Send + Sync + 'static {
     /// Applies `bundle` to the cluster.
     fn apply(&self, bundle: &Bundle) -> impl Future<Output = ApplyReport> + Send;
+
+    /// Called once when the agent starts, with the last bundle of every app it
+    /// holds, so the engine can watch them again without re-applying.
+    fn resume(&self, bundles: Vec<Bundle>) -> impl Future<Output = ()> + Send {
+        drop(bundles);
+        async {}
+    }
+
+    /// Runs a command from the hub. The link runs it on its own task, so a long
+    /// sync does not hold up heartbeats, bundles or other commands.
+    fn command(&self, command: Command) -> impl Future<Output = CommandReport> + Send + 'static {
+        std::future::ready(CommandReport {
+            result: CommandResult {
+                request_id: command.request_id,
+                outcome: CommandOutcome::Failed {
+                    message: "this agent runs no commands".to_owned(),
+                },
+                drift: Vec::new(),
+                diffs: Vec::new(),
+            },
+            status: None,
+        })
+    }
+
+    /// Status reports the applier makes on its own (drift, health, self-heal);
+    /// the link asks once and sends each one through the outbox.
+    fn reports(&self) -> Option<mpsc::UnboundedReceiver<Status>> {
+        None
+    }
 }
 
 /// The stand-in until the apply engine lands: applies nothing, acknowledges every
@@ -378,9 +421,20 @@ pub struct Agent<A: Applier> {
     config: AgentConfig,
     keeper: identity::Keeper,
     store: Store,
-    applier: A,
+    applier: Arc<A>,
     endpoint: quinn::Endpoint,
     state: watch::Sender<LinkState>,
+    /// Verified, stored bundles waiting for the applier, in the order they came.
+    queue: mpsc::UnboundedSender<Queued>,
+    queued: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    /// Applied bundles, from the apply task back to the connection loop.
+    applied_tx: mpsc::UnboundedSender<(Queued, ApplyReport)>,
+    applied_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(Queued, ApplyReport)>>,
+    /// Statuses the applier reports on its own.
+    reports: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<Status>>>,
+    /// Finished commands, from their tasks back to the connection loop.
+    finished: mpsc::UnboundedSender<CommandReport>,
+    finished_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<CommandReport>>,
 }
 
 impl<A: Applier> std::fmt::Debug for Agent<A> {
@@ -408,13 +462,23 @@ impl<A: Applier> Agent<A> {
         endpoint: quinn::Endpoint,
     ) -> Self {
         let (state, _) = watch::channel(LinkState::default());
+        let (finished, finished_rx) = mpsc::unbounded_channel();
+        let (queue, queued) = mpsc::unbounded_channel();
+        let (applied_tx, applied_rx) = mpsc::unbounded_channel();
         Self {
             keeper: identity::Keeper::Dir(config.state_dir.clone()),
             config,
             store,
-            applier,
+            reports: tokio::sync::Mutex::new(applier.reports()),
+            applier: Arc::new(applier),
             endpoint,
             state,
+            queue,
+            queued: std::sync::Mutex::new(Some(queued)),
+            applied_tx,
+            applied_rx: tokio::sync::Mutex::new(applied_rx),
+            finished,
+            finished_rx: tokio::sync::Mutex::new(finished_rx),
         }
     }
 
@@ -444,6 +508,8 @@ impl<A: Applier> Agent<A> {
             let mut session =
                 AgentSession::new(timing, self.store.applied()?, self.store.outbox()?);
             session.resume_status_sequence(self.store.next_status_sequence()?);
+            self.applier.resume(self.held_bundles()?).await;
+            let _applying = self.start_applying();
             self.state.send_modify(|s| {
                 s.applied = session.applied();
                 s.outbox = self.store.outbox().map(|o| o.len()).unwrap_or(0);
@@ -489,6 +555,59 @@ impl<A: Applier> Agent<A> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Starts the task that applies queued bundles in order; it stops when the
+    /// returned guard is dropped.
+    fn start_applying(&self) -> Option<AbortOnDrop> {
+        let mut queued = match self.queued.lock() {
+            Ok(mut queued) => queued.take()?,
+            Err(poisoned) => poisoned.into_inner().take()?,
+        };
+        let applier = self.applier.clone();
+        let applied = self.applied_tx.clone();
+        let task = tokio::spawn(
+            async move {
+                while let Some(next) = queued.recv().await {
+                    let report = applier.apply(&next.bundle).await;
+                    if applied.send((next, report)).is_err() {
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Some(AbortOnDrop(task))
+    }
+
+    /// The last bundle of every app in the store; one that no longer decodes is
+    /// skipped with a warning, and its app stays unwatched until a newer bundle.
+    fn held_bundles(&self) -> Result<Vec<Bundle>> {
+        let mut bundles = Vec::new();
+        for applied in self.store.applied()? {
+            let Some(bytes) = self.store.bundle(&applied.app)? else {
+                continue;
+            };
+            match Envelope::decode(&bytes).and_then(|e| Bundle::decode(&e.payload)) {
+                Ok(bundle) => bundles.push(bundle),
+                Err(e) => warn!(app = %applied.app, error = %e, "a stored bundle does not decode"),
+            }
+        }
+        Ok(bundles)
+    }
+
+    /// Numbers a status, puts it in the outbox and queues it for the hub.
+    async fn report(
+        &self,
+        session: &mut AgentSession,
+        mut status: Status,
+    ) -> std::result::Result<(), Attempt> {
+        status.sequence = session.next_status_sequence();
+        self.store.push_outbox(&status).await.map_err(Error::from)?;
+        session.report_status(status);
+        let outbox = session.unacknowledged().count();
+        self.state.send_modify(|s| s.outbox = outbox);
+        Ok(())
     }
 
     async fn connect(
@@ -631,6 +750,9 @@ impl<A: Applier> Agent<A> {
         let limits = self.config.limits;
         let ended = |e: &dyn std::fmt::Display| Attempt::Ended(e.to_string());
         let mut early: Vec<Message> = Vec::new();
+        let mut reports = self.reports.lock().await;
+        let mut finished = self.finished_rx.lock().await;
+        let mut applied = self.applied_rx.lock().await;
         loop {
             while let Some(transmit) = session.poll_transmit() {
                 let bytes = transmit.encode(&limits).map_err(|e| ended(&e))?;
@@ -688,6 +810,17 @@ impl<A: Applier> Agent<A> {
                         });
                     }
                 },
+                status = next_report(&mut reports) => self.report(session, status).await?,
+                Some((done, report)) = applied.recv() => self.bundle_applied(session, done, report).await?,
+                Some(done) = finished.recv() => {
+                    if let Some(status) = done.status {
+                        self.report(session, status).await?;
+                    }
+                    let id = done.result.request_id;
+                    if let Err(e) = session.command_result(done.result) {
+                        warn!(request_id = id, error = %e, "the result of a command could not be sent");
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
                 reason = connection.closed() => return Err(connection_ended(reason)),
                 _ = stopped(stop) => {
@@ -730,14 +863,15 @@ impl<A: Applier> Agent<A> {
                     .send_modify(|s| s.outbox = s.outbox.saturating_sub(1));
             }
             AgentEvent::Command(command) => {
-                let _ = session.command_result(CommandResult {
-                    request_id: command.request_id,
-                    outcome: CommandOutcome::Failed {
-                        message: "commands are not implemented by this agent yet".to_owned(),
-                    },
-                    drift: Vec::new(),
-                    diffs: Vec::new(),
-                });
+                info!(request_id = command.request_id, app = %command.app, "command received");
+                let running = self.applier.command(command);
+                let finished = self.finished.clone();
+                tokio::spawn(
+                    async move {
+                        let _ = finished.send(running.await);
+                    }
+                    .in_current_span(),
+                );
             }
             AgentEvent::KeySetUpdate(update) => match identity.key_set.apply_update(&update) {
                 Ok(key_set) => {
@@ -790,6 +924,21 @@ impl<A: Applier> Agent<A> {
                 return Ok(());
             }
         };
+        // The hub checked the app's AppProject when it rendered the bundle; check
+        // again here, before anything is stored or applied.
+        if let Err(violation) = bundle.permitted() {
+            warn!(app = %bundle.app, generation = envelope.generation, %violation, "refused a bundle its project does not permit");
+            self.state.send_modify(|s| s.bundles_rejected += 1);
+            session.bundle_outcome(
+                Some(bundle.app.clone()),
+                envelope.generation,
+                envelope.digest,
+                BundleOutcome::Rejected(Rejection::NotPermitted {
+                    message: violation.to_string(),
+                }),
+            );
+            return Ok(());
+        }
         let record = Applied {
             app: bundle.app.clone(),
             generation: envelope.generation,
@@ -802,18 +951,33 @@ impl<A: Applier> Agent<A> {
             .put_bundle(&record, &bytes)
             .await
             .map_err(Error::from)?;
-        let report = self.applier.apply(&bundle).await;
-        info!(app = %bundle.app.name, generation = envelope.generation, outcome = ?report.outcome, "bundle applied");
+        let queued = Queued {
+            bundle,
+            generation: envelope.generation,
+            digest: envelope.digest,
+        };
+        if self.queue.send(queued).is_err() {
+            return Err(Attempt::Ended("the apply task is gone".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a bundle the applier is done with, and reports its status.
+    async fn bundle_applied(
+        &self,
+        session: &mut AgentSession,
+        done: Queued,
+        report: ApplyReport,
+    ) -> std::result::Result<(), Attempt> {
+        info!(app = %done.bundle.app.name, generation = done.generation, outcome = ?report.outcome, "bundle applied");
         session.bundle_outcome(
-            Some(bundle.app.clone()),
-            envelope.generation,
-            envelope.digest,
+            Some(done.bundle.app.clone()),
+            done.generation,
+            done.digest,
             report.outcome,
         );
-        if let Some(mut status) = report.status {
-            status.sequence = session.next_status_sequence();
-            self.store.push_outbox(&status).await.map_err(Error::from)?;
-            session.report_status(status);
+        if let Some(status) = report.status {
+            self.report(session, status).await?;
         }
         let applied = session.applied();
         let outbox = session.unacknowledged().count();
@@ -839,6 +1003,33 @@ fn connection_ended(reason: quinn::ConnectionError) -> Attempt {
             ))
         }
         _ => Attempt::Ended(reason.to_string()),
+    }
+}
+
+/// A verified, stored bundle waiting for the applier.
+struct Queued {
+    bundle: Bundle,
+    generation: u64,
+    digest: flotilla_common::bundle::Digest,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The next status the applier reports on its own; never, if it reports none.
+async fn next_report(reports: &mut Option<mpsc::UnboundedReceiver<Status>>) -> Status {
+    match reports {
+        Some(receiver) => match receiver.recv().await {
+            Some(status) => status,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

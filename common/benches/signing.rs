@@ -6,6 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flotilla_common::bundle::{Bundle, Object, Source, SyncPolicy};
 use flotilla_common::model::{AppRef, Gvk, Timestamp};
+use flotilla_common::project::ProjectRules;
 use flotilla_common::signing::{self, BundleSigner, Expectation, KeySet};
 use serde_json::json;
 
@@ -37,6 +38,7 @@ fn one_mib_bundle() -> Bundle {
         not_after: Timestamp(NOW.0 + 3600),
         policy: SyncPolicy::default(),
         ignore_differences: Vec::new(),
+        project: ProjectRules::allow_all("default", "east"),
         objects,
     }
 }

@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::codec::{self, DecodeFailure};
 use crate::model::{AppRef, Gvk, ResourceRef, Timestamp};
+use crate::project::{ProjectRules, Violation};
 
 mod canonical;
 #[cfg(test)]
@@ -247,6 +248,9 @@ pub struct Bundle {
     pub policy: SyncPolicy,
     /// The app's `ignoreDifferences`.
     pub ignore_differences: Vec<IgnoreDifference>,
+    /// The app's AppProject rules and destination, which the agent enforces again
+    /// before it applies anything.
+    pub project: ProjectRules,
     /// The rendered objects.
     pub objects: Vec<Object>,
 }
@@ -263,6 +267,7 @@ struct CanonicalBundle<'a> {
     not_after: Timestamp,
     policy: &'a SyncPolicy,
     ignore_differences: &'a [IgnoreDifference],
+    project: &'a ProjectRules,
     objects: Vec<&'a Object>,
 }
 
@@ -289,9 +294,17 @@ impl Bundle {
             not_after: self.not_after,
             policy: &self.policy,
             ignore_differences: &self.ignore_differences,
+            project: &self.project,
             objects,
         };
         codec::encode(&canonical).map_err(Error::Encode)
+    }
+
+    /// Whether the bundle's AppProject permits its source, its destination and
+    /// every object in it; the first rule broken otherwise.
+    pub fn permitted(&self) -> std::result::Result<(), Violation> {
+        self.project
+            .permits(&self.source.repo, &self.cluster, &self.objects)
     }
 
     /// The digest of the canonical encoding; independent of object order.

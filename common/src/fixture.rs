@@ -4,6 +4,7 @@ use serde_json::json;
 
 use crate::bundle::{Automated, Bundle, Object, Source, SyncPolicy};
 use crate::model::{AppRef, Gvk, Timestamp};
+use crate::project::ProjectRules;
 use crate::signing::{BundleSigner, KeySet};
 
 /// The cluster the fixtures address.
@@ -56,6 +57,7 @@ pub fn bundle(app: &str, generation: u64, objects: usize) -> Bundle {
             sync_options: vec!["CreateNamespace=true".to_owned()],
         },
         ignore_differences: Vec::new(),
+        project: ProjectRules::allow_all("default", CLUSTER),
         objects: (0..objects)
             .map(|i| config_map(&format!("cm-{i}"), &format!("v{i}")))
             .collect(),

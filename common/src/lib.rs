@@ -11,6 +11,8 @@
 //! - [`bundle`]: a [`Bundle`](bundle::Bundle) is one app's rendered objects for one
 //!   cluster at one generation, encoded canonically so its digest is stable. An
 //!   [`Envelope`](bundle::Envelope) carries it with a signature.
+//! - [`project`]: the AppProject rules a bundle carries, which the agent enforces
+//!   again before applying anything.
 //! - [`signing`]: the hub signs with a [`BundleSigner`](signing::BundleSigner); the
 //!   agent opens envelopes with [`signing::verify`], which returns the bundle or a
 //!   [`VerifyError`](signing::VerifyError) to branch on. Key sets rotate through
@@ -41,6 +43,7 @@ mod fixture;
 pub mod frame;
 pub mod message;
 pub mod model;
+pub mod project;
 pub mod protocol;
 pub mod signing;
 

@@ -368,7 +368,7 @@ impl Refresher {
         };
         for (cluster, objects) in checked {
             if let Some(generation) = self
-                .store_bundle(&record, &app, cluster, &commit, objects, now)
+                .store_bundle(&record, &app, &project, cluster, &commit, objects, now)
                 .await?
             {
                 generations.push((cluster.name.clone(), generation));
@@ -427,10 +427,12 @@ impl Refresher {
 
     /// Stores the next generation for (app, cluster) when the desired state differs
     /// from the latest stored one. Returns the new generation.
+    #[allow(clippy::too_many_arguments)]
     async fn store_bundle(
         &self,
         record: &AppRecord,
         app: &Application,
+        app_project: &AppProject,
         cluster: &ClusterRecord,
         commit: &CommitId,
         objects: Vec<Object>,
@@ -451,6 +453,7 @@ impl Refresher {
             not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
             policy: sync_policy(app),
             ignore_differences: ignore_differences(app),
+            project: app_project.rules(&app.spec.destination),
             objects,
         };
         let previous = latest
@@ -718,6 +721,7 @@ fn same_desired_state(a: &Bundle, b: &Bundle) -> bool {
     }
     a.policy == b.policy
         && a.ignore_differences == b.ignore_differences
+        && a.project == b.project
         && a.source.repo == b.source.repo
         && a.source.path == b.source.path
         && sorted(&a.objects) == sorted(&b.objects)

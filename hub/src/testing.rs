@@ -26,5 +26,6 @@ pub fn bundle(
         policy: SyncPolicy::default(),
         ignore_differences: Vec::new(),
         objects,
+        project: flotilla_common::project::ProjectRules::allow_all("default", cluster),
     }
 }

@@ -375,3 +375,53 @@ async fn a_command_reaches_the_connected_agent_and_its_result_comes_back() {
     agent.stop().await.unwrap();
     hub.stop().await;
 }
+
+/// The agent enforces the bundle's AppProject again: a signed bundle with an
+/// object its project does not allow is refused with the rule named, is not
+/// stored as applied, and the hub records the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_a_bundle_its_project_does_not_permit() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut east = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    east.wait("connected", |s| s.connected).await;
+    let mut bundle = fixture::bundle("east", "web", 1, 1, 16);
+    bundle.project.name = "team".to_owned();
+    bundle.project.source_repos = vec!["https://git.example/other/*".to_owned()];
+    let envelope = hub
+        .store
+        .bundle_signer()
+        .await
+        .unwrap()
+        .sign(&bundle)
+        .unwrap();
+    hub.store
+        .put_bundle("default", "web", "east", 1, &envelope.encode().unwrap())
+        .await
+        .unwrap();
+    east.wait("refused", |s| s.bundles_rejected == 1).await;
+    assert_eq!(east.applied_generation("web"), None);
+    eventually("the hub records the refusal", Duration::from_secs(10), || {
+        hub.store
+            .link("east")
+            .unwrap()
+            .unwrap()
+            .acks
+            .get("default/web")
+            .is_some_and(|a| {
+                a.outcome.contains("NotPermitted")
+                    && a.outcome.contains(
+                        "repository https://git.example/fleet.git is not permitted by spec.sourceRepos",
+                    )
+            })
+    })
+    .await;
+    east.stop().await.unwrap();
+    hub.stop().await;
+}

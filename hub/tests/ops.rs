@@ -149,7 +149,6 @@ async fn a_manual_app_is_out_of_sync_and_a_denied_sync_and_a_wait_that_runs_out_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the agent's command support (branch agentops)"]
 async fn a_sync_applies_a_manual_app_and_the_history_records_it_with_the_user() {
     let fleet = Fleet::start().await;
     let name = unique("ops-sync");
@@ -211,7 +210,6 @@ async fn a_sync_applies_a_manual_app_and_the_history_records_it_with_the_user() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the agent's command support (branch agentops)"]
 async fn a_rollback_resends_the_older_bundle_and_switches_automation_off() {
     let fleet = Fleet::start().await;
     let name = unique("ops-rollback");

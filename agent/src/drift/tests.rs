@@ -62,3 +62,53 @@ fn entry_reads_like_the_issue_asks() {
         "spec.replicas: 3 → 5, changed by kubectl-edit"
     );
 }
+
+#[test]
+fn ignored_paths_are_removed_by_pointer_and_by_jq_path() {
+    use flotilla_common::bundle::{Bundle, IgnoreDifference};
+    use flotilla_common::model::{AppRef, Gvk, ResourceRef, Timestamp};
+    let bundle = Bundle {
+        app: AppRef::new("default", "a"),
+        cluster: "east".into(),
+        source: Default::default(),
+        generation: 1,
+        created_at: Timestamp(0),
+        not_after: Timestamp(1),
+        policy: Default::default(),
+        ignore_differences: vec![IgnoreDifference {
+            group: "apps".into(),
+            kind: "Deployment".into(),
+            json_pointers: vec!["/spec/replicas".into(), "/metadata/annotations/a~1b".into()],
+            jq_path_expressions: vec![".spec.template.spec.containers".into()],
+            ..IgnoreDifference::default()
+        }],
+        project: flotilla_common::project::ProjectRules::allow_all("default", "east"),
+        objects: Vec::new(),
+    };
+    let deployment = ResourceRef {
+        gvk: Gvk::new("apps", "v1", "Deployment"),
+        namespace: Some("shop".into()),
+        name: "web".into(),
+    };
+    let object = serde_json::json!({
+        "metadata": {"annotations": {"a/b": "x", "keep": "y"}},
+        "spec": {"replicas": 3, "paused": false,
+            "template": {"spec": {"containers": [{"name": "app"}], "hostNetwork": false}}}
+    });
+    let stripped = super::without_ignored(&bundle, &deployment, object.clone());
+    assert_eq!(
+        stripped,
+        serde_json::json!({
+            "metadata": {"annotations": {"keep": "y"}},
+            "spec": {"paused": false, "template": {"spec": {"hostNetwork": false}}}
+        })
+    );
+    let config_map = ResourceRef {
+        gvk: Gvk::new("", "v1", "ConfigMap"),
+        ..deployment
+    };
+    assert_eq!(
+        super::without_ignored(&bundle, &config_map, object.clone()),
+        object
+    );
+}

@@ -10,6 +10,7 @@ use flotilla_common::bundle::{
     Automated, Bundle, Hook, HookDeletePolicy, HookPhase, Object, Source, SyncPolicy,
 };
 use flotilla_common::model::{AppRef, Gvk, Timestamp};
+use flotilla_common::project::ProjectRules;
 use flotilla_tests::LocalCluster;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -62,6 +63,7 @@ pub fn bundle(
             sync_options: Vec::new(),
         },
         ignore_differences: Vec::new(),
+        project: ProjectRules::allow_all("default", "test"),
         objects,
     }
 }

@@ -1,6 +1,7 @@
 //! Argo CD `AppProject`: which repos an app may use, where it may deploy, and which
 //! kinds it may create.
 
+use flotilla_common::project as bundle_rules;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -131,6 +132,36 @@ impl AppProject {
 
     pub fn name(&self) -> &str {
         &self.metadata.name
+    }
+
+    /// The rules a bundle carries for the agent to enforce again, checked against
+    /// the app's `destination`.
+    pub fn rules(&self, destination: &super::Destination) -> bundle_rules::ProjectRules {
+        let dest = |d: &ProjectDestination| bundle_rules::Destination {
+            server: d.server.clone(),
+            name: d.name.clone(),
+            namespace: d.namespace.clone(),
+        };
+        let kinds = |list: &[GroupKind]| {
+            list.iter()
+                .map(|gk| bundle_rules::GroupKind::new(&gk.group, &gk.kind))
+                .collect()
+        };
+        let spec = &self.spec;
+        bundle_rules::ProjectRules {
+            name: self.metadata.name.clone(),
+            destination: bundle_rules::Destination {
+                server: destination.server.clone(),
+                name: destination.name.clone(),
+                namespace: destination.namespace.clone(),
+            },
+            source_repos: spec.source_repos.clone(),
+            destinations: spec.destinations.iter().map(dest).collect(),
+            cluster_resource_whitelist: kinds(&spec.cluster_resource_whitelist),
+            cluster_resource_blacklist: kinds(&spec.cluster_resource_blacklist),
+            namespace_resource_whitelist: kinds(&spec.namespace_resource_whitelist),
+            namespace_resource_blacklist: kinds(&spec.namespace_resource_blacklist),
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<()> {

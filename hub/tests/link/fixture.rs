@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use flotilla_agent::link::{AckOnly, Agent, AgentConfig, LinkState};
 use flotilla_common::bundle::{Automated, Bundle, Envelope, Object, Source, SyncPolicy};
 use flotilla_common::model::{AppRef, ClusterFacts, Gvk, Timestamp};
+use flotilla_common::project::ProjectRules;
 use flotilla_hub::cluster;
 use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::store::Store;
@@ -143,6 +144,7 @@ pub fn bundle(
             sync_options: Vec::new(),
         },
         ignore_differences: Vec::new(),
+        project: ProjectRules::allow_all("default", cluster),
         objects: (0..objects)
             .map(|i| {
                 let name = format!("cm-{i}");

@@ -233,6 +233,7 @@ impl Fleet {
     /// webhook naming the commit. Answers the HTTP status.
     pub async fn push_webhook(&self, repo: &WorkRepo) -> u16 {
         use hmac::Mac as _;
+        use hmac::digest::KeyInit as _;
         let body = json!({
             "ref": "refs/heads/main",
             "after": repo.head(),

@@ -366,4 +366,62 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn the_rules_a_bundle_carries_give_the_agent_the_hubs_verdicts() {
+        let p = project(WEB);
+        let repo = "https://git.example/web/shop.git";
+        let cases = [
+            (
+                repo,
+                "{name: east, namespace: shop-a}",
+                object("", "ConfigMap", Some("shop-a")),
+            ),
+            (
+                repo,
+                "{name: east, namespace: shop-a}",
+                object("", "ConfigMap", Some("kube-system")),
+            ),
+            (
+                repo,
+                "{name: west, namespace: shop-a}",
+                object("", "ConfigMap", Some("shop-a")),
+            ),
+            (
+                "https://git.example/web/secrets.git",
+                "{name: east, namespace: shop-a}",
+                object("", "Secret", Some("shop-a")),
+            ),
+            (
+                repo,
+                "{name: east, namespace: shop-a}",
+                object("rbac.authorization.k8s.io", "ClusterRole", None),
+            ),
+            (
+                repo,
+                "{name: east, namespace: shop-a}",
+                object("", "Namespace", None),
+            ),
+            (
+                repo,
+                "{name: east, namespace: shop-a}",
+                object("", "ResourceQuota", Some("shop-a")),
+            ),
+            (
+                repo,
+                "{server: 'https://10.0.0.1:6443', namespace: shop-prod}",
+                object("", "ConfigMap", Some("shop-prod")),
+            ),
+        ];
+        for (repo, dest, object) in cases {
+            let a = app(repo, dest);
+            let objects = [object];
+            let hub = p.permits(&a, &objects).map_err(|v| v.to_string());
+            let agent = p
+                .rules(&a.spec.destination)
+                .permits(repo, "east", &objects)
+                .map_err(|v| v.to_string());
+            assert_eq!(hub, agent, "{repo} {dest}");
+        }
+    }
 }
