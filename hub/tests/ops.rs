@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fixture::link_fixture::{self, eventually};
+use fixture::source_fixture::WorkRepo;
 use fixture::*;
 use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::rbac::Policy;
@@ -23,6 +24,7 @@ use flotilla_hub::render::{Renderer, Tools};
 use flotilla_hub::server::{Config, Server};
 use flotilla_hub::source::RepoCache;
 use flotilla_hub::store::{OperationRecord, Store};
+use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,4 +420,344 @@ async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_unde
         Ok(link) => link.stop().await,
         Err(_) => panic!("the link is still shared after the server stopped"),
     }
+}
+
+/// The recipe's myapp: a Deployment, a Service and a ConfigMap under
+/// `apps/myapp/production`, the Deployment running `image`.
+fn write_myapp(repo: &WorkRepo, image: &str, with_config: bool) {
+    repo.write(
+        "apps/myapp/production/deployment.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: myapp\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: myapp}}\n  template:\n    metadata:\n      labels: {{app: myapp}}\n    spec:\n      containers:\n        - name: web\n          image: {image}\n          ports: [{{containerPort: 80}}]\n"
+        ),
+    );
+    repo.write(
+        "apps/myapp/production/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: myapp\nspec:\n  selector: {app: myapp}\n  ports: [{port: 80, targetPort: 80}]\n",
+    );
+    if with_config {
+        repo.write(
+            "apps/myapp/production/configmap.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: myapp-settings\ndata:\n  greeting: hello\n",
+        );
+    } else {
+        repo.remove("apps/myapp/production/configmap.yaml");
+    }
+}
+
+/// The image of `namespace/myapp` on `member`'s cluster, if it exists.
+async fn myapp_image(member: &Member, namespace: &str) -> Option<String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let deployment = kube::Api::<Deployment>::namespaced(member.kube.clone(), namespace)
+        .get_opt("myapp")
+        .await
+        .unwrap()?;
+    deployment.spec?.template.spec?.containers[0].image.clone()
+}
+
+/// Polls `f` every 100 ms for up to `limit`, failing with `what`.
+async fn until<F, Fut>(what: &str, limit: Duration, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Argo CD's Simple Application from the recipe, once per cluster: automated
+/// prune and selfHeal with CreateNamespace. A commit (announced by a push webhook)
+/// changes the image and both clusters converge; a `kubectl` edit is reverted and
+/// reported with the field manager that made it; a file deleted from Git is pruned
+/// on both clusters, and nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recipes_simple_application_converges_on_both_clusters_heals_and_prunes() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Service};
+
+    let fleet = Fleet::start_on(2).await;
+    let namespace = unique("production");
+    let repo = WorkRepo::new();
+    write_myapp(&repo, "nginx:1.25", true);
+    repo.commit("myapp 1.25");
+    let apps: Vec<String> = fleet
+        .members
+        .iter()
+        .map(|m| format!("myapp-{}", m.name))
+        .collect();
+    for (member, app) in fleet.members.iter().zip(&apps) {
+        let manifest = format!(
+            "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: {app}
+  namespace: argocd
+spec:
+  project: default
+  source:
+    repoURL: 'file://{repo}'
+    targetRevision: main
+    path: apps/myapp/production
+  destination:
+    name: {cluster}
+    namespace: {namespace}
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: true
+    syncOptions:
+      - CreateNamespace=true
+",
+            repo = repo.path().display(),
+            cluster = member.name,
+        );
+        let (status, body) = fleet.create_manifest(&manifest).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let synced_at = |commit: String| {
+        move |s: &Value| {
+            s["sync"] == "Synced"
+                && s["health"] == "Healthy"
+                && s["clusters"][0]["revision"] == commit.as_str()
+        }
+    };
+    for app in &apps {
+        fleet
+            .wait_status(app, "Synced and Healthy", synced_at(repo.head()))
+            .await;
+    }
+    for member in &fleet.members {
+        assert!(
+            kube::Api::<Namespace>::all(member.kube.clone())
+                .get_opt(&namespace)
+                .await
+                .unwrap()
+                .is_some(),
+            "CreateNamespace made no namespace on {}",
+            member.name
+        );
+        assert_eq!(
+            myapp_image(member, &namespace).await.as_deref(),
+            Some("nginx:1.25")
+        );
+    }
+
+    // A new image in Git, announced by the forge's webhook: both clusters roll.
+    write_myapp(&repo, "nginx:1.26", true);
+    let commit = repo.commit("myapp 1.26");
+    assert_eq!(fleet.push_webhook(&repo).await, 202);
+    for app in &apps {
+        fleet
+            .wait_status(app, "the new image Synced", synced_at(commit.clone()))
+            .await;
+    }
+    for member in &fleet.members {
+        assert_eq!(
+            myapp_image(member, &namespace).await.as_deref(),
+            Some("nginx:1.26"),
+            "{} did not converge",
+            member.name
+        );
+    }
+
+    // `kubectl scale`/`edit` behind Flotilla's back on the first cluster: reverted,
+    // recorded as a selfHeal sync, and the drift names the field manager.
+    let first = &fleet.members[0];
+    let deployments = kube::Api::<Deployment>::namespaced(first.kube.clone(), &namespace);
+    deployments
+        .patch(
+            "myapp",
+            &kube::api::PatchParams::apply("kubectl-edit").force(),
+            &kube::api::Patch::Apply(json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "myapp"},
+                "spec": {"replicas": 5},
+            })),
+        )
+        .await
+        .unwrap();
+    until(
+        "the edit to be reverted",
+        Duration::from_secs(60),
+        || async {
+            deployments
+                .get("myapp")
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .replicas
+                == Some(2)
+        },
+    )
+    .await;
+    eventually(
+        "a selfHeal entry in the history",
+        Duration::from_secs(30),
+        || {
+            fleet
+                .store
+                .history("default", &apps[0])
+                .unwrap()
+                .iter()
+                .any(|h| h.initiated_by == "selfHeal" && h.result == "Succeeded")
+        },
+    )
+    .await;
+    let reports = fleet
+        .store
+        .status_history("default", &apps[0], &first.name)
+        .unwrap();
+    // The edit and its heal fall in one report: the drift is gone by then, and the
+    // report's events say what drifted and who changed it.
+    let named = |r: &flotilla_hub::store::StatusRecord| {
+        r.status.drift.iter().any(|d| {
+            d.path == ".spec.replicas" && d.field_manager.as_deref() == Some("kubectl-edit")
+        }) || r.status.events.iter().any(|e| {
+            e.reason == "Drifted"
+                && e.message.contains("replicas")
+                && e.message.contains("kubectl-edit")
+        })
+    };
+    assert!(
+        reports.iter().any(named),
+        "no report says kubectl-edit changed the replicas: {:?}",
+        reports
+            .iter()
+            .map(|r| (&r.status.drift, &r.status.events))
+            .collect::<Vec<_>>()
+    );
+
+    // The ConfigMap's file leaves Git: pruned on both clusters; the rest stays.
+    write_myapp(&repo, "nginx:1.26", false);
+    let commit = repo.commit("drop the settings");
+    assert_eq!(fleet.push_webhook(&repo).await, 202);
+    for app in &apps {
+        fleet
+            .wait_status(app, "the prune Synced", synced_at(commit.clone()))
+            .await;
+    }
+    for member in &fleet.members {
+        let config_maps = kube::Api::<ConfigMap>::namespaced(member.kube.clone(), &namespace);
+        until(
+            "the ConfigMap to be pruned",
+            Duration::from_secs(30),
+            || async {
+                config_maps
+                    .get_opt("myapp-settings")
+                    .await
+                    .unwrap()
+                    .is_none()
+            },
+        )
+        .await;
+        assert!(
+            kube::Api::<Service>::namespaced(member.kube.clone(), &namespace)
+                .get_opt("myapp")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(myapp_image(member, &namespace).await.is_some());
+    }
+
+    for member in &fleet.members {
+        let _ = kube::Api::<Namespace>::all(member.kube.clone())
+            .delete(&namespace, &Default::default())
+            .await;
+    }
+    fleet.stop(&[]).await;
+}
+
+/// An app whose destination its AppProject does not allow is refused with the
+/// rule named, in the app's conditions and from `flotilla app get`, and nothing
+/// reaches the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_outside_its_projects_destinations_is_refused_naming_the_rule() {
+    let fleet = Fleet::start().await;
+    let project = unique("team");
+    let name = unique("ops-outside");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    let (status, body) = fleet
+        .post_text(
+            "/api/v1/projects",
+            &format!(
+                "apiVersion: argoproj.io/v1alpha1
+kind: AppProject
+metadata:
+  name: {project}
+spec:
+  sourceRepos: ['*']
+  destinations:
+    - name: {cluster}
+      namespace: 'team-*'
+",
+                cluster = fleet.cluster
+            ),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status}: {body}");
+    let manifest = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: {project}\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true}}}}\n",
+        repo.path().display(),
+        fleet.cluster
+    );
+    let (status, body) = fleet.create_manifest(&manifest).await;
+    let refused_at_once = status >= 400;
+    if refused_at_once {
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("is not permitted by spec.destinations"),
+            "{message}"
+        );
+    } else {
+        assert_eq!(status, 201, "{body}");
+        let path = format!("/api/v1/applications/{project}/{name}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let condition = loop {
+            let (status, app) = fleet
+                .call("GET", &path, Some(&fleet.admin), Value::Null)
+                .await;
+            assert_eq!(status, 200, "{app}");
+            let found = app["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "InvalidSpecError")
+                .cloned();
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(std::time::Instant::now() < deadline, "no condition: {app}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let message = condition["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("project {project}"))
+                && message.contains("is not permitted by spec.destinations"),
+            "{message}"
+        );
+        assert!(
+            fleet
+                .store
+                .latest_bundle(&project, &name, &fleet.cluster)
+                .unwrap()
+                .is_none(),
+            "a bundle was made for a refused app"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        fleet.config_map(&cm).await.is_none(),
+        "the refused app was applied"
+    );
+    fleet.stop(&[]).await;
 }

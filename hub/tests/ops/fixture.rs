@@ -264,9 +264,15 @@ impl Fleet {
 
     /// Creates an Application from its manifest, as `flotilla app create -f` does.
     pub async fn create_manifest(&self, manifest: &str) -> (u16, Value) {
+        self.post_text("/api/v1/applications", manifest).await
+    }
+
+    /// POSTs `text` (a YAML manifest) as the admin.
+    pub async fn post_text(&self, path: &str, text: &str) -> (u16, Value) {
+        let manifest = text;
         let response = self
             .http
-            .post(format!("{}/api/v1/applications", self.url()))
+            .post(format!("{}{path}", self.url()))
             .bearer_auth(&self.admin)
             .body(manifest.to_owned())
             .send()
