@@ -494,7 +494,8 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
     let remote = connection.remote_address();
     match peer_certificate(&connection) {
         Some(cert) => {
-            let cluster = match shared.store.cluster_by_cert(&ca::fingerprint(&cert)) {
+            let presented = ca::fingerprint(&cert);
+            let cluster = match shared.store.cluster_by_cert(&presented) {
                 Ok(Some(cluster)) => cluster,
                 Ok(None) => {
                     connection.close(close_code::REVOKED.into(), b"certificate revoked");
@@ -507,7 +508,7 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
                 }
             };
             let span = info_span!("agent", cluster = %cluster, %remote);
-            serve_agent(shared, connection, cluster)
+            serve_agent(shared, connection, cluster, presented)
                 .instrument(span)
                 .await;
         }
@@ -701,7 +702,17 @@ async fn update_link(store: &Store, cluster: &str, change: impl FnOnce(&mut Link
     }
 }
 
-async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster: String) {
+async fn serve_agent(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    cluster: String,
+    presented: String,
+) {
+    match cluster::confirm_certificate(&shared.store, &cluster, &presented).await {
+        Ok(true) => info!("agent uses its renewed certificate; the previous one no longer works"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "retiring the previous client certificate failed"),
+    }
     let (to_conn, mut from_hub) = mpsc::unbounded_channel();
     let id = shared
         .next_connection
@@ -762,7 +773,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
         let mut handled = false;
         while let Some(event) = session.poll_event() {
             handled = true;
-            ended |= handle_event(&shared, &cluster, &mut session, event).await;
+            ended |= handle_event(&shared, &cluster, &presented, &mut session, event).await;
         }
         if ended {
             // Send whatever the event queued (a Goodbye) before closing.
@@ -902,6 +913,7 @@ fn forget_connection(shared: &Shared, cluster: &str, id: u64) -> bool {
 async fn handle_event(
     shared: &Shared,
     cluster: &str,
+    presented: &str,
     session: &mut HubSession,
     event: HubEvent,
 ) -> bool {
@@ -969,6 +981,35 @@ async fn handle_event(
             true
         }
         HubEvent::CommandResult(_) => false,
+        HubEvent::Renew(renew) => {
+            let renewed = cluster::renew(
+                &shared.store,
+                &shared.ca,
+                cluster,
+                presented,
+                &renew.public_key,
+                SystemTime::now(),
+                shared.config.cert_lifetime,
+            )
+            .await;
+            match renewed {
+                Ok(renewal) => {
+                    info!(lifetime = ?shared.config.cert_lifetime, "client certificate renewed");
+                    let _ = session.accept_renewal(renewal.certificate);
+                    false
+                }
+                Err(e @ cluster::RenewError::Revoked { .. }) => {
+                    info!(error = %e, "refused a renewal");
+                    session.close(GoodbyeReason::Revoked, e.to_string());
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "renewing a client certificate failed");
+                    let _ = session.refuse_renewal(e.to_string());
+                    false
+                }
+            }
+        }
         HubEvent::Goodbye(goodbye) => {
             info!(reason = ?goodbye.reason, message = %goodbye.message, "agent said goodbye");
             true
