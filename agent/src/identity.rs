@@ -7,6 +7,7 @@
 //! though its bootstrap token is spent.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use flotilla_common::signing::KeySet;
 use rcgen::{KeyPair, PKCS_ED25519};
@@ -42,6 +43,9 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// The client certificate does not parse as X.509.
+    #[error("the agent's client certificate does not parse: {0}")]
+    Certificate(String),
     /// The identity file does not parse.
     #[error("the agent identity at {path} is corrupt")]
     Corrupt {
@@ -83,6 +87,19 @@ pub fn new_key() -> Result<NewKey> {
     })
 }
 
+/// Checks that `identity`'s certificate parses and certifies `public_key`, so a
+/// certificate for another key is never persisted in place of a working one.
+pub fn check_certificate(identity: &Identity, public_key: &[u8; 32]) -> Result<()> {
+    let (_, cert) = x509_parser::parse_x509_certificate(&identity.certificate)
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+    if cert.public_key().subject_public_key.data.as_ref() != public_key.as_slice() {
+        return Err(Error::Certificate(
+            "it certifies another public key than the one sent".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// Everything the agent needs for mutual TLS and bundle checks.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -110,6 +127,28 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     fn path(dir: &Path) -> PathBuf {
         dir.join(FILE)
+    }
+
+    /// When the client certificate starts and stops being valid.
+    pub fn certificate_validity(&self) -> Result<(SystemTime, SystemTime)> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.certificate)
+            .map_err(|e| Error::Certificate(e.to_string()))?;
+        let at = |time: x509_parser::time::ASN1Time| {
+            let seconds = u64::try_from(time.timestamp()).unwrap_or(0);
+            SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+        };
+        Ok((
+            at(cert.validity().not_before),
+            at(cert.validity().not_after),
+        ))
+    }
+
+    /// When to ask for a new certificate: once two thirds of this one's life have
+    /// passed.
+    pub fn renewal_due(&self) -> Result<SystemTime> {
+        let (not_before, not_after) = self.certificate_validity()?;
+        let life = not_after.duration_since(not_before).unwrap_or_default();
+        Ok(not_before + life * 2 / 3)
     }
 
     /// Reads the identity from the state directory, if the agent has registered.
