@@ -281,6 +281,7 @@ impl Keeper {
                             .into_iter()
                             .collect(),
                     ),
+                    type_: Some("Opaque".to_owned()),
                     ..Default::default()
                 };
                 let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
