@@ -28,6 +28,8 @@ pub struct ApiState {
     pub policy: Arc<Policy>,
     /// Repositories to refresh at once (a new app's repo).
     pub refresh_now: mpsc::UnboundedSender<String>,
+    /// The agent link, for each cluster's connection state.
+    pub link: Option<crate::link::Views>,
 }
 
 type Reply = (StatusCode, Json<Value>);
@@ -251,6 +253,7 @@ async fn list_clusters(State(state): State<ApiState>, headers: HeaderMap) -> Rep
         Ok(who) => who,
         Err(reply) => return reply,
     };
+    let links = state.link.as_ref().and_then(|l| l.clusters().ok());
     let clusters: Vec<Value> = state
         .store
         .clusters()
@@ -262,11 +265,13 @@ async fn list_clusters(State(state): State<ApiState>, headers: HeaderMap) -> Rep
                 .enforce(&who.user, &who.groups, "clusters", "get", &c.name)
         })
         .map(|c| {
+            let link = links.iter().flatten().find(|l| l.cluster == c.name);
             json!({
                 "name": c.name,
                 "labels": c.labels,
                 "server": c.facts.as_ref().map(|f| f.api_server_url.clone()),
                 "kubernetesVersion": c.facts.as_ref().map(|f| f.kubernetes_version.clone()),
+                "link": link.map(crate::link::ClusterView::to_json),
             })
         })
         .collect();

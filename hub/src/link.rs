@@ -143,6 +143,55 @@ pub struct ClusterView {
     pub agent_version: Option<String>,
     /// Bundles this hub process has pushed to it since it started.
     pub bundles_sent: u64,
+    /// The last acknowledgement per app, keyed `project/name`.
+    pub acks: std::collections::BTreeMap<String, AckRecord>,
+}
+
+impl ClusterView {
+    /// The view as the API shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let acks: serde_json::Map<String, serde_json::Value> = self
+            .acks
+            .iter()
+            .map(|(app, ack)| {
+                let ack = serde_json::json!({
+                    "generation": ack.generation,
+                    "digest": ack.digest,
+                    "outcome": ack.outcome,
+                    "atMs": ack.at_ms,
+                });
+                (app.clone(), ack)
+            })
+            .collect();
+        serde_json::json!({
+            "state": if self.connected { "Connected" } else { "Disconnected" },
+            "lastSeenMs": self.last_seen_ms,
+            "agentVersion": self.agent_version,
+            "bundlesSentSinceStart": self.bundles_sent,
+            "acks": acks,
+        })
+    }
+}
+
+/// The link's view of its clusters, for the API. It does not keep the link
+/// alive: once the link stops it sees nothing.
+#[derive(Clone)]
+pub struct Views(std::sync::Weak<Shared>);
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Views").finish_non_exhaustive()
+    }
+}
+
+impl Views {
+    /// Every registered cluster's connection state; empty once the link stopped.
+    pub fn clusters(&self) -> Result<Vec<ClusterView>> {
+        match self.0.upgrade() {
+            Some(shared) => cluster_views(&shared),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 struct Shared {
@@ -364,21 +413,12 @@ impl Link {
 
     /// Every registered cluster's connection state.
     pub fn clusters(&self) -> Result<Vec<ClusterView>> {
-        let connected = lock(&self.shared.connections);
-        let sent = lock(&self.shared.sent);
-        Ok(self
-            .shared
-            .store
-            .links()?
-            .into_iter()
-            .map(|link| ClusterView {
-                connected: link.connected && connected.contains_key(&link.cluster),
-                bundles_sent: sent.get(&link.cluster).copied().unwrap_or(0),
-                cluster: link.cluster,
-                last_seen_ms: link.last_seen_ms,
-                agent_version: link.agent_version,
-            })
-            .collect())
+        cluster_views(&self.shared)
+    }
+
+    /// A handle on [`Link::clusters`] for the API.
+    pub fn views(&self) -> Views {
+        Views(Arc::downgrade(&self.shared))
     }
 
     /// Closes every connection and stops.
@@ -399,6 +439,23 @@ impl Link {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+fn cluster_views(shared: &Shared) -> Result<Vec<ClusterView>> {
+    let links = shared.store.links()?;
+    let connected = lock(&shared.connections);
+    let sent = lock(&shared.sent);
+    Ok(links
+        .into_iter()
+        .map(|link| ClusterView {
+            connected: link.connected && connected.contains_key(&link.cluster),
+            bundles_sent: sent.get(&link.cluster).copied().unwrap_or(0),
+            cluster: link.cluster,
+            last_seen_ms: link.last_seen_ms,
+            agent_version: link.agent_version,
+            acks: link.acks,
+        })
+        .collect())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

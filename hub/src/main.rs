@@ -195,6 +195,13 @@ struct ServeArgs {
     /// How long issued client certificates last, in days.
     #[arg(long, env = "FLOTILLA_CERT_DAYS", default_value_t = 30)]
     cert_days: u64,
+    /// QUIC keep-alive towards agents, in seconds.
+    #[arg(long, env = "FLOTILLA_KEEP_ALIVE_SECS", default_value_t = 15)]
+    keep_alive_secs: u64,
+    /// How long an agent may stay silent before its cluster counts as
+    /// disconnected, in seconds (the QUIC idle timeout).
+    #[arg(long, env = "FLOTILLA_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -502,20 +509,29 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => server::default_policy(),
     };
-    let config = Config {
-        listen: args.listen,
-        webhook_secret: args.webhook_secret,
-        policy,
-        admin_password: args.admin_password,
-    };
     let mut link_config = LinkConfig::new(args.agent_listen);
     if args.cert_days == 0 {
         return Err(UsageError("--cert-days must be at least 1".to_owned()).into());
     }
     link_config.cert_lifetime = Duration::from_secs(args.cert_days * 24 * 3600);
+    if args.keep_alive_secs == 0 || args.idle_timeout_secs <= args.keep_alive_secs {
+        return Err(UsageError(
+            "--keep-alive-secs must be at least 1 and less than --idle-timeout-secs".to_owned(),
+        )
+        .into());
+    }
+    link_config.keep_alive = Duration::from_secs(args.keep_alive_secs);
+    link_config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     let link = Link::start(store.clone(), link_config)
         .await
         .context("starting the agent link")?;
+    let config = Config {
+        listen: args.listen,
+        webhook_secret: args.webhook_secret,
+        policy,
+        admin_password: args.admin_password,
+        link: Some(link.views()),
+    };
     let server = Server::start(config, store, refresher).await?;
     if let Some(password) = server.generated_admin_password() {
         // Shown once, on the terminal only, never in the log.

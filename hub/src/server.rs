@@ -57,6 +57,8 @@ pub struct Config {
     pub policy: Policy,
     /// The `admin` account's password on first start; generated when `None`.
     pub admin_password: Option<String>,
+    /// The agent link, whose per-cluster connection state the API shows.
+    pub link: Option<crate::link::Views>,
 }
 
 /// The policy when none is configured: `admin` is `role:admin`, nobody else may do
@@ -99,6 +101,7 @@ impl Server {
             store: store.clone(),
             policy: Arc::new(config.policy),
             refresh_now: refresh_now.clone(),
+            link: config.link,
         });
         let shared = Shared {
             store: store.clone(),

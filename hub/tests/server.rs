@@ -77,6 +77,7 @@ async fn start(poll_interval_secs: u64) -> Running {
         webhook_secret: None,
         policy,
         admin_password: Some(ADMIN_PASSWORD.to_owned()),
+        link: None,
     };
     let server = Server::start(config, store.clone(), refresher)
         .await
