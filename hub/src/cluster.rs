@@ -98,6 +98,18 @@ pub enum RenewError {
         /// The cluster.
         cluster: String,
     },
+    /// The certificate presented is current and not yet half through its life:
+    /// a well-behaved agent asks at two thirds, so this one is refused rather
+    /// than let it make the CA sign in a loop.
+    #[error(
+        "certificate renewal for cluster {cluster:?} is not due: {remaining_s} s of its certificate's life remain, more than half"
+    )]
+    NotDue {
+        /// The cluster.
+        cluster: String,
+        /// Seconds until the presented certificate expires.
+        remaining_s: u64,
+    },
     /// Issuing the certificate failed.
     #[error("failed to issue a renewed client certificate")]
     Certificate(#[from] ca::Error),
@@ -266,7 +278,9 @@ pub async fn register(
 /// (`presented_sha256`) stays accepted as the previous one until the agent first
 /// connects with the new certificate ([`confirm_certificate`]) or it expires, so
 /// an agent that dies before persisting the new certificate can still come back;
-/// any other older certificate stops working.
+/// any other older certificate stops working. The current certificate may only
+/// be renewed once half its life has passed; the previous one at any time (its
+/// agent lost the renewed one).
 pub async fn renew(
     store: &Store,
     ca: &Ca,
@@ -281,6 +295,14 @@ pub async fn renew(
     };
     let mut link = store.link(cluster)?.ok_or_else(revoked)?;
     let presented_not_after_ms = if link.cert_sha256 == presented_sha256 {
+        let remaining_ms = link.cert_not_after_ms.saturating_sub(epoch_ms(now));
+        let half_life_ms = u64::try_from(cert_lifetime.as_millis() / 2).unwrap_or(u64::MAX);
+        if remaining_ms > half_life_ms {
+            return Err(RenewError::NotDue {
+                cluster: cluster.to_owned(),
+                remaining_s: remaining_ms / 1000,
+            });
+        }
         link.cert_not_after_ms
     } else if link.previous_cert_sha256.as_deref() == Some(presented_sha256) {
         link.previous_cert_not_after_ms

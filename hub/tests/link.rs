@@ -462,27 +462,27 @@ async fn renewal_keeps_only_the_presented_certificate_as_previous_and_removal_re
         public_key: identity::new_key().unwrap().public_key,
         facts: fixture::facts("uid-east"),
     };
-    let first = cluster::register(&hub.store, &ca, &register, SystemTime::now(), lifetime)
+    let registered_at = SystemTime::now();
+    let first = cluster::register(&hub.store, &ca, &register, registered_at, lifetime)
         .await
         .unwrap();
     let first = ca::fingerprint(&first.certificate);
-    let renew = |presented: String| {
+    let renew_at = |presented: String, at: SystemTime| {
         let (store, ca) = (&hub.store, &ca);
         async move {
             let key = identity::new_key().unwrap().public_key;
-            cluster::renew(
-                store,
-                ca,
-                "east",
-                &presented,
-                &key,
-                SystemTime::now(),
-                lifetime,
-            )
-            .await
-            .map(|r| ca::fingerprint(&r.certificate))
+            cluster::renew(store, ca, "east", &presented, &key, at, lifetime)
+                .await
+                .map(|r| ca::fingerprint(&r.certificate))
         }
     };
+    // Two thirds into the first certificate's life, as the agent asks.
+    let later = registered_at + lifetime * 2 / 3;
+    let renew = |presented: String| renew_at(presented, later);
+
+    // Before half of its life the current certificate is not renewed.
+    let early = renew_at(first.clone(), registered_at + lifetime / 4).await;
+    assert!(matches!(early, Err(RenewError::NotDue { .. })), "{early:?}");
     let second = renew(first.clone()).await.unwrap();
     let by_cert = |sha: &str| hub.store.cluster_by_cert(sha).unwrap();
     assert_eq!(by_cert(&first).as_deref(), Some("east"));
@@ -499,12 +499,17 @@ async fn renewal_keeps_only_the_presented_certificate_as_previous_and_removal_re
         renew(second.clone()).await,
         Err(RenewError::Revoked { .. })
     ));
+    // The third is brand new: not due.
+    assert!(matches!(
+        renew(third.clone()).await,
+        Err(RenewError::NotDue { .. })
+    ));
 
     assert!(hub.store.remove_cluster("east").await.unwrap());
     assert_eq!(by_cert(&first), None);
     assert_eq!(by_cert(&third), None);
     assert!(matches!(
-        renew(third.clone()).await,
+        renew_at(third.clone(), later + lifetime * 2 / 3).await,
         Err(RenewError::Revoked { .. })
     ));
     hub.stop().await;
