@@ -573,6 +573,7 @@ async fn a_silent_network_drop_marks_the_cluster_disconnected_and_the_agent_come
     )
     .await;
     let noticed = cut.elapsed();
+    eprintln!("the hub noticed the silent drop after {noticed:?} (idle timeout {idle_timeout:?})");
     // Noticed by the idle timeout (1.5 s here, from the last packet heard), not
     // by anything slower; twice the timeout leaves room for a loaded machine.
     assert!(noticed < idle_timeout * 2, "noticed after {noticed:?}");

@@ -322,6 +322,7 @@ spec:
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
+    let killed = Instant::now();
     let mut hub = Child::spawn("hub-2", &mut hub_command(&data, api, quic), &logs);
     let back = |list: &serde_json::Map<String, Value>| {
         fleet.iter().all(|c| {
@@ -340,6 +341,10 @@ spec:
         back,
     )
     .await;
+    eprintln!(
+        "both agents were back {:?} after the SIGKILL (idle timeout 3 s)",
+        killed.elapsed()
+    );
     // Give a resend, if there were one, time to happen.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = wait_for_clusters(
