@@ -356,14 +356,40 @@ impl Link {
         let signer: BundleSigner = store.bundle_signer().await?;
         let key_set = KeySet::new(1, &[signer.public_key()])?;
         let verifier_store: StoreSlot = Arc::new(Mutex::new(Some(store.clone())));
-        let endpoint = quinn::Endpoint::server(
-            server_config(&ca, verifier_store.clone(), &config)?,
-            config.listen,
-        )
-        .map_err(|source| Error::Bind {
+        // Agents of a hub that crashed still send on their old connections. With
+        // the same keys the new process recognises those connection ids as its
+        // own and answers with a stateless reset the agents trust, so they
+        // reconnect at their next keep-alive instead of after the idle timeout.
+        let reset_key = store.stateless_reset_key().await?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset_key,
+        )));
+        let cid_key = {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::new()
+                .chain_update(b"flotilla quic connection id key")
+                .chain_update(reset_key)
+                .finalize();
+            let mut key = [0u8; 8];
+            key.copy_from_slice(&digest[..8]);
+            u64::from_be_bytes(key)
+        };
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let bind = |source| Error::Bind {
             addr: config.listen,
             source,
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config(&ca, verifier_store.clone(), &config)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind)?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             ca,

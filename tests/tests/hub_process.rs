@@ -20,6 +20,7 @@ use kube::Api;
 use serde_json::Value;
 
 const PASSWORD: &str = "done-when-admin-password";
+const IDLE_TIMEOUT_SECS: &str = "30";
 
 /// A child process that is SIGKILLed and reaped when dropped, so a failing test
 /// leaves nothing running. Only this pid is ever signalled.
@@ -133,8 +134,15 @@ fn hub_command(data: &Path, api: u16, quic: u16) -> Command {
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{api}")])
         .args(["--agent-listen", &format!("127.0.0.1:{quic}")])
-        // A killed hub sends no close; agents notice by the idle timeout.
-        .args(["--keep-alive-secs", "1", "--idle-timeout-secs", "3"])
+        // A killed hub sends no close. The restarted one answers the agents' next
+        // keep-alive on their dead connections with a stateless reset, made with
+        // the key kept in its store, long before the idle timeout would end them.
+        .args([
+            "--keep-alive-secs",
+            "1",
+            "--idle-timeout-secs",
+            IDLE_TIMEOUT_SECS,
+        ])
         .env("FLOTILLA_ADMIN_PASSWORD", PASSWORD);
     command
 }
@@ -221,7 +229,12 @@ async fn two_agent_processes_come_back_after_the_hub_process_is_killed_without_r
             .arg("--kubeconfig")
             .arg(cluster.kubeconfig_path())
             .args(["--backoff-max-secs", "1"])
-            .args(["--keep-alive-secs", "1", "--idle-timeout-secs", "3"]);
+            .args([
+                "--keep-alive-secs",
+                "1",
+                "--idle-timeout-secs",
+                IDLE_TIMEOUT_SECS,
+            ]);
         agents.push(Child::spawn(
             &format!("agent-{}", cluster.name()),
             &mut command,
@@ -291,7 +304,9 @@ spec:
     // Both bundles acknowledged as applied, and the objects are in the clusters.
     let acked = |list: &serde_json::Map<String, Value>| {
         fleet.iter().all(|c| {
-            let link = &list[c.name()]["link"];
+            let Some(link) = list.get(c.name()).map(|c| &c["link"]) else {
+                return false;
+            };
             link["state"] == "Connected"
                 && link["acks"][format!("default/done-when-{}", c.name())]["outcome"] == "Applied"
         })
@@ -326,7 +341,9 @@ spec:
     let mut hub = Child::spawn("hub-2", &mut hub_command(&data, api, quic), &logs);
     let back = |list: &serde_json::Map<String, Value>| {
         fleet.iter().all(|c| {
-            let link = &list[c.name()]["link"];
+            let Some(link) = list.get(c.name()).map(|c| &c["link"]) else {
+                return false;
+            };
             link["state"] == "Connected"
                 && link["lastSeenMs"]
                     .as_u64()
@@ -341,9 +358,14 @@ spec:
         back,
     )
     .await;
+    let returned = killed.elapsed();
     eprintln!(
-        "both agents were back {:?} after the SIGKILL (idle timeout 3 s)",
-        killed.elapsed()
+        "both agents were back {returned:?} after the SIGKILL (idle timeout {IDLE_TIMEOUT_SECS} s)"
+    );
+    // Without the stateless reset they would wait out the idle timeout.
+    assert!(
+        returned < Duration::from_secs(15),
+        "the agents waited for the idle timeout: {returned:?}"
     );
     // Give a resend, if there were one, time to happen.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -99,6 +99,23 @@ impl Store {
         self.flush("keys").await
     }
 
+    /// The key QUIC stateless resets are made with, made once and kept, so a
+    /// restarted hub can tell agents at once that their old connection is gone
+    /// instead of leaving them to wait out the idle timeout.
+    pub async fn stateless_reset_key(&self) -> Result<[u8; 32]> {
+        const NAME: &[u8] = b"quic-stateless-reset-key";
+        if let Some(key) = self
+            .key_bytes(NAME)?
+            .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+        {
+            return Ok(key);
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| Error::Random(e.to_string()))?;
+        self.put_key_bytes(NAME, &key).await?;
+        Ok(key)
+    }
+
     /// Stores a token under its hash.
     pub async fn put_token(&self, token_sha256: &str, token: &TokenRecord) -> Result<()> {
         self.put("tokens", &Key::new().str(token_sha256), token)
