@@ -324,4 +324,55 @@ mod tests {
         identity.save(dir.path()).unwrap();
         assert_eq!(Identity::load(dir.path()).unwrap(), Some(identity));
     }
+
+    /// An identity whose certificate, for `key`, is valid from `not_before` for
+    /// `life`.
+    fn certified(key: &NewKey, not_before: SystemTime, life: Duration) -> Identity {
+        let pair = KeyPair::try_from(key.pkcs8.as_slice()).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = not_before.into();
+        params.not_after = (not_before + life).into();
+        Identity {
+            cluster: "east".to_owned(),
+            ca_fingerprint: "ab".to_owned(),
+            key_pkcs8: key.pkcs8.clone(),
+            certificate: params.self_signed(&pair).unwrap().der().to_vec(),
+            key_set: KeySet::new(1, &[key.public_key]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_certificates_life() {
+        let key = new_key().unwrap();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let life = Duration::from_secs(30 * 24 * 3600);
+        let identity = certified(&key, start, life);
+        assert_eq!(
+            identity.certificate_validity().unwrap(),
+            (start, start + life)
+        );
+        assert_eq!(
+            identity.renewal_due().unwrap(),
+            start + Duration::from_secs(20 * 24 * 3600)
+        );
+    }
+
+    #[test]
+    fn a_certificate_for_another_key_or_not_a_certificate_is_refused() {
+        let key = new_key().unwrap();
+        let other = new_key().unwrap();
+        let identity = certified(&key, SystemTime::now(), Duration::from_secs(60));
+        check_certificate(&identity, &key.public_key).unwrap();
+        let error = check_certificate(&identity, &other.public_key).unwrap_err();
+        assert!(error.to_string().contains("another public key"), "{error}");
+        let garbage = Identity {
+            certificate: vec![1, 2, 3],
+            ..identity
+        };
+        assert!(matches!(
+            check_certificate(&garbage, &key.public_key),
+            Err(Error::Certificate(_))
+        ));
+        assert!(garbage.renewal_due().is_err());
+    }
 }
