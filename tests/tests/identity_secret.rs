@@ -282,3 +282,42 @@ async fn the_identity_secret_fails_clearly_without_rbac_or_without_an_apiserver(
     );
     scratch.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_kept_in_the_secret_before_it_is_used() {
+    let cluster = first_cluster();
+    let scratch = Scratch::new(&cluster, "renew").await;
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut link = flotilla_hub::link::LinkConfig::new("127.0.0.1:0".parse().unwrap());
+    link.cert_lifetime = Duration::from_secs(6);
+    let hub = Hub::start_with(hub_dir.path(), link).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let config = agent_config(&hub, "east", Some(hub.add("east").await), state_dir.path());
+    let agent = Agent::new(config, AckOnly)
+        .unwrap()
+        .with_keeper(scratch.keeper(scratch.client.clone()));
+    let mut state = agent.state();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(stopped));
+    tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.renewals == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = scratch
+        .keeper(scratch.client.clone())
+        .load()
+        .await
+        .unwrap()
+        .unwrap();
+    let link = hub.store.link("east").unwrap().unwrap();
+    assert_eq!(
+        flotilla_hub::ca::fingerprint(&kept.certificate),
+        link.cert_sha256
+    );
+    assert!(link.previous_cert_sha256.is_some());
+    assert!(!state_dir.path().join("identity.json").exists());
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    hub.stop().await;
+    scratch.delete().await;
+}
