@@ -1004,6 +1004,30 @@ async fn handle_event(
     match event {
         HubEvent::Established { applied, .. } => {
             info!(apps = applied.len(), "agent connected");
+            // Acks are recorded without a flush; a hub killed just after one
+            // loses it. The agent's Hello says what it has applied, so the record
+            // is made whole again here.
+            update_link(&shared.store, cluster, |link| {
+                for applied in &applied {
+                    let app = format!("{}/{}", applied.app.project, applied.app.name);
+                    let known = link
+                        .acks
+                        .get(&app)
+                        .is_some_and(|ack| ack.generation >= applied.generation);
+                    if !known {
+                        link.acks.insert(
+                            app,
+                            AckRecord {
+                                generation: applied.generation,
+                                digest: applied.digest.to_string(),
+                                outcome: "Applied".to_owned(),
+                                at_ms: now,
+                            },
+                        );
+                    }
+                }
+            })
+            .await;
             false
         }
         HubEvent::BundleAck(ack) => {
