@@ -163,12 +163,28 @@ async fn clusters(server: &str) -> Option<serde_json::Map<String, Value>> {
     )
 }
 
+/// The last lines of every log, for a failure message.
+fn log_tails(logs: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        out.push_str(&format!(
+            "\n--- {} ---\n{tail}",
+            entry.file_name().to_string_lossy()
+        ));
+    }
+    out
+}
+
 /// Polls the cluster list until `ready` holds for it, or fails after `timeout`.
 async fn wait_for_clusters(
     server: &str,
     what: &str,
     timeout: Duration,
     hub: &mut Child,
+    logs: &Path,
     ready: impl Fn(&serde_json::Map<String, Value>) -> bool,
 ) -> serde_json::Map<String, Value> {
     let start = Instant::now();
@@ -183,7 +199,8 @@ async fn wait_for_clusters(
         }
         assert!(
             start.elapsed() < timeout,
-            "timed out waiting for {what}; last cluster list: {last:#?}"
+            "timed out waiting for {what}; last cluster list: {last:#?}{}",
+            log_tails(logs)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -266,6 +283,22 @@ async fn two_agent_processes_come_back_after_the_hub_process_is_killed_without_r
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Registered first: an app whose destination cluster is not registered yet
+    // renders nothing until the repository's next poll.
+    wait_for_clusters(
+        &server,
+        "both agents registered and connected",
+        Duration::from_secs(60),
+        &mut hub,
+        &logs,
+        |list| {
+            fleet.iter().all(|c| {
+                list.get(c.name())
+                    .is_some_and(|c| c["link"]["state"] == "Connected")
+            })
+        },
+    )
+    .await;
     for cluster in fleet {
         let name = cluster.name();
         let manifest = dir.path().join(format!("app-{name}.yaml"));
@@ -316,6 +349,7 @@ spec:
         "both bundles acknowledged",
         Duration::from_secs(90),
         &mut hub,
+        &logs,
         acked,
     )
     .await;
@@ -355,6 +389,7 @@ spec:
         "both agents back",
         Duration::from_secs(60),
         &mut hub,
+        &logs,
         back,
     )
     .await;
@@ -374,6 +409,7 @@ spec:
         "the cluster list",
         Duration::from_secs(10),
         &mut hub,
+        &logs,
         back,
     )
     .await;
@@ -393,6 +429,17 @@ spec:
     }
     for agent in &mut agents {
         agent.assert_running();
+    }
+    // The agents agree: each verified and applied one bundle in its life.
+    for cluster in fleet {
+        let log =
+            std::fs::read_to_string(logs.join(format!("agent-{}.log", cluster.name()))).unwrap();
+        assert_eq!(
+            log.matches("bundle applied").count(),
+            1,
+            "{}: {log}",
+            cluster.name()
+        );
     }
 
     // Only what this test made is removed: the agents, the hub, the ConfigMaps.
