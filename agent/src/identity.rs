@@ -7,6 +7,7 @@
 //! though its bootstrap token is spent.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use flotilla_common::signing::KeySet;
 use rcgen::{KeyPair, PKCS_ED25519};
@@ -42,6 +43,9 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// The client certificate does not parse as X.509.
+    #[error("the agent's client certificate does not parse: {0}")]
+    Certificate(String),
     /// The identity file does not parse.
     #[error("the agent identity at {path} is corrupt")]
     Corrupt {
@@ -83,6 +87,19 @@ pub fn new_key() -> Result<NewKey> {
     })
 }
 
+/// Checks that `identity`'s certificate parses and certifies `public_key`, so a
+/// certificate for another key is never persisted in place of a working one.
+pub fn check_certificate(identity: &Identity, public_key: &[u8; 32]) -> Result<()> {
+    let (_, cert) = x509_parser::parse_x509_certificate(&identity.certificate)
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+    if cert.public_key().subject_public_key.data.as_ref() != public_key.as_slice() {
+        return Err(Error::Certificate(
+            "it certifies another public key than the one sent".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// Everything the agent needs for mutual TLS and bundle checks.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -110,6 +127,28 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     fn path(dir: &Path) -> PathBuf {
         dir.join(FILE)
+    }
+
+    /// When the client certificate starts and stops being valid.
+    pub fn certificate_validity(&self) -> Result<(SystemTime, SystemTime)> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.certificate)
+            .map_err(|e| Error::Certificate(e.to_string()))?;
+        let at = |time: x509_parser::time::ASN1Time| {
+            let seconds = u64::try_from(time.timestamp()).unwrap_or(0);
+            SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+        };
+        Ok((
+            at(cert.validity().not_before),
+            at(cert.validity().not_after),
+        ))
+    }
+
+    /// When to ask for a new certificate: once two thirds of this one's life have
+    /// passed.
+    pub fn renewal_due(&self) -> Result<SystemTime> {
+        let (not_before, not_after) = self.certificate_validity()?;
+        let life = not_after.duration_since(not_before).unwrap_or_default();
+        Ok(not_before + life * 2 / 3)
     }
 
     /// Reads the identity from the state directory, if the agent has registered.
@@ -242,6 +281,7 @@ impl Keeper {
                             .into_iter()
                             .collect(),
                     ),
+                    type_: Some("Opaque".to_owned()),
                     ..Default::default()
                 };
                 let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
@@ -283,5 +323,56 @@ mod tests {
         };
         identity.save(dir.path()).unwrap();
         assert_eq!(Identity::load(dir.path()).unwrap(), Some(identity));
+    }
+
+    /// An identity whose certificate, for `key`, is valid from `not_before` for
+    /// `life`.
+    fn certified(key: &NewKey, not_before: SystemTime, life: Duration) -> Identity {
+        let pair = KeyPair::try_from(key.pkcs8.as_slice()).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = not_before.into();
+        params.not_after = (not_before + life).into();
+        Identity {
+            cluster: "east".to_owned(),
+            ca_fingerprint: "ab".to_owned(),
+            key_pkcs8: key.pkcs8.clone(),
+            certificate: params.self_signed(&pair).unwrap().der().to_vec(),
+            key_set: KeySet::new(1, &[key.public_key]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_certificates_life() {
+        let key = new_key().unwrap();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let life = Duration::from_secs(30 * 24 * 3600);
+        let identity = certified(&key, start, life);
+        assert_eq!(
+            identity.certificate_validity().unwrap(),
+            (start, start + life)
+        );
+        assert_eq!(
+            identity.renewal_due().unwrap(),
+            start + Duration::from_secs(20 * 24 * 3600)
+        );
+    }
+
+    #[test]
+    fn a_certificate_for_another_key_or_not_a_certificate_is_refused() {
+        let key = new_key().unwrap();
+        let other = new_key().unwrap();
+        let identity = certified(&key, SystemTime::now(), Duration::from_secs(60));
+        check_certificate(&identity, &key.public_key).unwrap();
+        let error = check_certificate(&identity, &other.public_key).unwrap_err();
+        assert!(error.to_string().contains("another public key"), "{error}");
+        let garbage = Identity {
+            certificate: vec![1, 2, 3],
+            ..identity
+        };
+        assert!(matches!(
+            check_certificate(&garbage, &key.public_key),
+            Err(Error::Certificate(_))
+        ));
+        assert!(garbage.renewal_due().is_err());
     }
 }

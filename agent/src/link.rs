@@ -236,6 +236,8 @@ pub struct LinkState {
     pub applied: Vec<Applied>,
     /// Status reports waiting for the hub's acknowledgement.
     pub outbox: usize,
+    /// Client certificates renewed and persisted since the agent started.
+    pub renewals: u64,
     /// The last connection error, if any.
     pub last_error: Option<String>,
 }
@@ -519,13 +521,13 @@ impl<A: Applier> Agent<A> {
                 if *stop.borrow() {
                     return Ok(());
                 }
-                let attempt = match &identity {
+                let attempt = match identity.as_mut() {
+                    Some(id) => self.serve(id, &mut session, &mut backoff, &mut stop).await,
                     None => self.register().await.map(|new| {
                         info!("registered with the hub");
                         identity = Some(new);
                         backoff.reset();
                     }),
-                    Some(id) => self.serve(id, &mut session, &mut backoff, &mut stop).await,
                 };
                 match attempt {
                     Ok(()) => {
@@ -695,7 +697,7 @@ impl<A: Applier> Agent<A> {
 
     async fn serve(
         &self,
-        identity: &Identity,
+        identity: &mut Identity,
         session: &mut AgentSession,
         backoff: &mut Backoff,
         stop: &mut watch::Receiver<bool>,
@@ -739,7 +741,7 @@ impl<A: Applier> Agent<A> {
     #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
-        identity: &Identity,
+        identity: &mut Identity,
         session: &mut AgentSession,
         backoff: &mut Backoff,
         stop: &mut watch::Receiver<bool>,
@@ -753,6 +755,7 @@ impl<A: Applier> Agent<A> {
         let mut reports = self.reports.lock().await;
         let mut finished = self.finished_rx.lock().await;
         let mut applied = self.applied_rx.lock().await;
+        let mut renewal = Renewal::Due(renewal_at(identity));
         loop {
             while let Some(transmit) = session.poll_transmit() {
                 let bytes = transmit.encode(&limits).map_err(|e| ended(&e))?;
@@ -769,7 +772,8 @@ impl<A: Applier> Agent<A> {
             let mut handled = false;
             while let Some(event) = session.poll_event() {
                 handled = true;
-                self.handle_event(identity, session, backoff, event).await?;
+                self.handle_event(identity, session, backoff, &mut renewal, event)
+                    .await?;
             }
             if handled {
                 continue;
@@ -777,7 +781,26 @@ impl<A: Applier> Agent<A> {
             let deadline = session
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let renew_at = match &renewal {
+                Renewal::Due(at) if session.version().is_some() => Some(*at),
+                _ => None,
+            };
             tokio::select! {
+                _ = sleep_until_some(renew_at) => {
+                    renewal = match identity::new_key() {
+                        Ok(key) => match session.request_renewal(key.public_key) {
+                            Ok(()) => {
+                                info!("asking the hub to renew the client certificate");
+                                Renewal::Asked(key)
+                            }
+                            Err(_) => Renewal::Due(Instant::now() + renewal_retry(identity)),
+                        },
+                        Err(e) => {
+                            warn!(error = %e, "making a key pair for renewal failed");
+                            Renewal::Due(Instant::now() + renewal_retry(identity))
+                        }
+                    };
+                }
                 input = inputs.recv() => match input {
                     Some(Input::Message(message)) => {
                         // Bundle streams and the control stream race: a bundle can
@@ -838,9 +861,10 @@ impl<A: Applier> Agent<A> {
 
     async fn handle_event(
         &self,
-        identity: &Identity,
+        identity: &mut Identity,
         session: &mut AgentSession,
         backoff: &mut Backoff,
+        renewal: &mut Renewal,
         event: AgentEvent,
     ) -> std::result::Result<(), Attempt> {
         match event {
@@ -878,6 +902,7 @@ impl<A: Applier> Agent<A> {
                     let mut updated = identity.clone();
                     updated.key_set = key_set;
                     self.keeper.save(&updated).await.map_err(Error::from)?;
+                    *identity = updated;
                     // The new set is used from the next connection on.
                     return Err(Attempt::Ended("key set updated".to_owned()));
                 }
@@ -890,6 +915,39 @@ impl<A: Applier> Agent<A> {
                 });
             }
             AgentEvent::PeerSilent => return Err(Attempt::Ended("the hub went silent".to_owned())),
+            AgentEvent::Renewed(renewed) => {
+                let Renewal::Asked(key) = std::mem::replace(
+                    renewal,
+                    Renewal::Due(Instant::now() + renewal_retry(identity)),
+                ) else {
+                    warn!("the hub sent a certificate that was not asked for; ignored");
+                    return Ok(());
+                };
+                let renewed = Identity {
+                    key_pkcs8: key.pkcs8,
+                    certificate: renewed.certificate,
+                    ..identity.clone()
+                };
+                if let Err(e) = identity::check_certificate(&renewed, &key.public_key) {
+                    warn!(error = %e, "refused the renewed certificate; keeping the current one");
+                    return Ok(());
+                }
+                // Persisted before use: the hub keeps the current certificate
+                // accepted until the new one is first used, so a failed write only
+                // means asking again.
+                if let Err(e) = self.keeper.save(&renewed).await {
+                    warn!(error = %e, "storing the renewed identity failed; keeping the current one");
+                    return Ok(());
+                }
+                *identity = renewed;
+                *renewal = Renewal::Due(renewal_at(identity));
+                info!("client certificate renewed; the next connection uses it");
+                self.state.send_modify(|s| s.renewals += 1);
+            }
+            AgentEvent::RenewalRefused(refused) => {
+                warn!(reason = %refused.reason, "the hub did not renew the client certificate");
+                *renewal = Renewal::Due(Instant::now() + renewal_retry(identity));
+            }
             AgentEvent::Registered(_) => {}
         }
         Ok(())
@@ -986,6 +1044,46 @@ impl<A: Applier> Agent<A> {
             s.outbox = outbox;
         });
         Ok(())
+    }
+}
+
+/// Where renewing the client certificate stands on one connection.
+enum Renewal {
+    /// Ask the hub at this moment (at once if it has passed).
+    Due(Instant),
+    /// Asked; the fresh key pair waits for its certificate.
+    Asked(identity::NewKey),
+}
+
+/// When to ask for a renewal of `identity`'s certificate, as an `Instant`: two
+/// thirds into its life, or now if that has passed. A certificate that cannot be
+/// read is not renewed (the hub issued it; it will refuse it once it expires).
+fn renewal_at(identity: &Identity) -> Instant {
+    match identity.renewal_due() {
+        Ok(due) => Instant::now() + due.duration_since(SystemTime::now()).unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, "cannot schedule the certificate renewal");
+            Instant::now() + Duration::from_secs(365 * 24 * 3600)
+        }
+    }
+}
+
+/// How long to wait before asking again after a renewal failed: a quarter of
+/// the certificate's remaining life, between 1 s and 5 min.
+fn renewal_retry(identity: &Identity) -> Duration {
+    let remaining = identity
+        .certificate_validity()
+        .ok()
+        .and_then(|(_, not_after)| not_after.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    (remaining / 4).clamp(Duration::from_secs(1), Duration::from_secs(300))
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

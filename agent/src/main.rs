@@ -46,6 +46,13 @@ struct Cli {
     /// The longest delay between reconnect attempts, in seconds.
     #[arg(long, env = "FLOTILLA_BACKOFF_MAX_SECS", default_value_t = 30)]
     backoff_max_secs: u64,
+    /// QUIC keep-alive towards the hub, in seconds.
+    #[arg(long, env = "FLOTILLA_KEEP_ALIVE_SECS", default_value_t = 15)]
+    keep_alive_secs: u64,
+    /// How long the hub may stay silent before the agent reconnects, in seconds
+    /// (the QUIC idle timeout).
+    #[arg(long, env = "FLOTILLA_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
 }
 
 /// Exit status for bad flags or configuration, as sysexits' EX_USAGE.
@@ -82,6 +89,12 @@ fn main() -> ExitCode {
             .is_none_or(|(ns, name)| ns.is_empty() || name.is_empty())
     }) {
         eprintln!("flotilla-agent: --identity-secret must be NAMESPACE/NAME");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if cli.keep_alive_secs == 0 || cli.idle_timeout_secs <= cli.keep_alive_secs {
+        eprintln!(
+            "flotilla-agent: --keep-alive-secs must be at least 1 and less than --idle-timeout-secs"
+        );
         return ExitCode::from(EXIT_USAGE);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -148,6 +161,8 @@ async fn run(cli: Cli, hub: SocketAddr) -> anyhow::Result<()> {
     config.token = cli.token;
     config.facts = facts;
     config.backoff_max = Duration::from_secs(cli.backoff_max_secs.max(1));
+    config.keep_alive = Duration::from_secs(cli.keep_alive_secs);
+    config.idle_timeout = Duration::from_secs(cli.idle_timeout_secs);
     let agent = Agent::new(config, engine)?.with_keeper(keeper);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -76,6 +76,15 @@ pub enum Message {
     KeySetUpdate(KeySetUpdate),
     /// Either way: the sender is closing the session, and why.
     Goodbye(Goodbye),
+    /// Agent → hub: asks for a new client certificate for a fresh key pair,
+    /// once two thirds of the current certificate's life have passed.
+    Renew(Renew),
+    /// Hub → agent: the new client certificate; the agent uses it from its next
+    /// connection on.
+    Renewed(Renewed),
+    /// Hub → agent: the certificate was not renewed, and why; the agent tries
+    /// again later.
+    RenewalRefused(RenewalRefused),
 }
 
 /// Asks the hub to register this cluster.
@@ -467,6 +476,28 @@ pub struct Goodbye {
     pub reason: GoodbyeReason,
     /// The same for a person to read.
     pub message: String,
+}
+
+/// Asks for a new client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renew {
+    /// The Ed25519 public key of the agent's fresh key pair.
+    pub public_key: [u8; 32],
+}
+
+/// A renewed client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewed {
+    /// The new client certificate, DER-encoded.
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+}
+
+/// A renewal the hub could not grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalRefused {
+    /// Why, for a person to read.
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ use crate::bundle::{Digest, Envelope};
 use crate::frame::{self, Limits};
 use crate::message::{
     Applied, BundleAck, BundleOutcome, Channel, Command, CommandResult, Goodbye, GoodbyeReason,
-    Heartbeat, Hello, Message, ProtocolVersion, Register, Registered, SUPPORTED_VERSIONS, Status,
-    StatusAck, Welcome, negotiate,
+    Heartbeat, Hello, Message, ProtocolVersion, Register, Registered, Renew, RenewalRefused,
+    Renewed, SUPPORTED_VERSIONS, Status, StatusAck, Welcome, negotiate,
 };
 use crate::model::AppRef;
 use crate::signing::KeySetUpdate;
@@ -123,6 +123,9 @@ fn message_name(message: &Message) -> &'static str {
         Message::CommandResult(_) => "CommandResult",
         Message::KeySetUpdate(_) => "KeySetUpdate",
         Message::Goodbye(_) => "Goodbye",
+        Message::Renew(_) => "Renew",
+        Message::Renewed(_) => "Renewed",
+        Message::RenewalRefused(_) => "RenewalRefused",
     }
 }
 

@@ -88,6 +88,36 @@ pub enum RegisterError {
     Store(#[from] store::Error),
 }
 
+/// Why a certificate renewal was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The cluster was removed, or the certificate presented is no longer one the
+    /// hub accepts for it: the agent must stop, not retry.
+    #[error("cluster {cluster:?} was removed from the hub; its certificate cannot be renewed")]
+    Revoked {
+        /// The cluster.
+        cluster: String,
+    },
+    /// The certificate presented is current and not yet half through its life:
+    /// a well-behaved agent asks at two thirds, so this one is refused rather
+    /// than let it make the CA sign in a loop.
+    #[error(
+        "certificate renewal for cluster {cluster:?} is not due: {remaining_s} s of its certificate's life remain, more than half"
+    )]
+    NotDue {
+        /// The cluster.
+        cluster: String,
+        /// Seconds until the presented certificate expires.
+        remaining_s: u64,
+    },
+    /// Issuing the certificate failed.
+    #[error("failed to issue a renewed client certificate")]
+    Certificate(#[from] ca::Error),
+    /// The store failed.
+    #[error("failed to record the renewed certificate")]
+    Store(#[from] store::Error),
+}
+
 /// A new cluster's token, shown once.
 #[derive(Clone)]
 pub struct Added {
@@ -241,6 +271,77 @@ pub async fn register(
         cluster: token.cluster,
         certificate,
     })
+}
+
+/// Issues `cluster` a new client certificate for `public_key` and makes it the
+/// current one. The certificate the agent presented on this connection
+/// (`presented_sha256`) stays accepted as the previous one until the agent first
+/// connects with the new certificate ([`confirm_certificate`]) or it expires, so
+/// an agent that dies before persisting the new certificate can still come back;
+/// any other older certificate stops working. The current certificate may only
+/// be renewed once half its life has passed; the previous one at any time (its
+/// agent lost the renewed one).
+pub async fn renew(
+    store: &Store,
+    ca: &Ca,
+    cluster: &str,
+    presented_sha256: &str,
+    public_key: &[u8; 32],
+    now: SystemTime,
+    cert_lifetime: Duration,
+) -> Result<Registration, RenewError> {
+    let revoked = || RenewError::Revoked {
+        cluster: cluster.to_owned(),
+    };
+    let mut link = store.link(cluster)?.ok_or_else(revoked)?;
+    let presented_not_after_ms = if link.cert_sha256 == presented_sha256 {
+        let remaining_ms = link.cert_not_after_ms.saturating_sub(epoch_ms(now));
+        let half_life_ms = u64::try_from(cert_lifetime.as_millis() / 2).unwrap_or(u64::MAX);
+        if remaining_ms > half_life_ms {
+            return Err(RenewError::NotDue {
+                cluster: cluster.to_owned(),
+                remaining_s: remaining_ms / 1000,
+            });
+        }
+        link.cert_not_after_ms
+    } else if link.previous_cert_sha256.as_deref() == Some(presented_sha256) {
+        link.previous_cert_not_after_ms
+    } else {
+        return Err(revoked());
+    };
+    let certificate = ca.issue_client_cert(cluster, public_key, now, cert_lifetime)?;
+    let superseded: Vec<String> = std::iter::once(link.cert_sha256.clone())
+        .chain(link.previous_cert_sha256.clone())
+        .collect();
+    link.previous_cert_sha256 = Some(presented_sha256.to_owned());
+    link.previous_cert_not_after_ms = presented_not_after_ms;
+    link.cert_sha256 = ca::fingerprint(&certificate);
+    link.cert_not_after_ms = epoch_ms(now + cert_lifetime);
+    store.put_renewed_link(&link, &superseded).await?;
+    Ok(Registration {
+        cluster: cluster.to_owned(),
+        certificate,
+    })
+}
+
+/// The agent of `cluster` connected with `presented_sha256`: if that is the
+/// current certificate, the previous one has served its purpose and stops
+/// working. Returns whether anything changed.
+pub async fn confirm_certificate(
+    store: &Store,
+    cluster: &str,
+    presented_sha256: &str,
+) -> Result<bool, store::Error> {
+    let Some(mut link) = store.link(cluster)? else {
+        return Ok(false);
+    };
+    if link.cert_sha256 != presented_sha256 || link.previous_cert_sha256.is_none() {
+        return Ok(false);
+    }
+    let superseded: Vec<String> = link.previous_cert_sha256.take().into_iter().collect();
+    link.previous_cert_not_after_ms = 0;
+    store.put_renewed_link(&link, &superseded).await?;
+    Ok(true)
 }
 
 /// What the agent needs to join, for the manifest and the command line.

@@ -177,6 +177,55 @@ pub struct ClusterView {
     pub agent_version: Option<String>,
     /// Bundles this hub process has pushed to it since it started.
     pub bundles_sent: u64,
+    /// The last acknowledgement per app, keyed `project/name`.
+    pub acks: std::collections::BTreeMap<String, AckRecord>,
+}
+
+impl ClusterView {
+    /// The view as the API shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let acks: serde_json::Map<String, serde_json::Value> = self
+            .acks
+            .iter()
+            .map(|(app, ack)| {
+                let ack = serde_json::json!({
+                    "generation": ack.generation,
+                    "digest": ack.digest,
+                    "outcome": ack.outcome,
+                    "atMs": ack.at_ms,
+                });
+                (app.clone(), ack)
+            })
+            .collect();
+        serde_json::json!({
+            "state": if self.connected { "Connected" } else { "Disconnected" },
+            "lastSeenMs": self.last_seen_ms,
+            "agentVersion": self.agent_version,
+            "bundlesSentSinceStart": self.bundles_sent,
+            "acks": acks,
+        })
+    }
+}
+
+/// The link's view of its clusters, for the API. It does not keep the link
+/// alive: once the link stops it sees nothing.
+#[derive(Clone)]
+pub struct Views(std::sync::Weak<Shared>);
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Views").finish_non_exhaustive()
+    }
+}
+
+impl Views {
+    /// Every registered cluster's connection state; empty once the link stopped.
+    pub fn clusters(&self) -> Result<Vec<ClusterView>> {
+        match self.0.upgrade() {
+            Some(shared) => cluster_views(&shared),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 struct Shared {
@@ -357,14 +406,40 @@ impl Link {
         let signer: BundleSigner = store.bundle_signer().await?;
         let key_set = KeySet::new(1, &[signer.public_key()])?;
         let verifier_store: StoreSlot = Arc::new(Mutex::new(Some(store.clone())));
-        let endpoint = quinn::Endpoint::server(
-            server_config(&ca, verifier_store.clone(), &config)?,
-            config.listen,
-        )
-        .map_err(|source| Error::Bind {
+        // Agents of a hub that crashed still send on their old connections. With
+        // the same keys the new process recognises those connection ids as its
+        // own and answers with a stateless reset the agents trust, so they
+        // reconnect at their next keep-alive instead of after the idle timeout.
+        let reset_key = store.stateless_reset_key().await?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset_key,
+        )));
+        let cid_key = {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::new()
+                .chain_update(b"flotilla quic connection id key")
+                .chain_update(reset_key)
+                .finalize();
+            let mut key = [0u8; 8];
+            key.copy_from_slice(&digest[..8]);
+            u64::from_be_bytes(key)
+        };
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let bind = |source| Error::Bind {
             addr: config.listen,
             source,
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config(&ca, verifier_store.clone(), &config)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind)?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             ca,
@@ -415,21 +490,12 @@ impl Link {
 
     /// Every registered cluster's connection state.
     pub fn clusters(&self) -> Result<Vec<ClusterView>> {
-        let connected = lock(&self.shared.connections);
-        let sent = lock(&self.shared.sent);
-        Ok(self
-            .shared
-            .store
-            .links()?
-            .into_iter()
-            .map(|link| ClusterView {
-                connected: link.connected && connected.contains_key(&link.cluster),
-                bundles_sent: sent.get(&link.cluster).copied().unwrap_or(0),
-                cluster: link.cluster,
-                last_seen_ms: link.last_seen_ms,
-                agent_version: link.agent_version,
-            })
-            .collect())
+        cluster_views(&self.shared)
+    }
+
+    /// A handle on [`Link::clusters`] for the API.
+    pub fn views(&self) -> Views {
+        Views(Arc::downgrade(&self.shared))
     }
 
     /// A fresh request id for a [`Command`], unique across hub restarts.
@@ -535,6 +601,23 @@ impl Link {
     }
 }
 
+fn cluster_views(shared: &Shared) -> Result<Vec<ClusterView>> {
+    let links = shared.store.links()?;
+    let connected = lock(&shared.connections);
+    let sent = lock(&shared.sent);
+    Ok(links
+        .into_iter()
+        .map(|link| ClusterView {
+            connected: link.connected && connected.contains_key(&link.cluster),
+            bundles_sent: sent.get(&link.cluster).copied().unwrap_or(0),
+            cluster: link.cluster,
+            last_seen_ms: link.last_seen_ms,
+            agent_version: link.agent_version,
+            acks: link.acks,
+        })
+        .collect())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -628,7 +711,8 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
     let remote = connection.remote_address();
     match peer_certificate(&connection) {
         Some(cert) => {
-            let cluster = match shared.store.cluster_by_cert(&ca::fingerprint(&cert)) {
+            let presented = ca::fingerprint(&cert);
+            let cluster = match shared.store.cluster_by_cert(&presented) {
                 Ok(Some(cluster)) => cluster,
                 Ok(None) => {
                     connection.close(close_code::REVOKED.into(), b"certificate revoked");
@@ -641,7 +725,7 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
                 }
             };
             let span = info_span!("agent", cluster = %cluster, %remote);
-            serve_agent(shared, connection, cluster)
+            serve_agent(shared, connection, cluster, presented)
                 .instrument(span)
                 .await;
         }
@@ -835,7 +919,17 @@ async fn update_link(store: &Store, cluster: &str, change: impl FnOnce(&mut Link
     }
 }
 
-async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster: String) {
+async fn serve_agent(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    cluster: String,
+    presented: String,
+) {
+    match cluster::confirm_certificate(&shared.store, &cluster, &presented).await {
+        Ok(true) => info!("agent uses its renewed certificate; the previous one no longer works"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "retiring the previous client certificate failed"),
+    }
     let (to_conn, mut from_hub) = mpsc::unbounded_channel();
     let id = shared
         .next_connection
@@ -899,7 +993,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
         let mut handled = false;
         while let Some(event) = session.poll_event() {
             handled = true;
-            ended |= handle_event(&shared, &cluster, &mut session, event).await;
+            ended |= handle_event(&shared, &cluster, &presented, &mut session, event).await;
         }
         if ended {
             // Send whatever the event queued (a Goodbye) before closing.
@@ -1055,6 +1149,7 @@ fn forget_connection(shared: &Shared, cluster: &str, id: u64) -> bool {
 async fn handle_event(
     shared: &Shared,
     cluster: &str,
+    presented: &str,
     session: &mut HubSession,
     event: HubEvent,
 ) -> bool {
@@ -1062,6 +1157,30 @@ async fn handle_event(
     match event {
         HubEvent::Established { applied, .. } => {
             info!(apps = applied.len(), "agent connected");
+            // Acks are recorded without a flush; a hub killed just after one
+            // loses it. The agent's Hello says what it has applied, so the record
+            // is made whole again here.
+            update_link(&shared.store, cluster, |link| {
+                for applied in &applied {
+                    let app = format!("{}/{}", applied.app.project, applied.app.name);
+                    let known = link
+                        .acks
+                        .get(&app)
+                        .is_some_and(|ack| ack.generation >= applied.generation);
+                    if !known {
+                        link.acks.insert(
+                            app,
+                            AckRecord {
+                                generation: applied.generation,
+                                digest: applied.digest.to_string(),
+                                outcome: "Applied".to_owned(),
+                                at_ms: now,
+                            },
+                        );
+                    }
+                }
+            })
+            .await;
             false
         }
         HubEvent::BundleAck(ack) => {
@@ -1142,6 +1261,35 @@ async fn handle_event(
                 ),
             }
             false
+        }
+        HubEvent::Renew(renew) => {
+            let renewed = cluster::renew(
+                &shared.store,
+                &shared.ca,
+                cluster,
+                presented,
+                &renew.public_key,
+                SystemTime::now(),
+                shared.config.cert_lifetime,
+            )
+            .await;
+            match renewed {
+                Ok(renewal) => {
+                    info!(lifetime = ?shared.config.cert_lifetime, "client certificate renewed");
+                    let _ = session.accept_renewal(renewal.certificate);
+                    false
+                }
+                Err(e @ cluster::RenewError::Revoked { .. }) => {
+                    info!(error = %e, "refused a renewal");
+                    session.close(GoodbyeReason::Revoked, e.to_string());
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "renewing a client certificate failed");
+                    let _ = session.refuse_renewal(e.to_string());
+                    false
+                }
+            }
         }
         HubEvent::Goodbye(goodbye) => {
             info!(reason = ?goodbye.reason, message = %goodbye.message, "agent said goodbye");

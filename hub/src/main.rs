@@ -189,6 +189,13 @@ struct ServeArgs {
     /// Serve the API over plain HTTP; allowed only on a loopback --listen.
     #[arg(long, env = "FLOTILLA_PLAIN_HTTP", conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
     plain_http: bool,
+    /// QUIC keep-alive towards agents, in seconds.
+    #[arg(long, env = "FLOTILLA_KEEP_ALIVE_SECS", default_value_t = 15)]
+    keep_alive_secs: u64,
+    /// How long an agent may stay silent before its cluster counts as
+    /// disconnected, in seconds (the QUIC idle timeout).
+    #[arg(long, env = "FLOTILLA_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -636,7 +643,18 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     let cache = RepoCache::new(data_dir.join("repos"))?;
     let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env())).await?;
     let mut link_config = LinkConfig::new(args.agent_listen);
+    if args.cert_days == 0 {
+        return Err(UsageError("--cert-days must be at least 1".to_owned()).into());
+    }
     link_config.cert_lifetime = Duration::from_secs(args.cert_days * 24 * 3600);
+    if args.keep_alive_secs == 0 || args.idle_timeout_secs <= args.keep_alive_secs {
+        return Err(UsageError(
+            "--keep-alive-secs must be at least 1 and less than --idle-timeout-secs".to_owned(),
+        )
+        .into());
+    }
+    link_config.keep_alive = Duration::from_secs(args.keep_alive_secs);
+    link_config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     link_config.metrics = refresher.metrics();
     let link = Arc::new(
         Link::start(store.clone(), link_config)

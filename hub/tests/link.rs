@@ -7,12 +7,19 @@
 mod attacks;
 #[path = "link/fixture.rs"]
 mod fixture;
+#[path = "link/relay.rs"]
+mod relay;
 
 use std::time::{Duration, SystemTime};
 
-use fixture::{Hub, RunningAgent, agent_config, eventually};
-use flotilla_common::message::Status;
+use fixture::{Hub, RunningAgent, agent_config, eventually, probe};
+use flotilla_agent::identity::{self, Identity};
+use flotilla_common::message::{Register, Status};
 use flotilla_common::model::{AppRef, Health, SyncStatus};
+use flotilla_hub::ca::{self, Ca};
+use flotilla_hub::cluster::{self, RenewError};
+use flotilla_hub::link::LinkConfig;
+use relay::Relay;
 
 fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -325,6 +332,329 @@ async fn after_a_hub_restart_only_newer_bundles_are_sent() {
     // Only api generation 2 travelled; web 1 and api 1 were not resent.
     assert_eq!(east.state.borrow().bundles_received, 3);
     assert_eq!(east.state.borrow().bundles_rejected, 0);
+    east.stop().await.unwrap();
+    hub.stop().await;
+}
+
+fn sha(identity: &Identity) -> String {
+    ca::fingerprint(&identity.certificate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_renews_at_two_thirds_of_its_life_and_the_old_one_ends_once_the_new_one_is_used()
+ {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut config = LinkConfig::new(loopback());
+    config.cert_lifetime = Duration::from_secs(15);
+    let hub = Hub::start_with(hub_dir.path(), config).await;
+    let token = hub.add("east").await;
+    let mut agent = RunningAgent::start(agent_config(&hub, "east", Some(token), agent_dir.path()));
+    agent.wait("connected", |s| s.connected).await;
+    let first = Identity::load(agent_dir.path()).unwrap().unwrap();
+    let (not_before, not_after) = first.certificate_validity().unwrap();
+    let life = not_after.duration_since(not_before).unwrap();
+    assert!(
+        (Duration::from_secs(15)..=Duration::from_secs(17)).contains(&life),
+        "{life:?}"
+    );
+    assert_eq!(
+        hub.store.link("east").unwrap().unwrap().cert_sha256,
+        sha(&first)
+    );
+
+    // The agent asks at two thirds of the life, not before, and persists the new
+    // identity: a new key and a new certificate.
+    agent.wait("renewed", |s| s.renewals == 1).await;
+    assert!(SystemTime::now() >= not_before + life * 2 / 3);
+    let second = Identity::load(agent_dir.path()).unwrap().unwrap();
+    assert_ne!(second.certificate, first.certificate);
+    assert_ne!(second.key_pkcs8, first.key_pkcs8);
+    assert_eq!(second.key_set, first.key_set);
+    let link = hub.store.link("east").unwrap().unwrap();
+    assert_eq!(link.cert_sha256, sha(&second));
+    assert_eq!(link.previous_cert_sha256, Some(sha(&first)));
+    // Still connected on the old certificate's connection.
+    assert!(agent.state.borrow().connected);
+
+    // An agent that died before persisting the new certificate is not locked out.
+    probe(hub.addr, &first).await.unwrap();
+
+    // The next connection uses the new certificate; from then on the old one is
+    // refused, while it has not expired yet.
+    agent.stop().await.unwrap();
+    let mut agent = RunningAgent::start(agent_config(&hub, "east", None, agent_dir.path()));
+    agent.wait("connected again", |s| s.connected).await;
+    eventually(
+        "the hub to retire the previous certificate",
+        Duration::from_secs(10),
+        || {
+            hub.store
+                .link("east")
+                .unwrap()
+                .unwrap()
+                .previous_cert_sha256
+                .is_none()
+        },
+    )
+    .await;
+    let refused = probe(hub.addr, &first).await.unwrap_err();
+    assert!(
+        SystemTime::now() < not_after,
+        "the first certificate expired before it was probed, so its refusal proves nothing"
+    );
+    assert!(refused.contains("Revoked"), "{refused}");
+    assert!(hub.store.cluster_by_cert(&sha(&first)).unwrap().is_none());
+
+    // Removing the cluster revokes the renewed certificate too.
+    assert!(hub.link.remove_cluster("east").await.unwrap());
+    let ended = tokio::time::timeout(Duration::from_secs(10), agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ended, Err(flotilla_agent::link::Error::Revoked(_))),
+        "{ended:?}"
+    );
+    let refused = probe(hub.addr, &second).await.unwrap_err();
+    assert!(refused.contains("Revoked"), "{refused}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_cluster_cannot_renew_its_certificate() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut config = LinkConfig::new(loopback());
+    config.cert_lifetime = Duration::from_secs(4);
+    let hub = Hub::start_with(hub_dir.path(), config).await;
+    let token = hub.add("east").await;
+    let mut agent = RunningAgent::start(agent_config(&hub, "east", Some(token), agent_dir.path()));
+    agent.wait("connected", |s| s.connected).await;
+    let first = Identity::load(agent_dir.path()).unwrap().unwrap();
+
+    // Removed in the store only, as `flotilla cluster rm` does on the data
+    // folder: the open connection stays up until the agent asks to renew.
+    assert!(hub.store.remove_cluster("east").await.unwrap());
+    let ended = tokio::time::timeout(Duration::from_secs(20), agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let Err(error @ flotilla_agent::link::Error::Revoked(_)) = ended else {
+        panic!("expected a revocation, got {ended:?}");
+    };
+    assert!(error.to_string().contains("cannot be renewed"), "{error}");
+    assert_eq!(Identity::load(agent_dir.path()).unwrap(), Some(first));
+    assert!(hub.store.link("east").unwrap().is_none());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_only_the_presented_certificate_as_previous_and_removal_revokes_both() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let ca = Ca::load_or_create(&hub.store, SystemTime::now())
+        .await
+        .unwrap();
+    let lifetime = Duration::from_secs(3600);
+    let register = Register {
+        token: hub.add("east").await,
+        public_key: identity::new_key().unwrap().public_key,
+        facts: fixture::facts("uid-east"),
+    };
+    let registered_at = SystemTime::now();
+    let first = cluster::register(&hub.store, &ca, &register, registered_at, lifetime)
+        .await
+        .unwrap();
+    let first = ca::fingerprint(&first.certificate);
+    let renew_at = |presented: String, at: SystemTime| {
+        let (store, ca) = (&hub.store, &ca);
+        async move {
+            let key = identity::new_key().unwrap().public_key;
+            cluster::renew(store, ca, "east", &presented, &key, at, lifetime)
+                .await
+                .map(|r| ca::fingerprint(&r.certificate))
+        }
+    };
+    // Two thirds into the first certificate's life, as the agent asks.
+    let later = registered_at + lifetime * 2 / 3;
+    let renew = |presented: String| renew_at(presented, later);
+
+    // Before half of its life the current certificate is not renewed.
+    let early = renew_at(first.clone(), registered_at + lifetime / 4).await;
+    assert!(matches!(early, Err(RenewError::NotDue { .. })), "{early:?}");
+    let second = renew(first.clone()).await.unwrap();
+    let by_cert = |sha: &str| hub.store.cluster_by_cert(sha).unwrap();
+    assert_eq!(by_cert(&first).as_deref(), Some("east"));
+    assert_eq!(by_cert(&second).as_deref(), Some("east"));
+
+    // The agent lost the second certificate and renews again with the first: the
+    // first stays previous, the second, never used, stops working.
+    let third = renew(first.clone()).await.unwrap();
+    assert_eq!(by_cert(&first).as_deref(), Some("east"));
+    assert_eq!(by_cert(&second), None);
+    assert_eq!(by_cert(&third).as_deref(), Some("east"));
+    // A certificate that no longer counts cannot renew.
+    assert!(matches!(
+        renew(second.clone()).await,
+        Err(RenewError::Revoked { .. })
+    ));
+    // The third is brand new: not due.
+    assert!(matches!(
+        renew(third.clone()).await,
+        Err(RenewError::NotDue { .. })
+    ));
+
+    assert!(hub.store.remove_cluster("east").await.unwrap());
+    assert_eq!(by_cert(&first), None);
+    assert_eq!(by_cert(&third), None);
+    assert!(matches!(
+        renew_at(third.clone(), later + lifetime * 2 / 3).await,
+        Err(RenewError::Revoked { .. })
+    ));
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_network_drop_marks_the_cluster_disconnected_and_the_agent_comes_back() {
+    // Production keeps QUIC keep-alive at 15 s and the idle timeout at 60 s on
+    // both ends; this test shortens both.
+    let defaults = LinkConfig::new(loopback());
+    assert_eq!(defaults.keep_alive, Duration::from_secs(15));
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+    let agent_defaults = flotilla_agent::link::AgentConfig::new(
+        loopback(),
+        String::new(),
+        "east".to_owned(),
+        std::path::PathBuf::new(),
+    );
+    assert_eq!(agent_defaults.keep_alive, Duration::from_secs(15));
+    assert_eq!(agent_defaults.idle_timeout, Duration::from_secs(60));
+
+    let keep_alive = Duration::from_millis(250);
+    let idle_timeout = Duration::from_millis(1500);
+    let hub_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut config = LinkConfig::new(loopback());
+    config.keep_alive = keep_alive;
+    config.idle_timeout = idle_timeout;
+    let hub = Hub::start_with(hub_dir.path(), config).await;
+    let relay = Relay::start(hub.addr).await;
+    let token = hub.add("east").await;
+    let mut config = agent_config(&hub, "east", Some(token), agent_dir.path());
+    config.hub = relay.addr;
+    config.keep_alive = keep_alive;
+    config.idle_timeout = idle_timeout;
+    let mut agent = RunningAgent::start(config);
+    agent.wait("connected", |s| s.connected).await;
+    let east = |hub: &Hub| {
+        hub.link
+            .clusters()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.cluster == "east")
+            .unwrap()
+    };
+    eventually(
+        "the hub to see it connected",
+        Duration::from_secs(10),
+        || east(&hub).connected,
+    )
+    .await;
+    let seen_before = east(&hub).last_seen_ms.unwrap();
+
+    // Nothing is closed; datagrams just stop arriving, both ways.
+    relay.set_dropping(true);
+    let cut = std::time::Instant::now();
+    eventually(
+        "the hub to mark the cluster disconnected",
+        Duration::from_secs(20),
+        || !east(&hub).connected,
+    )
+    .await;
+    let noticed = cut.elapsed();
+    eprintln!("the hub noticed the silent drop after {noticed:?} (idle timeout {idle_timeout:?})");
+    // Noticed by the idle timeout (1.5 s here, from the last packet heard), not
+    // by anything slower; twice the timeout leaves room for a loaded machine.
+    assert!(noticed < idle_timeout * 2, "noticed after {noticed:?}");
+    let view = east(&hub);
+    assert!(view.last_seen_ms.unwrap() >= seen_before, "{view:?}");
+    assert_eq!(
+        view.agent_version.as_deref(),
+        Some(flotilla_common::VERSION)
+    );
+    agent.wait("the agent to notice", |s| !s.connected).await;
+
+    // The network comes back: the agent reconnects on its own.
+    relay.set_dropping(false);
+    agent
+        .wait("reconnected", |s| s.connected && s.sessions == 2)
+        .await;
+    eventually("the hub to see it again", Duration::from_secs(10), || {
+        east(&hub).connected
+    })
+    .await;
+    agent.stop().await.unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_lost_in_a_hub_crash_are_restored_from_the_agents_hello() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let addr = hub.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let mut east = RunningAgent::start(agent_config(
+        &hub,
+        "east",
+        Some(hub.add("east").await),
+        dir.path(),
+    ));
+    east.wait("connected", |s| s.connected).await;
+    let envelope = hub.publish("east", "web", 1, 1).await;
+    east.wait("applied", |s| s.applied.len() == 1).await;
+    eventually("the ack", Duration::from_secs(10), || {
+        hub.store
+            .link("east")
+            .unwrap()
+            .unwrap()
+            .acks
+            .contains_key("default/web")
+    })
+    .await;
+    hub.stop().await;
+
+    // Acks are written without a flush, so a hub killed right after one can come
+    // back without it; here it is removed from the stopped hub's store.
+    {
+        let store = flotilla_hub::store::Store::open(&hub_dir.path().join("db")).unwrap();
+        let mut link = store.link("east").unwrap().unwrap();
+        link.acks.clear();
+        store.put_link(&link).await.unwrap();
+    }
+    let hub = Hub::start(hub_dir.path(), addr).await;
+    east.wait("reconnected", |s| s.connected && s.sessions == 2)
+        .await;
+    eventually(
+        "the ack restored from the hello",
+        Duration::from_secs(10),
+        || {
+            hub.store
+                .link("east")
+                .unwrap()
+                .unwrap()
+                .acks
+                .get("default/web")
+                .is_some_and(|a| {
+                    a.generation == 1
+                        && a.digest == envelope.digest.to_string()
+                        && a.outcome == "Applied"
+                })
+        },
+    )
+    .await;
+    // Restored from what the agent has, not by sending the bundle again.
+    assert_eq!(east.state.borrow().bundles_received, 1);
     east.stop().await.unwrap();
     hub.stop().await;
 }

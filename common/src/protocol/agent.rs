@@ -53,6 +53,12 @@ pub enum AgentEvent {
         /// The report's sequence number.
         sequence: u64,
     },
+    /// The hub issued a new client certificate for the key sent with
+    /// [`AgentSession::request_renewal`]: persist it with that key, then use it
+    /// from the next connection on.
+    Renewed(Renewed),
+    /// The hub did not renew the certificate; try again later.
+    RenewalRefused(RenewalRefused),
     /// The hub said goodbye.
     Goodbye(Goodbye),
     /// Nothing heard from the hub for too long; drop the connection.
@@ -180,6 +186,14 @@ impl AgentSession {
                 self.events.push_back(AgentEvent::KeySetUpdate(update));
                 Ok(())
             }
+            (State::Up(_), Message::Renewed(renewed)) => {
+                self.events.push_back(AgentEvent::Renewed(renewed));
+                Ok(())
+            }
+            (State::Up(_), Message::RenewalRefused(refused)) => {
+                self.events.push_back(AgentEvent::RenewalRefused(refused));
+                Ok(())
+            }
             (state, message) => {
                 let error = Error::Unexpected {
                     message: message_name(&message),
@@ -256,6 +270,20 @@ impl AgentSession {
                 .push_back(Transmit::new(Message::Status(status)));
         }
         sequence
+    }
+
+    /// Asks the hub for a new client certificate for `public_key`, the public
+    /// half of a key pair the driver just made and keeps until the answer comes.
+    pub fn request_renewal(&mut self, public_key: [u8; 32]) -> Result<()> {
+        if !matches!(self.state, State::Up(_)) {
+            return Err(Error::NotReady {
+                action: "ask for a certificate renewal",
+                state: self.state.name(),
+            });
+        }
+        self.transmits
+            .push_back(Transmit::new(Message::Renew(Renew { public_key })));
+        Ok(())
     }
 
     /// Reports what became of a command.

@@ -53,6 +53,10 @@ pub enum HubEvent {
     Status(Status),
     /// What became of a command.
     CommandResult(CommandResult),
+    /// The agent asks for a new client certificate; answer with
+    /// [`HubSession::accept_renewal`] or [`HubSession::refuse_renewal`] (or close
+    /// the session if the cluster is gone).
+    Renew(Renew),
     /// The agent said goodbye.
     Goodbye(Goodbye),
     /// Nothing heard from the agent for too long; drop the connection.
@@ -145,6 +149,10 @@ impl HubSession {
             }
             (State::Up(_), Message::CommandResult(result)) => {
                 self.events.push_back(HubEvent::CommandResult(result));
+                Ok(())
+            }
+            (State::Up(_), Message::Renew(renew)) => {
+                self.events.push_back(HubEvent::Renew(renew));
                 Ok(())
             }
             (state, message) => {
@@ -304,6 +312,24 @@ impl HubSession {
     /// Sends a command.
     pub fn send_command(&mut self, command: Command) -> Result<()> {
         self.send_when_up("send a command", Message::Command(command))
+    }
+
+    /// Sends the renewed client certificate, DER.
+    pub fn accept_renewal(&mut self, certificate: Vec<u8>) -> Result<()> {
+        self.send_when_up(
+            "send a renewed certificate",
+            Message::Renewed(Renewed { certificate }),
+        )
+    }
+
+    /// Tells the agent its certificate was not renewed; the session stays up.
+    pub fn refuse_renewal(&mut self, reason: impl Into<String>) -> Result<()> {
+        self.send_when_up(
+            "refuse a renewal",
+            Message::RenewalRefused(RenewalRefused {
+                reason: reason.into(),
+            }),
+        )
     }
 
     /// Sends a new key set.

@@ -491,3 +491,64 @@ fn an_older_bundle_does_not_replace_a_newer_one_on_the_hub() {
     ));
     assert!(!hub.publish(app, signer.sign(&fixture::bundle("web", 1, 1)).unwrap()));
 }
+
+#[test]
+fn a_renewal_request_comes_back_with_a_certificate() {
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.agent.request_renewal([7; 32]).unwrap();
+    pair.drive();
+    assert!(pair.hub_events.contains(&HubEvent::Renew(Renew {
+        public_key: [7; 32]
+    })));
+    pair.hub.accept_renewal(vec![4, 5, 6]).unwrap();
+    pair.drive();
+    assert!(pair.agent_events.contains(&AgentEvent::Renewed(Renewed {
+        certificate: vec![4, 5, 6]
+    })));
+    // The session carries on: bundles still flow after a renewal.
+    pair.publish("web", 1);
+    assert_eq!(pair.applied_generation("web"), Some(1));
+}
+
+#[test]
+fn a_refused_renewal_reaches_the_agent_with_its_reason_and_keeps_the_session() {
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.agent.request_renewal([7; 32]).unwrap();
+    pair.drive();
+    pair.hub.refuse_renewal("the CA is unavailable").unwrap();
+    pair.drive();
+    assert!(
+        pair.agent_events
+            .contains(&AgentEvent::RenewalRefused(RenewalRefused {
+                reason: "the CA is unavailable".to_owned()
+            }))
+    );
+    assert_eq!(pair.hub.version(), Some(1));
+    assert_eq!(pair.agent.version(), Some(1));
+}
+
+#[test]
+fn renewal_needs_an_established_session() {
+    let now = Instant::now();
+    let mut agent = AgentSession::new(Timing::default(), Vec::new(), Vec::new());
+    assert!(matches!(
+        agent.request_renewal([1; 32]),
+        Err(Error::NotReady { .. })
+    ));
+    // A hub that has not welcomed the agent treats Renew as out of turn.
+    let mut hub = HubSession::new(Timing::default());
+    hub.handle_connected(now);
+    let result = hub.handle_message(
+        now,
+        Message::Renew(Renew {
+            public_key: [1; 32],
+        }),
+    );
+    assert!(matches!(result, Err(Error::Unexpected { .. })));
+    assert!(matches!(
+        hub.accept_renewal(vec![1]),
+        Err(Error::NotReady { .. })
+    ));
+}

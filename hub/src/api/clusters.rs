@@ -32,13 +32,15 @@ fn view(
     detail: bool,
 ) -> Value {
     let link = state.store.link(name).ok().flatten();
-    let connected_now = state.link.as_ref().and_then(|l| {
+    let live = state.link.as_ref().and_then(|l| {
         l.clusters()
             .ok()
             .and_then(|views| views.into_iter().find(|v| v.cluster == name))
-            .map(|v| v.connected)
     });
-    let connected = connected_now.unwrap_or_else(|| link.as_ref().is_some_and(|l| l.connected));
+    let connected = live
+        .as_ref()
+        .map(|v| v.connected)
+        .unwrap_or_else(|| link.as_ref().is_some_and(|l| l.connected));
     let state_name = match (record, connected) {
         (None, _) => "Pending",
         (Some(_), true) => "Connected",
@@ -54,6 +56,9 @@ fn view(
         "kubernetesVersion": facts.map(|f| f.kubernetes_version.clone()),
         "lastSeenMs": link.as_ref().and_then(|l| l.last_seen_ms),
         "agentVersion": link.as_ref().and_then(|l| l.agent_version.clone()),
+        // This hub process's view of the connection: state, last seen, version,
+        // bundles pushed since it started and the last ack per app.
+        "link": live.as_ref().map(crate::link::ClusterView::to_json),
     });
     if detail {
         value["facts"] = json!({

@@ -46,6 +46,14 @@ pub struct LinkRecord {
     pub cert_sha256: String,
     /// When that certificate expires, in ms since the epoch.
     pub cert_not_after_ms: u64,
+    /// SHA-256 of the certificate a renewal replaced, still accepted until the
+    /// agent first connects with the new one (or it expires), so an agent that
+    /// died before persisting the new certificate is not locked out.
+    #[serde(default)]
+    pub previous_cert_sha256: Option<String>,
+    /// When that previous certificate expires, in ms since the epoch.
+    #[serde(default)]
+    pub previous_cert_not_after_ms: u64,
     /// The agent's version, from its last connection.
     #[serde(default)]
     pub agent_version: Option<String>,
@@ -89,6 +97,23 @@ impl Store {
             .insert(name, value)
             .map_err(|source| db("keys", "writing", source))?;
         self.flush("keys").await
+    }
+
+    /// The key QUIC stateless resets are made with, made once and kept, so a
+    /// restarted hub can tell agents at once that their old connection is gone
+    /// instead of leaving them to wait out the idle timeout.
+    pub async fn stateless_reset_key(&self) -> Result<[u8; 32]> {
+        const NAME: &[u8] = b"quic-stateless-reset-key";
+        if let Some(key) = self
+            .key_bytes(NAME)?
+            .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+        {
+            return Ok(key);
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| Error::Random(e.to_string()))?;
+        self.put_key_bytes(NAME, &key).await?;
+        Ok(key)
     }
 
     /// Stores a token under its hash.
@@ -166,12 +191,34 @@ impl Store {
             return Ok(None);
         };
         let name = String::from_utf8_lossy(&name).into_owned();
-        // Only the certificate the link record names is current; an older one
-        // left in the index after renewal does not count.
+        // Only the certificates the link record names count: the current one and
+        // the one a renewal replaced, until the agent has used the new one.
         Ok(self
             .link(&name)?
-            .filter(|link| link.cert_sha256 == cert_sha256)
+            .filter(|link| {
+                link.cert_sha256 == cert_sha256
+                    || link.previous_cert_sha256.as_deref() == Some(cert_sha256)
+            })
             .map(|_| name))
+    }
+
+    /// Records a renewed certificate: writes `link` (its current and previous
+    /// certificates indexed) and drops `superseded` from the index, flushed.
+    pub async fn put_renewed_link(&self, link: &LinkRecord, superseded: &[String]) -> Result<()> {
+        let certs = self.tree("certs")?;
+        for cert in superseded {
+            if *cert != link.cert_sha256 && link.previous_cert_sha256.as_ref() != Some(cert) {
+                certs
+                    .remove(cert.as_bytes())
+                    .map_err(|source| db("certs", "removing", source))?;
+            }
+        }
+        if let Some(previous) = &link.previous_cert_sha256 {
+            certs
+                .insert(previous.as_bytes(), link.cluster.as_bytes())
+                .map_err(|source| db("certs", "writing", source))?;
+        }
+        self.put_link(link).await
     }
 
     /// Forgets a cluster: its record, link and certificate. Returns whether it
@@ -179,9 +226,12 @@ impl Store {
     pub async fn remove_cluster(&self, cluster: &str) -> Result<bool> {
         let mut found = false;
         if let Some(link) = self.link(cluster)? {
-            self.tree("certs")?
-                .remove(link.cert_sha256.as_bytes())
-                .map_err(|source| db("certs", "removing", source))?;
+            let certs = self.tree("certs")?;
+            for cert in std::iter::once(&link.cert_sha256).chain(&link.previous_cert_sha256) {
+                certs
+                    .remove(cert.as_bytes())
+                    .map_err(|source| db("certs", "removing", source))?;
+            }
             found = true;
         }
         found |= self.remove("links", &Key::new().str(cluster)).await?;

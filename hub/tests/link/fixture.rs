@@ -262,3 +262,32 @@ pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Connects with `identity`'s client certificate without speaking the protocol,
+/// and says whether the hub accepted the handshake: TLS 1.3 reports a refused
+/// client certificate just after the client's side of the handshake, so a
+/// connection that is still open a moment later was accepted.
+pub async fn probe(
+    addr: SocketAddr,
+    identity: &flotilla_agent::identity::Identity,
+) -> Result<(), String> {
+    let config = flotilla_agent::link::client_config(
+        &identity.ca_fingerprint,
+        Some((&identity.certificate, &identity.key_pkcs8)),
+        Duration::from_secs(15),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let endpoint = flotilla_agent::link::client_endpoint(addr).unwrap();
+    let connection = endpoint
+        .connect_with(config, addr, flotilla_agent::link::HUB_SERVER_NAME)
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
+    let closed = tokio::time::timeout(Duration::from_millis(700), connection.closed()).await;
+    connection.close(0u32.into(), b"probe done");
+    match closed {
+        Ok(reason) => Err(reason.to_string()),
+        Err(_) => Ok(()),
+    }
+}
