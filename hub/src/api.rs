@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -318,25 +318,64 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
     (StatusCode::CREATED, Json(app_summary(&state, &record)))
 }
 
+/// `DELETE /api/v1/applications/{project}/{name}[?cascade=false]`: forgets the
+/// app. With cascade (the default, as `argocd app delete` has it) each cluster's
+/// agent is first sent an empty, prune-everything bundle, so what the app deployed
+/// is deleted; without it the objects stay in the clusters, unmanaged.
 async fn delete_app(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path((project, name)): Path<(String, String)>,
+    Query(options): Query<DeleteOptions>,
 ) -> Reply {
     let object = format!("{project}/{name}");
     let who = match state.allow(&headers, "applications", "delete", &object) {
         Ok(who) => who,
         Err(reply) => return reply,
     };
+    let record = match state.store.app(&project, &name) {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("application {object} not found"),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let cascade = options.cascade.unwrap_or(true);
+    if cascade {
+        let Some(refresher) = &state.refresher else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this hub cannot delete an app's resources; delete with cascade=false",
+            );
+        };
+        if let Err(e) = refresher
+            .prune_everywhere(&record, std::time::SystemTime::now())
+            .await
+        {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("sending {object}'s clusters the deletion of its resources: {e}"),
+            );
+        }
+    }
     match state.store.remove_app(&project, &name).await {
         Ok(true) => {
             if let Err(e) = state.store.remove_history(&project, &name).await {
                 tracing::warn!(error = %e, "failed to forget the history of a deleted app");
             }
-            state
-                .audit(&who, "delete", format!("application/{object}"))
-                .await;
-            ok(json!({ "deleted": object }))
+            let detail = if cascade {
+                "cascade: its resources are deleted"
+            } else {
+                "resources kept"
+            };
+            let event = Event::now(&who.user, "delete", format!("application/{object}"), detail);
+            if let Err(e) = state.store.push_event(&event).await {
+                tracing::warn!(error = %e, "failed to record an audit event");
+            }
+            ok(json!({ "deleted": object, "cascade": cascade }))
         }
         Ok(false) => error(
             StatusCode::NOT_FOUND,
@@ -344,6 +383,12 @@ async fn delete_app(
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteOptions {
+    cascade: Option<bool>,
 }
 
 async fn list_repos(State(state): State<ApiState>, headers: HeaderMap) -> Reply {

@@ -108,13 +108,12 @@ enum AppCommand {
     Diff { app: String },
     /// Wait until an application is Synced and/or Healthy (exit 1 on timeout).
     Wait(app_cli::WaitArgs),
-    /// Create applications from an Argo CD Application manifest.
-    Create {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-    },
-    /// Delete an application (PROJECT/NAME, or NAME in the default project).
-    Delete { app: String },
+    /// Create applications from an Argo CD Application manifest (-f), or one from
+    /// flags as `argocd app create` takes them.
+    Create(app_cli::CreateArgs),
+    /// Delete an application (PROJECT/NAME, or NAME in the default project) and,
+    /// unless --cascade=false, what it deployed.
+    Delete(app_cli::DeleteArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -526,9 +525,12 @@ async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Re
         AppCommand::Rollback { app, id } => app_cli::rollback(&client, &app, id).await?,
         AppCommand::Diff { app } => app_cli::diff(&client, &app).await?,
         AppCommand::Wait(args) => app_cli::wait(&client, args).await?,
-        AppCommand::Create { file } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| UsageError(format!("reading {}: {e}", file.display())))?;
+        AppCommand::Create(args) => {
+            let text = match &args.file {
+                Some(file) => std::fs::read_to_string(file)
+                    .map_err(|e| UsageError(format!("reading {}: {e}", file.display())))?,
+                None => args.manifest()?,
+            };
             let created = client.post("/api/v1/applications", text).await?;
             println!(
                 "application {}/{} created",
@@ -536,9 +538,25 @@ async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Re
                 created["name"].as_str().unwrap_or("")
             );
         }
-        AppCommand::Delete { app } => {
-            client.delete(&app_cli::app_path(&app)).await?;
-            println!("application {app} deleted");
+        AppCommand::Delete(args) => {
+            client
+                .delete(&format!(
+                    "{}?cascade={}",
+                    app_cli::app_path(&args.app),
+                    args.cascade
+                ))
+                .await?;
+            if args.cascade {
+                println!(
+                    "application {} deleted; its clusters delete what it deployed",
+                    args.app
+                );
+            } else {
+                println!(
+                    "application {} deleted; its objects stay in the clusters",
+                    args.app
+                );
+            }
         }
     }
     Ok(())

@@ -557,7 +557,7 @@ impl Refresher {
 
     /// Stores an empty, prune-everything bundle for every cluster the app was on, so
     /// its agents delete what it deployed (Argo CD's cascade delete).
-    async fn prune_everywhere(&self, record: &AppRecord, now: SystemTime) -> Result<()> {
+    pub async fn prune_everywhere(&self, record: &AppRecord, now: SystemTime) -> Result<()> {
         for cluster in self.store.clusters()? {
             let Some((generation, bytes)) =
                 self.store

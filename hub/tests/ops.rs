@@ -475,9 +475,10 @@ where
 /// prune and selfHeal with CreateNamespace. A commit (announced by a push webhook)
 /// changes the image and both clusters converge; a `kubectl` edit is reverted and
 /// reported with the field manager that made it; a file deleted from Git is pruned
-/// on both clusters, and nothing else is.
+/// on both clusters, and nothing else is. The apps are made from the manifest and
+/// from `app create` flags; `app delete` cascades unless told not to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_recipes_simple_application_converges_on_both_clusters_heals_and_prunes() {
+async fn the_recipes_simple_application_converges_heals_prunes_and_cascades_on_two_clusters() {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Namespace, Service};
 
@@ -491,9 +492,13 @@ async fn the_recipes_simple_application_converges_on_both_clusters_heals_and_pru
         .iter()
         .map(|m| format!("myapp-{}", m.name))
         .collect();
-    for (member, app) in fleet.members.iter().zip(&apps) {
-        let manifest = format!(
-            "apiVersion: argoproj.io/v1alpha1
+    // The first cluster's app from the recipe's manifest, the others' from
+    // `flotilla app create` flags, as `argocd app create` takes them.
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    for (i, (member, app)) in fleet.members.iter().zip(&apps).enumerate() {
+        if i == 0 {
+            let manifest = format!(
+                "apiVersion: argoproj.io/v1alpha1
 kind: Application
 metadata:
   name: {app}
@@ -514,11 +519,39 @@ spec:
     syncOptions:
       - CreateNamespace=true
 ",
-            repo = repo.path().display(),
-            cluster = member.name,
-        );
-        let (status, body) = fleet.create_manifest(&manifest).await;
-        assert_eq!(status, 201, "{body}");
+                repo = repo.path().display(),
+                cluster = member.name,
+            );
+            let (status, body) = fleet.create_manifest(&manifest).await;
+            assert_eq!(status, 201, "{body}");
+        } else {
+            let url = format!("file://{}", repo.path().display());
+            let created = fleet.cli(
+                "admin",
+                &[
+                    "app",
+                    "create",
+                    app,
+                    "--repo",
+                    &url,
+                    "--path",
+                    "apps/myapp/production",
+                    "--revision",
+                    "main",
+                    "--dest-name",
+                    &member.name,
+                    "--dest-namespace",
+                    &namespace,
+                    "--sync-policy",
+                    "automated",
+                    "--auto-prune",
+                    "--self-heal",
+                    "--sync-option",
+                    "CreateNamespace=true",
+                ],
+            );
+            assert!(created.status.success(), "{}", text(&created.stderr));
+        }
     }
     let synced_at = |commit: String| {
         move |s: &Value| {
@@ -667,6 +700,33 @@ spec:
         );
         assert!(myapp_image(member, &namespace).await.is_some());
     }
+
+    // `app delete` cascades by default: the first cluster's objects go. With
+    // --cascade=false the second cluster's stay, unmanaged.
+    let deleted = fleet.cli("admin", &["app", "delete", &apps[0]]);
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    until(
+        "the cascade to delete the Deployment",
+        Duration::from_secs(30),
+        || async { myapp_image(first, &namespace).await.is_none() },
+    )
+    .await;
+    assert!(
+        kube::Api::<Service>::namespaced(first.kube.clone(), &namespace)
+            .get_opt("myapp")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let kept = fleet.cli("admin", &["app", "delete", &apps[1], "--cascade=false"]);
+    assert!(kept.status.success(), "{}", text(&kept.stderr));
+    assert!(fleet.store.app("default", &apps[1]).unwrap().is_none());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        myapp_image(&fleet.members[1], &namespace).await.as_deref(),
+        Some("nginx:1.26"),
+        "--cascade=false deleted the objects"
+    );
 
     for member in &fleet.members {
         let _ = kube::Api::<Namespace>::all(member.kube.clone())

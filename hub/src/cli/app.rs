@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use flotilla_hub::client::Client;
 use serde_json::{Value, json};
 
+use super::UsageError;
+
 /// Ends the command with an exit code other than success, and a message (printed
 /// to stderr when not empty).
 #[derive(Debug)]
@@ -37,6 +39,119 @@ fn failed(message: impl Into<String>) -> anyhow::Error {
         message: message.into(),
     }
     .into()
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("from_flags").multiple(true).args(["repo", "path", "revision", "dest_server", "dest_name", "dest_namespace", "project", "sync_policy", "auto_prune", "self_heal", "sync_options"])))]
+pub struct CreateArgs {
+    /// The app's name, when it is given by flags rather than a manifest.
+    #[arg(conflicts_with = "file", required_unless_present = "file")]
+    name: Option<String>,
+    /// An Argo CD Application manifest (one or more documents).
+    #[arg(short = 'f', long = "file", conflicts_with = "from_flags")]
+    pub file: Option<std::path::PathBuf>,
+    /// The Git repository URL.
+    #[arg(long, requires = "name")]
+    repo: Option<String>,
+    /// The folder of the app in the repository.
+    #[arg(long, default_value = ".")]
+    path: String,
+    /// The branch, tag or commit to follow.
+    #[arg(long, default_value = "HEAD")]
+    revision: String,
+    /// The destination cluster, by API server URL.
+    #[arg(long, conflicts_with = "dest_name")]
+    dest_server: Option<String>,
+    /// The destination cluster, by name.
+    #[arg(long)]
+    dest_name: Option<String>,
+    /// The destination namespace.
+    #[arg(long)]
+    dest_namespace: Option<String>,
+    /// The AppProject.
+    #[arg(long = "project", default_value = "default")]
+    project: String,
+    /// `automated` (or `auto`) for automated sync; `none` for manual sync.
+    #[arg(long, value_parser = ["none", "automated", "automatic", "auto"])]
+    sync_policy: Option<String>,
+    /// Under automated sync, delete what leaves Git.
+    #[arg(long)]
+    auto_prune: bool,
+    /// Under automated sync, revert changes made in the cluster.
+    #[arg(long)]
+    self_heal: bool,
+    /// A sync option such as CreateNamespace=true; repeatable.
+    #[arg(long = "sync-option")]
+    sync_options: Vec<String>,
+}
+
+impl CreateArgs {
+    /// The Application the flags describe, as `argocd app create` would make it.
+    pub fn manifest(&self) -> Result<String, UsageError> {
+        let name = self
+            .name
+            .as_deref()
+            .ok_or_else(|| UsageError("give NAME and flags, or -f FILE".to_owned()))?;
+        let repo = self
+            .repo
+            .as_deref()
+            .ok_or_else(|| UsageError("--repo is required without -f".to_owned()))?;
+        let mut destination = serde_json::Map::new();
+        match (&self.dest_server, &self.dest_name) {
+            (Some(server), None) => destination.insert("server".to_owned(), json!(server)),
+            (None, Some(cluster)) => destination.insert("name".to_owned(), json!(cluster)),
+            _ => {
+                return Err(UsageError(
+                    "one of --dest-server or --dest-name is required".to_owned(),
+                ));
+            }
+        };
+        if let Some(namespace) = &self.dest_namespace {
+            destination.insert("namespace".to_owned(), json!(namespace));
+        }
+        let automated = matches!(
+            self.sync_policy.as_deref(),
+            Some("automated" | "automatic" | "auto")
+        );
+        if !automated && (self.auto_prune || self.self_heal) {
+            return Err(UsageError(
+                "--auto-prune and --self-heal need --sync-policy automated".to_owned(),
+            ));
+        }
+        let mut sync_policy = serde_json::Map::new();
+        if automated {
+            sync_policy.insert(
+                "automated".to_owned(),
+                json!({ "prune": self.auto_prune, "selfHeal": self.self_heal }),
+            );
+        }
+        if !self.sync_options.is_empty() {
+            sync_policy.insert("syncOptions".to_owned(), json!(self.sync_options));
+        }
+        let application = json!({
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Application",
+            "metadata": { "name": name },
+            "spec": {
+                "project": self.project,
+                "source": { "repoURL": repo, "path": self.path, "targetRevision": self.revision },
+                "destination": destination,
+                "syncPolicy": sync_policy,
+            },
+        });
+        // JSON is YAML; the hub reads either.
+        Ok(application.to_string())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The app: PROJECT/NAME, or NAME in the default project.
+    pub app: String,
+    /// Delete what the app deployed too (the default, as in argocd); with
+    /// `--cascade=false` the objects stay in the clusters, unmanaged.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub cascade: bool,
 }
 
 #[derive(Debug, clap::Args)]
