@@ -99,7 +99,11 @@ enum AppCommand {
     /// Sync an application now and wait for the result (exit 1 when it failed).
     Sync(app_cli::SyncArgs),
     /// List an application's past syncs.
-    History { app: String },
+    History {
+        app: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Re-send the bundle of a history entry and sync it; switches automated sync
     /// off, as Argo CD does.
     Rollback { app: String, id: u64 },
@@ -521,7 +525,15 @@ async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Re
             }
         },
         AppCommand::Sync(args) => app_cli::sync(&client, args).await?,
-        AppCommand::History { app } => app_cli::history(&client, &app).await?,
+        AppCommand::History { app, output } => match output.output {
+            Format::Table | Format::Wide => app_cli::history(&client, &app).await?,
+            format => {
+                let history = client
+                    .get(&format!("{}/history", app_cli::app_path(&app)))
+                    .await?;
+                print(format, &history, |_| Table::new(&[]))?;
+            }
+        },
         AppCommand::Rollback { app, id } => app_cli::rollback(&client, &app, id).await?,
         AppCommand::Diff { app } => app_cli::diff(&client, &app).await?,
         AppCommand::Wait(args) => app_cli::wait(&client, args).await?,

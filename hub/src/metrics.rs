@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::link::Link;
 use crate::store::Store;
 
 /// Bucket bounds for render durations, in seconds (helm and kustomize run up to
@@ -136,24 +137,18 @@ pub struct FleetSnapshot {
     pub agents_connected: u64,
 }
 
-/// Each app's sync and health status on each of its destination clusters, counted:
-/// from the latest Status its agent sent, `Unknown` before the first.
-pub fn app_status_counts(store: &Store) -> BTreeMap<(String, String), u64> {
+/// Each app's sync and health status on each of its destination clusters, counted,
+/// as [`crate::status::derive`] shows them in the API (so `Unknown` while a cluster
+/// is disconnected or has not reported the newest bundle).
+pub fn app_status_counts(store: &Store, link: Option<&Link>) -> BTreeMap<(String, String), u64> {
     let mut counts = BTreeMap::new();
-    let clusters = store.clusters().unwrap_or_default();
     for app in store.apps().unwrap_or_default() {
-        for cluster in clusters
-            .iter()
-            .filter(|c| c.is_destination(&app.application.spec.destination))
-        {
-            let (sync, health) = match store.status(&app.project(), &app.name(), &cluster.name) {
-                Ok(Some(record)) => (
-                    format!("{:?}", record.status.sync),
-                    format!("{:?}", record.status.health),
-                ),
-                _ => ("Unknown".to_owned(), "Unknown".to_owned()),
-            };
-            *counts.entry((sync, health)).or_insert(0) += 1;
+        let Ok(state) = crate::status::derive(store, link, &app) else {
+            continue;
+        };
+        for cluster in state.clusters {
+            let key = (format!("{:?}", cluster.sync), format!("{:?}", cluster.health));
+            *counts.entry(key).or_insert(0) += 1;
         }
     }
     counts
@@ -161,10 +156,10 @@ pub fn app_status_counts(store: &Store) -> BTreeMap<(String, String), u64> {
 
 /// The snapshot of `store`, with the connected-agent count from the link's view
 /// when a link runs (`None`: read the store's connection flags).
-pub fn snapshot(store: &Store, connected: Option<u64>) -> FleetSnapshot {
+pub fn snapshot(store: &Store, link: Option<&Link>, connected: Option<u64>) -> FleetSnapshot {
     let links = store.links().unwrap_or_default();
     FleetSnapshot {
-        apps: app_status_counts(store),
+        apps: app_status_counts(store, link),
         clusters: store.clusters().map(|c| c.len() as u64).unwrap_or(0),
         agents_connected: connected
             .unwrap_or_else(|| links.iter().filter(|l| l.connected).count() as u64),

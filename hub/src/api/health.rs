@@ -58,7 +58,7 @@ async fn scrape(State(state): State<ApiState>) -> Response {
             .ok()
             .map(|views| views.iter().filter(|v| v.connected).count() as u64)
     });
-    let fleet = metrics::snapshot(&state.store, connected);
+    let fleet = metrics::snapshot(&state.store, state.link.as_deref(), connected);
     (
         [(
             header::CONTENT_TYPE,
