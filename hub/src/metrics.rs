@@ -147,7 +147,10 @@ pub fn app_status_counts(store: &Store, link: Option<&Link>) -> BTreeMap<(String
             continue;
         };
         for cluster in state.clusters {
-            let key = (format!("{:?}", cluster.sync), format!("{:?}", cluster.health));
+            let key = (
+                format!("{:?}", cluster.sync),
+                format!("{:?}", cluster.health),
+            );
             *counts.entry(key).or_insert(0) += 1;
         }
     }

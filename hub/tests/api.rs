@@ -21,7 +21,7 @@ use std::time::Duration;
 use flotilla_agent::link::{AgentConfig, Applier, ApplyReport};
 use flotilla_common::bundle::Bundle;
 use flotilla_common::message::{BundleOutcome, Operation, OperationPhase, Status};
-use flotilla_common::model::{AppRef, Health, SyncStatus, Timestamp};
+use flotilla_common::model::{Health, SyncStatus, Timestamp};
 use flotilla_hub::client::{Trust, http_client};
 use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::refresh::Refresher;
@@ -946,16 +946,28 @@ async fn health_readiness_and_metrics_answer_without_a_token_and_metrics_parse()
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["agentLink"], hub.quic.to_string());
 
-    // Two apps on a cluster: one with a Synced/Healthy report, one without.
-    hub.store
-        .put_cluster(&ClusterRecord {
-            name: "east".to_owned(),
-            facts: Some(facts("uid-east")),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // Two apps on a connected cluster: one whose bundle the agent reported
+    // Synced/Healthy, one with no bundle yet (Unknown).
     let admin = hub.admin().await;
+    let body = json!({"name": "east"}).to_string();
+    let (status, added) = hub
+        .call("POST", "/api/v1/clusters", Some(&admin), &body)
+        .await;
+    assert_eq!(status, 201, "{added}");
+    let token = added["command"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .skip_while(|w| *w != "--token")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut agent = RunningAgent::start_with(
+        agent_config(&hub, "east", token, agent_dir.path()),
+        flotilla_agent::link::AckOnly,
+    );
+    agent.wait("connected", |s| s.connected).await;
     for name in ["web", "api"] {
         let app = format!(
             "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  source: {{repoURL: 'https://git.example/shop.git', path: {name}, targetRevision: main}}\n  destination: {{name: east, namespace: shop}}\n"
@@ -965,39 +977,35 @@ async fn health_readiness_and_metrics_answer_without_a_token_and_metrics_parse()
             .await;
         assert_eq!(status, 201, "{json}");
     }
+    let envelope = link_fixture::sign(&hub.store, "east", "web", 1, 1, 16).await;
     hub.store
-        .put_status(
-            "east",
-            &flotilla_hub::store::StatusRecord {
-                at_ms: 1,
-                status: Status {
-                    sequence: 1,
-                    app: AppRef {
-                        project: "default".to_owned(),
-                        name: "web".to_owned(),
-                    },
-                    generation: 1,
-                    sync: SyncStatus::Synced,
-                    health: Health::Healthy,
-                    resources: Vec::new(),
-                    drift: Vec::new(),
-                    events: Vec::new(),
-                    operation: None,
-                },
-            },
-        )
+        .put_bundle("default", "web", "east", 1, &envelope.encode().unwrap())
         .await
         .unwrap();
+    agent
+        .wait("the bundle applied", |s| s.applied.len() == 1)
+        .await;
 
-    let (status, content_type, body) = hub.call_raw("GET", "/metrics", None, "").await;
-    assert_eq!(status, 200);
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    let text = body.as_str().unwrap();
-    let samples = parse_exposition(text);
     let synced = [("sync_status", "Synced"), ("health_status", "Healthy")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (text, samples) = loop {
+        let (status, content_type, body) = hub.call_raw("GET", "/metrics", None, "").await;
+        assert_eq!(status, 200);
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        let text = body.as_str().unwrap().to_owned();
+        let samples = parse_exposition(&text);
+        if sample(&samples, "flotilla_apps", &synced).is_some() {
+            break (text, samples);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's report is not in the metrics: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let unknown = [("sync_status", "Unknown"), ("health_status", "Unknown")];
     assert_eq!(
         sample(&samples, "flotilla_apps", &synced),
@@ -1012,12 +1020,16 @@ async fn health_readiness_and_metrics_answer_without_a_token_and_metrics_parse()
     assert_eq!(sample(&samples, "flotilla_clusters", &[]), Some(1.0));
     assert_eq!(
         sample(&samples, "flotilla_agents_connected", &[]),
-        Some(0.0)
+        Some(1.0)
     );
-    assert!(sample(&samples, "flotilla_bundle_pushes_total", &[]).is_some());
+    assert_eq!(
+        sample(&samples, "flotilla_bundle_pushes_total", &[]),
+        Some(1.0)
+    );
     assert!(sample(&samples, "flotilla_render_errors_total", &[]).is_some());
     assert!(sample(&samples, "flotilla_sync_duration_seconds_count", &[]).is_some());
     assert!(sample(&samples, "flotilla_render_duration_seconds_count", &[]).is_some());
+    agent.stop().await.unwrap();
     hub.stop().await;
 }
 
