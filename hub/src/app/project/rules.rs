@@ -2,41 +2,22 @@
 //! where it goes, and which kinds it may create. Patterns are globs as Argo CD has
 //! them (`*` matches anything, `!pattern` denies), and the first rule broken is
 //! named in the error.
+//!
+//! The matching itself is `flotilla_common::project`'s, the same code the agent
+//! runs on the rules a bundle carries, so hub and agent cannot disagree.
 
 use flotilla_common::bundle::Object;
-use globset::{Glob, GlobMatcher};
+use flotilla_common::project as common;
 
-use super::{AppProject, GroupKind, ProjectDestination};
-use crate::app::{Application, Destination};
+use super::AppProject;
+use crate::app::Application;
 
 /// The rule an app broke, in words a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
-    /// The app's repo is not in `sourceRepos`.
-    #[error("project {project}: repository {repo} is not permitted by spec.sourceRepos")]
-    SourceRepo { project: String, repo: String },
-    /// The destination (or an object's namespace) is not in `destinations`.
-    #[error("project {project}: destination {destination} is not permitted by spec.destinations")]
-    Destination {
-        project: String,
-        destination: String,
-    },
-    /// A cluster-scoped kind is not whitelisted, or is blacklisted.
-    #[error("project {project}: cluster-scoped {kind} {name} is not permitted by {rule}")]
-    ClusterResource {
-        project: String,
-        kind: String,
-        name: String,
-        rule: &'static str,
-    },
-    /// A namespaced kind is not whitelisted, or is blacklisted.
-    #[error("project {project}: {kind} {name} is not permitted by {rule}")]
-    NamespaceResource {
-        project: String,
-        kind: String,
-        name: String,
-        rule: &'static str,
-    },
+    /// A rule of the project: its source repos, destinations or resource lists.
+    #[error(transparent)]
+    Rule(#[from] common::Violation),
     /// The app names a project the hub does not have.
     #[error("project {project} does not exist")]
     NoSuchProject { project: String },
@@ -49,151 +30,23 @@ pub fn built_in_default() -> AppProject {
     AppProject::from_value(doc, "built-in").expect("invariant: the default project is valid")
 }
 
-/// Matches like Argo CD's globs: `*` crosses `/`, and an invalid pattern matches
-/// only itself.
-fn matches(pattern: &str, value: &str) -> bool {
-    if pattern == "*" || pattern == value {
-        return true;
-    }
-    Glob::new(pattern)
-        .map(|g| g.compile_matcher())
-        .is_ok_and(|m: GlobMatcher| m.is_match(value))
-}
-
-/// Allowed by a list of patterns where `!pattern` denies and a plain one allows.
-fn permitted<'a>(patterns: impl IntoIterator<Item = &'a str> + Clone, value: &str) -> bool {
-    let denied = patterns
-        .clone()
-        .into_iter()
-        .filter_map(|p| p.strip_prefix('!'))
-        .any(|p| matches(p, value));
-    !denied
-        && patterns
-            .into_iter()
-            .filter(|p| !p.starts_with('!'))
-            .any(|p| matches(p, value))
-}
-
-fn kind_listed(list: &[GroupKind], group: &str, kind: &str) -> bool {
-    list.iter()
-        .any(|gk| matches(&gk.group, group) && matches(&gk.kind, kind))
-}
-
 impl AppProject {
     /// Checks `app` and the objects it rendered against this project.
     pub fn permits(&self, app: &Application, objects: &[Object]) -> Result<(), Violation> {
-        let project = self.name().to_owned();
-        let spec = &self.spec;
-        let repo = app.source().repo_url.trim_end_matches('/');
-        let repo_patterns = spec.source_repos.iter().map(|p| p.trim_end_matches('/'));
-        if !permitted(repo_patterns, repo) {
-            return Err(Violation::SourceRepo {
-                project,
-                repo: repo.to_owned(),
-            });
-        }
         let dest = &app.spec.destination;
-        if !self.destination_permitted(dest, dest.namespace.as_deref().unwrap_or("")) {
-            return Err(Violation::Destination {
-                project,
-                destination: describe(dest, dest.namespace.as_deref()),
-            });
-        }
-        for object in objects {
-            let (group, kind, name) = (&object.gvk.group, &object.gvk.kind, &object.name);
-            match &object.namespace {
-                None => {
-                    if !kind_listed(&spec.cluster_resource_whitelist, group, kind) {
-                        return Err(Violation::ClusterResource {
-                            project,
-                            kind: kind.clone(),
-                            name: name.clone(),
-                            rule: "spec.clusterResourceWhitelist",
-                        });
-                    }
-                    if kind_listed(&spec.cluster_resource_blacklist, group, kind) {
-                        return Err(Violation::ClusterResource {
-                            project,
-                            kind: kind.clone(),
-                            name: name.clone(),
-                            rule: "spec.clusterResourceBlacklist",
-                        });
-                    }
-                }
-                Some(namespace) => {
-                    if !self.destination_permitted(dest, namespace) {
-                        return Err(Violation::Destination {
-                            project,
-                            destination: describe(dest, Some(namespace)),
-                        });
-                    }
-                    let whitelist = &spec.namespace_resource_whitelist;
-                    if !whitelist.is_empty() && !kind_listed(whitelist, group, kind) {
-                        return Err(Violation::NamespaceResource {
-                            project,
-                            kind: kind.clone(),
-                            name: format!("{namespace}/{name}"),
-                            rule: "spec.namespaceResourceWhitelist",
-                        });
-                    }
-                    if kind_listed(&spec.namespace_resource_blacklist, group, kind) {
-                        return Err(Violation::NamespaceResource {
-                            project,
-                            kind: kind.clone(),
-                            name: format!("{namespace}/{name}"),
-                            rule: "spec.namespaceResourceBlacklist",
-                        });
-                    }
-                }
+        if dest.name.is_none() && dest.server.is_none() {
+            // An app must name where it goes; the rules never guess.
+            return Err(common::Violation::Destination {
+                project: self.name().to_owned(),
+                destination: "?".to_owned(),
             }
+            .into());
         }
-        Ok(())
-    }
-
-    fn destination_permitted(&self, dest: &Destination, namespace: &str) -> bool {
-        let fits = |d: &ProjectDestination| {
-            let cluster = match (&dest.name, &dest.server) {
-                (Some(name), _) => {
-                    d.name.as_deref().is_some_and(|p| matches(p, name))
-                        || d.server.as_deref() == Some("*")
-                }
-                (None, Some(server)) => {
-                    d.server.as_deref().is_some_and(|p| matches(p, server))
-                        || d.name.as_deref() == Some("*")
-                }
-                (None, None) => false,
-            };
-            cluster && matches(d.namespace.as_deref().unwrap_or("*"), namespace)
-        };
-        let denied = self.spec.destinations.iter().any(|d| {
-            d.namespace
-                .as_deref()
-                .and_then(|n| n.strip_prefix('!'))
-                .is_some_and(|n| matches(n, namespace))
-                && fits(&ProjectDestination {
-                    namespace: Some("*".to_owned()),
-                    ..d.clone()
-                })
-        });
-        !denied
-            && self
-                .spec
-                .destinations
-                .iter()
-                .filter(|d| !d.namespace.as_deref().is_some_and(|n| n.starts_with('!')))
-                .any(fits)
-    }
-}
-
-fn describe(dest: &Destination, namespace: Option<&str>) -> String {
-    let cluster = dest
-        .name
-        .as_deref()
-        .or(dest.server.as_deref())
-        .unwrap_or("?");
-    match namespace {
-        Some(ns) if !ns.is_empty() => format!("{cluster} namespace {ns}"),
-        _ => cluster.to_owned(),
+        // The destination names its cluster, so the cluster the rules would
+        // otherwise assume is never used.
+        self.rules(dest)
+            .permits(&app.source().repo_url, "", objects)
+            .map_err(Violation::from)
     }
 }
 
@@ -276,7 +129,7 @@ mod tests {
                 ),
                 &[]
             ),
-            Err(Violation::SourceRepo { .. })
+            Err(Violation::Rule(common::Violation::SourceRepo { .. }))
         ));
     }
 
@@ -360,10 +213,10 @@ mod tests {
         );
         assert!(matches!(
             only_configmaps.permits(&a, &[object("apps", "Deployment", Some("shop-a"))]),
-            Err(Violation::NamespaceResource {
+            Err(Violation::Rule(common::Violation::NamespaceResource {
                 rule: "spec.namespaceResourceWhitelist",
                 ..
-            })
+            }))
         ));
     }
 
