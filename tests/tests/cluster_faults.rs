@@ -38,6 +38,12 @@ impl Started {
 impl Drop for Started {
     fn drop(&mut self) {
         let _ = Command::new(script()).args(["down", &self.0]).output();
+        // `down` keeps a cluster's logs for whoever debugs it; these clusters are
+        // named per test process, so unless the test failed nobody will, and they
+        // would pile up run after run.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.dir());
+        }
     }
 }
 
