@@ -105,6 +105,14 @@ pub struct LinkConfig {
     pub max_registering: usize,
     /// How long a connection without a certificate has to register.
     pub register_timeout: Duration,
+    /// How many TLS handshakes run at once. The rest wait in quinn's queue of
+    /// incoming connections (their retransmitted packets are kept there), so
+    /// thousands of agents reconnecting together do not fill tokio's run queue
+    /// with handshakes and starve the task that reads the UDP socket.
+    pub max_handshakes: usize,
+    /// How long one handshake may take before the hub gives up on it, so
+    /// stalled handshakes cannot hold every slot.
+    pub handshake_timeout: Duration,
 }
 
 impl LinkConfig {
@@ -118,6 +126,8 @@ impl LinkConfig {
             limits: Limits::default(),
             max_registering: 64,
             register_timeout: Duration::from_secs(10),
+            max_handshakes: 128,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -153,6 +163,8 @@ struct Shared {
     connections: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<ToConnection>)>>,
     next_connection: std::sync::atomic::AtomicU64,
     registering: Semaphore,
+    /// Agent sessions past `Hello`, for a connected count that needs no store scan.
+    established: std::sync::atomic::AtomicUsize,
     /// Bundles pushed per cluster since start, to show that a reconnect resends
     /// nothing the agent already has.
     sent: Mutex<HashMap<String, u64>>,
@@ -248,6 +260,13 @@ impl rustls::server::danger::ClientCertVerifier for RegisteredClients {
     }
 }
 
+/// Status streams an agent may have open towards the hub at once.
+const STATUS_STREAMS: u32 = 8;
+/// Flow-control window of each stream an agent sends on.
+const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+/// Flow-control window of everything one agent sends.
+const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
 /// The QUIC server configuration: the hub's certificate and CA, TLS 1.3 only,
 /// ALPN `flotilla/1`, optional client certificates checked against the store.
 pub fn server_config(
@@ -286,8 +305,18 @@ pub fn server_config(
             .try_into()
             .map_err(|_| Error::IdleTimeout(config.idle_timeout))?,
     ));
-    transport.max_concurrent_uni_streams(64u32.into());
+    // quinn keeps a slot per stream the peer may open, on every connection: an
+    // agent opens the control stream and one stream per status report, which
+    // the hub reads one at a time, so a few are plenty.
+    transport.max_concurrent_uni_streams(STATUS_STREAMS.into());
     transport.max_concurrent_bidi_streams(1u32.into());
+    // Bound what each agent can make the hub buffer: quinn's defaults (1.25 MB
+    // per stream, no connection limit) let 10,000 agents pin gigabytes. A status
+    // report bigger than the window still arrives, in more round trips.
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    transport.receive_window(CONNECTION_RECEIVE_WINDOW.into());
+    // The link sends no datagrams.
+    transport.datagram_receive_buffer_size(None);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
@@ -307,14 +336,17 @@ impl Link {
         let signer: BundleSigner = store.bundle_signer().await?;
         let key_set = KeySet::new(1, &[signer.public_key()])?;
         let verifier_store: StoreSlot = Arc::new(Mutex::new(Some(store.clone())));
-        let endpoint = quinn::Endpoint::server(
-            server_config(&ca, verifier_store.clone(), &config)?,
-            config.listen,
-        )
-        .map_err(|source| Error::Bind {
+        let bind_error = |source| Error::Bind {
             addr: config.listen,
             source,
-        })?;
+        };
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config(&ca, verifier_store.clone(), &config)?),
+            bind_socket(config.listen).map_err(bind_error)?,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             ca,
@@ -323,6 +355,7 @@ impl Link {
             config,
             connections: Mutex::new(HashMap::new()),
             next_connection: std::sync::atomic::AtomicU64::new(1),
+            established: std::sync::atomic::AtomicUsize::new(0),
             sent: Mutex::new(HashMap::new()),
         });
         let (shutdown, stop) = watch::channel(false);
@@ -360,6 +393,14 @@ impl Link {
             let _ = conn.send(ToConnection::Revoke);
         }
         Ok(found)
+    }
+
+    /// How many agents have an established session now. Unlike [`Link::clusters`]
+    /// it reads no store, so it is cheap to poll with 10,000 agents.
+    pub fn connected_count(&self) -> usize {
+        self.shared
+            .established
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every registered cluster's connection state.
@@ -401,6 +442,27 @@ impl Link {
     }
 }
 
+/// Socket buffers the hub asks for. The default (about 200 KiB) holds some 150
+/// datagrams: thousands of agents handshaking at once after a hub restart
+/// overflow it, and every dropped Initial costs that agent a retransmission
+/// timeout. The kernel caps the request at net.core.rmem_max / wmem_max.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// The hub's UDP socket, with [`SOCKET_BUFFER`]-sized buffers where the kernel
+/// allows.
+fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge the link's receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge the link's send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -412,18 +474,28 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let handshakes = Arc::new(Semaphore::new(shared.config.max_handshakes.max(1)));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = stop.wait_for(|s| *s) => return,
         };
         let Some(incoming) = incoming else { return };
+        let permit = tokio::select! {
+            permit = handshakes.clone().acquire_owned() => permit,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(permit) = permit else { return };
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => serve_connection(shared, connection).await,
-                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            let limit = shared.config.handshake_timeout;
+            let handshake = tokio::time::timeout(limit, incoming).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(connection)) => serve_connection(shared, connection).await,
+                Ok(Err(e)) => debug!(%remote, error = %e, "handshake failed"),
+                Err(_) => debug!(%remote, ?limit, "handshake timed out"),
             }
         });
     }
@@ -618,7 +690,10 @@ const MAX_EARLY: usize = 64;
 
 /// Input to one agent connection's loop.
 enum Input {
-    Message(Message),
+    /// Boxed: a tokio channel allocates its slots 32 at a time, up front, and a
+    /// `Message` is a few hundred bytes, which made the channel alone several KiB
+    /// of every idle connection.
+    Message(Box<Message>),
     BadFrame(String),
     StreamEnded,
 }
@@ -639,7 +714,7 @@ async fn control_reader(mut recv: quinn::RecvStream, limits: Limits, tx: mpsc::S
         loop {
             match decoder.decode_next(&mut input) {
                 Ok(Some(message)) => {
-                    if tx.send(Input::Message(message)).await.is_err() {
+                    if tx.send(Input::Message(Box::new(message))).await.is_err() {
                         return;
                     }
                 }
@@ -664,7 +739,7 @@ async fn status_reader(connection: quinn::Connection, limits: Limits, tx: mpsc::
     while let Ok(mut stream) = connection.accept_uni().await {
         let input = match stream.read_to_end(limit).await {
             Ok(bytes) => match frame::decode(&bytes, Channel::Status, &limits) {
-                Ok(message) => Input::Message(message),
+                Ok(message) => Input::Message(Box::new(message)),
                 Err(e) => Input::BadFrame(format!("status stream: {e}")),
             },
             Err(e) => Input::BadFrame(format!("status stream: {e}")),
@@ -730,6 +805,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
 
     let mut close = (close_code::DONE, "session ended".to_owned());
     let mut early: Vec<Message> = Vec::new();
+    let mut established = false;
     'conn: loop {
         while let Some(transmit) = session.poll_transmit() {
             let bytes = match transmit.encode(&limits) {
@@ -762,6 +838,12 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
         let mut handled = false;
         while let Some(event) = session.poll_event() {
             handled = true;
+            if matches!(event, HubEvent::Established { .. }) && !established {
+                established = true;
+                shared
+                    .established
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             ended |= handle_event(&shared, &cluster, &mut session, event).await;
         }
         if ended {
@@ -783,6 +865,7 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
         tokio::select! {
             input = inputs.recv() => match input {
                 Some(Input::Message(message)) => {
+                    let message = *message;
                     // Status streams and the control stream race: a report can
                     // arrive before the Hello sent ahead of it. Hold it until the
                     // session is established.
@@ -856,6 +939,11 @@ async fn serve_agent(shared: Arc<Shared>, connection: quinn::Connection, cluster
     connection.close(close.0.into(), close.1.as_bytes());
     reader.abort();
     statuses.abort();
+    if established {
+        shared
+            .established
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
     session.handle_disconnected(Instant::now());
     if forget_connection(&shared, &cluster, id) {
         let now = epoch_ms(SystemTime::now());
