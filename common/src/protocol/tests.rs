@@ -491,3 +491,32 @@ fn an_older_bundle_does_not_replace_a_newer_one_on_the_hub() {
     ));
     assert!(!hub.publish(app, signer.sign(&fixture::bundle("web", 1, 1)).unwrap()));
 }
+
+#[test]
+fn the_hub_lets_go_of_a_bundle_the_agent_applied_and_takes_it_again_to_resend() {
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.publish("web", 1);
+    assert_eq!(pair.applied_generation("web"), Some(1));
+    assert_eq!(pair.hub.bundles_held(), 0);
+
+    // Published while the agent is away: held until the agent has applied it.
+    pair.disconnect();
+    pair.publish("web", 2);
+    assert_eq!(pair.hub.bundles_held(), 1);
+    pair.connect();
+    assert_eq!(pair.applied_generation("web"), Some(2));
+    assert_eq!(pair.hub.bundles_held(), 0);
+
+    // An agent that lost its store says so in its Hello; the released bundle
+    // cannot travel until the driver publishes it again, and then it does.
+    pair.disconnect();
+    pair.agent = AgentSession::new(Timing::default(), Vec::new(), Vec::new());
+    pair.delivered.clear();
+    pair.connect();
+    assert!(pair.delivered.is_empty());
+    assert_eq!(pair.hub.apps_behind(), vec![AppRef::new("default", "web")]);
+    pair.publish("web", 2);
+    assert_eq!(pair.delivered, vec![(AppRef::new("default", "web"), 2)]);
+    assert_eq!(pair.hub.bundles_held(), 0);
+}
