@@ -625,8 +625,14 @@ async fn agents(hub: &str, fingerprint: &str, dir: &Path, first: usize, count: u
             .filter(|s| !s.borrow().applied.is_empty())
             .count();
         if (connected, applied) != reported {
+            // Why the rest are not connected: the last error of each.
+            let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+            for state in states.iter().map(|s| s.borrow()).filter(|s| !s.connected) {
+                let error = state.last_error.as_deref().unwrap_or("not tried yet");
+                *errors.entry(error.chars().take(90).collect()).or_default() += 1;
+            }
             println!(
-                "{connected} connected, {applied} applied, at {:?}",
+                "{connected} connected, {applied} applied, at {:?}; not connected: {errors:?}",
                 start.elapsed()
             );
             reported = (connected, applied);
