@@ -67,7 +67,9 @@ pub enum HubEvent {
 struct Latest {
     generation: u64,
     digest: Digest,
-    envelope: Option<Envelope>,
+    /// Boxed: a map allocates room for eleven entries at once, and an
+    /// `Envelope` is a few hundred bytes even when its payload is elsewhere.
+    envelope: Option<Box<Envelope>>,
 }
 
 /// The hub's state machine for one agent. It lives as long as the cluster is
@@ -284,7 +286,7 @@ impl HubSession {
         if let Some(envelope) = self.latest.get(app).and_then(|l| l.envelope.as_ref()) {
             self.in_flight.insert(app.clone(), envelope.generation);
             self.transmits
-                .push_back(Transmit::new(Message::Bundle(envelope.clone())));
+                .push_back(Transmit::new(Message::Bundle(Envelope::clone(envelope))));
         }
     }
 
@@ -304,7 +306,7 @@ impl HubSession {
         let latest = Latest {
             generation: envelope.generation,
             digest: envelope.digest,
-            envelope: Some(envelope),
+            envelope: Some(Box::new(envelope)),
         };
         self.latest.insert(app.clone(), latest);
         if matches!(self.state, State::Up(_)) && self.peer_needs(&app) {
@@ -411,12 +413,22 @@ impl HubSession {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let transmit = self.transmits.pop_front();
+        if self.transmits.is_empty() {
+            // A queue keeps its largest size; an idle agent's session should not
+            // keep room for a burst of a few-hundred-byte messages.
+            self.transmits = VecDeque::new();
+        }
+        transmit
     }
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<HubEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// The negotiated version, once established.
