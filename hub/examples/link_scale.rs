@@ -3,14 +3,24 @@
 //! (the agents use the `AckOnly` stand-in).
 //!
 //! ```text
-//! cargo run --release -p flotilla-hub --example link_scale -- 1000
+//! cargo build --release -p flotilla-hub --example link_scale
+//! ./target/release/examples/link_scale N [AGENT_PROCESSES]
 //! ```
 //!
-//! The hub runs in this process and the agents in a child process (this binary,
-//! `agents` mode), so the hub's RSS and CPU are measured alone. It reports: time
-//! until all N are connected, time to push a 100 KiB bundle to all N and collect
-//! every ack (p50, p99, max per agent, and the whole fan-out), idle hub RSS and
-//! CPU per agent, and time until all N are back after a hub restart.
+//! Three kinds of process, all this binary:
+//! - `setup` registers the N clusters through the library (as `flotilla cluster
+//!   add` and a first agent connection would) and writes each agent's identity.
+//!   It runs alone, so the hub's heap does not start out with its garbage;
+//! - the hub, measured: its own RSS and CPU come from `/proc/self`;
+//! - `agents` (AGENT_PROCESSES of them, 2 by default), each with a slice of the
+//!   agents, its own sled database, and one UDP socket per 250 agents, each on
+//!   its own loopback source address (127.0.P.K), as separate machines would be.
+//!
+//! It reports: time until all N are connected, time to push a 100 KiB bundle to
+//! all N and collect every ack (p50, p99, max per agent, and the whole fan-out),
+//! idle hub RSS and CPU per agent, time until all N are back after a hub restart,
+//! the hub's CPU in each phase, and the load average (other work on the machine
+//! shares its cores).
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,9 +28,10 @@
 mod fixture;
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_agent::identity::{self, Identity};
@@ -33,6 +44,11 @@ use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::store::Store;
 
 const BUNDLE_BYTES: usize = 100 * 1024;
+/// Agents per UDP socket in the load processes.
+const AGENTS_PER_SOCKET: usize = 250;
+/// Socket buffers asked for in the load processes (the kernel caps them at
+/// net.core.rmem_max / wmem_max).
+const AGENT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 fn main() {
     fixture::crypto();
@@ -45,27 +61,40 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if args.get(1).map(String::as_str) == Some("agents") {
-        runtime.block_on(agents(
+    match args.get(1).map(String::as_str) {
+        Some("setup") => runtime.block_on(setup(
+            Path::new(&args[2]),
+            Path::new(&args[3]),
+            args[4].parse().unwrap(),
+        )),
+        Some("agents") => runtime.block_on(agents(
             &args[2],
             &args[3],
             Path::new(&args[4]),
             args[5].parse().unwrap(),
-        ));
-    } else {
-        let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
-        runtime.block_on(hub(n));
+            args[6].parse().unwrap(),
+            args[7].parse().unwrap(),
+        )),
+        _ => {
+            let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
+            let procs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2);
+            runtime.block_on(hub(n, procs.max(1)));
+        }
     }
 }
 
-fn rss_kib() -> u64 {
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
 }
 
 /// User plus system CPU time of this process.
@@ -77,23 +106,63 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// User plus system CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
 }
 
-async fn connected_count(link: &Link) -> usize {
-    link.clusters()
-        .unwrap()
-        .iter()
-        .filter(|c| c.connected)
-        .count()
+/// CPU use of this process over a phase, as a share of one core.
+struct Phase {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Phase {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: cpu_time(),
+        }
+    }
+
+    fn report(&self) -> String {
+        self.report_without(Duration::ZERO)
+    }
+
+    /// Leaves out CPU time the benchmark itself spent in this process.
+    fn report_without(&self, harness: Duration) -> String {
+        let cpu = (cpu_time() - self.cpu).saturating_sub(harness);
+        format!(
+            "hub CPU {:.1} s over {:.1} s ({:.0}% of one core); loadavg {}",
+            cpu.as_secs_f64(),
+            self.wall.elapsed().as_secs_f64(),
+            cpu.as_secs_f64() / self.wall.elapsed().as_secs_f64().max(1e-9) * 100.0,
+            loadavg()
+        )
+    }
 }
 
 async fn wait_connected(link: &Link, n: usize, limit: Duration) -> Duration {
     let start = Instant::now();
+    let mut next_report = Duration::from_secs(5);
     loop {
-        let connected = connected_count(link).await;
+        let connected = link.connected_count();
         if connected >= n {
             return start.elapsed();
         }
@@ -101,59 +170,214 @@ async fn wait_connected(link: &Link, n: usize, limit: Duration) -> Duration {
             start.elapsed() < limit,
             "only {connected} of {n} connected after {limit:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if start.elapsed() >= next_report {
+            println!(
+                "  {connected} of {n} connected at {:?}; loadavg {}",
+                start.elapsed(),
+                loadavg()
+            );
+            next_report += Duration::from_secs(5);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn hub(n: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let hub_dir = dir.path().join("hub");
-    let agents_dir = dir.path().join("agents");
+/// Registers `n` clusters in the hub's store and writes each agent's identity
+/// under `agents_dir`.
+async fn setup(hub_dir: &Path, agents_dir: &Path, n: usize) {
     let store = Store::open(&hub_dir.join("db")).unwrap();
-    let ca = Ca::load_or_create(&store, SystemTime::now()).await.unwrap();
+    let ca = Arc::new(Ca::load_or_create(&store, SystemTime::now()).await.unwrap());
     let signer = store.bundle_signer().await.unwrap();
     let key_set = KeySet::new(1, &[signer.public_key()]).unwrap();
-    println!("registering {n} clusters (library calls, not timed)");
-    let started = Instant::now();
+    // Many at once, so one sled flush covers many registrations.
+    let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let name = format!("c{i}");
-        let added = cluster::add(
-            &store,
-            &name,
-            Default::default(),
-            cluster::DEFAULT_TOKEN_TTL,
-            SystemTime::now(),
-        )
-        .await
-        .unwrap();
-        let key = identity::new_key().unwrap();
-        let registration = cluster::register(
-            &store,
-            &ca,
-            &Register {
-                token: added.token,
-                public_key: key.public_key,
-                facts: fixture::facts(&format!("uid-{i}")),
-            },
-            SystemTime::now(),
-            cluster::DEFAULT_CERT_LIFETIME,
-        )
-        .await
-        .unwrap();
-        Identity {
-            cluster: name.clone(),
-            ca_fingerprint: ca.fingerprint(),
-            key_pkcs8: key.pkcs8,
-            certificate: registration.certificate,
-            key_set: key_set.clone(),
+        if tasks.len() >= 64 {
+            tasks.join_next().await.unwrap().unwrap();
         }
-        .save(&agents_dir.join(&name))
-        .unwrap();
+        let (store, ca, key_set) = (store.clone(), ca.clone(), key_set.clone());
+        let dir = agents_dir.to_owned();
+        tasks.spawn(async move {
+            let name = format!("c{i}");
+            let added = cluster::add(
+                &store,
+                &name,
+                Default::default(),
+                cluster::DEFAULT_TOKEN_TTL,
+                SystemTime::now(),
+            )
+            .await
+            .unwrap();
+            let key = identity::new_key().unwrap();
+            let registration = cluster::register(
+                &store,
+                &ca,
+                &Register {
+                    token: added.token,
+                    public_key: key.public_key,
+                    facts: fixture::facts(&format!("uid-{i}")),
+                },
+                SystemTime::now(),
+                cluster::DEFAULT_CERT_LIFETIME,
+            )
+            .await
+            .unwrap();
+            Identity {
+                cluster: name.clone(),
+                ca_fingerprint: ca.fingerprint(),
+                key_pkcs8: key.pkcs8,
+                certificate: registration.certificate,
+                key_set,
+            }
+            .save(&dir.join(&name))
+            .unwrap();
+        });
     }
-    println!("  registered in {:?}", started.elapsed());
-    drop(store);
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let status = Command::new("cp")
+        .arg("-rT")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {} failed", from.display());
+}
+
+/// The load processes; killed when dropped, also when the benchmark panics.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_agents(
+    addr: SocketAddr,
+    fingerprint: &str,
+    dir: &Path,
+    n: usize,
+    procs: usize,
+) -> Children {
+    let exe = std::env::current_exe().unwrap();
+    let per = n.div_ceil(procs);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let children = (0..procs)
+        .filter(|p| p * per < n)
+        .map(|p| {
+            let first = p * per;
+            let count = per.min(n - first);
+            let mut child = Command::new(&exe)
+                .args([
+                    "agents",
+                    &addr.to_string(),
+                    fingerprint,
+                    dir.to_str().unwrap(),
+                    &first.to_string(),
+                    &count.to_string(),
+                    &p.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = BufReader::new(child.stdout.take().unwrap());
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || {
+                for line in out.lines().map_while(Result::ok) {
+                    if line == READY {
+                        let _ = ready.send(());
+                    }
+                    println!("  [agents {p}] {line}");
+                }
+            });
+            child
+        })
+        .collect::<Vec<_>>();
+    let children = Children(children);
+    for _ in 0..children.0.len() {
+        ready_rx.recv().unwrap();
+    }
+    children
+}
+
+impl Children {
+    /// Lets every load process start its agents.
+    fn go(&mut self) {
+        for child in &mut self.0 {
+            let stdin = child.stdin.as_mut().unwrap();
+            stdin.write_all(b"go\n").unwrap();
+            stdin.flush().unwrap();
+        }
+    }
+}
+
+/// What a load process prints once its agents are built and waiting for `go`.
+const READY: &str = "ready";
+
+async fn hub(n: usize, procs: usize) {
+    // The hub's store is on disk, as in production. The load agents stand in for
+    // N machines with a disk each; N agents flushing to this machine's one disk
+    // would measure that disk, so their state is on tmpfs where there is one.
+    let dir = tempfile::tempdir().unwrap();
+    let hub_dir = dir.path().join("hub");
+    let agents_tmp = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let agents_dir = agents_tmp.path().to_owned();
+    println!(
+        "N = {n}, {procs} agent processes, hub store in {}, agents' in {}; loadavg {}",
+        hub_dir.display(),
+        agents_dir.display(),
+        loadavg()
+    );
+    let started = Instant::now();
+    // LINK_SCALE_CACHE=DIR keeps a pristine copy of the registrations, so
+    // repeated runs skip registering N clusters again.
+    let cache = std::env::var_os("LINK_SCALE_CACHE").map(|c| PathBuf::from(c).join(n.to_string()));
+    if let Some(cache) = cache.as_ref().filter(|c| c.join("done").exists()) {
+        copy_dir(&cache.join("hub"), &hub_dir);
+        copy_dir(&cache.join("agents"), &agents_dir);
+        println!(
+            "  copied {n} registrations from {} in {:?}",
+            cache.display(),
+            started.elapsed()
+        );
+    } else {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "setup",
+                hub_dir.to_str().unwrap(),
+                agents_dir.to_str().unwrap(),
+                &n.to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "setup failed");
+        println!(
+            "  registered {n} clusters in {:?} (setup process, not timed)",
+            started.elapsed()
+        );
+        if let Some(cache) = &cache {
+            copy_dir(&hub_dir, &cache.join("hub"));
+            copy_dir(&agents_dir, &cache.join("agents"));
+            std::fs::write(cache.join("done"), b"").unwrap();
+        }
+    }
 
     let store = Store::open(&hub_dir.join("db")).unwrap();
+    let signer = store.bundle_signer().await.unwrap();
     let link = Link::start(
         store.clone(),
         LinkConfig::new("127.0.0.1:0".parse().unwrap()),
@@ -164,114 +388,141 @@ async fn hub(n: usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib();
 
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "agents",
-            &addr.to_string(),
-            &ca.fingerprint(),
-            agents_dir.to_str().unwrap(),
-            &n.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let child_out = BufReader::new(child.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in child_out.lines().map_while(Result::ok) {
-            println!("  [agents] {line}");
-        }
-    });
-
+    let mut children = spawn_agents(addr, &link.ca_fingerprint(), &agents_dir, n, procs);
+    let phase = Phase::start();
+    children.go();
     let connect = wait_connected(&link, n, Duration::from_secs(600)).await;
-    println!("all {n} connected in {connect:?}");
+    println!("all {n} connected in {connect:?}; {}", phase.report());
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_idle = rss_kib();
-    let cpu_start = cpu_time();
+    let anon_idle = status_kib("RssAnon:");
+    let idle = Phase::start();
     let idle_window = Duration::from_secs(10);
     tokio::time::sleep(idle_window).await;
-    let cpu_idle = cpu_time() - cpu_start;
+    let cpu_idle = cpu_time() - idle.cpu;
     println!(
-        "idle hub: RSS {} KiB before agents, {} KiB with {n} connected: {:.1} KiB per agent; CPU {:.2}% of one core over {idle_window:?} ({:.4}% per agent)",
-        rss_before,
-        rss_idle,
+        "idle hub: RSS {rss_before} KiB before agents, {rss_idle} KiB (anon {anon_idle} KiB) with {n} connected: {:.1} KiB per agent; CPU {:.2}% of one core over {idle_window:?} ({:.5}% per agent); loadavg {}",
         (rss_idle.saturating_sub(rss_before)) as f64 / n as f64,
         cpu_idle.as_secs_f64() / idle_window.as_secs_f64() * 100.0,
         cpu_idle.as_secs_f64() / idle_window.as_secs_f64() * 100.0 / n as f64,
+        loadavg(),
     );
 
-    // Fan-out: sign all N bundles first (hub::refresh's work, not the link's),
-    // then store them; the link pushes each as it lands.
-    let mut envelopes = Vec::with_capacity(n);
-    let sign_start = Instant::now();
-    for i in 0..n {
-        let bundle = fixture::bundle(&format!("c{i}"), "web", 1, 1, BUNDLE_BYTES);
-        envelopes.push(signer.sign(&bundle).unwrap().encode().unwrap());
+    if std::env::var_os("LINK_SCALE_EXIT_IDLE").is_some() {
+        // For heap profilers: what is still allocated at exit is what the idle
+        // hub held.
+        drop(children);
+        let _ = std::io::stdout().flush();
+        std::process::exit(0);
     }
-    println!(
-        "signed {n} bundles of {} bytes in {:?}",
-        envelopes[0].len(),
-        sign_start.elapsed()
-    );
-    let fanout_start = Instant::now();
+
+    // Fan-out: one thread signs the N bundles (hub::refresh's work, not the
+    // link's) a few ahead of the loop that stores them one by one, flushed, as
+    // refresh does; the link pushes each as it lands. Signing all of them first
+    // would leave 1 GB of freed envelopes in this process's heap at N = 10,000;
+    // the signing thread's own CPU time is taken out of the hub's.
+    let (signed_tx, mut signed_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let signing = std::thread::spawn(move || {
+        for i in 0..n {
+            let bundle = fixture::bundle(&format!("c{i}"), "web", 1, 1, BUNDLE_BYTES);
+            let bytes = signer.sign(&bundle).unwrap().encode().unwrap();
+            if signed_tx.blocking_send(bytes).is_err() {
+                break;
+            }
+        }
+        thread_cpu_time()
+    });
+    let phase = Phase::start();
+    let first_stored_ms = cluster::epoch_ms(SystemTime::now());
     let mut stored_at = Vec::with_capacity(n);
-    for (i, bytes) in envelopes.iter().enumerate() {
+    let mut envelope_len = 0;
+    for i in 0..n {
+        let bytes = signed_rx.recv().await.unwrap();
+        envelope_len = bytes.len();
         store
-            .put_bundle("default", "web", &format!("c{i}"), 1, bytes)
+            .put_bundle("default", "web", &format!("c{i}"), 1, &bytes)
             .await
             .unwrap();
         stored_at.push(cluster::epoch_ms(SystemTime::now()));
     }
-    let stored = fanout_start.elapsed();
-    let mut latencies = vec![None; n];
-    loop {
-        for (i, slot) in latencies.iter_mut().enumerate() {
-            if slot.is_none()
-                && let Some(ack) = store
-                    .link(&format!("c{i}"))
-                    .unwrap()
-                    .and_then(|l| l.acks.get("default/web").cloned())
-            {
-                *slot = Some(Duration::from_millis(
-                    ack.at_ms.saturating_sub(stored_at[i]),
-                ));
-            }
-        }
-        if latencies.iter().all(Option::is_some) {
-            break;
-        }
+    let stored = phase.wall.elapsed();
+    let signing_cpu = signing.join().unwrap();
+    let mut acked_at: Vec<Option<u64>> = vec![None; n];
+    let mut pending: Vec<usize> = (0..n).collect();
+    while !pending.is_empty() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pending.retain(|&i| {
+            let ack = store
+                .link(&format!("c{i}"))
+                .unwrap()
+                .and_then(|l| l.acks.get("default/web").map(|a| a.at_ms));
+            acked_at[i] = ack;
+            ack.is_none()
+        });
         assert!(
-            fanout_start.elapsed() < Duration::from_secs(900),
-            "fan-out did not finish"
+            phase.wall.elapsed() < Duration::from_secs(900),
+            "fan-out did not finish: {} not acked",
+            pending.len()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let total = fanout_start.elapsed();
-    let mut sorted: Vec<Duration> = latencies.into_iter().map(Option::unwrap).collect();
+    let acked_at: Vec<u64> = acked_at.into_iter().map(Option::unwrap).collect();
+    let not_applied = (0..n)
+        .filter(|i| {
+            store
+                .link(&format!("c{i}"))
+                .unwrap()
+                .and_then(|l| l.acks.get("default/web").map(|a| a.outcome != "Applied"))
+                .unwrap_or(true)
+        })
+        .count();
+    assert_eq!(not_applied, 0, "some agents did not apply the bundle");
+    let last_ack = acked_at.iter().copied().max().unwrap();
+    let mut sorted: Vec<Duration> = acked_at
+        .iter()
+        .zip(&stored_at)
+        .map(|(ack, stored)| Duration::from_millis(ack.saturating_sub(*stored)))
+        .collect();
     sorted.sort();
     println!(
-        "fan-out of a {} KiB bundle to {n}: all acked {total:?} after the first was stored (storing took {stored:?}); per agent store→ack p50 {:?} p99 {:?} max {:?}",
-        BUNDLE_BYTES / 1024,
+        "fan-out of a {envelope_len}-byte signed bundle to {n}, every ack Applied: last ack {:.2} s after the first store began (storing all took {stored:.2?}); per agent store→ack p50 {:?} p99 {:?} max {:?}; {} (the signing thread's {:.1} s not counted)",
+        last_ack.saturating_sub(first_stored_ms) as f64 / 1000.0,
         percentile(&sorted, 0.5),
         percentile(&sorted, 0.99),
-        sorted[n - 1]
+        sorted[n - 1],
+        phase.report_without(signing_cpu),
+        signing_cpu.as_secs_f64(),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = Phase::start();
+    tokio::time::sleep(idle_window).await;
+    let cpu_after = cpu_time() - after.cpu;
+    println!(
+        "idle hub after the fan-out: RSS {} KiB (anon {} KiB), CPU {:.2}% of one core",
+        rss_kib(),
+        status_kib("RssAnon:"),
+        cpu_after.as_secs_f64() / idle_window.as_secs_f64() * 100.0,
     );
 
+    if std::env::var_os("LINK_SCALE_EXIT_AFTER_FANOUT").is_some() {
+        drop(children);
+        let _ = std::io::stdout().flush();
+        std::process::exit(0);
+    }
+
     // Restart the hub on the same data and port.
-    drop(envelopes);
     link.stop().await;
     drop(store);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let store = Store::open(&hub_dir.join("db")).unwrap();
-    let restart = Instant::now();
-    let mut config = LinkConfig::new(addr);
-    config.listen = addr;
-    let link = Link::start(store.clone(), config).await.unwrap();
+    let phase = Phase::start();
+    let link = Link::start(store.clone(), LinkConfig::new(addr))
+        .await
+        .unwrap();
     let back = wait_connected(&link, n, Duration::from_secs(600)).await;
     println!(
-        "all {n} back {:?} after the hub restarted ({back:?} waiting)",
-        restart.elapsed()
+        "all {n} back {back:?} after the hub restarted (its link was down 1 s before); {}",
+        phase.report()
     );
     let resent: u64 = link
         .clusters()
@@ -281,38 +532,82 @@ async fn hub(n: usize) {
         .sum();
     println!("bundles resent after the restart: {resent}");
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(children);
     link.stop().await;
     let _ = std::io::stdout().flush();
 }
 
-/// The agents' process: N agents sharing one sled database and a few UDP sockets.
-async fn agents(hub: &str, fingerprint: &str, dir: &Path, n: usize) {
+/// A UDP socket for load agents on `ip`, with large buffers so the load side
+/// does not drop the hub's bursts.
+fn agent_socket(ip: Ipv4Addr) -> quinn::Endpoint {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    let _ = socket.set_recv_buffer_size(AGENT_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(AGENT_SOCKET_BUFFER);
+    socket.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap()
+}
+
+/// One load process: agents c{first}..c{first+count}, sharing one sled database
+/// and one socket per [`AGENTS_PER_SOCKET`].
+async fn agents(hub: &str, fingerprint: &str, dir: &Path, first: usize, count: usize, proc: u8) {
     let addr: SocketAddr = hub.parse().unwrap();
     let db = sled::Config::new()
-        .path(dir.join("agent-db"))
+        .path(dir.join(format!("agent-db-{proc}")))
         .cache_capacity(64 * 1024 * 1024)
         .open()
         .unwrap();
-    let endpoints: Vec<quinn::Endpoint> = (0..4)
-        .map(|_| flotilla_agent::link::client_endpoint(addr).unwrap())
+    let sockets = count.div_ceil(AGENTS_PER_SOCKET).max(1);
+    let endpoints: Vec<quinn::Endpoint> = (0..sockets)
+        .map(|k| {
+            agent_socket(Ipv4Addr::new(
+                127,
+                proc.wrapping_add(1),
+                0,
+                (k % 250) as u8 + 2,
+            ))
+        })
         .collect();
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let mut states = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut states = Vec::with_capacity(count);
+    let mut agents = Vec::with_capacity(count);
+    let warm = Instant::now();
+    for (k, i) in (first..first + count).enumerate() {
         let name = format!("c{i}");
         let state_dir: PathBuf = dir.join(&name);
-        let mut config = AgentConfig::new(addr, fingerprint.to_owned(), name.clone(), state_dir);
-        config.backoff_initial = Duration::from_millis(500);
+        let config = AgentConfig::new(addr, fingerprint.to_owned(), name.clone(), state_dir);
         let store = flotilla_agent::journal::Store::in_shared(db.clone(), &name);
+        // Creating thousands of sled trees takes a while and blocks the thread
+        // doing it; do it before the clock starts, not in the agents' tasks.
+        store.applied().unwrap();
+        store.outbox().unwrap();
+        store.next_status_sequence().unwrap();
+        store
+            .bundle(&flotilla_common::model::AppRef::new("default", "web"))
+            .unwrap();
         let agent = Agent::with_parts(
             config,
             store,
             AckOnly,
-            endpoints[i % endpoints.len()].clone(),
+            endpoints[k / AGENTS_PER_SOCKET].clone(),
         );
         states.push(agent.state());
+        agents.push((name, agent));
+    }
+    eprintln!("{count} agents built in {:?}", warm.elapsed());
+    println!("{READY}");
+    let mut go = String::new();
+    tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut go))
+        .await
+        .unwrap()
+        .unwrap();
+    for (name, agent) in agents {
         let stop = stop.clone();
         tokio::spawn(async move {
             if let Err(e) = agent.run(stop).await {
@@ -321,7 +616,7 @@ async fn agents(hub: &str, fingerprint: &str, dir: &Path, n: usize) {
         });
     }
     let start = Instant::now();
-    let mut reported = 0;
+    let mut reported = (usize::MAX, usize::MAX);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let connected = states.iter().filter(|s| s.borrow().connected).count();
@@ -329,12 +624,18 @@ async fn agents(hub: &str, fingerprint: &str, dir: &Path, n: usize) {
             .iter()
             .filter(|s| !s.borrow().applied.is_empty())
             .count();
-        if connected != reported {
+        if (connected, applied) != reported {
+            // Why the rest are not connected: the last error of each.
+            let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+            for state in states.iter().map(|s| s.borrow()).filter(|s| !s.connected) {
+                let error = state.last_error.as_deref().unwrap_or("not tried yet");
+                *errors.entry(error.chars().take(90).collect()).or_default() += 1;
+            }
             println!(
-                "{connected} connected, {applied} applied, at {:?}",
+                "{connected} connected, {applied} applied, at {:?}; not connected: {errors:?}",
                 start.elapsed()
             );
-            reported = connected;
+            reported = (connected, applied);
         }
     }
 }

@@ -137,6 +137,14 @@ pub struct LinkConfig {
     pub register_timeout: Duration,
     /// Where bundle pushes and reported sync durations are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How many TLS handshakes run at once. The rest wait in quinn's queue of
+    /// incoming connections (their retransmitted packets are kept there), so
+    /// thousands of agents reconnecting together do not fill tokio's run queue
+    /// with handshakes and starve the task that reads the UDP socket.
+    pub max_handshakes: usize,
+    /// How long one handshake may take before the hub gives up on it, so
+    /// stalled handshakes cannot hold every slot.
+    pub handshake_timeout: Duration,
 }
 
 impl LinkConfig {
@@ -151,13 +159,17 @@ impl LinkConfig {
             max_registering: 64,
             register_timeout: Duration::from_secs(10),
             metrics: Arc::default(),
+            max_handshakes: 128,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// A message to one agent's connection task.
 enum ToConnection {
-    Publish(AppRef, Box<Envelope>),
+    /// Boxed whole: tokio allocates a channel's slots 32 at a time, up front, on
+    /// every connection.
+    Publish(Box<(AppRef, Envelope)>),
     Command(Command),
     /// Re-read every bundle of the cluster from the store.
     Resync,
@@ -236,6 +248,8 @@ struct Shared {
     connections: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<ToConnection>)>>,
     next_connection: std::sync::atomic::AtomicU64,
     registering: Semaphore,
+    /// Agent sessions past `Hello`, for a connected count that needs no store scan.
+    established: std::sync::atomic::AtomicUsize,
     /// Bundles pushed per cluster since start, to show that a reconnect resends
     /// nothing the agent already has.
     sent: Mutex<HashMap<String, u64>>,
@@ -333,6 +347,13 @@ impl rustls::server::danger::ClientCertVerifier for RegisteredClients {
     }
 }
 
+/// Status streams an agent may have open towards the hub at once.
+const STATUS_STREAMS: u32 = 8;
+/// Flow-control window of each stream an agent sends on.
+const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+/// Flow-control window of everything one agent sends.
+const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
 /// The QUIC server configuration: the hub's certificate and CA, TLS 1.3 only,
 /// ALPN `flotilla/1`, optional client certificates checked against the store.
 pub fn server_config(
@@ -371,8 +392,24 @@ pub fn server_config(
             .try_into()
             .map_err(|_| Error::IdleTimeout(config.idle_timeout))?,
     ));
-    transport.max_concurrent_uni_streams(64u32.into());
+    // quinn keeps a slot per stream the peer may open, on every connection: an
+    // agent opens the control stream and one stream per status report, which
+    // the hub reads one at a time, so a few are plenty.
+    transport.max_concurrent_uni_streams(STATUS_STREAMS.into());
     transport.max_concurrent_bidi_streams(1u32.into());
+    // Bound what each agent can make the hub buffer: quinn's defaults (1.25 MB
+    // per stream, no connection limit) let 10,000 agents pin gigabytes. A status
+    // report bigger than the window still arrives, in more round trips.
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    transport.receive_window(CONNECTION_RECEIVE_WINDOW.into());
+    // The link sends no datagrams.
+    transport.datagram_receive_buffer_size(None);
+    // With segmentation offload quinn sends up to ten datagrams per system call,
+    // from a buffer each connection keeps at its largest size: about 13 KiB of
+    // every idle connection's 47 (heaptrack, 1,000 agents). Without it the
+    // buffer is one datagram; pushing a 100 KiB bundle to 10,000 agents costs
+    // more system calls, and still stays under the benchmark's 30 s goal.
+    transport.enable_segmentation_offload(false);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
@@ -432,11 +469,10 @@ impl Link {
             addr: config.listen,
             source,
         };
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind)?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server_config(&ca, verifier_store.clone(), &config)?),
-            socket,
+            bind_socket(config.listen).map_err(bind)?,
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind)?;
@@ -448,6 +484,7 @@ impl Link {
             config,
             connections: Mutex::new(HashMap::new()),
             next_connection: std::sync::atomic::AtomicU64::new(1),
+            established: std::sync::atomic::AtomicUsize::new(0),
             sent: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         });
@@ -486,6 +523,14 @@ impl Link {
             let _ = conn.send(ToConnection::Revoke);
         }
         Ok(found)
+    }
+
+    /// How many agents have an established session now. Unlike [`Link::clusters`]
+    /// it reads no store, so it is cheap to poll with 10,000 agents.
+    pub fn connected_count(&self) -> usize {
+        self.shared
+            .established
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every registered cluster's connection state.
@@ -618,6 +663,27 @@ fn cluster_views(shared: &Shared) -> Result<Vec<ClusterView>> {
         .collect())
 }
 
+/// Socket buffers the hub asks for. The default (about 200 KiB) holds some 150
+/// datagrams: thousands of agents handshaking at once after a hub restart
+/// overflow it, and every dropped Initial costs that agent a retransmission
+/// timeout. The kernel caps the request at net.core.rmem_max / wmem_max.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// The hub's UDP socket, with [`SOCKET_BUFFER`]-sized buffers where the kernel
+/// allows.
+fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge the link's receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        warn!(error = %e, "could not enlarge the link's send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -629,18 +695,28 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let handshakes = Arc::new(Semaphore::new(shared.config.max_handshakes.max(1)));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = stop.wait_for(|s| *s) => return,
         };
         let Some(incoming) = incoming else { return };
+        let permit = tokio::select! {
+            permit = handshakes.clone().acquire_owned() => permit,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(permit) = permit else { return };
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => serve_connection(shared, connection).await,
-                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            let limit = shared.config.handshake_timeout;
+            let handshake = tokio::time::timeout(limit, incoming).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(connection)) => serve_connection(shared, connection).await,
+                Ok(Err(e)) => debug!(%remote, error = %e, "handshake failed"),
+                Err(_) => debug!(%remote, ?limit, "handshake timed out"),
             }
         });
     }
@@ -689,10 +765,10 @@ async fn push_new_bundles(
         };
         match Envelope::decode(&bytes) {
             Ok(envelope) => {
-                let _ = connection.send(ToConnection::Publish(
+                let _ = connection.send(ToConnection::Publish(Box::new((
                     AppRef::new(stored.project, stored.app),
-                    Box::new(envelope),
-                ));
+                    envelope,
+                ))));
             }
             Err(e) => {
                 warn!(cluster = %stored.cluster, app = %stored.app, generation = stored.generation, error = %e, "stored bundle does not decode");
@@ -836,7 +912,10 @@ const MAX_EARLY: usize = 64;
 
 /// Input to one agent connection's loop.
 enum Input {
-    Message(Message),
+    /// Boxed: a tokio channel allocates its slots 32 at a time, up front, and a
+    /// `Message` is a few hundred bytes, which made the channel alone several KiB
+    /// of every idle connection.
+    Message(Box<Message>),
     BadFrame(String),
     StreamEnded,
 }
@@ -857,7 +936,7 @@ async fn control_reader(mut recv: quinn::RecvStream, limits: Limits, tx: mpsc::S
         loop {
             match decoder.decode_next(&mut input) {
                 Ok(Some(message)) => {
-                    if tx.send(Input::Message(message)).await.is_err() {
+                    if tx.send(Input::Message(Box::new(message))).await.is_err() {
                         return;
                     }
                 }
@@ -882,7 +961,7 @@ async fn status_reader(connection: quinn::Connection, limits: Limits, tx: mpsc::
     while let Ok(mut stream) = connection.accept_uni().await {
         let input = match stream.read_to_end(limit).await {
             Ok(bytes) => match frame::decode(&bytes, Channel::Status, &limits) {
-                Ok(message) => Input::Message(message),
+                Ok(message) => Input::Message(Box::new(message)),
                 Err(e) => Input::BadFrame(format!("status stream: {e}")),
             },
             Err(e) => Input::BadFrame(format!("status stream: {e}")),
@@ -960,6 +1039,7 @@ async fn serve_agent(
     let mut early: Vec<Message> = Vec::new();
     // Commands sent on this connection: their waiters learn it ended.
     let mut sent_commands: Vec<u64> = Vec::new();
+    let mut established = false;
     'conn: loop {
         while let Some(transmit) = session.poll_transmit() {
             let bytes = match transmit.encode(&limits) {
@@ -993,6 +1073,12 @@ async fn serve_agent(
         let mut handled = false;
         while let Some(event) = session.poll_event() {
             handled = true;
+            if matches!(event, HubEvent::Established { .. }) && !established {
+                established = true;
+                shared
+                    .established
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             ended |= handle_event(&shared, &cluster, &presented, &mut session, event).await;
         }
         if ended {
@@ -1014,6 +1100,7 @@ async fn serve_agent(
         tokio::select! {
             input = inputs.recv() => match input {
                 Some(Input::Message(message)) => {
+                    let message = *message;
                     // Status streams and the control stream race: a report can
                     // arrive before the Hello sent ahead of it. Hold it until the
                     // session is established.
@@ -1054,8 +1141,9 @@ async fn serve_agent(
                 Some(Input::StreamEnded) | None => break,
             },
             command = from_hub.recv() => match command {
-                Some(ToConnection::Publish(app, envelope)) => {
-                    session.publish(app, *envelope);
+                Some(ToConnection::Publish(published)) => {
+                    let (app, envelope) = *published;
+                    session.publish(app, envelope);
                 }
                 Some(ToConnection::Command(command)) => {
                     let request_id = command.request_id;
@@ -1102,6 +1190,11 @@ async fn serve_agent(
         for request_id in sent_commands {
             pending.remove(&request_id);
         }
+    }
+    if established {
+        shared
+            .established
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
     session.handle_disconnected(Instant::now());
     if forget_connection(&shared, &cluster, id) {

@@ -63,6 +63,19 @@ pub enum HubEvent {
     PeerSilent,
 }
 
+/// The newest bundle of one app. Its envelope is kept only while the agent may
+/// still need it: once the agent has applied that generation only the
+/// generation and digest stay, so a hub does not hold every bundle it pushed
+/// once per connected agent (100 KiB each, 1 GB for 10,000 agents).
+#[derive(Debug)]
+struct Latest {
+    generation: u64,
+    digest: Digest,
+    /// Boxed: a map allocates room for eleven entries at once, and an
+    /// `Envelope` is a few hundred bytes even when its payload is elsewhere.
+    envelope: Option<Box<Envelope>>,
+}
+
 /// The hub's state machine for one agent. It lives as long as the cluster is
 /// registered, across connections.
 #[derive(Debug)]
@@ -71,7 +84,7 @@ pub struct HubSession {
     state: State,
     liveness: Option<Liveness>,
     /// The newest signed bundle per app.
-    latest: BTreeMap<AppRef, Envelope>,
+    latest: BTreeMap<AppRef, Latest>,
     /// What the agent has applied, from `Hello` and acks.
     peer_applied: BTreeMap<AppRef, (u64, Digest)>,
     /// Generations sent on this connection and not yet acknowledged.
@@ -208,13 +221,42 @@ impl HubSession {
         for app in needed {
             self.send_bundle(&app);
         }
+        let apps: Vec<AppRef> = self.latest.keys().cloned().collect();
+        for app in apps {
+            self.release_if_applied(&app);
+        }
+    }
+
+    /// Drops the envelope of `app` if the agent has applied its generation.
+    fn release_if_applied(&mut self, app: &AppRef) {
+        if !matches!(self.state, State::Up(_)) {
+            return;
+        }
+        let applied = self
+            .peer_applied
+            .get(app)
+            .map(|(generation, _)| *generation);
+        if let Some(latest) = self.latest.get_mut(app)
+            && applied.is_some_and(|generation| generation >= latest.generation)
+        {
+            latest.envelope = None;
+        }
+    }
+
+    /// How many bundles the session holds in full, waiting for the agent to
+    /// apply them.
+    pub fn bundles_held(&self) -> usize {
+        self.latest
+            .values()
+            .filter(|latest| latest.envelope.is_some())
+            .count()
     }
 
     fn handle_bundle_ack(&mut self, ack: &BundleAck) {
         let app = ack.app.clone().or_else(|| {
             self.latest
                 .iter()
-                .find(|(_, envelope)| envelope.digest == ack.digest)
+                .find(|(_, latest)| latest.digest == ack.digest)
                 .map(|(app, _)| app.clone())
         });
         let Some(app) = app else { return };
@@ -227,46 +269,58 @@ impl HubSession {
                 .get(&app)
                 .is_none_or(|(generation, _)| ack.generation > *generation);
             if newer {
-                self.peer_applied.insert(app, (ack.generation, ack.digest));
+                self.peer_applied
+                    .insert(app.clone(), (ack.generation, ack.digest));
             }
+            self.release_if_applied(&app);
         }
     }
 
     /// Whether the agent lacks the newest bundle of `app` and it is not on its way.
     fn peer_needs(&self, app: &AppRef) -> bool {
-        let Some(envelope) = self.latest.get(app) else {
+        let Some(latest) = self.latest.get(app) else {
             return false;
         };
         let applied_older = self
             .peer_applied
             .get(app)
-            .is_none_or(|(generation, _)| envelope.generation > *generation);
-        applied_older && self.in_flight.get(app) != Some(&envelope.generation)
+            .is_none_or(|(generation, _)| latest.generation > *generation);
+        applied_older
+            && latest.envelope.is_some()
+            && self.in_flight.get(app) != Some(&latest.generation)
     }
 
     fn send_bundle(&mut self, app: &AppRef) {
-        if let Some(envelope) = self.latest.get(app) {
+        if let Some(envelope) = self.latest.get(app).and_then(|l| l.envelope.as_ref()) {
             self.in_flight.insert(app.clone(), envelope.generation);
             self.transmits
-                .push_back(Transmit::new(Message::Bundle(envelope.clone())));
+                .push_back(Transmit::new(Message::Bundle(Envelope::clone(envelope))));
         }
     }
 
     /// Makes `envelope` the newest bundle of `app` and sends it if the agent is
-    /// connected and lacks it. An envelope not newer than the one held is ignored;
-    /// returns whether it was taken.
+    /// connected and lacks it. An envelope not newer than the one held is ignored
+    /// (unless the session released that generation once the agent applied it:
+    /// publishing it again lets it be resent to an agent that lost it); returns
+    /// whether it was taken.
     pub fn publish(&mut self, app: AppRef, envelope: Envelope) -> bool {
-        let newer = self
-            .latest
-            .get(&app)
-            .is_none_or(|held| envelope.generation > held.generation);
-        if !newer {
+        let taken = self.latest.get(&app).is_none_or(|held| {
+            envelope.generation > held.generation
+                || (envelope.generation == held.generation && held.envelope.is_none())
+        });
+        if !taken {
             return false;
         }
-        self.latest.insert(app.clone(), envelope);
+        let latest = Latest {
+            generation: envelope.generation,
+            digest: envelope.digest,
+            envelope: Some(Box::new(envelope)),
+        };
+        self.latest.insert(app.clone(), latest);
         if matches!(self.state, State::Up(_)) && self.peer_needs(&app) {
             self.send_bundle(&app);
         }
+        self.release_if_applied(&app);
         true
     }
 
@@ -274,10 +328,10 @@ impl HubSession {
     pub fn apps_behind(&self) -> Vec<AppRef> {
         self.latest
             .iter()
-            .filter(|(app, envelope)| {
+            .filter(|(app, latest)| {
                 self.peer_applied
                     .get(*app)
-                    .is_none_or(|(generation, _)| envelope.generation > *generation)
+                    .is_none_or(|(generation, _)| latest.generation > *generation)
             })
             .map(|(app, _)| app.clone())
             .collect()
@@ -385,12 +439,22 @@ impl HubSession {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let transmit = self.transmits.pop_front();
+        if self.transmits.is_empty() {
+            // A queue keeps its largest size; an idle agent's session should not
+            // keep room for a burst of a few-hundred-byte messages.
+            self.transmits = VecDeque::new();
+        }
+        transmit
     }
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<HubEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// The negotiated version, once established.

@@ -552,3 +552,32 @@ fn renewal_needs_an_established_session() {
         Err(Error::NotReady { .. })
     ));
 }
+
+#[test]
+fn the_hub_lets_go_of_a_bundle_the_agent_applied_and_takes_it_again_to_resend() {
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.publish("web", 1);
+    assert_eq!(pair.applied_generation("web"), Some(1));
+    assert_eq!(pair.hub.bundles_held(), 0);
+
+    // Published while the agent is away: held until the agent has applied it.
+    pair.disconnect();
+    pair.publish("web", 2);
+    assert_eq!(pair.hub.bundles_held(), 1);
+    pair.connect();
+    assert_eq!(pair.applied_generation("web"), Some(2));
+    assert_eq!(pair.hub.bundles_held(), 0);
+
+    // An agent that lost its store says so in its Hello; the released bundle
+    // cannot travel until the driver publishes it again, and then it does.
+    pair.disconnect();
+    pair.agent = AgentSession::new(Timing::default(), Vec::new(), Vec::new());
+    pair.delivered.clear();
+    pair.connect();
+    assert!(pair.delivered.is_empty());
+    assert_eq!(pair.hub.apps_behind(), vec![AppRef::new("default", "web")]);
+    pair.publish("web", 2);
+    assert_eq!(pair.delivered, vec![(AppRef::new("default", "web"), 2)]);
+    assert_eq!(pair.hub.bundles_held(), 0);
+}
