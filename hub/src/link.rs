@@ -626,6 +626,25 @@ impl Link {
         }
     }
 
+    /// Stops a link others share (the API's handlers hold it): waits up to `grace`
+    /// for requests still finishing to let go, then stops it. `false` when they
+    /// did not let go in time; the link is then left to end with the process.
+    pub async fn stop_shared(mut link: Arc<Link>, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            match Arc::try_unwrap(link) {
+                Ok(link) => {
+                    link.stop().await;
+                    return true;
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    link = shared;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
     /// Closes every connection and stops.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);

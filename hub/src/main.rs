@@ -730,9 +730,8 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     server.stop().await;
-    match Arc::try_unwrap(link) {
-        Ok(link) => link.stop().await,
-        Err(_) => tracing::warn!("the agent link is still in use; not waiting for it"),
+    if !Link::stop_shared(link, Duration::from_secs(10)).await {
+        tracing::warn!("the agent link was still in use after 10 s; not waiting for it");
     }
     Ok(())
 }

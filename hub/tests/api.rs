@@ -164,9 +164,7 @@ impl Running {
         if let Some(server) = self.server.take() {
             server.stop().await;
         }
-        if let Ok(link) = Arc::try_unwrap(self.link) {
-            link.stop().await;
-        }
+        Link::stop_shared(self.link, Duration::from_secs(10)).await;
     }
 }
 

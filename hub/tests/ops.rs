@@ -416,10 +416,10 @@ async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_unde
     assert_eq!(bundle("auto").unwrap().0, 1);
 
     server.stop().await;
-    match Arc::try_unwrap(link) {
-        Ok(link) => link.stop().await,
-        Err(_) => panic!("the link is still shared after the server stopped"),
-    }
+    assert!(
+        Link::stop_shared(link, Duration::from_secs(10)).await,
+        "the link is still shared 10 s after the server stopped"
+    );
 }
 
 /// The recipe's myapp: a Deployment, a Service and a ConfigMap under

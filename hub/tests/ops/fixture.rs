@@ -326,10 +326,10 @@ impl Fleet {
             member.agent.stop().await.unwrap();
         }
         self.server.stop().await;
-        match Arc::try_unwrap(self.link) {
-            Ok(link) => link.stop().await,
-            Err(_) => panic!("the link is still shared after the server stopped"),
-        }
+        assert!(
+            Link::stop_shared(self.link, Duration::from_secs(10)).await,
+            "the link is still shared 10 s after the server stopped"
+        );
         drop(self.store);
     }
 }
