@@ -498,14 +498,6 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// `PROJECT/NAME`, or `NAME` in the default project.
-fn app_path(app: &str) -> String {
-    match app.split_once('/') {
-        Some((project, name)) => format!("/api/v1/applications/{project}/{name}"),
-        None => format!("/api/v1/applications/default/{app}"),
-    }
-}
-
 async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Result<()> {
     let client = connection.client()?;
     match command {
@@ -519,7 +511,7 @@ async fn app_command(command: AppCommand, connection: &Connection) -> anyhow::Re
         AppCommand::Get { app, output } => match output.output {
             Format::Table => app_cli::get(&client, &app).await?,
             format => {
-                let app = client.get(&app_path(&app)).await?;
+                let app = client.get(&app_cli::app_path(&app)).await?;
                 let list = serde_json::json!({ "items": [app.clone()] });
                 print(format, &app, |_| app_table(&list, true))?;
             }
