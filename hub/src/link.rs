@@ -255,6 +255,8 @@ struct Shared {
     sent: Mutex<HashMap<String, u64>>,
     /// Commands sent and not answered yet, by request id.
     pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
+    /// Announces each cluster that registers, so apps waiting for it render now.
+    registered: tokio::sync::broadcast::Sender<String>,
 }
 
 /// The running link.
@@ -487,6 +489,7 @@ impl Link {
             established: std::sync::atomic::AtomicUsize::new(0),
             sent: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            registered: tokio::sync::broadcast::channel(64).0,
         });
         let (shutdown, stop) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), stop.clone()));
@@ -536,6 +539,11 @@ impl Link {
     /// Every registered cluster's connection state.
     pub fn clusters(&self) -> Result<Vec<ClusterView>> {
         cluster_views(&self.shared)
+    }
+
+    /// The name of each cluster that registers from now on.
+    pub fn registrations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.shared.registered.subscribe()
     }
 
     /// A handle on [`Link::clusters`] for the API.
@@ -902,6 +910,8 @@ async fn serve_registration(shared: &Shared, connection: &quinn::Connection) {
     {
         Ok(registration) => {
             info!(cluster = %registration.cluster, "cluster registered");
+            // Nobody listening (no hub service) is fine.
+            let _ = shared.registered.send(registration.cluster.clone());
             let _ = session.accept_registration(Registered {
                 certificate: registration.certificate,
                 key_set: shared.key_set.clone(),

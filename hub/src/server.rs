@@ -116,6 +116,7 @@ impl Server {
             account::ensure_admin(&store, config.admin_password.as_deref()).await?;
         let (shutdown, stop) = watch::channel(false);
         let (refresh_now, requests) = mpsc::unbounded_channel();
+        let registrations = config.link.as_ref().map(|l| l.registrations());
         let api = api::router(ApiState {
             store: store.clone(),
             policy: Arc::new(config.policy),
@@ -159,7 +160,7 @@ impl Server {
                 }
             }),
         };
-        let poller = tokio::spawn(poll_loop(store, refresher, requests, stop));
+        let poller = tokio::spawn(poll_loop(store, refresher, requests, registrations, stop));
         info!(%addr, scheme, "hub API listening");
         Ok(Self {
             addr,
@@ -229,6 +230,7 @@ async fn poll_loop(
     store: Store,
     refresher: Arc<Refresher>,
     mut requests: mpsc::UnboundedReceiver<String>,
+    mut registrations: Option<tokio::sync::broadcast::Receiver<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_due: BTreeMap<String, Instant> = BTreeMap::new();
@@ -269,7 +271,32 @@ async fn poll_loop(
             Some(url) = requests.recv() => {
                 next_due.insert(url, Instant::now());
             }
+            // A cluster registered: apps that were waiting for it (their
+            // destination was not registered yet) render now, not at the next poll.
+            Some(cluster) = registered(&mut registrations) => {
+                info!(%cluster, "a cluster registered; refreshing every repository");
+                next_due.clear();
+            }
             _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+/// The next registration, or never when there is no link to hear from. A
+/// receiver that fell behind has only missed names: it still says "someone
+/// registered".
+async fn registered(
+    registrations: &mut Option<tokio::sync::broadcast::Receiver<String>>,
+) -> Option<String> {
+    let Some(receiver) = registrations else {
+        return std::future::pending().await;
+    };
+    match receiver.recv().await {
+        Ok(cluster) => Some(cluster),
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some("(several)".to_owned()),
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+            *registrations = None;
+            std::future::pending().await
         }
     }
 }

@@ -821,3 +821,56 @@ spec:
     );
     fleet.stop(&[]).await;
 }
+
+/// An app whose destination cluster has not registered yet waits with a condition
+/// saying so, and renders as soon as the cluster's agent registers, not at the next
+/// poll (three minutes later by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_waiting_for_its_cluster_renders_as_soon_as_the_cluster_registers() {
+    let mut fleet = Fleet::start_on(1).await;
+    let late = flotilla_tests::fleet()
+        .unwrap()
+        .into_iter()
+        .nth(1)
+        .expect("this test needs two local clusters in FLOTILLA_TEST_CLUSTERS");
+    let name = unique("ops-late");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    let manifest = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: default\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true}}}}\n",
+        repo.path().display(),
+        late.name()
+    );
+    let (status, body) = fleet.create_manifest(&manifest).await;
+    assert_eq!(status, 201, "{body}");
+    fleet
+        .wait_status(&name, "a condition naming the missing cluster", |s| {
+            s["conditions"].as_array().into_iter().flatten().any(|c| {
+                c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("is not registered"))
+            })
+        })
+        .await;
+
+    let started = std::time::Instant::now();
+    let member = Member::start(&fleet.store, &fleet.link, &late).await;
+    let config_maps = kube::Api::<ConfigMap>::namespaced(member.kube.clone(), "default");
+    fleet.members.push(member);
+    fleet
+        .wait_status(&name, "Synced and Healthy", |s| {
+            s["sync"] == "Synced" && s["health"] == "Healthy"
+        })
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}: the poll, not the registration, rendered it",
+        started.elapsed()
+    );
+    assert_eq!(
+        config_maps.get(&cm).await.unwrap().data.unwrap()["value"],
+        "one"
+    );
+    let _ = config_maps.delete(&cm, &Default::default()).await;
+    fleet.stop(&[]).await;
+}
