@@ -184,10 +184,51 @@ impl Refresher {
                     );
                 }
             }
+            for (project, name) in &done {
+                self.redate_expiring(project, name, now).await?;
+            }
             Ok(outcomes)
         }
         .instrument(span)
         .await
+    }
+
+    /// Re-issues, as the next generation with a fresh validity, each of the app's
+    /// latest bundles that is past half its life. Without it an app whose desired
+    /// state stays the same for longer than a bundle lives would leave an agent that
+    /// was offline meanwhile with only an expired bundle, which it must refuse.
+    /// The objects, policy and source stay as they were, so an agent applying the
+    /// new generation writes nothing.
+    async fn redate_expiring(&self, project: &str, name: &str, now: SystemTime) -> Result<()> {
+        let due = Timestamp::from_system_time(now).saturating_add(self.bundle_ttl / 2);
+        for cluster in self.store.clusters()? {
+            let Some((generation, bytes)) =
+                self.store.latest_bundle(project, name, &cluster.name)?
+            else {
+                continue;
+            };
+            let Some(previous) = bundle::Envelope::decode(&bytes)
+                .ok()
+                .and_then(|e| Bundle::decode(&e.payload).ok())
+            else {
+                continue;
+            };
+            if previous.not_after >= due {
+                continue;
+            }
+            let redated = Bundle {
+                generation: generation + 1,
+                created_at: Timestamp::from_system_time(now),
+                not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+                ..previous
+            };
+            let bytes = self.seal(&redated)?;
+            info!(cluster = %cluster.name, app = %format!("{project}/{name}"), generation = redated.generation, "re-issuing a bundle past half its life");
+            self.store
+                .put_bundle(project, name, &cluster.name, redated.generation, &bytes)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Renders one app at `revision` instead of its targetRevision, and stores the

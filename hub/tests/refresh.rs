@@ -8,7 +8,7 @@
 #[allow(dead_code)]
 mod fixture;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use flotilla_common::bundle::{Bundle, Envelope};
 use flotilla_common::model::Timestamp;
@@ -358,4 +358,42 @@ async fn application_sets_in_git_generate_apps_that_follow_their_generators() {
     );
     assert!(hub.bundle("logging").unwrap().objects.is_empty());
     assert!(hub.store.app("default", "metrics").unwrap().is_some());
+}
+
+/// A bundle past half its life is re-issued as the next generation with a fresh
+/// validity and the same desired state, so an agent that comes back after a long
+/// time offline is never left with only an expired bundle; a younger one is left
+/// alone.
+#[tokio::test]
+async fn a_bundle_past_half_its_life_is_reissued_with_the_same_objects() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    let commit = repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+
+    // Rendered five days ago: with the default seven-day life, two days are left.
+    let now = SystemTime::now();
+    let five_days_ago = now - Duration::from_secs(5 * 24 * 3600);
+    hub.refresher
+        .refresh_repo(&hub.url, five_days_ago)
+        .await
+        .unwrap();
+    let old = hub.bundle("a").unwrap();
+    assert_eq!(old.generation, 1);
+
+    hub.refresh().await;
+    let new = hub.bundle("a").unwrap();
+    assert_eq!(
+        new.generation, 2,
+        "a bundle with two days left was not re-issued"
+    );
+    assert!(new.not_after.0 >= old.not_after.0 + 4 * 24 * 3600);
+    assert_eq!(new.objects, old.objects);
+    assert_eq!(new.policy, old.policy);
+    assert_eq!(new.source.revision, commit);
+
+    // Fresh now: the next refresh leaves it be.
+    hub.refresh().await;
+    assert_eq!(hub.bundle("a").unwrap().generation, 2);
 }
