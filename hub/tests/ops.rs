@@ -11,19 +11,12 @@
 #[path = "ops/fixture.rs"]
 mod fixture;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use fixture::link_fixture::{self, eventually};
+use fixture::link_fixture::eventually;
 use fixture::source_fixture::WorkRepo;
 use fixture::*;
-use flotilla_hub::link::{Link, LinkConfig};
-use flotilla_hub::rbac::Policy;
-use flotilla_hub::refresh::Refresher;
-use flotilla_hub::render::{Renderer, Tools};
-use flotilla_hub::server::{Config, Server};
-use flotilla_hub::source::RepoCache;
-use flotilla_hub::store::{OperationRecord, Store};
+use flotilla_hub::store::OperationRecord;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{Value, json};
 
@@ -292,86 +285,23 @@ async fn a_rollback_resends_the_older_bundle_and_switches_automation_off() {
 /// cluster: the hub's side ends at the link, where no agent is connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_under_automation() {
-    link_fixture::crypto();
     let repo = repo_with_config_map("settings", "one");
     let first = repo.head();
     write_config_map(&repo, "settings", "two");
     repo.commit("two");
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db")).unwrap();
-    store
-        .put_cluster(&flotilla_hub::store::ClusterRecord {
-            name: "east".to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let link = Arc::new(
-        Link::start(
-            store.clone(),
-            LinkConfig::new("127.0.0.1:0".parse().unwrap()),
-        )
-        .await
-        .unwrap(),
-    );
-    let refresher = Refresher::new(
-        store.clone(),
-        RepoCache::new(dir.path().join("repos")).unwrap(),
-        Renderer::new(Tools::from_env()),
-    )
-    .await
-    .unwrap();
-    let mut policy = Policy::parse("", None, "test policy").unwrap();
-    policy.add_grouping("admin", "role:admin");
-    let server = Server::start_with_link(
-        Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            webhook_secret: None,
-            policy,
-            admin_password: Some(ADMIN_PASSWORD.to_owned()),
-            tls: flotilla_hub::server::ApiTls::Plain,
-            link: None,
-            agent_address: None,
-        },
-        store.clone(),
-        refresher,
-        Some(link.clone()),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let http = reqwest::Client::new();
-    let token = http
-        .post(format!("{url}/api/v1/session"))
-        .body(json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string())
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fleet = Fleet::start_unconnected("east").await;
     for (name, policy) in [("manual", ""), ("auto", "\n  syncPolicy: {automated: {}}")] {
         let manifest = format!(
             "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: east, namespace: default}}{policy}\n",
             repo.path().display()
         );
-        let created = http
-            .post(format!("{url}/api/v1/applications"))
-            .bearer_auth(&token)
-            .body(manifest)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(created.status().as_u16(), 201);
+        let (status, body) = fleet.create_manifest(&manifest).await;
+        assert_eq!(status, 201, "{body}");
     }
     let bundle = |app: &str| {
-        store
+        fleet
+            .store
             .latest_bundle("default", app, "east")
             .unwrap()
             .map(|(generation, bytes)| {
@@ -387,8 +317,13 @@ async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_unde
     assert_ne!(bundle("manual").unwrap().1, first);
 
     let sync = |app: &'static str| {
-        http.post(format!("{url}/api/v1/applications/default/{app}/sync"))
-            .bearer_auth(&token)
+        fleet
+            .http
+            .post(format!(
+                "{}/api/v1/applications/default/{app}/sync",
+                fleet.url()
+            ))
+            .bearer_auth(&fleet.admin)
             .header("content-type", "application/json")
             .body(json!({"revision": first}).to_string())
             .send()
@@ -403,7 +338,7 @@ async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_unde
         body["clusters"][0]["message"], "cluster east is not connected",
         "{body}"
     );
-    let record = store.app("default", "manual").unwrap().unwrap();
+    let record = fleet.store.app("default", "manual").unwrap().unwrap();
     assert_eq!(record.application.source().target_revision, "main");
 
     let refused = sync("auto").await.unwrap();
@@ -415,11 +350,7 @@ async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_unde
     );
     assert_eq!(bundle("auto").unwrap().0, 1);
 
-    server.stop().await;
-    assert!(
-        Link::stop_shared(link, Duration::from_secs(10)).await,
-        "the link is still shared 10 s after the server stopped"
-    );
+    fleet.stop(&[]).await;
 }
 
 /// The recipe's myapp: a Deployment, a Service and a ConfigMap under

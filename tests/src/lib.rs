@@ -75,24 +75,32 @@ impl LocalCluster {
 
     /// A kube client with cluster-admin rights on this cluster.
     pub async fn client(&self) -> Result<kube::Client, Error> {
+        let config = self.kube_config().await?;
+        kube::Client::try_from(config).map_err(|source| Error::Client {
+            name: self.name.clone(),
+            source,
+        })
+    }
+
+    /// The apiserver's URL, as an agent reports it in its cluster facts.
+    pub async fn server_url(&self) -> Result<String, Error> {
+        Ok(self.kube_config().await?.cluster_url.to_string())
+    }
+
+    async fn kube_config(&self) -> Result<kube::Config, Error> {
         let path = self.kubeconfig_path();
         let kubeconfig = Kubeconfig::read_from(&path).map_err(|source| Error::Kubeconfig {
             name: self.name.clone(),
             path: path.clone(),
             source,
         })?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| Error::Kubeconfig {
-                    name: self.name.clone(),
-                    path,
-                    source,
-                })?;
-        kube::Client::try_from(config).map_err(|source| Error::Client {
-            name: self.name.clone(),
-            source,
-        })
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|source| Error::Kubeconfig {
+                name: self.name.clone(),
+                path,
+                source,
+            })
     }
 }
 

@@ -34,14 +34,7 @@ async fn two_clusters_register_receive_a_bundle_and_return_after_a_hub_restart_w
     for cluster in clusters {
         let name = cluster.name().to_owned();
         let client = cluster.client().await.unwrap();
-        let url = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap()
-        .cluster_url
-        .to_string();
+        let url = cluster.server_url().await.unwrap();
         let facts = flotilla_agent::facts::read(client, url).await.unwrap();
         assert!(!facts.api_resources.is_empty());
         let dir = tempfile::tempdir().unwrap();
@@ -167,14 +160,7 @@ async fn a_bundle_travels_from_the_hub_store_into_a_real_cluster_and_reports_bac
     let client = cluster.client().await.unwrap();
     let hub_dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(hub_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let url = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig_path()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap()
-    .cluster_url
-    .to_string();
+    let url = cluster.server_url().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = AgentConfig::new(

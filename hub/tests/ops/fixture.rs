@@ -42,9 +42,8 @@ pub struct Fleet {
     pub server: Server,
     /// Every cluster with its agent, in `FLOTILLA_TEST_CLUSTERS` order.
     pub members: Vec<Member>,
-    /// The first cluster's name and client, for tests that use one cluster.
+    /// The first cluster's name, for tests that use one cluster.
     pub cluster: String,
-    pub kube: kube::Client,
     pub http: reqwest::Client,
     pub admin: String,
     pub viewer: String,
@@ -66,17 +65,42 @@ impl Fleet {
 
     /// A hub and agents on the first `clusters` local clusters.
     pub async fn start_on(clusters: usize) -> Fleet {
-        link_fixture::crypto();
         let locals: Vec<_> = flotilla_tests::fleet()
             .expect("the local fleet is running")
             .into_iter()
             .take(clusters)
             .collect();
-        assert_eq!(
-            locals.len(),
-            clusters,
+        assert!(
+            clusters > 0 && locals.len() == clusters,
             "this test needs {clusters} local clusters in FLOTILLA_TEST_CLUSTERS"
         );
+        let mut fleet = Self::hub(locals[0].name()).await;
+        for local in &locals {
+            let member = Member::start(&fleet.store, &fleet.link, local).await;
+            fleet.members.push(member);
+        }
+        fleet
+    }
+
+    /// A hub with `cluster` registered in its store and no agent connected, for
+    /// the hub's side of what ends at the link.
+    pub async fn start_unconnected(cluster: &str) -> Fleet {
+        let fleet = Self::hub(cluster).await;
+        fleet
+            .store
+            .put_cluster(&flotilla_hub::store::ClusterRecord {
+                name: cluster.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        fleet
+    }
+
+    /// The hub alone: store, link, API server and refresher, with `admin` and a
+    /// read-only `viewer` logged in.
+    async fn hub(cluster: &str) -> Fleet {
+        link_fixture::crypto();
         let hub_dir = tempfile::tempdir().unwrap();
         let store = Store::open(&hub_dir.path().join("db")).unwrap();
         let link = Arc::new(
@@ -112,10 +136,6 @@ impl Fleet {
             .await
             .unwrap();
 
-        let mut members = Vec::new();
-        for local in &locals {
-            members.push(Member::start(&store, &link, local).await);
-        }
         let http = reqwest::Client::new();
         let mut fleet = Fleet {
             _hub_dir: hub_dir,
@@ -123,9 +143,8 @@ impl Fleet {
             store,
             link,
             server,
-            cluster: members[0].name.clone(),
-            kube: members[0].kube.clone(),
-            members,
+            cluster: cluster.to_owned(),
+            members: Vec::new(),
             http,
             admin: String::new(),
             viewer: String::new(),
@@ -310,17 +329,24 @@ impl Fleet {
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 
+    /// The first cluster's client.
+    pub fn kube(&self) -> &kube::Client {
+        &self.members[0].kube
+    }
+
     pub async fn config_map(&self, name: &str) -> Option<ConfigMap> {
-        Api::<ConfigMap>::namespaced(self.kube.clone(), "default")
+        Api::<ConfigMap>::namespaced(self.kube().clone(), "default")
             .get_opt(name)
             .await
             .unwrap()
     }
 
     pub async fn stop(self, config_maps: &[&str]) {
-        let api = Api::<ConfigMap>::namespaced(self.kube.clone(), "default");
-        for name in config_maps {
-            let _ = api.delete(name, &Default::default()).await;
+        if let Some(first) = self.members.first() {
+            let api = Api::<ConfigMap>::namespaced(first.kube.clone(), "default");
+            for name in config_maps {
+                let _ = api.delete(name, &Default::default()).await;
+            }
         }
         for member in self.members {
             member.agent.stop().await.unwrap();
@@ -339,14 +365,7 @@ impl Member {
     pub async fn start(store: &Store, link: &Link, local: &flotilla_tests::LocalCluster) -> Member {
         let name = local.name().to_owned();
         let kube = local.client().await.unwrap();
-        let url = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(local.kubeconfig_path()).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap()
-        .cluster_url
-        .to_string();
+        let url = local.server_url().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let token = flotilla_hub::cluster::add(
             store,
