@@ -15,38 +15,15 @@ use flotilla_common::bundle::Automated;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use support::{applier, bundle, cluster_for, config_map, deployment, unique};
+use support::{applier, bundle, cluster_for, config_map, deployment, kubectl, unique};
 use tokio::sync::mpsc;
-
-fn kubectl(cluster: &flotilla_tests::LocalCluster, args: &[&str]) {
-    let out = std::process::Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Waits for the first report that `accept` takes, failing after 20 s.
 async fn next_report(
     rx: &mut mpsc::UnboundedReceiver<Report>,
-    mut accept: impl FnMut(&Report) -> bool,
+    accept: impl FnMut(&Report) -> bool,
 ) -> Report {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let report = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("timed out waiting for a drift report")
-            .unwrap();
-        if accept(&report) {
-            return report;
-        }
-    }
+    support::next_matching(rx, "a drift report", Duration::from_secs(20), accept).await
 }
 
 /// A `kubectl edit` of spec.replicas is reported as

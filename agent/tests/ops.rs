@@ -21,7 +21,7 @@ use flotilla_common::project::{Destination, ProjectRules};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
-use support::{applier, bundle, cluster_for, config_map, deployment, job, unique};
+use support::{applier, bundle, cluster_for, config_map, deployment, job, kubectl, unique};
 use tokio::sync::mpsc;
 
 fn engine(client: &kube::Client) -> Engine {
@@ -34,35 +34,12 @@ fn engine(client: &kube::Client) -> Engine {
     )
 }
 
-fn kubectl(cluster: &flotilla_tests::LocalCluster, args: &[&str]) {
-    let out = std::process::Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Waits for the first status report that `accept` takes, failing after 30 s.
 async fn next_status(
     rx: &mut mpsc::UnboundedReceiver<Status>,
-    mut accept: impl FnMut(&Status) -> bool,
+    accept: impl FnMut(&Status) -> bool,
 ) -> Status {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("timed out waiting for a status report")
-            .unwrap();
-        if accept(&status) {
-            return status;
-        }
-    }
+    support::next_matching(rx, "a status report", Duration::from_secs(30), accept).await
 }
 
 fn command(id: u64, b: &Bundle, kind: CommandKind) -> Command {

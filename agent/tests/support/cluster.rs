@@ -181,3 +181,38 @@ where
         Some(o) => o.meta().deletion_timestamp.is_some(),
     }
 }
+
+/// Runs `kubectl` against `cluster` as its admin, as a user editing it by hand.
+pub fn kubectl(cluster: &LocalCluster, args: &[&str]) {
+    let out = std::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for the first item on `rx` that `accept` takes, failing with `what`
+/// after `limit`.
+pub async fn next_matching<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    what: &str,
+    limit: Duration,
+    mut accept: impl FnMut(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let item = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap();
+        if accept(&item) {
+            return item;
+        }
+    }
+}
