@@ -190,7 +190,12 @@ impl ApiState {
     }
 
     async fn audit(&self, who: &Principal, action: &str, target: String) {
-        let event = Event::now(&who.user, action, target, "");
+        self.audit_detail(who, action, target, "").await;
+    }
+
+    /// Records a write in the audit log, with a detail such as its options.
+    async fn audit_detail(&self, who: &Principal, action: &str, target: String, detail: &str) {
+        let event = Event::now(&who.user, action, target, detail);
         if let Err(e) = self.store.push_event(&event).await {
             tracing::warn!(error = %e, "failed to record an audit event");
         }
@@ -371,10 +376,9 @@ async fn delete_app(
             } else {
                 "resources kept"
             };
-            let event = Event::now(&who.user, "delete", format!("application/{object}"), detail);
-            if let Err(e) = state.store.push_event(&event).await {
-                tracing::warn!(error = %e, "failed to record an audit event");
-            }
+            state
+                .audit_detail(&who, "delete", format!("application/{object}"), detail)
+                .await;
             ok(json!({ "deleted": object, "cascade": cascade }))
         }
         Ok(false) => error(

@@ -32,12 +32,11 @@ use serde_json::{Value, json};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use super::{ApiState, Reply, error, ok};
-use crate::account::Principal;
 use crate::cluster::epoch_ms;
 use crate::link::Link;
 use crate::refresh::{self, Outcome};
 use crate::status;
-use crate::store::{AppRecord, Event, OperationRecord, ResourceOutcome};
+use crate::store::{AppRecord, OperationRecord, ResourceOutcome};
 
 /// How long a diff or refresh may take on an agent.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -142,13 +141,6 @@ impl ApiState {
                 ),
             )),
             None => Ok(()),
-        }
-    }
-
-    async fn audit_detail(&self, who: &Principal, action: &str, target: String, detail: &str) {
-        let event = Event::now(&who.user, action, target, detail);
-        if let Err(e) = self.store.push_event(&event).await {
-            warn!(error = %e, "failed to record an audit event");
         }
     }
 }
