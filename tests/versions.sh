@@ -4,5 +4,5 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 KUSTOMIZE_VERSION=v5.8.2        # v5.8.3 needs Go 1.27
 # Bump when the build recipe itself changes, so an old cache is not reused.
-BUILD_RECIPE=r1
+BUILD_RECIPE=r2
 CACHE_TAG="k8s-$K8S_VERSION-$BUILD_RECIPE"

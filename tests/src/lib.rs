@@ -28,6 +28,12 @@ pub enum Error {
         source: kube::config::KubeconfigError,
     },
 
+    #[error("finding the tool folder that tests/build-k8s fills: {0}")]
+    Tools(String),
+
+    #[error("{name} is not in the tool folder {dir} (tests/build-k8s builds it)")]
+    MissingTool { name: String, dir: PathBuf },
+
     #[error("building a client for cluster {name:?}")]
     Client {
         name: String,
@@ -127,4 +133,38 @@ pub fn clusters_dir() -> PathBuf {
     std::env::var_os("FLOTILLA_CLUSTERS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".clusters"))
+}
+
+/// The folder of programs that `tests/build-k8s` builds (kubectl, helm, kustomize,
+/// kwok and the control plane): `FLOTILLA_TOOLS`, which `tests/run` sets, or what
+/// `tests/build-k8s` prints (at once when its cache is complete).
+pub fn tools_dir() -> Result<PathBuf, Error> {
+    if let Some(dir) = std::env::var_os("FLOTILLA_TOOLS") {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("build-k8s");
+    let out = std::process::Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| Error::Tools(format!("running {}: {e}", script.display())))?;
+    if !out.status.success() {
+        return Err(Error::Tools(format!("{} failed", script.display())));
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Ok(PathBuf::from(dir))
+}
+
+/// A program from [`tools_dir`], never one that the machine happens to have on its
+/// PATH: a test runs the versions the clusters run.
+pub fn tool(name: &str) -> Result<PathBuf, Error> {
+    let dir = tools_dir()?;
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingTool {
+            name: name.to_owned(),
+            dir,
+        })
+    }
 }
