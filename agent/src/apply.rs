@@ -65,17 +65,35 @@ pub const HASH_ANNOTATION: &str = "flotilla.dev/desired-hash";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Discovery does not know the object's kind.
-    #[error("{resource}: the cluster does not serve kind {kind}: {message}")]
+    #[error("{resource}: the cluster does not serve kind {kind}{waited}: {message}")]
     UnknownKind {
         /// The object.
         resource: String,
         /// `group/version/kind`.
         kind: String,
+        /// How long Flotilla waited for a CRD or APIService it applied to serve the
+        /// kind, said as ` (waited 10 s …)`; empty when the kind had no provider.
+        waited: String,
         /// The apiserver's message.
         message: String,
         /// The discovery error.
         #[source]
         source: Box<kube::Error>,
+    },
+    /// The bundle places an object of a cluster-scoped kind in a namespace: the
+    /// hub's idea of the kind's scope (stale cluster facts, or a CRD in the render
+    /// that claims a scope) is not the cluster's, and the project check it passed
+    /// does not hold.
+    #[error(
+        "{resource}: this cluster serves {kind} cluster-scoped, but the bundle places it in namespace {namespace}; refused"
+    )]
+    ScopeMismatch {
+        /// The object.
+        resource: String,
+        /// `group/version/kind`.
+        kind: String,
+        /// The namespace the bundle gave it.
+        namespace: String,
     },
     /// The apiserver refused a request about the object.
     #[error("{resource}: {verb} refused by the apiserver: {message}")]
@@ -163,6 +181,11 @@ pub struct Options {
     pub hook_timeout: Duration,
     /// How many objects of one wave are applied at once.
     pub parallelism: usize,
+    /// How long a kind that a CustomResourceDefinition or APIService of the bundle
+    /// (or one this agent applied in the last minute) provides may take to be
+    /// served: the apiserver marks a CRD Established a moment before discovery
+    /// serves its group.
+    pub kind_wait: Duration,
 }
 
 impl Default for Options {
@@ -171,6 +194,7 @@ impl Default for Options {
             wave_timeout: Duration::from_secs(300),
             hook_timeout: Duration::from_secs(300),
             parallelism: 32,
+            kind_wait: Duration::from_secs(10),
         }
     }
 }
@@ -282,6 +306,9 @@ pub struct SyncReport {
     pub waves: Vec<WaveTiming>,
     /// Options Flotilla read but treats differently from Argo CD, said out loud.
     pub warnings: Vec<String>,
+    /// Kinds the cluster served only after a wait for the CRD or APIService that
+    /// provides them, and how long that took.
+    pub kind_waits: Vec<(Gvk, Duration)>,
     /// When the sync started.
     pub started_at: Timestamp,
     /// How long it took.
@@ -360,6 +387,19 @@ impl SyncReport {
                 }
             })
             .collect();
+        events.extend(self.kind_waits.iter().map(|(gvk, waited)| StatusEvent {
+            at: now,
+            kind: EventKind::Normal,
+            reason: "KindServed".to_owned(),
+            message: format!(
+                "waited {:.1} s for the cluster to serve {}/{}/{} after its provider was applied",
+                waited.as_secs_f64(),
+                gvk.group,
+                gvk.version,
+                gvk.kind
+            ),
+            resource: None,
+        }));
         events.extend(self.warnings.iter().map(|w| StatusEvent {
             at: now,
             kind: EventKind::Warning,
@@ -599,6 +639,133 @@ fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
+fn scope_mismatch(resource: &ResourceRef, namespace: &str) -> Error {
+    Error::ScopeMismatch {
+        resource: describe(resource),
+        kind: format!(
+            "{}/{}/{}",
+            resource.gvk.group, resource.gvk.version, resource.gvk.kind
+        ),
+        namespace: namespace.to_owned(),
+    }
+}
+
+/// Whether discovery failed because the group, version or kind is not served (yet),
+/// as opposed to a dead apiserver or a refused request.
+fn is_not_served(error: &kube::Error) -> bool {
+    is_not_found(error) || matches!(error, kube::Error::Discovery(_))
+}
+
+/// How long an applied CRD or APIService counts as a promise that its kinds will
+/// be served, for bundles synced after the one that applied it.
+const PROVIDER_WINDOW: Duration = Duration::from_secs(60);
+
+/// What a CustomResourceDefinition or an APIService makes the apiserver serve.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Provided {
+    /// A CRD: one kind of one group.
+    Kind {
+        /// `spec.group`.
+        group: String,
+        /// `spec.names.kind`.
+        kind: String,
+    },
+    /// An APIService: every kind of one group version.
+    GroupVersion {
+        /// `spec.group`.
+        group: String,
+        /// `spec.version`.
+        version: String,
+    },
+}
+
+impl Provided {
+    /// What `object` provides, if it is a CRD or an APIService.
+    fn by(object: &Object) -> Option<Self> {
+        let crd = object.gvk.group == "apiextensions.k8s.io"
+            && object.gvk.kind == "CustomResourceDefinition";
+        let api_service =
+            object.gvk.group == "apiregistration.k8s.io" && object.gvk.kind == "APIService";
+        if !crd && !api_service {
+            return None;
+        }
+        let manifest = object.manifest_json().ok()?;
+        let field = |pointer: &str| manifest.pointer(pointer)?.as_str().map(str::to_owned);
+        if crd {
+            Some(Self::Kind {
+                group: field("/spec/group")?,
+                kind: field("/spec/names/kind")?,
+            })
+        } else {
+            Some(Self::GroupVersion {
+                group: field("/spec/group")?,
+                version: field("/spec/version")?,
+            })
+        }
+    }
+
+    fn provides(&self, gvk: &Gvk) -> bool {
+        match self {
+            Self::Kind { group, kind } => *group == gvk.group && *kind == gvk.kind,
+            Self::GroupVersion { group, version } => *group == gvk.group && *version == gvk.version,
+        }
+    }
+}
+
+/// Kinds that a CRD or APIService will serve soon, and how long lookups waited
+/// for them.
+#[derive(Default)]
+struct Providers {
+    /// When each provider was last in a bundle being synced or applied.
+    promised: HashMap<Provided, std::time::Instant>,
+    /// Kinds whose wait ran out, when, and after how long: a second lookup in
+    /// the same sync (the live listing, then the apply) does not wait again.
+    gave_up: HashMap<Gvk, (std::time::Instant, Duration)>,
+    /// Kinds that were served only after a wait, and how long it took, for the
+    /// sync report.
+    waited: Vec<(Gvk, Duration)>,
+}
+
+impl Providers {
+    fn promise(&mut self, provided: Provided) {
+        let now = std::time::Instant::now();
+        self.promised
+            .retain(|_, at| now.duration_since(*at) < PROVIDER_WINDOW);
+        self.gave_up
+            .retain(|_, (at, _)| now.duration_since(*at) < PROVIDER_WINDOW);
+        self.promised.insert(provided, now);
+    }
+
+    /// Whether a lookup of `gvk` that the cluster does not serve should wait.
+    fn promise_for(&self, gvk: &Gvk, wait: Duration) -> Promise {
+        let now = std::time::Instant::now();
+        if let Some((at, waited)) = self.gave_up.get(gvk)
+            && now.duration_since(*at) < wait
+        {
+            return Promise::GaveUp(*waited);
+        }
+        let promised = self
+            .promised
+            .iter()
+            .any(|(p, at)| p.provides(gvk) && now.duration_since(*at) < PROVIDER_WINDOW);
+        if promised {
+            Promise::Wait
+        } else {
+            Promise::None
+        }
+    }
+}
+
+/// What [`Providers::promise_for`] says of a kind the cluster does not serve.
+enum Promise {
+    /// Nothing provides it: fail at once.
+    None,
+    /// A CRD or APIService provides it: ask again.
+    Wait,
+    /// A wait for it ran out a moment ago, after this long: fail at once.
+    GaveUp(Duration),
+}
+
 /// Applies bundles to one cluster.
 pub struct Applier {
     client: kube::Client,
@@ -606,6 +773,7 @@ pub struct Applier {
     store: Store,
     options: Options,
     kinds: Mutex<HashMap<Gvk, (ApiResource, ApiCapabilities)>>,
+    providers: std::sync::Mutex<Providers>,
     writes: AtomicU64,
 }
 
@@ -638,6 +806,7 @@ impl Applier {
             store,
             options,
             kinds: Mutex::new(HashMap::new()),
+            providers: std::sync::Mutex::new(Providers::default()),
             writes: AtomicU64::new(0),
         }
     }
@@ -662,8 +831,43 @@ impl Applier {
         &self.store
     }
 
+    /// Remembers that `objects` provide kinds (CRDs, APIServices) about to be
+    /// applied, so lookups of those kinds wait for them to be served.
+    fn promise_kinds<'o>(&self, objects: impl IntoIterator<Item = &'o Object>) {
+        let provided: Vec<Provided> = objects.into_iter().filter_map(Provided::by).collect();
+        if provided.is_empty() {
+            return;
+        }
+        let mut providers = self
+            .providers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for p in provided {
+            providers.promise(p);
+        }
+    }
+
+    /// Kinds of `bundle` that were served only after a wait, and how long it took.
+    fn take_kind_waits(&self, bundle: &Bundle) -> Vec<(Gvk, Duration)> {
+        let mut providers = self
+            .providers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (ours, others): (Vec<_>, Vec<_>) = std::mem::take(&mut providers.waited)
+            .into_iter()
+            .partition(|(gvk, _)| bundle.objects.iter().any(|o| o.gvk == *gvk));
+        providers.waited = others;
+        ours
+    }
+
     /// Discovery for one kind, cached; a miss asks the apiserver again, so kinds of
     /// CRDs applied a moment ago are found.
+    ///
+    /// The apiserver marks a CRD Established a moment before discovery serves its
+    /// group (and an APIService is Available only once its backend answers), so a
+    /// kind that a CRD or APIService of the bundle provides, or one this agent
+    /// applied in the last minute, is asked for again with a jittered backoff for
+    /// up to [`Options::kind_wait`]. Any other unknown kind fails at once.
     async fn kind(&self, resource: &ResourceRef) -> Result<(ApiResource, ApiCapabilities)> {
         if let Some(found) = self.kinds.lock().await.get(&resource.gvk) {
             return Ok(found.clone());
@@ -673,14 +877,73 @@ impl Applier {
             &resource.gvk.version,
             &resource.gvk.kind,
         );
-        let found = kube::discovery::pinned_kind(&self.client, &gvk)
-            .await
-            .map_err(|source| Error::UnknownKind {
-                resource: describe(resource),
-                kind: format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind),
-                message: api_message(&source),
-                source: Box::new(source),
-            })?;
+        let kind = format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind);
+        let started = Instant::now();
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut said = false;
+        let found = loop {
+            let source = match kube::discovery::pinned_kind(&self.client, &gvk).await {
+                Ok(found) => break found,
+                Err(source) => source,
+            };
+            let waited = started.elapsed();
+            let promise = if is_not_served(&source) {
+                self.providers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .promise_for(&resource.gvk, self.options.kind_wait)
+            } else {
+                Promise::None
+            };
+            let gave_up = match promise {
+                Promise::Wait if waited < self.options.kind_wait => None,
+                Promise::Wait => {
+                    self.providers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .gave_up
+                        .insert(resource.gvk.clone(), (std::time::Instant::now(), waited));
+                    Some(Some(waited))
+                }
+                Promise::GaveUp(earlier) => Some(Some(earlier)),
+                Promise::None => Some(None),
+            };
+            if let Some(waited) = gave_up {
+                return Err(Error::UnknownKind {
+                    resource: describe(resource),
+                    kind,
+                    waited: waited.map_or_else(String::new, |w| {
+                        format!(
+                            " (waited {:.1} s for the CustomResourceDefinition or APIService that provides it)",
+                            w.as_secs_f64()
+                        )
+                    }),
+                    message: api_message(&source),
+                    source: Box::new(source),
+                });
+            }
+            if !said {
+                info!(
+                    object = %describe(resource),
+                    %kind,
+                    "waiting for the cluster to serve the kind that a CRD or APIService just applied provides"
+                );
+                said = true;
+            }
+            let remaining = self.options.kind_wait.saturating_sub(waited);
+            let delay = backoff.next_delay(crate::backoff::random_unit());
+            tokio::time::sleep(delay.min(remaining)).await;
+        };
+        if said {
+            let waited = started.elapsed();
+            info!(%kind, waited_ms = waited.as_millis() as u64, "the kind is served");
+            self.providers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .waited
+                .push((resource.gvk.clone(), waited));
+        }
         self.kinds
             .lock()
             .await
@@ -688,9 +951,52 @@ impl Applier {
         Ok(found)
     }
 
+    /// Refuses what the cluster's own discovery says the hub got wrong: an object
+    /// of a cluster-scoped kind placed in a namespace. Kinds the cluster does not
+    /// serve yet (their CRD is in the bundle) are checked when they are applied.
+    pub async fn check_scopes(&self, bundle: &Bundle) -> Result<()> {
+        for object in &bundle.objects {
+            if matches!(object.hook.as_ref().map(|h| h.phase), Some(HookPhase::Skip)) {
+                continue;
+            }
+            let Some(namespace) = &object.namespace else {
+                continue;
+            };
+            let resource = object.resource();
+            let cached = self.kinds.lock().await.get(&resource.gvk).cloned();
+            let caps = match cached {
+                Some((_, caps)) => caps,
+                None => {
+                    let gvk = kube::api::GroupVersionKind::gvk(
+                        &resource.gvk.group,
+                        &resource.gvk.version,
+                        &resource.gvk.kind,
+                    );
+                    match kube::discovery::pinned_kind(&self.client, &gvk).await {
+                        Ok(found) => {
+                            let caps = found.1.clone();
+                            self.kinds.lock().await.insert(resource.gvk.clone(), found);
+                            caps
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            };
+            if caps.scope == Scope::Cluster {
+                return Err(scope_mismatch(&resource, namespace));
+            }
+        }
+        Ok(())
+    }
+
     /// A dynamic API handle for the object's kind and namespace.
     pub async fn api(&self, resource: &ResourceRef) -> Result<Api<DynamicObject>> {
         let (ar, caps) = self.kind(resource).await?;
+        if let (Scope::Cluster, Some(namespace)) = (&caps.scope, &resource.namespace)
+            && !resource.name.is_empty()
+        {
+            return Err(scope_mismatch(resource, namespace));
+        }
         Ok(match (&caps.scope, &resource.namespace) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
             (Scope::Namespaced, None) => Api::default_namespaced_with(self.client.clone(), &ar),
@@ -758,8 +1064,6 @@ impl Applier {
     }
 
     async fn sync_inner(&self, bundle: &Bundle, request: &SyncRequest) -> SyncReport {
-        let writes_before = self.writes();
-        let label = app_label(&bundle.app);
         let mut report = SyncReport {
             app: bundle.app.clone(),
             generation: bundle.generation,
@@ -771,6 +1075,7 @@ impl Applier {
             writes: 0,
             waves: Vec::new(),
             warnings: Vec::new(),
+            kind_waits: Vec::new(),
             started_at: Timestamp::from_system_time(std::time::SystemTime::now()),
             duration: Duration::ZERO,
             dry_run: request.dry_run,
@@ -779,6 +1084,25 @@ impl Applier {
             self.dry_run_sync(bundle, request, &mut report).await;
             return report;
         }
+        self.promise_kinds(
+            bundle
+                .objects
+                .iter()
+                .filter(|o| !matches!(o.hook.as_ref().map(|h| h.phase), Some(HookPhase::Skip))),
+        );
+        let mut report = self.sync_phases(bundle, request, report).await;
+        report.kind_waits = self.take_kind_waits(bundle);
+        report
+    }
+
+    async fn sync_phases(
+        &self,
+        bundle: &Bundle,
+        request: &SyncRequest,
+        mut report: SyncReport,
+    ) -> SyncReport {
+        let writes_before = self.writes();
+        let label = app_label(&bundle.app);
         let client_side = bundle
             .objects
             .iter()
@@ -942,8 +1266,34 @@ impl Applier {
             .map(|h| h.delete_policy.clone())
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| vec![HookDeletePolicy::BeforeHookCreation]);
+        // Set once the hook object is this app's: only then may a delete policy
+        // remove it. A same-named object of another app, or one Flotilla did not
+        // create, is neither replaced nor deleted.
+        let mut ours = false;
         let run = async {
             let api = self.api(&task.resource).await?;
+            let live =
+                api.get_opt(&task.resource.name)
+                    .await
+                    .map_err(|source| Error::Rejected {
+                        resource: describe(&task.resource),
+                        verb: "get",
+                        message: api_message(&source),
+                        source: Box::new(source),
+                    })?;
+            if let Some(live) = &live {
+                let owner = live.metadata.labels.as_ref().and_then(|l| l.get(APP_LABEL));
+                if owner != Some(&task.label) {
+                    return Err(Error::Conflict {
+                        resource: describe(&task.resource),
+                        owner: owner.map_or_else(
+                            || "none (an object Flotilla did not create)".to_owned(),
+                            Clone::clone,
+                        ),
+                    });
+                }
+            }
+            ours = true;
             if policies.contains(&HookDeletePolicy::BeforeHookCreation) {
                 self.delete_and_wait(&api, &task.resource, PropagationPolicy::Foreground)
                     .await?;
@@ -972,11 +1322,12 @@ impl Applier {
             Ok(h) => HookOutcome::Failed(format!("{:?}: {}", h.health, h.message)),
             Err(e) => HookOutcome::Failed(e.to_string()),
         };
-        let delete_now = match &outcome {
-            HookOutcome::Succeeded => policies.contains(&HookDeletePolicy::HookSucceeded),
-            HookOutcome::Failed(_) => policies.contains(&HookDeletePolicy::HookFailed),
-            HookOutcome::AlreadyRan => false,
-        };
+        let delete_now = ours
+            && match &outcome {
+                HookOutcome::Succeeded => policies.contains(&HookDeletePolicy::HookSucceeded),
+                HookOutcome::Failed(_) => policies.contains(&HookDeletePolicy::HookFailed),
+                HookOutcome::AlreadyRan => false,
+            };
         if delete_now && let Ok(api) = self.api(&task.resource).await {
             match self
                 .delete_and_wait(&api, &task.resource, PropagationPolicy::Background)
@@ -1278,6 +1629,8 @@ impl Applier {
         let applied = self
             .server_side_apply(&api, bundle, task, &manifest)
             .await?;
+        // Refreshes the promise: a later bundle's objects of this kind may wait.
+        self.promise_kinds([task.object]);
         let action = if current.is_some() {
             Action::Configured
         } else {

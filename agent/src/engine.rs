@@ -285,6 +285,17 @@ impl Inner {
                     status: None,
                 };
             }
+            // The hub decided each kind's scope when it checked the project; the
+            // cluster's own discovery decides here.
+            if let Err(mismatch) = self.applier.check_scopes(&bundle).await {
+                warn!(error = %mismatch, "refused a bundle whose scopes this cluster contradicts");
+                return ApplyReport {
+                    outcome: BundleOutcome::Rejected(Rejection::NotPermitted {
+                        message: mismatch.to_string(),
+                    }),
+                    status: None,
+                };
+            }
             let slot = self.slot(&bundle.app);
             let generation = bundle.generation;
             let operation = slot.operation.lock().await;

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod backoff;
 pub mod drift;
 pub mod engine;
 pub mod facts;

@@ -104,9 +104,7 @@ async fn bench_thousand_objects_against_kubectl_server_side() {
         std::fs::write(dir.join(format!("wave-{wave}.json")), list.to_string()).unwrap();
     }
     let started = Instant::now();
-    let out = Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
+    let out = support::kubectl_command(&cluster)
         .args([
             "apply",
             "--server-side",
@@ -125,9 +123,7 @@ async fn bench_thousand_objects_against_kubectl_server_side() {
     );
     // Same end state as a sync: every Deployment observed and Available. This
     // also leaves the controller idle before Flotilla starts.
-    let out = Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
+    let out = support::kubectl_command(&cluster)
         .args(["-n", "by-kubectl", "wait", "--for=condition=Available"])
         .args(["deployment", "--all", "--timeout=120s"])
         .output()
@@ -174,9 +170,7 @@ async fn bench_thousand_objects_against_kubectl_server_side() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     while rx.try_recv().is_ok() {}
     let edited = Instant::now();
-    let out = Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
+    let out = support::kubectl_command(&cluster)
         .args([
             "-n",
             "by-flotilla",

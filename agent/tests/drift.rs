@@ -59,9 +59,7 @@ async fn kubectl_edit_is_reported_with_path_values_and_field_manager() {
     // YAML kubectl opens. kubectl edit's field manager is kubectl-edit. Timing
     // starts before kubectl does, so it includes kubectl's own run time.
     let edited = Instant::now();
-    let out = std::process::Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
+    let out = support::kubectl_command(&cluster)
         .args(["-n", &ns, "edit", "deployment", "web"])
         .env(
             "KUBE_EDITOR",

@@ -114,6 +114,7 @@ async fn apiserver_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
         wave_timeout: Duration::from_secs(30),
         hook_timeout: Duration::from_secs(30),
         parallelism: 16,
+        ..Default::default()
     };
 
     let first = {

@@ -611,6 +611,7 @@ async fn a_deployment_turning_degraded_is_reported_without_an_operation() {
             wave_timeout: Duration::from_secs(1),
             hook_timeout: Duration::from_secs(10),
             parallelism: 4,
+            ..Default::default()
         },
     );
     let engine = Engine::with_options(

@@ -482,6 +482,299 @@ async fn crd_is_established_before_its_custom_resources_are_applied() {
     support::delete_namespace(&client, &ns).await;
 }
 
+fn widget_crd(group: &str, served: bool) -> serde_json::Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": format!("widgets.{group}")},
+    "spec": {"group": group, "scope": "Namespaced",
+        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+        "versions": [{"name": "v1", "served": served, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object",
+                "x-kubernetes-preserve-unknown-fields": true}}}]}})
+}
+
+type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// Serves version v1 of the Widget CRD of `group`, as a CRD's author turning it on
+/// (or as the apiserver getting around to serving a CRD it just established).
+async fn serve_widgets(crds: &Api<Crd>, group: &str) {
+    let patch = json!([{"op": "replace", "path": "/spec/versions/0/served", "value": true}]);
+    crds.patch(
+        &format!("widgets.{group}"),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Json::<()>(serde_json::from_value(patch).unwrap()),
+    )
+    .await
+    .unwrap();
+}
+
+/// The apiserver marks a CRD Established a moment before discovery serves its
+/// group, and a sync that asks in that moment used to fail with "the cluster does
+/// not serve kind". The test holds that moment open on purpose rather than hoping
+/// to hit it: the CRD's only version is not served when the agent asks for the
+/// Widget kind, and is turned on only once the sync has been waiting for half a
+/// second. The agent must wait for the kind (bounded, with backoff) and converge,
+/// both when the CRD is in the same bundle and when this agent applied it in an
+/// earlier one, and the report must say that it waited.
+#[tokio::test]
+async fn custom_resources_wait_for_discovery_to_serve_the_kind_of_a_crd_just_applied() {
+    let cluster = cluster_for("crdrace");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("crdrace");
+    support::create_namespace(&client, &ns).await;
+    let crds: Api<Crd> = Api::all(client.clone());
+    let applier = applier(&client);
+    for same_bundle in [true, false] {
+        let group = format!(
+            "{}.{ns}.example.com",
+            if same_bundle { "same" } else { "earlier" }
+        );
+        let widget = object(
+            json!({"apiVersion": format!("{group}/v1"), "kind": "Widget",
+            "metadata": {"name": "w1", "namespace": ns}, "spec": {"size": 3}}),
+        );
+        let crd = object(widget_crd(&group, false));
+        let objects = if same_bundle {
+            vec![widget, crd]
+        } else {
+            let report = applier
+                .sync(&bundle(&format!("{ns}-crd"), 1, vec![crd], None))
+                .await;
+            assert!(report.succeeded(), "{:?}", report.outcome);
+            vec![widget]
+        };
+        let b = bundle(&format!("{ns}-{group}"), 1, objects, None);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let sync = async {
+            let report = applier.sync(&b).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            report
+        };
+        // Anything still running after half a second is waiting for the kind: the
+        // rest of the sync is a CRD and one custom resource. Before the fix it had
+        // long failed by then.
+        let serve = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let ended_early = done.load(std::sync::atomic::Ordering::SeqCst);
+            if !ended_early {
+                serve_widgets(&crds, &group).await;
+            }
+            ended_early
+        };
+        let (report, ended_early) =
+            tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(sync, serve) })
+                .await
+                .unwrap();
+        assert!(
+            !ended_early,
+            "same bundle {same_bundle}: the sync ended before the kind was served: {:?}",
+            report.outcome
+        );
+        assert!(
+            report.succeeded(),
+            "same bundle {same_bundle}: {:?}",
+            report.outcome
+        );
+        assert_eq!(report.resource("w1").unwrap().action, Action::Created);
+        let waited: Vec<String> = report
+            .kind_waits
+            .iter()
+            .map(|(gvk, _)| format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind))
+            .collect();
+        assert_eq!(waited, [format!("{group}/v1/Widget")]);
+        assert!(report.kind_waits[0].1 >= Duration::from_millis(400));
+        let status = report.to_status(
+            flotilla_common::model::Timestamp::from_system_time(std::time::SystemTime::now()),
+            Vec::new(),
+        );
+        assert!(
+            status
+                .events
+                .iter()
+                .any(|e| e.reason == "KindServed"
+                    && e.message.contains(&format!("{group}/v1/Widget"))),
+            "{:?}",
+            status.events
+        );
+        let _ = crds
+            .delete(&format!("widgets.{group}"), &Default::default())
+            .await;
+    }
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// A kind that a CRD provides is waited for only so long: a CRD whose version
+/// never becomes served fails the sync after `kind_wait`, and the error says that
+/// Flotilla waited and for what.
+#[tokio::test]
+async fn a_kind_that_is_never_served_fails_after_the_bounded_wait() {
+    let cluster = cluster_for("crdnever");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("crdnever");
+    support::create_namespace(&client, &ns).await;
+    let group = format!("{ns}.example.com");
+    let applier = apply::Applier::new(
+        client.clone(),
+        "test",
+        flotilla_agent::store::Store::temporary().unwrap(),
+        apply::Options {
+            kind_wait: Duration::from_secs(2),
+            ..Default::default()
+        },
+    );
+    let objects = vec![
+        object(
+            json!({"apiVersion": format!("{group}/v1"), "kind": "Widget",
+            "metadata": {"name": "w1", "namespace": ns}}),
+        ),
+        object(widget_crd(&group, false)),
+    ];
+    let started = Instant::now();
+    let report = applier
+        .sync(&bundle(&format!("{ns}-app"), 1, objects, None))
+        .await;
+    let took = started.elapsed();
+    let Outcome::Failed { message, .. } = &report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    assert!(
+        message.contains("does not serve kind") && message.contains("waited"),
+        "{message}"
+    );
+    // One wait, not one for the live listing and another for the apply.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    let crds: Api<Crd> = Api::all(client.clone());
+    let _ = crds
+        .delete(&format!("widgets.{group}"), &Default::default())
+        .await;
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// A kind that no CRD or APIService in the bundle (or recently applied) provides
+/// fails at once with the clear error, not after the wait for a provider.
+#[tokio::test]
+async fn a_kind_nothing_provides_fails_at_once() {
+    let cluster = cluster_for("nokind");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("nokind");
+    support::create_namespace(&client, &ns).await;
+    let objects = vec![object(
+        json!({"apiVersion": format!("{ns}.example.com/v1"), "kind": "Gadget",
+            "metadata": {"name": "g1", "namespace": ns}}),
+    )];
+    let started = Instant::now();
+    let report = applier(&client)
+        .sync(&bundle(&format!("{ns}-app"), 1, objects, None))
+        .await;
+    let took = started.elapsed();
+    assert!(!report.succeeded());
+    let Outcome::Failed { message, .. } = &report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    assert!(message.contains("does not serve kind"), "{message}");
+    assert!(!message.contains("waited"), "{message}");
+    assert!(report.kind_waits.is_empty());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// A hook never replaces or deletes a same-named object it does not own: not one
+/// Flotilla did not create, and not another app's. The hook fails, saying why, and
+/// the object is untouched (same uid, same data), whatever the delete policy says.
+#[tokio::test]
+async fn a_hook_never_replaces_or_deletes_an_object_it_does_not_own() {
+    let cluster = cluster_for("hookowner");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("hookowner");
+    support::create_namespace(&client, &ns).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let other = apply::app_label(&flotilla_common::model::AppRef::new("default", "other"));
+    for (name, labels) in [
+        ("unmanaged", json!({})),
+        ("others", json!({ apply::APP_LABEL: other })),
+    ] {
+        let theirs: ConfigMap =
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "data": {"owner": "someone else"}}))
+            .unwrap();
+        let created = maps.create(&PostParams::default(), &theirs).await.unwrap();
+        for policy in [
+            "BeforeHookCreation",
+            "HookFailed",
+            "HookSucceeded,HookFailed",
+        ] {
+            let hook = object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns, "annotations": {
+                    "argocd.argoproj.io/hook": "PreSync",
+                    "argocd.argoproj.io/hook-delete-policy": policy}},
+                "data": {"owner": "the hook"}}));
+            let report = applier(&client)
+                .sync(&bundle(
+                    &format!("{ns}-app"),
+                    1,
+                    vec![hook, config_map(&ns, "app-config")],
+                    None,
+                ))
+                .await;
+            let Outcome::Failed { message, .. } = &report.outcome else {
+                panic!("{name}/{policy}: {:?}", report.outcome)
+            };
+            assert!(message.contains("already managed by app"), "{message}");
+            let after = maps.get(name).await.unwrap();
+            assert_eq!(after.metadata.uid, created.metadata.uid, "{name}/{policy}");
+            assert_eq!(
+                after.data.unwrap().get("owner").map(String::as_str),
+                Some("someone else"),
+                "{name}/{policy}"
+            );
+            // Nothing of the Sync phase ran after the refused hook.
+            assert!(maps.get_opt("app-config").await.unwrap().is_none());
+        }
+    }
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// The hub decides from its facts (or a rendered CRD) whether a kind is namespaced
+/// when it checks the project; the agent decides from the cluster's discovery. A
+/// cluster-scoped object placed in a namespace (a ClusterRoleBinding made to look
+/// namespaced, to pass a project that allows only a namespace) is refused before
+/// anything is applied, and nothing is created.
+#[tokio::test]
+async fn a_cluster_scoped_object_the_hub_thought_namespaced_is_refused() {
+    let cluster = cluster_for("scope");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("scope");
+    support::create_namespace(&client, &ns).await;
+    let name = format!("{ns}-take-over");
+    let binding = object(json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]}));
+    let b = bundle(
+        &format!("{ns}-app"),
+        1,
+        vec![config_map(&ns, "a"), binding],
+        None,
+    );
+    let applier = applier(&client);
+    let refused = applier.check_scopes(&b).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("cluster-scoped") && refused.to_string().contains(&ns),
+        "{refused}"
+    );
+    // Applied anyway (an engine that skipped the check), the object still fails.
+    let report = applier.sync(&b).await;
+    assert!(!report.succeeded());
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    assert!(bindings.get_opt(&name).await.unwrap().is_none());
+    support::delete_namespace(&client, &ns).await;
+}
+
 /// An agent killed in the middle of a sync (the sync future dropped after its
 /// PreSync hook ran) and restarted with the same store converges: the hook does
 /// not run twice and nothing that should stay is pruned.

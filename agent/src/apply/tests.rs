@@ -129,6 +129,7 @@ fn report(outcome: super::Outcome, dry_run: bool) -> super::SyncReport {
         kept: vec![(resource("ConfigMap", "pinned"), "Prune=false".into())],
         writes: 2,
         waves: Vec::new(),
+        kind_waits: Vec::new(),
         warnings: Vec::new(),
         started_at: flotilla_common::model::Timestamp(7),
         duration: std::time::Duration::from_millis(1500),

@@ -23,13 +23,20 @@ pub fn cluster_for(key: &str) -> LocalCluster {
     fleet[index].clone()
 }
 
-/// A name no other test run uses.
+/// A name no other test, and no other run of this one, uses: the process id, a
+/// counter for names taken in this process, and the clock for runs that reuse a pid.
 pub fn unique(prefix: &str) -> String {
+    static TAKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let count = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    format!("{prefix}-{:x}-{:x}", std::process::id(), nanos % 0xfffff)
+    format!(
+        "{prefix}-{:x}-{count:x}-{:x}",
+        std::process::id(),
+        nanos % 0xffff
+    )
 }
 
 pub fn applier(client: &kube::Client) -> Applier {
@@ -41,6 +48,7 @@ pub fn applier(client: &kube::Client) -> Applier {
             wave_timeout: Duration::from_secs(60),
             hook_timeout: Duration::from_secs(60),
             parallelism: 16,
+            ..Default::default()
         },
     )
 }
@@ -182,14 +190,17 @@ where
     }
 }
 
+/// A `kubectl` command against `cluster` as its admin: the kubectl that
+/// `tests/build-k8s` built at the clusters' version, never the machine's own.
+pub fn kubectl_command(cluster: &LocalCluster) -> std::process::Command {
+    let mut command = std::process::Command::new(flotilla_tests::tool("kubectl").unwrap());
+    command.arg("--kubeconfig").arg(cluster.kubeconfig_path());
+    command
+}
+
 /// Runs `kubectl` against `cluster` as its admin, as a user editing it by hand.
 pub fn kubectl(cluster: &LocalCluster, args: &[&str]) {
-    let out = std::process::Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap();
+    let out = kubectl_command(cluster).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}",

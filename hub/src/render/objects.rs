@@ -131,11 +131,20 @@ pub fn describe(gvk: &Gvk, namespace: Option<&str>, name: &str) -> String {
 }
 
 /// The scope each CRD in this render declares, so its custom resources are
-/// namespaced correctly before the cluster has ever seen the CRD.
+/// namespaced correctly before the cluster has ever seen the CRD. A CRD that is
+/// never applied (`hook: Skip`) declares nothing, and no CRD overrides what the
+/// cluster's own facts say (see [`is_namespaced`]); the agent checks scopes again
+/// against live discovery.
 fn crd_scopes(manifests: &[Value]) -> Vec<(String, String, bool)> {
     manifests
         .iter()
         .filter(|m| m.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
+        .filter(|m| {
+            m.pointer("/metadata/annotations")
+                .and_then(|a| a.get(HOOK))
+                .and_then(Value::as_str)
+                .is_none_or(|hooks| !hooks.split(',').any(|h| h.trim() == "Skip"))
+        })
         .filter_map(|m| {
             let spec = m.get("spec")?;
             Some((
@@ -147,13 +156,12 @@ fn crd_scopes(manifests: &[Value]) -> Vec<(String, String, bool)> {
         .collect()
 }
 
+/// Whether `gvk` is namespaced: as the cluster's facts say, then as a CRD of the
+/// render says (a kind the cluster does not serve yet, outside Kubernetes' own
+/// groups), then by the built-in list.
+/// The cluster comes first, so a rendered CRD cannot make a ClusterRoleBinding look
+/// namespaced and pass a project that allows only namespaces.
 fn is_namespaced(gvk: &Gvk, facts: Option<&ClusterFacts>, crds: &[(String, String, bool)]) -> bool {
-    if let Some((_, _, namespaced)) = crds
-        .iter()
-        .find(|(g, k, _)| *g == gvk.group && *k == gvk.kind)
-    {
-        return *namespaced;
-    }
     let group_version = if gvk.group.is_empty() {
         gvk.version.clone()
     } else {
@@ -165,6 +173,17 @@ fn is_namespaced(gvk: &Gvk, facts: Option<&ClusterFacts>, crds: &[(String, Strin
             .find(|r| r.kind == gvk.kind && r.group_version == group_version)
     }) {
         return resource.namespaced;
+    }
+    // Kubernetes' own groups (no dot, or under k8s.io) are not a CRD's to
+    // redefine: the built-in list decides, whatever a rendered CRD claims.
+    let kubernetes_group =
+        !gvk.group.contains('.') || gvk.group == "k8s.io" || gvk.group.ends_with(".k8s.io");
+    if !kubernetes_group
+        && let Some((_, _, namespaced)) = crds
+            .iter()
+            .find(|(g, k, _)| *g == gvk.group && *k == gvk.kind)
+    {
+        return *namespaced;
     }
     !CLUSTER_SCOPED.contains(&gvk.kind.as_str())
 }

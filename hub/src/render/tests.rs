@@ -69,3 +69,87 @@ fn a_directory_app_at_the_repo_root_is_affected_by_every_change() {
         &changed(&["x/y.yaml"])
     ));
 }
+
+fn crd(group: &str, kind: &str, scope: &str, hook: Option<&str>) -> serde_json::Value {
+    let mut crd = serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{}s.{group}", kind.to_lowercase())},
+        "spec": {"group": group, "scope": scope,
+            "names": {"kind": kind, "plural": format!("{}s", kind.to_lowercase())}}
+    });
+    if let Some(hook) = hook {
+        crd["metadata"]["annotations"] = serde_json::json!({ objects::HOOK: hook });
+    }
+    crd
+}
+
+fn binding() -> serde_json::Value {
+    serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "take-over"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "shop"}]})
+}
+
+fn namespace_of(objects: &[flotilla_common::bundle::Object], kind: &str) -> Option<String> {
+    objects
+        .iter()
+        .find(|o| o.gvk.kind == kind)
+        .and_then(|o| o.namespace.clone())
+}
+
+#[test]
+fn a_rendered_crd_cannot_make_a_cluster_scoped_kubernetes_kind_look_namespaced() {
+    for hook in [None, Some("Skip")] {
+        let manifests = vec![
+            crd(
+                "rbac.authorization.k8s.io",
+                "ClusterRoleBinding",
+                "Namespaced",
+                hook,
+            ),
+            binding(),
+        ];
+        let objects = objects::to_objects(manifests, Some("shop"), None).unwrap();
+        assert_eq!(
+            namespace_of(&objects, "ClusterRoleBinding"),
+            None,
+            "{hook:?}"
+        );
+    }
+}
+
+#[test]
+fn the_clusters_facts_decide_scope_before_any_rendered_crd() {
+    let facts = flotilla_common::model::ClusterFacts {
+        api_resources: vec![flotilla_common::model::ApiResource {
+            group_version: "example.com/v1".into(),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+            namespaced: false,
+        }],
+        ..Default::default()
+    };
+    let widget = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "w"}});
+    let manifests = vec![
+        crd("example.com", "Widget", "Namespaced", None),
+        widget.clone(),
+    ];
+    let objects = objects::to_objects(manifests, Some("shop"), Some(&facts)).unwrap();
+    assert_eq!(namespace_of(&objects, "Widget"), None);
+
+    // A CRD the cluster has not seen yet decides for its own kind, unless it is
+    // never applied.
+    let manifests = vec![
+        crd("example.com", "Widget", "Namespaced", None),
+        widget.clone(),
+    ];
+    let objects = objects::to_objects(manifests, Some("shop"), None).unwrap();
+    assert_eq!(namespace_of(&objects, "Widget").as_deref(), Some("shop"));
+    let manifests = vec![
+        crd("example.com", "Widget", "Cluster", Some("Skip")),
+        widget,
+    ];
+    let objects = objects::to_objects(manifests, Some("shop"), None).unwrap();
+    assert_eq!(namespace_of(&objects, "Widget").as_deref(), Some("shop"));
+}
