@@ -16,6 +16,7 @@ use serde_json::Value;
 pub use appset::ApplicationSet;
 pub use project::{AppProject, Violation};
 
+pub mod adoption;
 pub mod appset;
 
 pub mod project;

@@ -4,9 +4,12 @@
 //! did not change anything the app renders, renders it for every registered cluster
 //! its destination names, and stores a new signed bundle generation where the
 //! desired state changed. Applications and AppProjects an app renders (app of apps)
-//! are adopted by the hub instead of being sent to a cluster; a child that
-//! disappears is deleted, and with Argo CD's resources finalizer its objects are
+//! are adopted by the hub instead of being sent to a cluster, within the rules of
+//! [`crate::app::adoption`] (a refused child is a condition on the parent); a child
+//! that disappears is deleted, and with Argo CD's resources finalizer its objects are
 //! pruned too. A failed render is recorded on the app and keeps its last good bundle.
+//! Every bundle signed again (re-issued, rolled back) is first checked against the
+//! app's project as it is now ([`recheck_bundle`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use flotilla_common::model::{AppRef, Timestamp};
 use flotilla_common::signing::BundleSigner;
 use tracing::{Instrument as _, info, info_span, warn};
 
+use crate::app::adoption::{self, Refusal};
 use crate::app::appset::{ClusterParams, GeneratorInput};
 use crate::app::project::{self, Violation};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
@@ -52,6 +56,14 @@ pub enum Error {
         "application {app} takes its chart from a Helm repository; sync --revision needs a Git source"
     )]
     RevisionUnsupported { app: String },
+    /// A bundle to be signed again no longer passes the app's AppProject as it is
+    /// now; it was not signed.
+    #[error("application {app}: the project no longer permits this bundle: {violation}")]
+    Refused {
+        app: String,
+        #[source]
+        violation: Violation,
+    },
     /// The fetch task died.
     #[error("the fetch of {url} did not complete")]
     Join {
@@ -85,9 +97,45 @@ pub enum Outcome {
     },
     /// The app was adopted from, or deleted with, its parent.
     Adopted,
+    /// The parent rendered this Argo CD object and the hub refused to adopt it;
+    /// the reason is a condition on the parent.
+    Refused {
+        reason: String,
+    },
     Deleted {
         pruned: bool,
     },
+}
+
+/// What a render does with the Argo CD objects it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Children {
+    /// Adopt them, and delete the children no longer rendered.
+    Adopt,
+    /// Leave every child as it is: the render is not of the app's target.
+    Leave,
+}
+
+/// Checks a stored bundle about to be signed again (re-issued, or rolled back to)
+/// against the app's AppProject as it is now, and makes it carry the current rules.
+/// A bundle the project no longer permits is [`Error::Refused`]: a narrowed
+/// project reaches every bundle signed after it changed.
+pub fn recheck_bundle(store: &Store, app: &Application, bundle: &mut Bundle) -> Result<()> {
+    let refused = |violation| Error::Refused {
+        app: bundle.app.to_string(),
+        violation,
+    };
+    let project = match store.project(&app.spec.project)? {
+        Some(project) => project,
+        None if app.spec.project == "default" => project::built_in_default(),
+        None => {
+            return Err(refused(Violation::NoSuchProject {
+                project: app.spec.project.clone(),
+            }));
+        }
+    };
+    bundle.project = project.permits_bundle(app, bundle).map_err(refused)?;
+    Ok(())
 }
 
 /// Drives refreshes against one store.
@@ -174,7 +222,7 @@ impl Refresher {
                     let name = format!("{}/{}", record.project(), record.name());
                     let span = info_span!("app", app = %name);
                     let outcome = self
-                        .refresh_app(&repo, record, now)
+                        .refresh_app(&repo, record, Children::Adopt, now)
                         .instrument(span)
                         .await?;
                     outcomes.extend(
@@ -216,12 +264,29 @@ impl Refresher {
             if previous.not_after >= due {
                 continue;
             }
-            let redated = Bundle {
+            let mut redated = Bundle {
                 generation: generation + 1,
                 created_at: Timestamp::from_system_time(now),
                 not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
                 ..previous
             };
+            let Some(record) = self.store.app(project, name)? else {
+                continue;
+            };
+            match recheck_bundle(&self.store, &record.application, &mut redated) {
+                Ok(()) => {}
+                Err(Error::Refused { violation, .. }) => {
+                    // The old bundle runs out as it would have; nothing signs it
+                    // again under rules the project has dropped.
+                    let error = format!(
+                        "cluster {}: not re-issuing generation {generation}: {violation}",
+                        cluster.name
+                    );
+                    self.fail_project(record, error).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let bytes = self.seal(&redated)?;
             info!(cluster = %cluster.name, app = %format!("{project}/{name}"), generation = redated.generation, "re-issuing a bundle past half its life");
             self.store
@@ -272,7 +337,9 @@ impl Refresher {
             }
             // Render even when the commit is the one rendered last.
             record.rendered_commit = None;
-            let outcomes = self.refresh_app(&repo, record, now).await?;
+            let outcomes = self
+                .refresh_app(&repo, record, Children::Leave, now)
+                .await?;
             if let Some(mut stored) = self.store.app(project, name)? {
                 stored.application = original;
                 self.store.put_app(&stored).await?;
@@ -290,6 +357,7 @@ impl Refresher {
         &self,
         repo: &Repo,
         mut record: AppRecord,
+        children_policy: Children,
         now: SystemTime,
     ) -> Result<Vec<(String, Outcome)>> {
         let app = record.application.clone();
@@ -401,6 +469,16 @@ impl Refresher {
             children.get_or_insert(found);
             checked.push((cluster, objects));
         }
+        // A render of another revision than the app's own (sync --revision) is not
+        // what was reviewed: it never adopts nor deletes children.
+        if children_policy == Children::Leave {
+            if children.as_ref().is_some_and(|found| !found.is_empty()) {
+                info!(
+                    "children rendered at a revision other than the target are neither adopted nor deleted"
+                );
+            }
+            children = None;
+        }
         // ApplicationSets are expanded once, and before anything is stored, so a
         // failing generator leaves every cluster's bundle as it was.
         let children = match children.map(|found| self.expand_sets(found)).transpose() {
@@ -416,7 +494,9 @@ impl Refresher {
             }
         }
         if let Some(children) = children {
-            outcomes.extend(self.adopt(&record, children, now).await?);
+            let (adopted, refused) = self.adopt(&record, children, now).await?;
+            outcomes.extend(adopted);
+            record.refused_children = refused;
         }
 
         record.rendered_commit = Some(commit.to_string());
@@ -515,54 +595,120 @@ impl Refresher {
         Ok(Some(bundle.generation))
     }
 
-    /// Adopts the Applications and AppProjects a parent rendered, and deletes the
-    /// children it no longer renders.
+    /// Adopts the Applications and AppProjects a parent rendered that the rules of
+    /// [`adoption`] allow, and deletes the children it no longer renders. Returns
+    /// what became of each child and the children refused, which stay on the
+    /// parent as conditions. A refused child that was adopted before is kept as it
+    /// was: losing a permission never cascades into deleting what it deployed.
     async fn adopt(
         &self,
         parent: &AppRecord,
         children: Vec<ArgoObject>,
         now: SystemTime,
-    ) -> Result<Vec<(String, Outcome)>> {
+    ) -> Result<(Vec<(String, Outcome)>, Vec<Refusal>)> {
         let origin = AppOrigin::Parent {
             project: parent.project(),
             name: parent.name(),
         };
+        let parent_project = parent.project();
         let mut outcomes = Vec::new();
+        let mut refused = Vec::new();
         let mut kept = BTreeSet::new();
-        for child in children {
-            match child {
-                ArgoObject::Project(project) => self.store.put_project(&project).await?,
-                // Expanded before adoption.
-                ArgoObject::Set(_) => {}
-                ArgoObject::Application(app) => {
-                    let key = (app.spec.project.clone(), app.metadata.name.clone());
-                    kept.insert(key.clone());
-                    let existing = self.store.app(&key.0, &key.1)?;
-                    let record = match existing {
-                        Some(mut r) if r.origin == origin => {
-                            if r.application == *app {
-                                continue;
-                            }
-                            r.application = *app;
-                            r.rendered_commit = None;
-                            r
-                        }
-                        Some(_) => {
-                            warn!(child = %format!("{}/{}", key.0, key.1), "an app of that name already exists and is not this parent's; not adopted");
-                            continue;
-                        }
-                        None => AppRecord::new(*app, origin.clone()),
-                    };
-                    self.store.put_app(&record).await?;
-                    self.event(
-                        &record,
-                        "adopted",
-                        &format!("from {}/{}", parent.project(), parent.name()),
-                    )
-                    .await?;
-                    outcomes.push((format!("{}/{}", key.0, key.1), Outcome::Adopted));
+        // Projects first, so a child Application may name a project adopted in the
+        // same render.
+        let (projects, apps): (Vec<_>, Vec<_>) = children
+            .into_iter()
+            .partition(|c| matches!(c, ArgoObject::Project(_)));
+        for child in projects {
+            let ArgoObject::Project(project) = child else {
+                continue;
+            };
+            let exists_elsewhere = self.store.project(project.name())?.is_some()
+                && self.store.project_origin(project.name())?.as_ref() != Some(&origin);
+            let checked = adoption::check_child_project(
+                &parent_project,
+                self.store.project(&parent_project)?.as_ref(),
+                &project,
+                exists_elsewhere,
+            );
+            match checked {
+                Ok(()) => {
+                    if self.store.project(project.name())?.as_ref() != Some(&*project) {
+                        self.store.put_adopted_project(&project, &origin).await?;
+                        info!(project = %project.name(), "adopted an AppProject");
+                    }
+                }
+                Err(refusal) => {
+                    warn!(%refusal, "a rendered AppProject was refused");
+                    outcomes.push((
+                        format!("project/{}", project.name()),
+                        Outcome::Refused {
+                            reason: refusal.to_string(),
+                        },
+                    ));
+                    refused.push(refusal);
                 }
             }
+        }
+        for child in apps {
+            let (app, from_set) = match child {
+                ArgoObject::Application(app) => (app, None),
+                ArgoObject::Generated { set, app } => (app, Some(set)),
+                // Expanded before adoption; projects were handled above.
+                ArgoObject::Set(_) | ArgoObject::Project(_) => continue,
+            };
+            let key = (app.spec.project.clone(), app.metadata.name.clone());
+            let child_name = match &from_set {
+                None => format!("Application {}/{}", key.0, key.1),
+                Some(set) => format!(
+                    "Application {}/{} (generated by ApplicationSet {set})",
+                    key.0, key.1
+                ),
+            };
+            let existing = self.store.app(&key.0, &key.1)?;
+            let target = self.store.project(&key.0)?;
+            let checked =
+                adoption::check_child_app(&parent_project, &app, target.as_ref(), &child_name)
+                    .and_then(|()| match &existing {
+                        Some(r) if r.origin != origin => Err(Refusal::NotOwnedApp {
+                            child: child_name.clone(),
+                        }),
+                        _ => Ok(()),
+                    });
+            if let Err(refusal) = checked {
+                warn!(%refusal, "a rendered Application was refused");
+                if existing.as_ref().is_some_and(|r| r.origin == origin) {
+                    kept.insert(key.clone());
+                }
+                outcomes.push((
+                    format!("{}/{}", key.0, key.1),
+                    Outcome::Refused {
+                        reason: refusal.to_string(),
+                    },
+                ));
+                refused.push(refusal);
+                continue;
+            }
+            kept.insert(key.clone());
+            let record = match existing {
+                Some(mut r) => {
+                    if r.application == *app {
+                        continue;
+                    }
+                    r.application = *app;
+                    r.rendered_commit = None;
+                    r
+                }
+                None => AppRecord::new(*app, origin.clone()),
+            };
+            self.store.put_app(&record).await?;
+            self.event(
+                &record,
+                "adopted",
+                &format!("from {}/{}", parent.project(), parent.name()),
+            )
+            .await?;
+            outcomes.push((format!("{}/{}", key.0, key.1), Outcome::Adopted));
         }
         for gone in self
             .store
@@ -593,7 +739,7 @@ impl Refresher {
                 Outcome::Deleted { pruned },
             ));
         }
-        Ok(outcomes)
+        Ok((outcomes, refused))
     }
 
     /// Stores an empty, prune-everything bundle for every cluster the app was on, so
@@ -660,7 +806,10 @@ impl Refresher {
                 if !preserve && !app.cascades() {
                     app.metadata.finalizers.push(RESOURCES_FINALIZER.to_owned());
                 }
-                out.push(ArgoObject::Application(Box::new(app)));
+                out.push(ArgoObject::Generated {
+                    set: set.metadata.name.clone(),
+                    app: Box::new(app),
+                });
             }
         }
         Ok(out)
@@ -692,6 +841,11 @@ enum ArgoObject {
     Application(Box<Application>),
     Project(Box<AppProject>),
     Set(Box<ApplicationSet>),
+    /// An Application an ApplicationSet generated.
+    Generated {
+        set: String,
+        app: Box<Application>,
+    },
 }
 
 /// Splits Argo CD kinds (adopted by the hub) from the objects sent to the cluster.

@@ -46,8 +46,8 @@ pub struct ClusterOperation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `ComparisonError`, `InvalidSpecError`, `BundleRejected`, `SyncError` or
-    /// `ClusterDisconnected`.
+    /// `ComparisonError`, `InvalidSpecError`, `ChildRefusedError`, `BundleRejected`,
+    /// `SyncError` or `ClusterDisconnected`.
     #[serde(rename = "type")]
     pub kind: String,
     pub message: String,
@@ -102,6 +102,9 @@ pub mod condition {
     pub const SYNC_ERROR: &str = "SyncError";
     /// No agent connection is up.
     pub const CLUSTER_DISCONNECTED: &str = "ClusterDisconnected";
+    /// The app rendered an Application, ApplicationSet or AppProject the hub
+    /// refused to adopt; the message names the child and the rule.
+    pub const CHILD_REFUSED: &str = "ChildRefusedError";
 }
 
 /// Derives the state of `record`. With a `link`, connection state is the link's;
@@ -118,6 +121,13 @@ pub fn derive(store: &Store, link: Option<&Link>, record: &AppRecord) -> store::
         conditions.push(Condition {
             kind: kind.to_owned(),
             message: error.clone(),
+            cluster: None,
+        });
+    }
+    for refusal in &record.refused_children {
+        conditions.push(Condition {
+            kind: condition::CHILD_REFUSED.to_owned(),
+            message: refusal.to_string(),
             cluster: None,
         });
     }

@@ -57,6 +57,7 @@ pub const TREES: &[&str] = &[
     "api_tokens",
     "history_bundles",
     "operations",
+    "project_origins",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +317,23 @@ impl Store {
 
     pub fn project(&self, name: &str) -> Result<Option<crate::app::AppProject>> {
         self.get("projects", &Key::new().str(name))
+    }
+
+    /// Stores an AppProject an app rendered, with the app it was adopted from, so
+    /// only that app may change it later.
+    pub async fn put_adopted_project(
+        &self,
+        project: &crate::app::AppProject,
+        origin: &AppOrigin,
+    ) -> Result<()> {
+        self.put("project_origins", &Key::new().str(project.name()), origin)
+            .await?;
+        self.put_project(project).await
+    }
+
+    /// Where a stored AppProject came from: `None` for one an admin created.
+    pub fn project_origin(&self, name: &str) -> Result<Option<AppOrigin>> {
+        self.get("project_origins", &Key::new().str(name))
     }
 
     pub async fn put_cluster(&self, cluster: &ClusterRecord) -> Result<()> {

@@ -134,6 +134,13 @@ async fn hub() -> Hub {
     let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
         .await
         .unwrap();
+    // The root's project, as the quickstart's admin creates it.
+    let project = std::fs::read_to_string(repo.path().join("bootstrap/project.yaml")).unwrap();
+    let project = flotilla_hub::app::parse_manifests(&project, "bootstrap/project.yaml").unwrap();
+    let flotilla_hub::app::Manifest::AppProject(project) = &project[0] else {
+        panic!("bootstrap/project.yaml holds an AppProject")
+    };
+    store.put_project(project).await.unwrap();
     let root = std::fs::read_to_string(repo.path().join("bootstrap/root.yaml")).unwrap();
     let root = Application::from_yaml(&root, "bootstrap/root.yaml").unwrap();
     store
@@ -235,9 +242,9 @@ async fn the_root_app_brings_every_app_of_the_fleet_to_its_clusters() {
     assert!(failed.is_empty(), "{failed:?}");
 
     // The root renders only Argo CD kinds: the hub keeps them, no cluster gets them.
-    let root = hub.bundle("default", "root", "east").unwrap();
+    let root = hub.bundle("bootstrap", "root", "east").unwrap();
     assert!(root.objects.is_empty(), "{:?}", apply_order(&root));
-    assert!(hub.bundle("default", "root", "west").is_none());
+    assert!(hub.bundle("bootstrap", "root", "west").is_none());
     let project = hub
         .store
         .project("fleet")
@@ -260,7 +267,7 @@ async fn the_root_app_brings_every_app_of_the_fleet_to_its_clusters() {
         .iter()
         .map(|(name, _)| ("fleet".to_owned(), (*name).to_owned()))
         .collect();
-    expected.push(("default".to_owned(), "root".to_owned()));
+    expected.push(("bootstrap".to_owned(), "root".to_owned()));
     expected.sort();
     assert_eq!(apps, expected);
 
@@ -279,7 +286,7 @@ async fn the_root_app_brings_every_app_of_the_fleet_to_its_clusters() {
         assert_eq!(
             record.origin,
             AppOrigin::Parent {
-                project: "default".to_owned(),
+                project: "bootstrap".to_owned(),
                 name: "root".to_owned()
             },
             "{name}"

@@ -805,3 +805,188 @@ async fn an_app_waiting_for_its_cluster_renders_as_soon_as_the_cluster_registers
     let _ = config_maps.delete(&cm, &Default::default()).await;
     fleet.stop(&[]).await;
 }
+
+/// The admin's AppProject `name`, open to every repository and to the test
+/// cluster's `default` namespace, with `extra` spec lines.
+async fn create_project(fleet: &Fleet, name: &str, annotations: &str, extra: &str) {
+    let (status, body) = fleet
+        .post_text(
+            "/api/v1/projects",
+            &format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {name}, annotations: {{{annotations}}}}}\nspec:\n  sourceRepos: ['*']\n  destinations: [{{name: {cluster}, namespace: default}}]\n{extra}",
+                cluster = fleet.cluster
+            ),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status}: {body}");
+}
+
+/// Polls `project/name` until a condition of `kind` holds all of `parts`.
+async fn wait_condition(fleet: &Fleet, project: &str, name: &str, kind: &str, parts: &[&str]) {
+    let path = format!("/api/v1/applications/{project}/{name}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, app) = fleet
+            .call("GET", &path, Some(&fleet.admin), Value::Null)
+            .await;
+        assert_eq!(status, 200, "{app}");
+        let found = app["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == kind
+                    && parts
+                        .iter()
+                        .all(|p| c["message"].as_str().unwrap_or_default().contains(p))
+            });
+        if found {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} condition with {parts:?}: {app}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A parent in one team's project that renders a child Application into the
+/// `default` project (which would let the child deploy anything anywhere) is
+/// refused: the parent shows a condition naming the child and the rule, the
+/// child's ConfigMap never reaches the cluster, and the parent's permitted child
+/// is applied all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_cannot_create_a_child_outside_its_project_and_says_so() {
+    let fleet = Fleet::start().await;
+    let project = unique("team-adopt");
+    let parent = unique("ops-parent");
+    let good = format!("{parent}-good");
+    let escape = format!("{parent}-escape");
+    let repo = WorkRepo::new();
+    let child = |name: &str, child_project: &str, path: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: {child_project}\n  source: {{repoURL: 'file://{}', path: {path}, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true}}}}\n",
+            repo.path().display(),
+            fleet.cluster
+        )
+    };
+    let cm = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata: {{value: \"x\"}}\n"
+        )
+    };
+    repo.write("good/cm.yaml", &cm(&good))
+        .write("escape/cm.yaml", &cm(&escape))
+        .write("argo/good.yaml", &child(&good, &project, "good"))
+        .write("argo/escape.yaml", &child(&escape, "default", "escape"));
+    repo.commit("parent with two children");
+    create_project(&fleet, &project, "", "").await;
+    let (status, body) = fleet
+        .create_manifest(&child(&parent, &project, "argo"))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    wait_condition(
+        &fleet,
+        &project,
+        &parent,
+        "ChildRefusedError",
+        &[
+            &format!("Application default/{escape}"),
+            "in project default",
+            "flotilla.dev/parent-projects",
+        ],
+    )
+    .await;
+    until(
+        "the permitted child applied",
+        Duration::from_secs(60),
+        || async { fleet.config_map(&good).await.is_some() },
+    )
+    .await;
+    assert!(fleet.store.app("default", &escape).unwrap().is_none());
+    assert!(
+        fleet.config_map(&escape).await.is_none(),
+        "the refused child reached the cluster"
+    );
+
+    fleet.stop(&[&good]).await;
+}
+
+/// A rollback re-signs an old bundle; once the project no longer permits its
+/// objects, the rollback is refused naming the rule, nothing is stored and the
+/// cluster keeps what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_the_narrowed_project_no_longer_permits_is_refused() {
+    let fleet = Fleet::start().await;
+    let project = unique("team-narrow");
+    let name = unique("ops-narrow");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    create_project(&fleet, &project, "", "").await;
+    let manifest = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: {project}\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true}}}}\n",
+        repo.path().display(),
+        fleet.cluster
+    );
+    let (status, body) = fleet.create_manifest(&manifest).await;
+    assert_eq!(status, 201, "{body}");
+    eventually(
+        "the first sync in the history",
+        Duration::from_secs(60),
+        || fleet.store.history(&project, &name).unwrap().len() == 1,
+    )
+    .await;
+    let first = fleet.store.history(&project, &name).unwrap()[0].id;
+
+    // An admin narrows the project (the API has no update; the store is what an
+    // update would write).
+    let narrowed = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {project}}}\nspec:\n  sourceRepos: ['*']\n  destinations: [{{name: {}, namespace: default}}]\n  namespaceResourceBlacklist: [{{group: '', kind: ConfigMap}}]\n",
+        fleet.cluster
+    );
+    let manifests = flotilla_hub::app::parse_manifests(&narrowed, "narrowed").unwrap();
+    let flotilla_hub::app::Manifest::AppProject(narrowed) = &manifests[0] else {
+        panic!("a project")
+    };
+    fleet.store.put_project(narrowed).await.unwrap();
+    let latest = || {
+        fleet
+            .store
+            .latest_bundle(&project, &name, &fleet.cluster)
+            .unwrap()
+            .unwrap()
+            .0
+    };
+    let before = latest();
+
+    let (status, body) = fleet
+        .call(
+            "POST",
+            &format!("/api/v1/applications/{project}/{name}/rollback"),
+            Some(&fleet.admin),
+            json!({"id": first}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("history entry {first}"))
+            && message.contains("no longer permits")
+            && message.contains("spec.namespaceResourceBlacklist"),
+        "{body}"
+    );
+    assert_eq!(latest(), before, "a refused rollback stored a bundle");
+    let record = fleet.store.app(&project, &name).unwrap().unwrap();
+    assert!(
+        record.application.automated().is_some(),
+        "a refused rollback switched automation off"
+    );
+    assert_eq!(
+        fleet.config_map(&cm).await.unwrap().data.unwrap()["value"],
+        "one"
+    );
+
+    fleet.stop(&[&cm]).await;
+}

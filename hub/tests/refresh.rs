@@ -397,3 +397,463 @@ async fn a_bundle_past_half_its_life_is_reissued_with_the_same_objects() {
     hub.refresh().await;
     assert_eq!(hub.bundle("a").unwrap().generation, 2);
 }
+
+// App of apps across projects: what a parent may make the hub adopt.
+
+use flotilla_hub::app::AppProject;
+use flotilla_hub::app::adoption::{MANAGES_PROJECTS_ANNOTATION, PARENT_PROJECTS_ANNOTATION};
+
+/// An AppProject that permits every repo and destination, with `annotations`
+/// (a YAML flow mapping's body).
+fn open_project(name: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {name}, annotations: {{{annotations}}}}}\nspec:\n  sourceRepos: ['*']\n  destinations: [{{name: '*', namespace: '*'}}]\n"
+    )
+}
+
+fn in_project(project: &str, app: String) -> String {
+    app.replace("project: default", &format!("project: {project}"))
+}
+
+impl Hub {
+    /// Stores an AppProject as an admin creates one.
+    async fn admin_project(&self, yaml: &str) {
+        let manifests = flotilla_hub::app::parse_manifests(yaml, "project.yaml").unwrap();
+        let flotilla_hub::app::Manifest::AppProject(project) = &manifests[0] else {
+            panic!("a project")
+        };
+        self.store.put_project(project).await.unwrap();
+    }
+
+    fn project(&self, name: &str) -> Option<AppProject> {
+        self.store.project(name).unwrap()
+    }
+
+    /// The parent's conditions as the API shows them: (type, message).
+    fn conditions(&self, project: &str, app: &str) -> Vec<(String, String)> {
+        let record = self.store.app(project, app).unwrap().unwrap();
+        flotilla_hub::status::derive(&self.store, None, &record)
+            .unwrap()
+            .conditions
+            .into_iter()
+            .map(|c| (c.kind, c.message))
+            .collect()
+    }
+
+    fn refused(&self, project: &str, app: &str) -> Vec<String> {
+        self.conditions(project, app)
+            .into_iter()
+            .filter(|(kind, _)| kind == "ChildRefusedError")
+            .map(|(_, message)| message)
+            .collect()
+    }
+}
+
+fn has(messages: &[String], parts: &[&str]) -> bool {
+    messages
+        .iter()
+        .any(|m| parts.iter().all(|part| m.contains(part)))
+}
+
+/// A parent in `team-a` that renders children in `default` and in `platform`
+/// (which does not list team-a) gets a condition naming each child and the rule;
+/// neither is adopted, and its child in its own project and its own bundle are
+/// not held up by them.
+#[tokio::test]
+async fn a_child_in_another_project_is_refused_with_a_condition_and_not_adopted() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"))
+        .write(
+            "argo/mine.yaml",
+            &in_project("team-a", application("mine", &repo, "apps/a", "")),
+        )
+        .write(
+            "argo/into-default.yaml",
+            &application("into-default", &repo, "apps/a", ""),
+        )
+        .write(
+            "argo/into-platform.yaml",
+            &in_project(
+                "platform",
+                application("into-platform", &repo, "apps/a", ""),
+            ),
+        )
+        .write("argo/cm.yaml", &configmap("root-own", "1"));
+    repo.commit("root");
+    let hub = hub(&repo).await;
+    hub.admin_project(&open_project("team-a", "")).await;
+    hub.admin_project(&open_project("platform", "")).await;
+    hub.declare(&in_project(
+        "team-a",
+        application("root", &repo, "argo", ""),
+    ))
+    .await;
+
+    let outcomes = hub.refresh().await;
+    let root = outcomes
+        .iter()
+        .find(|(n, _)| n == "team-a/root")
+        .map(|(_, o)| o);
+    assert!(
+        matches!(root, Some(Outcome::Rendered { .. })),
+        "the parent's own bundle is not held up: {outcomes:?}"
+    );
+    let root_bundle = hub.store.latest_bundle("team-a", "root", "east").unwrap();
+    assert!(root_bundle.is_some(), "the parent's bundle was stored");
+    assert!(hub.store.app("team-a", "mine").unwrap().is_some());
+    assert!(
+        hub.store
+            .latest_bundle("team-a", "mine", "east")
+            .unwrap()
+            .is_some(),
+        "the permitted sibling rendered in the same refresh"
+    );
+    assert!(hub.store.app("default", "into-default").unwrap().is_none());
+    assert!(
+        hub.store
+            .app("platform", "into-platform")
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        hub.store
+            .latest_bundle("default", "into-default", "east")
+            .unwrap()
+            .is_none()
+    );
+
+    let refused = hub.refused("team-a", "root");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for (project, child) in [("default", "into-default"), ("platform", "into-platform")] {
+        assert!(
+            has(
+                &refused,
+                &[
+                    &format!("Application {project}/{child}"),
+                    &format!("in project {project}"),
+                    PARENT_PROJECTS_ANNOTATION,
+                ]
+            ),
+            "{refused:?}"
+        );
+    }
+    // The same render again keeps the conditions, and a fix clears them.
+    repo.remove("argo/into-default.yaml")
+        .remove("argo/into-platform.yaml");
+    repo.commit("only children of team-a");
+    hub.refresh().await;
+    assert!(hub.refused("team-a", "root").is_empty());
+}
+
+/// A project that lists the parent's project in `flotilla.dev/parent-projects`
+/// takes its children, and an ApplicationSet's generated apps follow the same
+/// rule: a set whose template names a project that does not allow the parent is
+/// refused, naming the set.
+#[tokio::test]
+async fn a_child_allowed_by_the_parent_projects_annotation_is_adopted_and_sets_follow_the_rule() {
+    let repo = WorkRepo::new();
+    let url = repo.path().display().to_string();
+    let set = |name: &str, project: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata: {{name: {name}}}\nspec:\n  generators: [{{list: {{elements: [{{app: {name}-gen}}]}}}}]\n  template:\n    metadata: {{name: '{{{{app}}}}'}}\n    spec:\n      project: {project}\n      source: {{repoURL: '{url}', targetRevision: main, path: apps/a}}\n      destination: {{name: east, namespace: addons}}\n"
+        )
+    };
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"))
+        .write(
+            "argo/shared.yaml",
+            &in_project("platform", application("shared", &repo, "apps/a", "")),
+        )
+        .write("argo/set-ok.yaml", &set("allowed", "platform"))
+        .write("argo/set-bad.yaml", &set("sneaky", "locked"));
+    repo.commit("root");
+    let hub = hub(&repo).await;
+    hub.admin_project(&open_project("team-a", "")).await;
+    hub.admin_project(&open_project(
+        "platform",
+        &format!("'{PARENT_PROJECTS_ANNOTATION}': 'team-b, team-a'"),
+    ))
+    .await;
+    hub.admin_project(&open_project(
+        "locked",
+        &format!("'{PARENT_PROJECTS_ANNOTATION}': 'team-b'"),
+    ))
+    .await;
+    hub.declare(&in_project(
+        "team-a",
+        application("root", &repo, "argo", ""),
+    ))
+    .await;
+
+    hub.refresh().await;
+    let shared = hub.store.app("platform", "shared").unwrap().unwrap();
+    assert_eq!(
+        shared.origin,
+        AppOrigin::Parent {
+            project: "team-a".to_owned(),
+            name: "root".to_owned()
+        }
+    );
+    assert!(
+        hub.store
+            .latest_bundle("platform", "shared", "east")
+            .unwrap()
+            .is_some()
+    );
+    assert!(hub.store.app("platform", "allowed-gen").unwrap().is_some());
+    assert!(hub.store.app("locked", "sneaky-gen").unwrap().is_none());
+    let refused = hub.refused("team-a", "root");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        has(
+            &refused,
+            &[
+                "Application locked/sneaky-gen",
+                "ApplicationSet sneaky",
+                "in project locked"
+            ]
+        ),
+        "{refused:?}"
+    );
+}
+
+/// An app whose project is not marked as managing projects cannot adopt an
+/// AppProject, least of all its own or `default`; one whose project is marked may
+/// adopt new projects, but never its own, `default`, the mark itself, or a
+/// project it did not adopt. Nothing refused changes what the hub holds.
+#[tokio::test]
+async fn rendered_appprojects_are_adopted_only_from_a_managing_project_and_never_overwrite() {
+    let repo = WorkRepo::new();
+    // A wide-open project the parents try to slip in under existing names.
+    let widened = |name: &str, annotations: &str| {
+        open_project(name, annotations).replace(
+            "destinations:",
+            "clusterResourceWhitelist: [{group: '*', kind: '*'}]\n  destinations:",
+        )
+    };
+    repo.write("team/own.yaml", &widened("team-a", ""))
+        .write("team/default.yaml", &widened("default", ""))
+        .write("team/new.yaml", &widened("fresh", ""))
+        .write(
+            "platform/own.yaml",
+            &widened(
+                "platform",
+                &format!("'{MANAGES_PROJECTS_ANNOTATION}': 'true'"),
+            ),
+        )
+        .write("platform/default.yaml", &widened("default", ""))
+        .write(
+            "platform/grant.yaml",
+            &widened(
+                "delegate",
+                &format!("'{MANAGES_PROJECTS_ANNOTATION}': 'true'"),
+            ),
+        )
+        .write("platform/team.yaml", &widened("team-a", ""))
+        .write(
+            "platform/shop.yaml",
+            &open_project("shop", &format!("'{PARENT_PROJECTS_ANNOTATION}': platform")),
+        )
+        .write(
+            "platform/shop-app.yaml",
+            &in_project("shop", application("storefront", &repo, "apps/a", "")),
+        )
+        .write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("projects");
+    let hub = hub(&repo).await;
+    hub.admin_project(&open_project("team-a", "")).await;
+    hub.admin_project(&open_project(
+        "platform",
+        &format!("'{MANAGES_PROJECTS_ANNOTATION}': 'true'"),
+    ))
+    .await;
+    let team_before = hub.project("team-a").unwrap();
+    let platform_before = hub.project("platform").unwrap();
+    hub.declare(&in_project(
+        "team-a",
+        application("team-root", &repo, "team", ""),
+    ))
+    .await;
+    hub.declare(&in_project(
+        "platform",
+        application("platform-root", &repo, "platform", ""),
+    ))
+    .await;
+
+    hub.refresh().await;
+
+    let team = hub.refused("team-a", "team-root");
+    assert_eq!(team.len(), 3, "{team:?}");
+    for name in ["team-a", "default", "fresh"] {
+        assert!(
+            has(
+                &team,
+                &[
+                    &format!("AppProject {name}:"),
+                    "project team-a is not marked",
+                    MANAGES_PROJECTS_ANNOTATION
+                ]
+            ),
+            "{team:?}"
+        );
+    }
+    let platform = hub.refused("platform", "platform-root");
+    assert!(
+        has(&platform, &["AppProject platform", "parent's own project"]),
+        "{platform:?}"
+    );
+    assert!(
+        has(&platform, &["AppProject default", "default project"]),
+        "{platform:?}"
+    );
+    assert!(
+        has(
+            &platform,
+            &["AppProject delegate", "only an admin marks a project"]
+        ),
+        "{platform:?}"
+    );
+    assert!(
+        has(
+            &platform,
+            &["AppProject team-a", "was not adopted from this parent"]
+        ),
+        "{platform:?}"
+    );
+    assert_eq!(platform.len(), 4, "{platform:?}");
+
+    assert_eq!(hub.project("team-a").unwrap(), team_before);
+    assert_eq!(hub.project("platform").unwrap(), platform_before);
+    assert!(
+        hub.project("default").is_none(),
+        "the built-in default stays"
+    );
+    assert!(hub.project("fresh").is_none());
+    assert!(hub.project("delegate").is_none());
+
+    // The managing project's new project, and the app it allows there.
+    let shop = hub.project("shop").expect("adopted");
+    assert!(shop.accepts_children_from("platform"));
+    assert!(hub.store.app("shop", "storefront").unwrap().is_some());
+    assert!(
+        hub.store
+            .latest_bundle("shop", "storefront", "east")
+            .unwrap()
+            .is_some()
+    );
+
+    // Its own adopted project it may change later; a second parent may not.
+    repo.write(
+        "platform/shop.yaml",
+        &open_project(
+            "shop",
+            &format!("'{PARENT_PROJECTS_ANNOTATION}': 'platform,team-a'"),
+        ),
+    )
+    .write("other/shop.yaml", &widened("shop", ""));
+    repo.commit("shop opens to team-a; another parent tries to take it");
+    hub.declare(&in_project(
+        "platform",
+        application("other-root", &repo, "other", ""),
+    ))
+    .await;
+    hub.refresh().await;
+    let shop = hub.project("shop").unwrap();
+    assert!(shop.accepts_children_from("team-a"));
+    assert!(shop.spec.cluster_resource_whitelist.is_empty());
+    assert!(
+        has(
+            &hub.refused("platform", "other-root"),
+            &["AppProject shop", "was not adopted from this parent"]
+        ),
+        "{:?}",
+        hub.refused("platform", "other-root")
+    );
+}
+
+/// `sync --revision` renders the parent at another commit, which nobody reviewed
+/// as the target: the children found there are neither adopted nor deleted.
+#[tokio::test]
+async fn rendering_a_parent_at_another_revision_neither_adopts_nor_deletes_children() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"))
+        .write("argo/a.yaml", &application("a", &repo, "apps/a", ""));
+    let first = repo.commit("a");
+    repo.remove("argo/a.yaml")
+        .write("argo/b.yaml", &application("b", &repo, "apps/a", ""));
+    repo.commit("b instead of a");
+
+    let hub = hub(&repo).await;
+    let mut root = application("root", &repo, "argo", "");
+    root = root.replace(
+        "  syncPolicy: {automated: {prune: true, selfHeal: true}}\n",
+        "",
+    );
+    hub.declare(&root).await;
+    hub.refresh().await;
+    assert!(hub.store.app("default", "b").unwrap().is_some());
+    assert!(hub.store.app("default", "a").unwrap().is_none());
+
+    hub.refresher
+        .render_revision("default", "root", &first, SystemTime::now())
+        .await
+        .unwrap();
+    assert!(
+        hub.store.app("default", "a").unwrap().is_none(),
+        "adopted from an unreviewed revision"
+    );
+    assert!(
+        hub.store.app("default", "b").unwrap().is_some(),
+        "deleted by a render of another revision"
+    );
+}
+
+/// A bundle past half its life is re-issued only if it still passes its project
+/// as the project is now; otherwise the app says why, and nothing is signed.
+#[tokio::test]
+async fn a_bundle_its_narrowed_project_no_longer_permits_is_not_reissued() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.admin_project(&open_project("team", "")).await;
+    hub.declare(&in_project("team", application("a", &repo, "apps/a", "")))
+        .await;
+    let five_days_ago = SystemTime::now() - Duration::from_secs(5 * 24 * 3600);
+    hub.refresher
+        .refresh_repo(&hub.url, five_days_ago)
+        .await
+        .unwrap();
+    assert_eq!(
+        hub.store
+            .latest_bundle("team", "a", "east")
+            .unwrap()
+            .unwrap()
+            .0,
+        1
+    );
+
+    hub.admin_project(&open_project("team", "").replace(
+        "destinations:",
+        "namespaceResourceBlacklist: [{group: '', kind: ConfigMap}]\n  destinations:",
+    ))
+    .await;
+    hub.refresh().await;
+    assert_eq!(
+        hub.store
+            .latest_bundle("team", "a", "east")
+            .unwrap()
+            .unwrap()
+            .0,
+        1,
+        "re-issued under rules the project dropped"
+    );
+    let conditions = hub.conditions("team", "a");
+    assert!(
+        conditions
+            .iter()
+            .any(|(kind, message)| kind == "InvalidSpecError"
+                && message.contains("not re-issuing generation 1")
+                && message.contains("spec.namespaceResourceBlacklist")),
+        "{conditions:?}"
+    );
+}

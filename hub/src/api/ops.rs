@@ -6,9 +6,10 @@
 //!   answer comes when every cluster's agent has finished, with the operation's
 //!   per-resource outcome.
 //! - `GET …/history`: RBAC `get`.
-//! - `POST …/rollback` `{id}`: RBAC `sync`. The entry's bundle is signed again
-//!   under a new generation (agents refuse an old one), automated sync is switched
-//!   off, and the new generation is synced.
+//! - `POST …/rollback` `{id}`: RBAC `sync`. The entry's bundle is checked against
+//!   the app's AppProject as it is now (409 when it no longer passes), signed again
+//!   under a new generation (agents refuse an old one) with the current project
+//!   rules, automated sync is switched off, and the new generation is synced.
 //! - `GET …/diff`: RBAC `get`; desired against live per cluster.
 //! - `POST …/refresh`: RBAC `get`; the repository is polled and every agent
 //!   compares again.
@@ -615,6 +616,18 @@ async fn rollback(
     bundle.created_at = Timestamp::from_system_time(now);
     bundle.not_after = Timestamp::from_system_time(now).saturating_add(refresh::DEFAULT_BUNDLE_TTL);
     bundle.policy.automated = None;
+    // The kept bundle passed the project as it was then; it is signed again only
+    // if it passes the project as it is now, and carries today's rules.
+    match refresh::recheck_bundle(&state.store, &record.application, &mut bundle) {
+        Ok(()) => {}
+        Err(e @ refresh::Error::Refused { .. }) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("rolling {object} back to history entry {id} on cluster {cluster}: {e}"),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
     let signed = match state.store.bundle_signer().await {
         Ok(signer) => signer.sign(&bundle),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),

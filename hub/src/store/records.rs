@@ -6,6 +6,7 @@ use std::fmt;
 use flotilla_common::model::ClusterFacts;
 use serde::{Deserialize, Serialize};
 
+use crate::app::adoption::Refusal;
 use crate::app::{Application, Destination, IN_CLUSTER_NAME, IN_CLUSTER_SERVER, SourceKind};
 use crate::source::{Credentials, RepoSpec};
 
@@ -89,6 +90,10 @@ pub struct AppRecord {
     /// source failing to render.
     #[serde(default)]
     pub project_violation: bool,
+    /// The Argo CD objects the last render of this app (as a parent) produced that
+    /// the hub refused to adopt, each with the rule it broke.
+    #[serde(default)]
+    pub refused_children: Vec<Refusal>,
 }
 
 impl AppRecord {
@@ -100,6 +105,7 @@ impl AppRecord {
             rendered_kind: None,
             render_error: None,
             project_violation: false,
+            refused_children: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! The matching itself is `flotilla_common::project`'s, the same code the agent
 //! runs on the rules a bundle carries, so hub and agent cannot disagree.
 
-use flotilla_common::bundle::Object;
+use flotilla_common::bundle::{Bundle, Object};
 use flotilla_common::project as common;
 
 use super::AppProject;
@@ -33,6 +33,27 @@ pub fn built_in_default() -> AppProject {
 impl AppProject {
     /// Checks `app` and the objects it rendered against this project.
     pub fn permits(&self, app: &Application, objects: &[Object]) -> Result<(), Violation> {
+        self.permits_from(app, &app.source().repo_url, objects)
+            .map(|_| ())
+    }
+
+    /// Checks a bundle about to be signed again (re-issued, or rolled back to)
+    /// against this project as it is now, for `app` as it is now, and returns the
+    /// rules it must carry: a bundle never outlives a narrowing of its project.
+    pub fn permits_bundle(
+        &self,
+        app: &Application,
+        bundle: &Bundle,
+    ) -> Result<common::ProjectRules, Violation> {
+        self.permits_from(app, &bundle.source.repo, &bundle.objects)
+    }
+
+    fn permits_from(
+        &self,
+        app: &Application,
+        repo: &str,
+        objects: &[Object],
+    ) -> Result<common::ProjectRules, Violation> {
         let dest = &app.spec.destination;
         if dest.name.is_none() && dest.server.is_none() {
             // An app must name where it goes; the rules never guess.
@@ -44,9 +65,9 @@ impl AppProject {
         }
         // The destination names its cluster, so the cluster the rules would
         // otherwise assume is never used.
-        self.rules(dest)
-            .permits(&app.source().repo_url, "", objects)
-            .map_err(Violation::from)
+        let rules = self.rules(dest);
+        rules.permits(repo, "", objects)?;
+        Ok(rules)
     }
 }
 
