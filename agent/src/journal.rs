@@ -25,6 +25,14 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// The store's folder could not be created or made private (mode 0700).
+    #[error("failed to make the agent store folder {path} private (mode 0700)")]
+    Private {
+        /// Its folder.
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A read, write or flush failed.
     #[error("agent store {tree}: failed {what}")]
     Db {
@@ -70,8 +78,12 @@ fn app_key(app: &AppRef) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, made private to this user first.
     pub fn open(dir: &Path) -> Result<Self> {
+        crate::store::make_private(dir).map_err(|source| Error::Private {
+            path: dir.to_owned(),
+            source,
+        })?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)

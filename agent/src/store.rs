@@ -17,6 +17,14 @@ pub enum Error {
     /// sled failed to open, read, write or flush.
     #[error("agent store failed")]
     Sled(#[from] sled::Error),
+    /// The store's folder could not be created or made private (mode 0700).
+    #[error("failed to make the agent store folder {path} private (mode 0700)")]
+    Private {
+        /// The folder.
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A stored value is not what this version writes.
     #[error("agent store holds a corrupt value for app {app}")]
     Corrupt {
@@ -83,8 +91,12 @@ fn hook_key(app: &AppRef, generation: u64, hook: &ResourceRef) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, made private to this user first.
     pub fn open(dir: &Path) -> Result<Self> {
+        make_private(dir).map_err(|source| Error::Private {
+            path: dir.to_owned(),
+            source,
+        })?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(8 << 20)
@@ -144,4 +156,16 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it readable by its owner
+/// only, whatever the umask: sled writes its files with the default mode, and the
+/// agent's folders hold what it owns in the cluster and what it applied.
+pub(crate) fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

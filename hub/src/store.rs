@@ -69,6 +69,13 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// The store's folder could not be created or made private to this user.
+    #[error("failed to make the store folder {path} private (mode 0700)")]
+    Private {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The database was written by a newer Flotilla; this one must not touch it.
     #[error(
         "the store at {path} has schema version {found}, newer than this flotilla's {supported}; \
@@ -133,8 +140,13 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`. The folder holds the signing seed and
+    /// the CA key, so it is created, or narrowed to, mode 0700 first.
     pub fn open(dir: &Path) -> Result<Self> {
+        make_private(dir).map_err(|source| Error::Private {
+            path: dir.to_owned(),
+            source,
+        })?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
@@ -448,4 +460,15 @@ fn app_key(project: &str, name: &str) -> Key {
 
 fn db(tree: &'static str, what: &'static str, source: sled::Error) -> Error {
     Error::Db { tree, what, source }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it readable by its owner
+/// only, whatever the umask: sled writes its files with the default mode.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

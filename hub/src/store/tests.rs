@@ -254,3 +254,20 @@ async fn operations_left_running_by_a_stopped_hub_are_marked_failed() {
     let west = store.operation("web", "shop", "west").unwrap().unwrap();
     assert_eq!(west.phase, "Succeeded");
 }
+
+#[test]
+fn the_store_folder_is_private_to_its_owner_even_when_it_existed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let fresh = parent.path().join("new").join("data");
+    drop(Store::open(&fresh).unwrap());
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+
+    let open = parent.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    drop(Store::open(&open).unwrap());
+    let mode = std::fs::metadata(&open).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
