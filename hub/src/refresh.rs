@@ -133,6 +133,33 @@ impl Refresher {
     pub async fn refresh_repo(&self, url: &str, now: SystemTime) -> Result<Vec<(String, Outcome)>> {
         let span = info_span!("refresh", repo = %RepoSpec::new(url).redacted_url());
         async {
+            // The project decides before anything is fetched: a repository that no
+            // app's project allows is never fetched (with the hub's stored
+            // credentials) nor rendered. Each app refused gets its violation.
+            let mut outcomes = Vec::new();
+            let mut allowed = false;
+            let mut refused = Vec::new();
+            for record in self.store.apps()? {
+                if !source::webhook::same_repository(&record.application.source().repo_url, url) {
+                    continue;
+                }
+                match self.project_permits_source(&record.application)? {
+                    Ok(()) => allowed = true,
+                    Err(violation) => refused.push((record, violation)),
+                }
+            }
+            if !allowed && !refused.is_empty() {
+                for (record, violation) in refused {
+                    let name = format!("{}/{}", record.project(), record.name());
+                    let outcome = self.fail_project(record, violation.to_string()).await?;
+                    outcomes.extend(
+                        outcome
+                            .into_iter()
+                            .map(|(n, o)| (if n.is_empty() { name.clone() } else { n }, o)),
+                    );
+                }
+                return Ok(outcomes);
+            }
             let spec = match self.store.repo(url)? {
                 Some(record) => record.spec(),
                 None => RepoSpec::new(url),
@@ -144,7 +171,6 @@ impl Refresher {
                     url: RepoSpec::new(url).redacted_url(),
                     source,
                 })??;
-            let mut outcomes = Vec::new();
             // Children adopted from a parent are refreshed in the same pass, so a
             // whole app-of-apps tree settles in one refresh.
             let mut done = BTreeSet::new();
@@ -254,6 +280,13 @@ impl Refresher {
                     app: format!("{project}/{name}"),
                 });
             }
+            if let Err(violation) = self.project_permits_source(&record.application)? {
+                let outcome = self.fail_project(record, violation.to_string()).await?;
+                return Ok(outcome
+                    .into_iter()
+                    .next()
+                    .map_or(Outcome::Adopted, |(_, o)| o));
+            }
             let url = record.application.source().repo_url.clone();
             let spec = match self.store.repo(&url)? {
                 Some(repo) => repo.spec(),
@@ -293,6 +326,16 @@ impl Refresher {
         now: SystemTime,
     ) -> Result<Vec<(String, Outcome)>> {
         let app = record.application.clone();
+
+        // The project is checked before anything is rendered: its source repos and
+        // destinations first, its resource rules on what renders.
+        let project = match self.project_of(&app)? {
+            Ok(project) => project,
+            Err(missing) => return self.fail_project(record, missing.to_string()).await,
+        };
+        if let Err(violation) = project.permits(&app, &[]) {
+            return self.fail_project(record, violation.to_string()).await;
+        }
 
         let commit = match repo.resolve(&app.source().target_revision) {
             Ok(commit) => commit,
@@ -368,17 +411,6 @@ impl Refresher {
             }
         }
 
-        let project = match self.store.project(&app.spec.project)? {
-            Some(project) => project,
-            None if app.spec.project == "default" => project::built_in_default(),
-            None => {
-                let missing = Violation::NoSuchProject {
-                    project: app.spec.project.clone(),
-                };
-                return self.fail_project(record, missing.to_string()).await;
-            }
-        };
-
         let mut outcomes = Vec::new();
         let mut generations = Vec::new();
         let mut kind = None;
@@ -437,6 +469,23 @@ impl Refresher {
         };
         outcomes.insert(0, (String::new(), outcome));
         Ok(outcomes)
+    }
+
+    /// The app's AppProject, or why there is none.
+    fn project_of(&self, app: &Application) -> Result<Result<AppProject, Violation>> {
+        Ok(match self.store.project(&app.spec.project)? {
+            Some(project) => Ok(project),
+            None if app.spec.project == "default" => Ok(project::built_in_default()),
+            None => Err(Violation::NoSuchProject {
+                project: app.spec.project.clone(),
+            }),
+        })
+    }
+
+    /// Whether the app's project allows its source repository and destination,
+    /// the checks that need nothing fetched or rendered.
+    fn project_permits_source(&self, app: &Application) -> Result<Result<(), Violation>> {
+        Ok(self.project_of(app)?.and_then(|p| p.permits(app, &[])))
     }
 
     async fn fail(&self, mut record: AppRecord, error: String) -> Result<Vec<(String, Outcome)>> {

@@ -397,3 +397,89 @@ async fn a_bundle_past_half_its_life_is_reissued_with_the_same_objects() {
     hub.refresh().await;
     assert_eq!(hub.bundle("a").unwrap().generation, 2);
 }
+
+fn locked_project(spec: &str) -> flotilla_hub::app::AppProject {
+    let text = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: locked}}\nspec:\n{spec}"
+    );
+    let parsed = flotilla_hub::app::parse_manifests(&text, "project.yaml").unwrap();
+    let flotilla_hub::app::Manifest::AppProject(project) = &parsed[0] else {
+        panic!("a project")
+    };
+    (**project).clone()
+}
+
+#[tokio::test]
+async fn a_repository_no_project_allows_is_neither_fetched_nor_rendered() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.store
+        .put_project(&locked_project(
+            "  sourceRepos: ['https://git.example/*']\n  destinations: [{name: '*', namespace: '*'}]\n",
+        ))
+        .await
+        .unwrap();
+    hub.declare(
+        &application("a", &repo, "apps/a", "").replace("project: default", "project: locked"),
+    )
+    .await;
+
+    let outcomes = hub.refresh().await;
+    let [(name, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(name, "locked/a");
+    assert!(error.contains("spec.sourceRepos"), "{error}");
+    let fetched = std::fs::read_dir(hub._dir.path().join("repos"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        fetched, 0,
+        "the repository was fetched although no project allows it"
+    );
+    let sync = hub
+        .refresher
+        .render_revision("locked", "a", "main", SystemTime::now())
+        .await
+        .unwrap();
+    assert!(matches!(sync, Outcome::Failed { .. }), "{sync:?}");
+    assert_eq!(
+        std::fs::read_dir(hub._dir.path().join("repos"))
+            .unwrap()
+            .count(),
+        0,
+        "sync --revision fetched a repository its project does not allow"
+    );
+}
+
+#[tokio::test]
+async fn a_destination_the_project_refuses_is_refused_before_rendering() {
+    let repo = WorkRepo::new();
+    // A render would fail on this file: the error must be the project's.
+    repo.write(
+        "apps/a/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n",
+    );
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.store
+        .put_project(&locked_project(
+            "  sourceRepos: ['*']\n  destinations: [{name: '*', namespace: 'only-here'}]\n",
+        ))
+        .await
+        .unwrap();
+    hub.declare(
+        &application("a", &repo, "apps/a", "").replace("project: default", "project: locked"),
+    )
+    .await;
+    let outcomes = hub.refresh().await;
+    let [(_, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert!(
+        error.contains("project locked") && !error.contains("cm.yaml"),
+        "the app was rendered before its destination was checked: {error}"
+    );
+}
