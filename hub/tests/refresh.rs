@@ -483,3 +483,54 @@ async fn a_destination_the_project_refuses_is_refused_before_rendering() {
         "the app was rendered before its destination was checked: {error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_that_stalls_fails_after_the_fetch_timeout() {
+    // As the hub's main does: fetching over https needs a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/fleet.git", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    store
+        .put_cluster(&ClusterRecord {
+            name: "east".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let app = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: a}}\nspec:\n  source: {{repoURL: '{url}', path: a, targetRevision: main}}\n  destination: {{name: east, namespace: a}}\n"
+    );
+    store
+        .put_app(&AppRecord::new(
+            Application::from_yaml(&app, "test").unwrap(),
+            AppOrigin::Store,
+        ))
+        .await
+        .unwrap();
+    let cache = RepoCache::new(dir.path().join("repos")).unwrap();
+    let refresher = Refresher::new(store, cache, Renderer::new(Tools::from_env()))
+        .await
+        .unwrap()
+        .with_fetch_timeout(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        refresher.refresh_repo(&url, SystemTime::now()),
+    )
+    .await
+    .expect("the refresh came back")
+    .unwrap_err();
+    assert!(
+        matches!(e, flotilla_hub::refresh::Error::FetchTimeout { .. }),
+        "{e:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
