@@ -558,6 +558,9 @@ impl Refresher {
         mut record: AppRecord,
         error: String,
     ) -> Result<Vec<(String, Outcome)>> {
+        // The message is stored, logged and shown by the API: a repository URL
+        // with a password in it (the app's own, or in a tool's output) loses it.
+        let error = crate::render::redact_urls(&error);
         warn!(%error, "render failed; the last good bundle stays in force");
         record.render_error = Some(error.clone());
         self.store.put_app(&record).await?;

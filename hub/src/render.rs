@@ -26,6 +26,7 @@ pub mod kustomize;
 pub mod objects;
 mod tool;
 
+pub use argument::redact_urls;
 pub use objects::sort_for_apply;
 pub use tool::{DEFAULT_TIMEOUT, Tools};
 

@@ -534,3 +534,36 @@ async fn a_fetch_that_stalls_fails_after_the_fetch_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn a_password_in_a_repo_url_never_reaches_the_stored_error() {
+    let repo = WorkRepo::new();
+    repo.commit("empty");
+    let hub = hub(&repo).await;
+    hub.store
+        .put_project(&locked_project(
+            "  sourceRepos: ['https://git.example/*']\n  destinations: [{name: '*', namespace: '*'}]\n",
+        ))
+        .await
+        .unwrap();
+    let url = "https://bob:pw-19fe@elsewhere.example/x.git";
+    let app = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: a}}\nspec:\n  project: locked\n  source: {{repoURL: '{url}', path: a, targetRevision: main}}\n  destination: {{name: east, namespace: a}}\n"
+    );
+    hub.declare(&app).await;
+    let outcomes = hub
+        .refresher
+        .refresh_repo(url, SystemTime::now())
+        .await
+        .unwrap();
+    let [(_, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert!(error.contains("spec.sourceRepos"), "{error}");
+    assert!(!error.contains("pw-19fe"), "{error}");
+    let stored = hub.store.app("locked", "a").unwrap().unwrap();
+    assert!(
+        !stored.render_error.unwrap_or_default().contains("pw-19fe"),
+        "the password was stored"
+    );
+}
