@@ -1073,3 +1073,35 @@ async fn kustomize_options_arrive_whole_and_never_as_flags() {
         assert!(matches!(e, Error::Refused { .. }), "{kustomize}: {e:?}");
     }
 }
+
+#[tokio::test]
+async fn kustomize_never_runs_plugins_exec_functions_or_helm_a_kustomization_asks_for() {
+    let (url, fetched) = counting_listener().await;
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("ran");
+    for kustomization in [
+        format!(
+            "resources: [cm.yaml]\ntransformers:\n  - |-\n    apiVersion: example.com/v1\n    kind: Evil\n    metadata:\n      name: evil\n      annotations:\n        config.kubernetes.io/function: |\n          exec:\n            path: /bin/sh\n            args: ['-c', 'touch {}']\n",
+            marker.display()
+        ),
+        format!("helmCharts:\n  - name: x\n    repo: {url}/charts\n    version: 1.0.0\n"),
+    ] {
+        let work = WorkRepo::new();
+        work.write("apps/k/kustomization.yaml", &kustomization)
+            .write(
+                "apps/k/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n",
+            );
+        work.commit("plugins");
+        let f = fixture_of(work);
+        let app = application("    repoURL: /unused\n    path: apps/k", "shop");
+        let result = f.render(&app, None).await;
+        assert!(result.is_err(), "{kustomization}: {result:?}");
+        assert!(!marker.exists(), "an exec function ran");
+    }
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "kustomize inflated a remote Helm chart"
+    );
+}
