@@ -216,6 +216,15 @@ async fn login(State(state): State<ApiState>, Json(req): Json<LoginRequest>) -> 
     }
 }
 
+/// The app's source with any password in its repoURL replaced.
+fn redacted_source(app: &Application) -> Value {
+    let mut source = serde_json::to_value(app.source()).unwrap_or(Value::Null);
+    if let Some(url) = source.get_mut("repoURL") {
+        *url = Value::String(crate::render::redact_urls(&app.source().repo_url));
+    }
+    source
+}
+
 fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
     let app = &record.application;
     let clusters: Vec<Value> = state
@@ -237,7 +246,7 @@ fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
     json!({
         "project": record.project(),
         "name": record.name(),
-        "source": app.source(),
+        "source": redacted_source(app),
         "destination": app.spec.destination,
         "automated": app.automated().is_some(),
         "origin": record.origin,
@@ -308,6 +317,22 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
         Ok(Some(_)) => return error(StatusCode::CONFLICT, format!("application {object} exists")),
         Ok(None) => {}
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    // The project decides at once: an app whose repository or destination its
+    // project does not allow is never stored, fetched or rendered. An app may
+    // name a project that is created later; until then the refresh refuses it
+    // before fetching anything.
+    let project = match state.store.project(&app.spec.project) {
+        Ok(Some(project)) => Some(project),
+        Ok(None) if app.spec.project == "default" => Some(crate::app::project::built_in_default()),
+        Ok(None) => None,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if let Some(Err(violation)) = project.map(|p| p.permits(&app, &[])) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            crate::render::redact_urls(&violation.to_string()),
+        );
     }
     let repo = app.source().repo_url.clone();
     let record = AppRecord::new(app, AppOrigin::Store);

@@ -29,6 +29,9 @@ use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
 use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, Store};
 
+/// How long one fetch may take before the refresh gives up on it.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long a signed bundle stays valid; the link re-signs what it sends later.
 pub const DEFAULT_BUNDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -64,6 +67,10 @@ pub enum Error {
         #[source]
         violation: Violation,
     },
+    /// Fetching the repository took longer than the refresher allows; other
+    /// repositories are not held up by it.
+    #[error("fetching {url} did not finish within {timeout:?}")]
+    FetchTimeout { url: String, timeout: Duration },
     /// The fetch task died.
     #[error("the fetch of {url} did not complete")]
     Join {
@@ -145,8 +152,15 @@ pub struct Refresher {
     renderer: Renderer,
     signer: BundleSigner,
     bundle_ttl: Duration,
+    fetch_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// One refresh at a time per app: refreshes of different repositories run
+    /// at once, and the next generation of an app's bundle has one writer.
+    app_locks: AppLocks,
 }
+
+type AppLocks =
+    std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
 
 impl Refresher {
     pub async fn new(store: Store, cache: RepoCache, renderer: Renderer) -> Result<Self> {
@@ -157,8 +171,58 @@ impl Refresher {
             renderer,
             signer,
             bundle_ttl: DEFAULT_BUNDLE_TTL,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             metrics: Arc::default(),
+            app_locks: AppLocks::default(),
         })
+    }
+
+    /// Waits until no other refresh holds the app, and holds it.
+    async fn lock_app(&self, project: &str, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.app_locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Locks nobody holds or waits for go, so the map stays as small as
+            // the set of apps being refreshed.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks
+                .entry((project.to_owned(), name.to_owned()))
+                .or_default()
+                .clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Gives up on a fetch after `timeout` instead of [`DEFAULT_FETCH_TIMEOUT`].
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// Fetches `url` on the blocking pool within the fetch timeout. Past it, the
+    /// fetch is told to stop and the refresh fails with [`Error::FetchTimeout`]; a
+    /// remote that stalls costs its own refresh, never another repository's.
+    async fn fetch(&self, url: &str) -> Result<Repo> {
+        let spec = match self.store.repo(url)? {
+            Some(record) => record.spec(),
+            None => RepoSpec::new(url),
+        };
+        let cache = self.cache.clone();
+        let interrupt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = interrupt.clone();
+        let task = tokio::task::spawn_blocking(move || cache.fetch_interruptible(&spec, &flag));
+        match tokio::time::timeout(self.fetch_timeout, task).await {
+            Ok(joined) => Ok(joined.map_err(|source| Error::Join {
+                url: RepoSpec::new(url).redacted_url(),
+                source,
+            })??),
+            Err(_) => {
+                interrupt.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(Error::FetchTimeout {
+                    url: RepoSpec::new(url).redacted_url(),
+                    timeout: self.fetch_timeout,
+                })
+            }
+        }
     }
 
     /// Records render durations and errors in `metrics` instead of its own.
@@ -181,18 +245,34 @@ impl Refresher {
     pub async fn refresh_repo(&self, url: &str, now: SystemTime) -> Result<Vec<(String, Outcome)>> {
         let span = info_span!("refresh", repo = %RepoSpec::new(url).redacted_url());
         async {
-            let spec = match self.store.repo(url)? {
-                Some(record) => record.spec(),
-                None => RepoSpec::new(url),
-            };
-            let cache = self.cache.clone();
-            let repo = tokio::task::spawn_blocking(move || cache.fetch(&spec))
-                .await
-                .map_err(|source| Error::Join {
-                    url: RepoSpec::new(url).redacted_url(),
-                    source,
-                })??;
+            // The project decides before anything is fetched: a repository that no
+            // app's project allows is never fetched (with the hub's stored
+            // credentials) nor rendered. Each app refused gets its violation.
             let mut outcomes = Vec::new();
+            let mut allowed = false;
+            let mut refused = Vec::new();
+            for record in self.store.apps()? {
+                if !source::webhook::same_repository(&record.application.source().repo_url, url) {
+                    continue;
+                }
+                match self.project_permits_source(&record.application)? {
+                    Ok(()) => allowed = true,
+                    Err(violation) => refused.push((record, violation)),
+                }
+            }
+            if !allowed && !refused.is_empty() {
+                for (record, violation) in refused {
+                    let name = format!("{}/{}", record.project(), record.name());
+                    let outcome = self.fail_project(record, violation.to_string()).await?;
+                    outcomes.extend(
+                        outcome
+                            .into_iter()
+                            .map(|(n, o)| (if n.is_empty() { name.clone() } else { n }, o)),
+                    );
+                }
+                return Ok(outcomes);
+            }
+            let repo = self.fetch(url).await?;
             // Children adopted from a parent are refreshed in the same pass, so a
             // whole app-of-apps tree settles in one refresh.
             let mut done = BTreeSet::new();
@@ -215,9 +295,13 @@ impl Refresher {
                     .partition(|a| a.origin == AppOrigin::Store);
                 let batch = if roots.is_empty() { children } else { roots };
                 for record in batch {
-                    if self.store.app(&record.project(), &record.name())?.is_none() {
+                    // Another refresh (another spelling of this repository, or a
+                    // sync --revision) may hold the app: wait for it, then start
+                    // from what it stored.
+                    let _app = self.lock_app(&record.project(), &record.name()).await;
+                    let Some(record) = self.store.app(&record.project(), &record.name())? else {
                         continue;
-                    }
+                    };
                     done.insert((record.project(), record.name()));
                     let name = format!("{}/{}", record.project(), record.name());
                     let span = info_span!("app", app = %name);
@@ -248,6 +332,7 @@ impl Refresher {
     /// The objects, policy and source stay as they were, so an agent applying the
     /// new generation writes nothing.
     async fn redate_expiring(&self, project: &str, name: &str, now: SystemTime) -> Result<()> {
+        let _app = self.lock_app(project, name).await;
         let due = Timestamp::from_system_time(now).saturating_add(self.bundle_ttl / 2);
         for cluster in self.store.clusters()? {
             let Some((generation, bytes)) =
@@ -309,6 +394,7 @@ impl Refresher {
     ) -> Result<Outcome> {
         let span = info_span!("render_revision", app = %format!("{project}/{name}"), %revision);
         async {
+            let _app = self.lock_app(project, name).await;
             let Some(mut record) = self.store.app(project, name)? else {
                 return Err(Error::NoSuchApp {
                     app: format!("{project}/{name}"),
@@ -319,18 +405,15 @@ impl Refresher {
                     app: format!("{project}/{name}"),
                 });
             }
+            if let Err(violation) = self.project_permits_source(&record.application)? {
+                let outcome = self.fail_project(record, violation.to_string()).await?;
+                return Ok(outcome
+                    .into_iter()
+                    .next()
+                    .map_or(Outcome::Adopted, |(_, o)| o));
+            }
             let url = record.application.source().repo_url.clone();
-            let spec = match self.store.repo(&url)? {
-                Some(repo) => repo.spec(),
-                None => RepoSpec::new(&url),
-            };
-            let cache = self.cache.clone();
-            let repo = tokio::task::spawn_blocking(move || cache.fetch(&spec))
-                .await
-                .map_err(|source| Error::Join {
-                    url: RepoSpec::new(&url).redacted_url(),
-                    source,
-                })??;
+            let repo = self.fetch(&url).await?;
             let original = record.application.clone();
             if let Some(source) = record.application.spec.source.as_mut() {
                 source.target_revision = revision.to_owned();
@@ -361,6 +444,16 @@ impl Refresher {
         now: SystemTime,
     ) -> Result<Vec<(String, Outcome)>> {
         let app = record.application.clone();
+
+        // The project is checked before anything is rendered: its source repos and
+        // destinations first, its resource rules on what renders.
+        let project = match self.project_of(&app)? {
+            Ok(project) => project,
+            Err(missing) => return self.fail_project(record, missing.to_string()).await,
+        };
+        if let Err(violation) = project.permits(&app, &[]) {
+            return self.fail_project(record, violation.to_string()).await;
+        }
 
         let commit = match repo.resolve(&app.source().target_revision) {
             Ok(commit) => commit,
@@ -436,17 +529,6 @@ impl Refresher {
             }
         }
 
-        let project = match self.store.project(&app.spec.project)? {
-            Some(project) => project,
-            None if app.spec.project == "default" => project::built_in_default(),
-            None => {
-                let missing = Violation::NoSuchProject {
-                    project: app.spec.project.clone(),
-                };
-                return self.fail_project(record, missing.to_string()).await;
-            }
-        };
-
         let mut outcomes = Vec::new();
         let mut generations = Vec::new();
         let mut kind = None;
@@ -519,6 +601,23 @@ impl Refresher {
         Ok(outcomes)
     }
 
+    /// The app's AppProject, or why there is none.
+    fn project_of(&self, app: &Application) -> Result<Result<AppProject, Violation>> {
+        Ok(match self.store.project(&app.spec.project)? {
+            Some(project) => Ok(project),
+            None if app.spec.project == "default" => Ok(project::built_in_default()),
+            None => Err(Violation::NoSuchProject {
+                project: app.spec.project.clone(),
+            }),
+        })
+    }
+
+    /// Whether the app's project allows its source repository and destination,
+    /// the checks that need nothing fetched or rendered.
+    fn project_permits_source(&self, app: &Application) -> Result<Result<(), Violation>> {
+        Ok(self.project_of(app)?.and_then(|p| p.permits(app, &[])))
+    }
+
     async fn fail(&self, mut record: AppRecord, error: String) -> Result<Vec<(String, Outcome)>> {
         record.project_violation = false;
         self.record_failure(record, error).await
@@ -539,6 +638,9 @@ impl Refresher {
         mut record: AppRecord,
         error: String,
     ) -> Result<Vec<(String, Outcome)>> {
+        // The message is stored, logged and shown by the API: a repository URL
+        // with a password in it (the app's own, or in a tool's output) loses it.
+        let error = crate::render::redact_urls(&error);
         warn!(%error, "render failed; the last good bundle stays in force");
         record.render_error = Some(error.clone());
         self.store.put_app(&record).await?;

@@ -19,12 +19,14 @@ use tokio::sync::OnceCell;
 use crate::app::{Application, Directory, SourceKind};
 use crate::source::{self, CommitId, Limits, Repo, RepoFile};
 
+mod argument;
 pub mod directory;
 pub mod helm;
 pub mod kustomize;
 pub mod objects;
 mod tool;
 
+pub use argument::redact_urls;
 pub use objects::sort_for_apply;
 pub use tool::{DEFAULT_TIMEOUT, Tools};
 
@@ -59,6 +61,14 @@ pub enum Error {
     /// A kustomization names a remote base; renders come from the commit alone.
     #[error("{file}: remote base {entry:?} is not allowed; vendor it into the repository")]
     RemoteBase { file: String, entry: String },
+    /// A field of the app cannot be handed to helm or kustomize safely: it would be
+    /// read as an option, split into more than it says, or lead out of the checkout.
+    #[error("{field} {value:?}: {reason}")]
+    Refused {
+        field: String,
+        value: String,
+        reason: String,
+    },
     /// A Helm value file or file parameter cannot be used.
     #[error("helm value file {file}: {message}")]
     ValueFile { file: String, message: String },
@@ -189,7 +199,7 @@ impl Renderer {
         }
         let (Some(repo), Some(commit)) = (repo, commit) else {
             return Err(Error::Manifest {
-                file: app.source().repo_url.clone(),
+                file: argument::redact_urls(&app.source().repo_url),
                 message: "a Git source needs a fetched repository and a commit".to_owned(),
             });
         };

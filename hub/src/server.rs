@@ -226,6 +226,9 @@ fn watched_repos(store: &Store) -> BTreeMap<String, Duration> {
     repos
 }
 
+/// How many repositories refresh at once.
+const PARALLEL_REFRESHES: usize = 4;
+
 async fn poll_loop(
     store: Store,
     refresher: Arc<Refresher>,
@@ -234,6 +237,11 @@ async fn poll_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_due: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    let mut in_flight: std::collections::HashMap<tokio::task::Id, String> =
+        std::collections::HashMap::new();
+    // Repositories that came due while they (or too many others) were refreshing.
+    let mut again: BTreeSet<String> = BTreeSet::new();
     loop {
         let now = Instant::now();
         let mut due: BTreeSet<String> = BTreeSet::new();
@@ -250,15 +258,26 @@ async fn poll_loop(
         while let Ok(url) = requests.try_recv() {
             due.insert(url);
         }
+        due.append(&mut again);
+        // Each repository refreshes in its own task, a few at once, so one that
+        // stalls (until the fetch timeout) holds up only itself. A repository
+        // already refreshing, or over the limit, waits in `again` for the next
+        // round, which the end of a refresh starts.
         for url in due {
-            match refresher.refresh_repo(&url, SystemTime::now()).await {
-                Ok(outcomes) => {
-                    info!(repo = %crate::source::RepoSpec::new(&url).redacted_url(), apps = outcomes.len(), "refreshed")
-                }
-                Err(e) => {
-                    warn!(repo = %crate::source::RepoSpec::new(&url).redacted_url(), error = %e, "refresh failed")
-                }
+            if in_flight.values().any(|u| *u == url) || in_flight.len() >= PARALLEL_REFRESHES {
+                again.insert(url);
+                continue;
             }
+            let refresher = refresher.clone();
+            let task_url = url.clone();
+            let handle = running.spawn(async move {
+                let shown = crate::source::RepoSpec::new(&task_url).redacted_url();
+                match refresher.refresh_repo(&task_url, SystemTime::now()).await {
+                    Ok(outcomes) => info!(repo = %shown, apps = outcomes.len(), "refreshed"),
+                    Err(e) => warn!(repo = %shown, error = %e, "refresh failed"),
+                }
+            });
+            in_flight.insert(handle.id(), url);
         }
         let wake = next_due
             .values()
@@ -276,6 +295,17 @@ async fn poll_loop(
             Some(cluster) = registered(&mut registrations) => {
                 info!(%cluster, "a cluster registered; refreshing every repository");
                 next_due.clear();
+            }
+            // A refresh finished: what came due meanwhile can start.
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                if let Err(e) = done {
+                    warn!(error = %e, "a refresh task failed");
+                }
+                in_flight.remove(&id);
             }
             _ = stop.wait_for(|stopped| *stopped) => return,
         }

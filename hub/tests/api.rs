@@ -1272,3 +1272,77 @@ async fn no_response_or_log_line_holds_a_password_token_or_repo_credential() {
     }
     let _ = std::io::stderr().flush();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_its_project_forbids_is_refused_at_create_and_repo_passwords_never_show() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    let locked = "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {name: locked, namespace: argocd}\nspec:\n  sourceRepos: ['https://*git.example/locked/*']\n  destinations: [{name: '*', namespace: 'locked-*'}]\n";
+    let (status, json) = hub
+        .call("POST", "/api/v1/projects", Some(&admin), locked)
+        .await;
+    assert_eq!(status, 201, "{json}");
+    let app = |name: &str, repo: &str, namespace: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: locked\n  source: {{repoURL: '{repo}', path: web, targetRevision: main}}\n  destination: {{name: east, namespace: {namespace}}}\n"
+        )
+    };
+    for (name, repo, namespace, rule) in [
+        (
+            "other-repo",
+            "https://bob:pw-77aa@git.example/other/x.git",
+            "locked-a",
+            "spec.sourceRepos",
+        ),
+        (
+            "other-ns",
+            "https://git.example/locked/x.git",
+            "kube-system",
+            "spec.destinations",
+        ),
+    ] {
+        let (status, json) = hub
+            .call(
+                "POST",
+                "/api/v1/applications",
+                Some(&admin),
+                &app(name, repo, namespace),
+            )
+            .await;
+        assert_eq!(status, 400, "{name}: {json}");
+        assert!(json.to_string().contains(rule), "{name}: {json}");
+        assert!(!json.to_string().contains("pw-77aa"), "{json}");
+        let (status, _) = hub
+            .call(
+                "GET",
+                &format!("/api/v1/applications/locked/{name}"),
+                Some(&admin),
+                "",
+            )
+            .await;
+        assert_eq!(status, 404, "{name} was stored");
+    }
+    let (status, json) = hub
+        .call(
+            "POST",
+            "/api/v1/applications",
+            Some(&admin),
+            &app(
+                "allowed",
+                "https://bob:pw-77aa@git.example/locked/x.git",
+                "locked-a",
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{json}");
+    assert!(!json.to_string().contains("pw-77aa"), "{json}");
+    let (_, listed) = hub
+        .call("GET", "/api/v1/applications", Some(&admin), "")
+        .await;
+    assert!(!listed.to_string().contains("pw-77aa"), "{listed}");
+    assert!(
+        listed.to_string().contains("git.example/locked/x.git"),
+        "{listed}"
+    );
+    hub.stop().await;
+}

@@ -857,3 +857,173 @@ async fn a_bundle_its_narrowed_project_no_longer_permits_is_not_reissued() {
         "{conditions:?}"
     );
 }
+
+fn locked_project(spec: &str) -> flotilla_hub::app::AppProject {
+    let text = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: locked}}\nspec:\n{spec}"
+    );
+    let parsed = flotilla_hub::app::parse_manifests(&text, "project.yaml").unwrap();
+    let flotilla_hub::app::Manifest::AppProject(project) = &parsed[0] else {
+        panic!("a project")
+    };
+    (**project).clone()
+}
+
+#[tokio::test]
+async fn a_repository_no_project_allows_is_neither_fetched_nor_rendered() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.store
+        .put_project(&locked_project(
+            "  sourceRepos: ['https://git.example/*']\n  destinations: [{name: '*', namespace: '*'}]\n",
+        ))
+        .await
+        .unwrap();
+    hub.declare(
+        &application("a", &repo, "apps/a", "").replace("project: default", "project: locked"),
+    )
+    .await;
+
+    let outcomes = hub.refresh().await;
+    let [(name, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(name, "locked/a");
+    assert!(error.contains("spec.sourceRepos"), "{error}");
+    let fetched = std::fs::read_dir(hub._dir.path().join("repos"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        fetched, 0,
+        "the repository was fetched although no project allows it"
+    );
+    let sync = hub
+        .refresher
+        .render_revision("locked", "a", "main", SystemTime::now())
+        .await
+        .unwrap();
+    assert!(matches!(sync, Outcome::Failed { .. }), "{sync:?}");
+    assert_eq!(
+        std::fs::read_dir(hub._dir.path().join("repos"))
+            .unwrap()
+            .count(),
+        0,
+        "sync --revision fetched a repository its project does not allow"
+    );
+}
+
+#[tokio::test]
+async fn a_destination_the_project_refuses_is_refused_before_rendering() {
+    let repo = WorkRepo::new();
+    // A render would fail on this file: the error must be the project's.
+    repo.write(
+        "apps/a/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n",
+    );
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.store
+        .put_project(&locked_project(
+            "  sourceRepos: ['*']\n  destinations: [{name: '*', namespace: 'only-here'}]\n",
+        ))
+        .await
+        .unwrap();
+    hub.declare(
+        &application("a", &repo, "apps/a", "").replace("project: default", "project: locked"),
+    )
+    .await;
+    let outcomes = hub.refresh().await;
+    let [(_, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert!(
+        error.contains("project locked") && !error.contains("cm.yaml"),
+        "the app was rendered before its destination was checked: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_that_stalls_fails_after_the_fetch_timeout() {
+    // As the hub's main does: fetching over https needs a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/fleet.git", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    store
+        .put_cluster(&ClusterRecord {
+            name: "east".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let app = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: a}}\nspec:\n  source: {{repoURL: '{url}', path: a, targetRevision: main}}\n  destination: {{name: east, namespace: a}}\n"
+    );
+    store
+        .put_app(&AppRecord::new(
+            Application::from_yaml(&app, "test").unwrap(),
+            AppOrigin::Store,
+        ))
+        .await
+        .unwrap();
+    let cache = RepoCache::new(dir.path().join("repos")).unwrap();
+    let refresher = Refresher::new(store, cache, Renderer::new(Tools::from_env()))
+        .await
+        .unwrap()
+        .with_fetch_timeout(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        refresher.refresh_repo(&url, SystemTime::now()),
+    )
+    .await
+    .expect("the refresh came back")
+    .unwrap_err();
+    assert!(
+        matches!(e, flotilla_hub::refresh::Error::FetchTimeout { .. }),
+        "{e:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_password_in_a_repo_url_never_reaches_the_stored_error() {
+    let repo = WorkRepo::new();
+    repo.commit("empty");
+    let hub = hub(&repo).await;
+    hub.store
+        .put_project(&locked_project(
+            "  sourceRepos: ['https://git.example/*']\n  destinations: [{name: '*', namespace: '*'}]\n",
+        ))
+        .await
+        .unwrap();
+    let url = "https://bob:pw-19fe@elsewhere.example/x.git";
+    let app = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: a}}\nspec:\n  project: locked\n  source: {{repoURL: '{url}', path: a, targetRevision: main}}\n  destination: {{name: east, namespace: a}}\n"
+    );
+    hub.declare(&app).await;
+    let outcomes = hub
+        .refresher
+        .refresh_repo(url, SystemTime::now())
+        .await
+        .unwrap();
+    let [(_, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert!(error.contains("spec.sourceRepos"), "{error}");
+    assert!(!error.contains("pw-19fe"), "{error}");
+    let stored = hub.store.app("locked", "a").unwrap().unwrap();
+    assert!(
+        !stored.render_error.unwrap_or_default().contains("pw-19fe"),
+        "the password was stored"
+    );
+}

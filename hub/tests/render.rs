@@ -145,7 +145,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let work = fleet();
+    fixture_of(fleet())
+}
+
+fn fixture_of(work: WorkRepo) -> Fixture {
     let (cache_dir, cache) = cache();
     let repo = cache
         .fetch(&RepoSpec::new(work.path().to_str().unwrap()))
@@ -606,4 +609,499 @@ async fn a_chart_from_a_helm_repository_renders_exactly_what_helm_template_print
         .unwrap_err();
     assert!(e.to_string().contains("9.9.9"), "{e}");
     server.abort();
+}
+
+// Hostile Applications: nothing from a manifest may reach helm's or kustomize's argv
+// as an option, be split by the tool into more than it says, or lead out of the
+// checkout.
+
+/// A chart whose output, if it were ever run as a shell script (as
+/// `--post-renderer=/bin/sh` would), creates `marker`.
+fn chart_with_a_shell_line(marker: &Path) -> WorkRepo {
+    let work = WorkRepo::new();
+    work.write(
+        "charts/evil/Chart.yaml",
+        "apiVersion: v2\nname: evil\nversion: 0.1.0\n",
+    )
+    .write(
+        "charts/evil/templates/cm.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: evil\ndata:\n  script: |\n    touch {}\n",
+            marker.display()
+        ),
+    );
+    work.commit("a chart with a shell line");
+    work
+}
+
+#[tokio::test]
+async fn helm_release_name_that_looks_like_a_flag_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("ran");
+    let f = fixture_of(chart_with_a_shell_line(&marker));
+    for release in ["--post-renderer=/bin/sh", "-h", "Shop", "a b"] {
+        let app = application(
+            &format!(
+                "    repoURL: /unused\n    path: charts/evil\n    helm:\n      releaseName: '{release}'"
+            ),
+            "shop",
+        );
+        let result = f.render(&app, None).await;
+        assert!(
+            !marker.exists(),
+            "{release}: helm ran the chart's output as a shell script"
+        );
+        let e = result.unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }), "{release}: {e:?}");
+        assert!(e.to_string().contains("releaseName"), "{e}");
+    }
+    // A good name still renders.
+    let app = application(
+        "    repoURL: /unused\n    path: charts/evil\n    helm:\n      releaseName: shop",
+        "shop",
+    );
+    assert_eq!(
+        names(&f.render(&app, None).await.unwrap()),
+        ["ConfigMap/evil"]
+    );
+    assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn helm_chart_name_that_looks_like_a_flag_is_refused_before_helm_runs() {
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("ran");
+    for chart in ["--post-renderer=/bin/sh", "-h", "../../etc", "web --devel"] {
+        let app = application(
+            &format!(
+                "    repoURL: https://127.0.0.1:9/charts\n    chart: '{chart}'\n    targetRevision: 1.0.0"
+            ),
+            "shop",
+        );
+        let e = Renderer::new(Tools::from_env())
+            .render(&app, None, None, Target::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }), "{chart}: {e:?}");
+        assert!(e.to_string().contains("spec.source.chart"), "{e}");
+    }
+    assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn helm_namespace_and_versions_cannot_carry_options() {
+    let f = fixture();
+    for helm in [
+        "namespace: '--post-renderer=/bin/sh'",
+        "kubeVersion: '--post-renderer=/bin/sh'",
+        "apiVersions: ['v1,--post-renderer=/bin/sh']",
+    ] {
+        let app = application(
+            &format!("    repoURL: /unused\n    path: charts/web\n    helm: {{{helm}}}"),
+            "shop",
+        );
+        let e = f.render(&app, None).await.unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }), "{helm}: {e:?}");
+    }
+}
+
+/// A file outside the repository, as the hub's own files are, holding a value a
+/// chart would print.
+fn hub_secret() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret.yaml");
+    std::fs::write(&file, "leak: hub-secret-6f1c\n").unwrap();
+    (dir, file)
+}
+
+/// A chart that prints `.Values.leak`.
+fn leaky_chart(work: &WorkRepo) {
+    work.write(
+        "charts/leak/Chart.yaml",
+        "apiVersion: v2\nname: leak\nversion: 0.1.0\n",
+    )
+    .write("charts/leak/values.yaml", "leak: none\n")
+    .write(
+        "charts/leak/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leak\ndata:\n  leak: {{ .Values.leak | toString | quote }}\n",
+    );
+}
+
+fn leaked(result: &Result<Vec<Object>, Error>) -> bool {
+    match result {
+        Ok(objects) => objects.iter().any(|o| {
+            o.manifest_json()
+                .unwrap()
+                .to_string()
+                .contains("hub-secret-6f1c")
+        }),
+        Err(e) => e.to_string().contains("hub-secret-6f1c"),
+    }
+}
+
+#[tokio::test]
+async fn a_helm_file_parameter_name_cannot_read_a_hub_file() {
+    let (_dir, secret) = hub_secret();
+    let work = WorkRepo::new();
+    leaky_chart(&work);
+    work.commit("leaky chart");
+    let f = fixture_of(work);
+    for name in [
+        format!("x={},y", secret.display()),
+        format!("x,leak={}", secret.display()),
+        "leak\\".to_owned(),
+    ] {
+        let app = application(
+            &format!(
+                "    repoURL: /unused\n    path: charts/leak\n    helm:\n      fileParameters: [{{name: '{name}', path: values.yaml}}]"
+            ),
+            "shop",
+        );
+        let result = f.render(&app, None).await;
+        assert!(!leaked(&result), "{name}: the hub's file was read");
+        let e = result.unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }), "{name}: {e:?}");
+        assert!(e.to_string().contains("fileParameters"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_helm_file_parameter_path_outside_the_repository_is_refused() {
+    let (_dir, secret) = hub_secret();
+    let work = WorkRepo::new();
+    leaky_chart(&work);
+    work.commit("leaky chart");
+    let f = fixture_of(work);
+    let up = "../".repeat(40);
+    for path in [
+        secret.display().to_string(),
+        format!(
+            "{up}{}",
+            secret.display().to_string().trim_start_matches('/')
+        ),
+        "https://127.0.0.1:9/secret.yaml".to_owned(),
+    ] {
+        let app = application(
+            &format!(
+                "    repoURL: /unused\n    path: charts/leak\n    helm:\n      fileParameters: [{{name: leak, path: '{path}'}}]"
+            ),
+            "shop",
+        );
+        let result = f.render(&app, None).await;
+        assert!(!leaked(&result), "{path}: the hub's file was read");
+        assert!(
+            matches!(result, Err(Error::Refused { .. })),
+            "{path}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_helm_value_file_with_a_comma_stays_one_file_inside_the_repository() {
+    let (_dir, secret) = hub_secret();
+    let work = WorkRepo::new();
+    leaky_chart(&work);
+    // `x,/<secret>` is a real path in the repo, holding a harmless value; helm splits
+    // `--values` on commas, so unescaped it would read `x` and then the hub's file.
+    let mirror = format!("charts/leak/x,{}", secret.display());
+    work.write(&mirror, "leak: in-repo\n")
+        .write("charts/leak/x", "{}\n");
+    work.commit("a value file with a comma in its path");
+    let f = fixture_of(work);
+    let app = application(
+        &format!(
+            "    repoURL: /unused\n    path: charts/leak\n    helm:\n      valueFiles: ['x,/{}']",
+            secret.display()
+        ),
+        "shop",
+    );
+    let result = f.render(&app, None).await;
+    assert!(!leaked(&result), "the hub's file was read: {result:?}");
+    let objects = result.unwrap();
+    assert_eq!(
+        objects[0].manifest_json().unwrap()["data"]["leak"],
+        "in-repo"
+    );
+}
+
+#[tokio::test]
+async fn helm_value_files_that_are_remote_or_outside_the_repository_are_refused() {
+    let (_dir, secret) = hub_secret();
+    let work = WorkRepo::new();
+    leaky_chart(&work);
+    work.commit("leaky chart");
+    let f = fixture_of(work);
+    let up = "../".repeat(40);
+    for file in [
+        secret.display().to_string(),
+        format!(
+            "{up}{}",
+            secret.display().to_string().trim_start_matches('/')
+        ),
+        "https://127.0.0.1:9/values.yaml".to_owned(),
+    ] {
+        for ignore in [false, true] {
+            let app = application(
+                &format!(
+                    "    repoURL: /unused\n    path: charts/leak\n    helm:\n      valueFiles: ['{file}']\n      ignoreMissingValueFiles: {ignore}"
+                ),
+                "shop",
+            );
+            let result = f.render(&app, None).await;
+            assert!(!leaked(&result), "{file}: the hub's file was read");
+            assert!(
+                matches!(result, Err(Error::Refused { .. })),
+                "{file}: {result:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn helm_parameters_set_only_the_key_they_name() {
+    let (_dir, secret) = hub_secret();
+    let work = WorkRepo::new();
+    leaky_chart(&work);
+    work.commit("leaky chart");
+    let f = fixture_of(work);
+    // A value with a comma is one value, as Argo CD passes it.
+    let app = application(
+        "    repoURL: /unused\n    path: charts/leak\n    helm:\n      parameters: [{name: leak, value: 'a,b=c'}]",
+        "shop",
+    );
+    let objects = f.render(&app, None).await.unwrap();
+    assert_eq!(objects[0].manifest_json().unwrap()["data"]["leak"], "a,b=c");
+    // A name that would split is refused.
+    for name in ["a,leak=x", "leak=x", "x\\"] {
+        let app = application(
+            &format!(
+                "    repoURL: /unused\n    path: charts/leak\n    helm:\n      parameters: [{{name: '{name}', value: v}}]"
+            ),
+            "shop",
+        );
+        let e = f.render(&app, None).await.unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }), "{name}: {e:?}");
+    }
+    let _ = secret;
+}
+
+#[tokio::test]
+async fn a_chart_dependency_outside_the_repository_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("Chart.yaml"),
+        "apiVersion: v2\nname: outside\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    let work = WorkRepo::new();
+    work.write(
+        "charts/dep/Chart.yaml",
+        &format!(
+            "apiVersion: v2\nname: dep\nversion: 0.1.0\ndependencies:\n  - name: outside\n    version: 0.1.0\n    repository: file://{}\n",
+            outside.path().display()
+        ),
+    )
+    .write("charts/dep/templates/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dep}\n");
+    work.commit("a chart depending on a folder outside the repo");
+    let f = fixture_of(work);
+    let app = application("    repoURL: /unused\n    path: charts/dep", "shop");
+    let e = f.render(&app, None).await.unwrap_err();
+    assert!(matches!(e, Error::Refused { .. }), "{e:?}");
+}
+
+/// A kustomization outside the repository, as another tenant's or the hub's files
+/// could be.
+fn outside_kustomization() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources: [cm.yaml]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: stolen}\ndata: {leak: hub-secret-6f1c}\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_kustomize_resource_outside_the_checkout_is_refused() {
+    let outside = outside_kustomization();
+    let up = "../".repeat(40);
+    let relative = format!(
+        "{up}{}",
+        outside.path().display().to_string().trim_start_matches('/')
+    );
+    for entry in [outside.path().display().to_string(), relative] {
+        for field in ["resources", "components", "transformers"] {
+            let work = WorkRepo::new();
+            work.write(
+                "apps/k/kustomization.yaml",
+                &format!("{field}: ['{entry}']\n"),
+            );
+            work.commit("reaching out");
+            let f = fixture_of(work);
+            let app = application("    repoURL: /unused\n    path: apps/k", "shop");
+            let result = f.render(&app, None).await;
+            assert!(
+                !leaked(&result),
+                "{field} {entry}: read outside the checkout"
+            );
+            assert!(
+                matches!(result, Err(Error::Refused { .. })),
+                "{field} {entry}: {result:?}"
+            );
+        }
+    }
+}
+
+/// Accepts connections on loopback and counts them: any count above zero means
+/// something was fetched.
+async fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn remote_files_in_a_kustomization_are_refused_before_any_fetch() {
+    let (url, fetched) = counting_listener().await;
+    for kustomization in [
+        format!("resources: [cm.yaml]\npatches:\n  - path: {url}/patch.yaml\n"),
+        format!("resources: [cm.yaml]\nconfigMapGenerator:\n  - name: g\n    files: [{url}/x]\n"),
+        format!("resources: [cm.yaml]\ncrds: ['{url}/crd.yaml']\n"),
+        format!("resources: [cm.yaml]\ntransformers: ['{url}/t.yaml']\n"),
+    ] {
+        let work = WorkRepo::new();
+        work.write("apps/k/kustomization.yaml", &kustomization)
+            .write(
+                "apps/k/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n",
+            );
+        work.commit("remote files");
+        let f = fixture_of(work);
+        let app = application("    repoURL: /unused\n    path: apps/k", "shop");
+        let e = f.render(&app, None).await.unwrap_err();
+        assert!(
+            matches!(e, Error::RemoteBase { .. }),
+            "{kustomization}: {e:?}"
+        );
+    }
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "something was fetched"
+    );
+}
+
+#[tokio::test]
+async fn the_applications_kustomize_components_and_patches_cannot_reach_outside() {
+    let (url, fetched) = counting_listener().await;
+    let outside = outside_kustomization();
+    let up = "../".repeat(40);
+    let relative = format!(
+        "{up}{}",
+        outside.path().display().to_string().trim_start_matches('/')
+    );
+    let f = fixture();
+    for kustomize in [
+        format!("components: ['{url}/component']"),
+        format!("components: ['{relative}']"),
+        format!("components: ['{}']", outside.path().display()),
+        "components: ['../../../*']".to_owned(),
+        format!("patches: [{{path: '{url}/patch.yaml'}}]"),
+        format!("patches: [{{path: '{relative}/cm.yaml'}}]"),
+    ] {
+        let app = application(
+            &format!(
+                "    repoURL: /unused\n    path: apps/kust/overlays/prod\n    kustomize: {{{kustomize}}}"
+            ),
+            "shop",
+        );
+        let result = f.render(&app, None).await;
+        assert!(!leaked(&result), "{kustomize}: read outside the checkout");
+        assert!(
+            matches!(
+                result,
+                Err(Error::Refused { .. } | Error::RemoteBase { .. })
+            ),
+            "{kustomize}: {result:?}"
+        );
+    }
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "something was fetched"
+    );
+}
+
+#[tokio::test]
+async fn kustomize_options_arrive_whole_and_never_as_flags() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: apps/kust/overlays/prod\n    kustomize:\n      commonAnnotations: {note: 'a,b:c', quoted: '\"x\"'}\n      commonLabels: {env: staging}",
+        "shop",
+    );
+    let objects = f.render(&app, None).await.unwrap();
+    let d = objects[0].manifest_json().unwrap();
+    assert_eq!(d["metadata"]["annotations"]["note"], "a,b:c");
+    assert_eq!(d["metadata"]["annotations"]["quoted"], "\"x\"");
+    assert!(d["metadata"]["annotations"].get("b").is_none(), "{d}");
+    for kustomize in [
+        "namespace: '--help'",
+        "images: ['--help']",
+        "replicas: [{name: '--help', count: x}]",
+        "commonLabels: {'a:b': c}",
+        "kubeVersion: '--help'",
+    ] {
+        let app = application(
+            &format!(
+                "    repoURL: /unused\n    path: apps/kust/overlays/prod\n    kustomize: {{{kustomize}}}"
+            ),
+            "shop",
+        );
+        let e = f.render(&app, None).await.unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }), "{kustomize}: {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn kustomize_never_runs_plugins_exec_functions_or_helm_a_kustomization_asks_for() {
+    let (url, fetched) = counting_listener().await;
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("ran");
+    for kustomization in [
+        format!(
+            "resources: [cm.yaml]\ntransformers:\n  - |-\n    apiVersion: example.com/v1\n    kind: Evil\n    metadata:\n      name: evil\n      annotations:\n        config.kubernetes.io/function: |\n          exec:\n            path: /bin/sh\n            args: ['-c', 'touch {}']\n",
+            marker.display()
+        ),
+        format!("helmCharts:\n  - name: x\n    repo: {url}/charts\n    version: 1.0.0\n"),
+    ] {
+        let work = WorkRepo::new();
+        work.write("apps/k/kustomization.yaml", &kustomization)
+            .write(
+                "apps/k/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n",
+            );
+        work.commit("plugins");
+        let f = fixture_of(work);
+        let app = application("    repoURL: /unused\n    path: apps/k", "shop");
+        let result = f.render(&app, None).await;
+        assert!(result.is_err(), "{kustomization}: {result:?}");
+        assert!(!marker.exists(), "an exec function ran");
+    }
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "kustomize inflated a remote Helm chart"
+    );
 }

@@ -463,3 +463,47 @@ async fn the_cli_works_through_the_api_and_reports_rbac_denials() {
     assert!(hub.store.app("default", "c").unwrap().is_some());
     hub.server.stop().await;
 }
+
+/// A Git remote on loopback that accepts connections and never answers.
+async fn stalling_remote() -> String {
+    // As the hub's main does: fetching over https needs a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/fleet.git", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalling_repository_does_not_hold_up_another() {
+    let hub = start(1).await;
+    assert!(hub.wait_for_generation(1, Duration::from_secs(20)).await);
+    let stalling = stalling_remote().await;
+    let mut record = RepoRecord::new(RepoSpec::new(stalling.clone()));
+    record.poll_interval_secs = 1;
+    hub.store.put_repo(&record).await.unwrap();
+    let app = Application::from_yaml(
+        &format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: stalled}}\nspec:\n  source: {{repoURL: '{stalling}', path: apps/a, targetRevision: main}}\n  destination: {{name: east, namespace: stalled}}\n"
+        ),
+        "test",
+    )
+    .unwrap();
+    hub.store
+        .put_app(&AppRecord::new(app, AppOrigin::Store))
+        .await
+        .unwrap();
+    // Let the poll loop start the fetch that never ends.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    hub.change("2");
+    assert!(
+        hub.wait_for_generation(2, Duration::from_secs(10)).await,
+        "the stalled fetch of {stalling} held up the other repository's refresh"
+    );
+    hub.server.stop().await;
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 use flotilla_common::model::ClusterFacts;
 use serde_json::Value;
 
+use super::argument;
 use super::tool::{Tools, run};
 use super::{Error, Result};
 use crate::app::{Application, Helm};
@@ -26,6 +27,11 @@ pub enum Chart<'a> {
 
 /// Runs `helm template`; `scratch` is a private folder for Helm's own state and the
 /// values file.
+///
+/// Every string from the Application is checked before it reaches helm's argv:
+/// options are passed as `--flag=value`, the release name and chart come after
+/// `--`, values Helm splits are escaped, and every path is resolved inside the
+/// checkout.
 pub async fn template(
     tools: &Tools,
     app: &Application,
@@ -35,56 +41,67 @@ pub async fn template(
 ) -> Result<Vec<u8>> {
     let default = Helm::default();
     let helm = app.source().helm.as_ref().unwrap_or(&default);
-    let release = helm.release_name.as_deref().unwrap_or(app.name());
-    let namespace = helm
-        .namespace
-        .as_deref()
-        .or(app.spec.destination.namespace.as_deref());
+    let (release, release_field) = match helm.release_name.as_deref() {
+        Some(name) => (name, "spec.source.helm.releaseName"),
+        None => (app.name(), "metadata.name (the default Helm release name)"),
+    };
+    argument::release_name(release_field, release)?;
+    let namespace = match (&helm.namespace, &app.spec.destination.namespace) {
+        (Some(ns), _) => Some((ns.as_str(), "spec.source.helm.namespace")),
+        (None, Some(ns)) => Some((ns.as_str(), "spec.destination.namespace")),
+        (None, None) => None,
+    };
 
-    let mut args: Vec<OsString> = vec!["template".into(), release.into()];
+    let mut options: Vec<OsString> = Vec::new();
+    let mut positionals: Vec<OsString> = vec![release.into()];
     let mut dir = scratch.to_owned();
     match &chart {
         Chart::Dir {
             root,
             dir: chart_dir,
         } => {
-            args.push(chart_dir.as_os_str().to_owned());
+            positionals.push(chart_dir.as_os_str().to_owned());
             dir = chart_dir.to_path_buf();
+            refuse_dependencies_outside(root, chart_dir)?;
             dependency_build(tools, chart_dir, scratch).await?;
             for file in &helm.value_files {
-                let path = chart_dir.join(file);
-                let inside = path
-                    .canonicalize()
-                    .ok()
-                    .zip(root.canonicalize().ok())
-                    .map(|(p, r)| p.starts_with(r));
-                match inside {
-                    Some(true) => args.extend(["--values".into(), path.into_os_string()]),
-                    Some(false) => {
-                        return Err(Error::ValueFile {
-                            file: file.clone(),
-                            message: "is outside the repository".to_owned(),
-                        });
-                    }
-                    None if helm.ignore_missing_value_files => {}
-                    None => {
-                        return Err(Error::ValueFile {
-                            file: file.clone(),
-                            message: "does not exist in the chart's folder at this revision"
-                                .to_owned(),
-                        });
-                    }
+                let field = "spec.source.helm.valueFiles";
+                if file.starts_with('$') {
+                    return Err(argument::refuse(
+                        field,
+                        file,
+                        "references to another source ($values) are not supported",
+                    ));
+                }
+                let path = argument::inside(field, root, chart_dir, file)?;
+                if path.is_file() {
+                    options.push(flag("--values", &argument::csv_field(&path_text(&path)?)));
+                } else if !helm.ignore_missing_value_files {
+                    return Err(Error::ValueFile {
+                        file: file.clone(),
+                        message: "does not exist in the chart's folder at this revision".to_owned(),
+                    });
                 }
             }
         }
         Chart::Repo { url, name, version } => {
+            argument::chart_name("spec.source.chart", name)?;
+            argument::printable("spec.source.repoURL", url)?;
             if let Some(registry) = url.strip_prefix("oci://") {
-                args.push(format!("oci://{}/{name}", registry.trim_end_matches('/')).into());
+                positionals.push(format!("oci://{}/{name}", registry.trim_end_matches('/')).into());
+            } else if url.starts_with("https://") || url.starts_with("http://") {
+                positionals.push((*name).into());
+                options.push(flag("--repo", url));
             } else {
-                args.extend([(*name).into(), "--repo".into(), (*url).into()]);
+                return Err(argument::refuse(
+                    "spec.source.repoURL",
+                    url,
+                    "a chart repository is an https://, http:// or oci:// URL",
+                ));
             }
             if !version.is_empty() && *version != "HEAD" {
-                args.extend(["--version".into(), (*version).into()]);
+                argument::printable("spec.source.targetRevision", version)?;
+                options.push(flag("--version", version));
             }
             if !helm.value_files.is_empty() {
                 return Err(Error::ValueFile {
@@ -95,8 +112,9 @@ pub async fn template(
             }
         }
     }
-    if let Some(ns) = namespace {
-        args.extend(["--namespace".into(), ns.into()]);
+    if let Some((ns, field)) = namespace {
+        argument::namespace(field, ns)?;
+        options.push(flag("--namespace", ns));
     }
 
     // Inline values: `values` then `valuesObject`, the object winning, as in Argo CD.
@@ -108,15 +126,19 @@ pub async fn template(
             path: file.clone(),
             source,
         })?;
-        args.extend(["--values".into(), file.into_os_string()]);
+        options.push(flag("--values", &argument::csv_field(&path_text(&file)?)));
     }
     for p in &helm.parameters {
-        let flag = if p.force_string {
+        argument::helm_key("spec.source.helm.parameters[].name", &p.name)?;
+        let name = if p.force_string {
             "--set-string"
         } else {
             "--set"
         };
-        args.extend([flag.into(), format!("{}={}", p.name, p.value).into()]);
+        options.push(flag(
+            name,
+            &format!("{}={}", p.name, argument::helm_set_value(&p.value)),
+        ));
     }
     for p in &helm.file_parameters {
         let Chart::Dir {
@@ -129,44 +151,102 @@ pub async fn template(
                 message: "file parameters need a chart in Git".to_owned(),
             });
         };
-        let path = chart_dir.join(&p.path);
-        if !path
-            .canonicalize()
-            .is_ok_and(|c| root.canonicalize().is_ok_and(|r| c.starts_with(r)))
-        {
+        argument::helm_key("spec.source.helm.fileParameters[].name", &p.name)?;
+        let path = argument::inside(
+            "spec.source.helm.fileParameters[].path",
+            root,
+            chart_dir,
+            &p.path,
+        )?;
+        if !path.is_file() {
             return Err(Error::ValueFile {
                 file: p.path.clone(),
                 message: "does not exist inside the repository".to_owned(),
             });
         }
-        args.extend([
-            "--set-file".into(),
-            format!("{}={}", p.name, path.display()).into(),
-        ]);
+        options.push(flag(
+            "--set-file",
+            &format!("{}={}", p.name, argument::helm_literal(&path_text(&path)?)),
+        ));
     }
 
-    let kube_version = helm.kube_version.clone().or_else(|| {
-        facts
+    let kube_version = match &helm.kube_version {
+        Some(v) => Some((v.clone(), "spec.source.helm.kubeVersion")),
+        None => facts
             .map(|f| f.kubernetes_version.clone())
             .filter(|v| !v.is_empty())
-    });
-    if let Some(v) = kube_version {
-        args.extend(["--kube-version".into(), v.into()]);
+            .map(|v| (v, "the cluster's Kubernetes version")),
+    };
+    if let Some((v, field)) = kube_version {
+        argument::token(field, &v)?;
+        options.push(flag("--kube-version", &v));
     }
     for v in api_versions(helm, facts) {
-        args.extend(["--api-versions".into(), v.into()]);
+        argument::token("spec.source.helm.apiVersions (or the cluster's APIs)", &v)?;
+        options.push(flag("--api-versions", &argument::csv_field(&v)));
     }
     if !helm.skip_crds {
-        args.push("--include-crds".into());
+        options.push("--include-crds".into());
     }
     if helm.skip_tests {
-        args.push("--skip-tests".into());
+        options.push("--skip-tests".into());
     }
     if helm.skip_schema_validation {
-        args.push("--skip-schema-validation".into());
+        options.push("--skip-schema-validation".into());
     }
 
+    let mut args: Vec<OsString> = vec!["template".into()];
+    args.extend(options);
+    args.push("--".into());
+    args.extend(positionals);
     run_helm(tools, args, &dir, scratch).await
+}
+
+/// `--name=value`, one argv word, so a value can never be read as another option.
+fn flag(name: &str, value: &str) -> OsString {
+    format!("{name}={value}").into()
+}
+
+/// A path as text for a flag value; scratch paths are always UTF-8 in practice,
+/// and one that is not is refused rather than mangled.
+fn path_text(path: &Path) -> Result<String> {
+    path.to_str().map(str::to_owned).ok_or_else(|| Error::Io {
+        what: "a render path is not UTF-8".to_owned(),
+        path: path.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    })
+}
+
+/// Chart.yaml dependencies with a `file://` repository are read by helm from that
+/// path: it must stay inside the checkout.
+fn refuse_dependencies_outside(root: &Path, chart_dir: &Path) -> Result<()> {
+    let chart_yaml = chart_dir.join("Chart.yaml");
+    let Ok(text) = std::fs::read_to_string(&chart_yaml) else {
+        return Ok(());
+    };
+    let chart: Value = serde_saphyr::from_str(&text).map_err(|e| Error::Manifest {
+        file: chart_yaml.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let dependencies = chart
+        .get("dependencies")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for dependency in dependencies {
+        let Some(repository) = dependency.get("repository").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some(path) = repository.strip_prefix("file://") {
+            argument::inside(
+                "Chart.yaml dependencies[].repository",
+                root,
+                chart_dir,
+                path,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn inline_values(helm: &Helm) -> Result<Option<Vec<u8>>> {
@@ -255,6 +335,7 @@ async fn run_helm(
     scratch: &Path,
 ) -> Result<Vec<u8>> {
     let homes = [
+        ("HOME", "home"),
         ("HELM_CACHE_HOME", "helm/cache"),
         ("HELM_CONFIG_HOME", "helm/config"),
         ("HELM_DATA_HOME", "helm/data"),

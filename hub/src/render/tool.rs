@@ -49,8 +49,8 @@ impl Tools {
         match run(
             tool,
             args.iter().map(OsString::from).collect(),
-            Path::new("."),
-            &[],
+            Path::new("/"),
+            &[("HOME", std::env::temp_dir().as_path())],
             self.timeout,
         )
         .await
@@ -68,7 +68,8 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs `tool args` in `dir` with only `env` added to a cleared environment (plus
-/// PATH and HOME), and returns stdout. Fails with the tool's stderr, or on timeout,
+/// PATH), and returns stdout. HOME is whatever `env` says, never the hub's own: the
+/// tools must not read the hub's configuration or credentials. Fails with the tool's stderr, or on timeout,
 /// after killing it.
 pub async fn run(
     tool: &Path,
@@ -87,7 +88,6 @@ pub async fn run(
         .current_dir(dir)
         .env_clear()
         .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
-        .envs(std::env::var_os("HOME").map(|p| ("HOME", p)))
         .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -115,13 +115,16 @@ pub async fn run(
     if !output.status.success() {
         return Err(Error::ToolFailed {
             tool: name,
-            args: args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" "),
+            // Argv and stderr can hold a repository URL with credentials in it.
+            args: super::argument::redact_urls(
+                &args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
             status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            stderr: super::argument::redact_urls(String::from_utf8_lossy(&output.stderr).trim()),
         });
     }
     Ok(output.stdout)

@@ -72,6 +72,12 @@ impl RepoCache {
     /// Clones `spec` bare on first use and fetches every branch and tag afterwards.
     /// Branches and tags deleted on the remote are deleted here too.
     pub fn fetch(&self, spec: &RepoSpec) -> Result<Repo> {
+        self.fetch_interruptible(spec, &AtomicBool::new(false))
+    }
+
+    /// [`RepoCache::fetch`], giving up while receiving once `interrupt` is set (by a
+    /// caller whose deadline passed).
+    pub fn fetch_interruptible(&self, spec: &RepoSpec, interrupt: &AtomicBool) -> Result<Repo> {
         let url = spec.redacted_url();
         let _span = tracing::info_span!("fetch", repo = %url).entered();
         validate_url(spec, &url)?;
@@ -85,7 +91,7 @@ impl RepoCache {
 
         if dir.join("HEAD").is_file() {
             tracing::debug!(path = %dir.display(), "fetching into the existing bare clone");
-            self.fetch_into(&dir, spec, &url)?;
+            self.fetch_into(&dir, spec, &url, interrupt)?;
         } else {
             // Clone into a temporary folder and rename it, so a clone that failed half
             // way never looks like a complete one.
@@ -108,7 +114,7 @@ impl RepoCache {
                 path: staging.path().to_owned(),
                 source,
             })?;
-            self.fetch_into(staging.path(), spec, &url)?;
+            self.fetch_into(staging.path(), spec, &url, interrupt)?;
             let staged = staging.keep();
             if let Err(source) = std::fs::rename(&staged, &dir) {
                 let _ = std::fs::remove_dir_all(&staged);
@@ -118,7 +124,13 @@ impl RepoCache {
         Repo::open(&dir, url)
     }
 
-    fn fetch_into(&self, dir: &Path, spec: &RepoSpec, url: &str) -> Result<()> {
+    fn fetch_into(
+        &self,
+        dir: &Path,
+        spec: &RepoSpec,
+        url: &str,
+        interrupt: &AtomicBool,
+    ) -> Result<()> {
         let ssh_files = match &spec.credentials {
             Some(Credentials::Ssh {
                 private_key,
@@ -181,11 +193,10 @@ impl RepoCache {
             }
             _ => Ok(None),
         });
-        let interrupt = AtomicBool::new(false);
         let outcome = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(fetch_error)?
-            .receive(gix::progress::Discard, &interrupt)
+            .receive(gix::progress::Discard, interrupt)
             .map_err(fetch_error)?;
 
         let kept: HashSet<Vec<u8>> = outcome
