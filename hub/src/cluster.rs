@@ -110,6 +110,14 @@ pub enum RenewError {
         /// Seconds until the presented certificate expires.
         remaining_s: u64,
     },
+    /// The cluster's certificates changed while the renewal was being made (the
+    /// agent renewed on another connection); nothing was recorded, and the agent
+    /// may ask again.
+    #[error("certificate renewal for cluster {cluster:?} raced another renewal; try again")]
+    Raced {
+        /// The cluster.
+        cluster: String,
+    },
     /// Issuing the certificate failed.
     #[error("failed to issue a renewed client certificate")]
     Certificate(#[from] ca::Error),
@@ -293,7 +301,8 @@ pub async fn renew(
     let revoked = || RenewError::Revoked {
         cluster: cluster.to_owned(),
     };
-    let mut link = store.link(cluster)?.ok_or_else(revoked)?;
+    let before = store.link(cluster)?.ok_or_else(revoked)?;
+    let mut link = before.clone();
     let presented_not_after_ms = if link.cert_sha256 == presented_sha256 {
         let remaining_ms = link.cert_not_after_ms.saturating_sub(epoch_ms(now));
         let half_life_ms = u64::try_from(cert_lifetime.as_millis() / 2).unwrap_or(u64::MAX);
@@ -317,7 +326,16 @@ pub async fn renew(
     link.previous_cert_not_after_ms = presented_not_after_ms;
     link.cert_sha256 = ca::fingerprint(&certificate);
     link.cert_not_after_ms = epoch_ms(now + cert_lifetime);
-    store.put_renewed_link(&link, &superseded).await?;
+    if !store.put_renewed_link(&before, &link, &superseded).await? {
+        // Removed (or renewed by another connection) since it was read: the
+        // certificate just issued is never recorded, so it never works.
+        return Err(match store.link(cluster)? {
+            None => revoked(),
+            Some(_) => RenewError::Raced {
+                cluster: cluster.to_owned(),
+            },
+        });
+    }
     Ok(Registration {
         cluster: cluster.to_owned(),
         certificate,
@@ -332,16 +350,45 @@ pub async fn confirm_certificate(
     cluster: &str,
     presented_sha256: &str,
 ) -> Result<bool, store::Error> {
-    let Some(mut link) = store.link(cluster)? else {
+    let Some(before) = store.link(cluster)? else {
         return Ok(false);
     };
-    if link.cert_sha256 != presented_sha256 || link.previous_cert_sha256.is_none() {
+    if before.cert_sha256 != presented_sha256 || before.previous_cert_sha256.is_none() {
         return Ok(false);
     }
+    let mut link = before.clone();
     let superseded: Vec<String> = link.previous_cert_sha256.take().into_iter().collect();
     link.previous_cert_not_after_ms = 0;
-    store.put_renewed_link(&link, &superseded).await?;
-    Ok(true)
+    store.put_renewed_link(&before, &link, &superseded).await
+}
+
+/// The newest generation of `app` the hub has signed for `cluster`, if any.
+///
+/// An agent speaks only for its own cluster: a status report, acknowledgement or
+/// applied entry about an app the hub never sent that cluster a bundle of is not
+/// its to make, and neither is one about a generation newer than any the hub
+/// signed for it. Bundles stay in the store after their app leaves the cluster
+/// (a deleted app's last bundle prunes everything), so the agent can still report
+/// on what it removes.
+pub fn assigned_generation(
+    store: &Store,
+    cluster: &str,
+    app: &flotilla_common::model::AppRef,
+) -> Result<Option<u64>, store::Error> {
+    Ok(store
+        .latest_bundle(&app.project, &app.name, cluster)?
+        .map(|(generation, _)| generation))
+}
+
+/// Whether the agent of `cluster` may speak about `generation` of `app`: see
+/// [`assigned_generation`].
+pub fn speaks_for(
+    store: &Store,
+    cluster: &str,
+    app: &flotilla_common::model::AppRef,
+    generation: u64,
+) -> Result<bool, store::Error> {
+    Ok(assigned_generation(store, cluster, app)?.is_some_and(|latest| generation <= latest))
 }
 
 /// What the agent needs to join, for the manifest and the command line.
