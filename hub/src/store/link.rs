@@ -22,6 +22,10 @@ pub struct TokenRecord {
     /// Labels given to `flotilla cluster add`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The API server URL given to `flotilla cluster add --api-server`, which the
+    /// cluster gets when it registers.
+    #[serde(default)]
+    pub server: Option<String>,
     /// When it stops working, in ms since the epoch.
     pub expires_at_ms: u64,
 }
@@ -133,6 +137,20 @@ impl Store {
     /// removed it, so two racing registrations cannot both use it.
     pub async fn take_token(&self, token_sha256: &str) -> Result<bool> {
         self.remove("tokens", &Key::new().str(token_sha256)).await
+    }
+
+    /// Sets the server URL of every pending token of `cluster`, flushed;
+    /// returns whether it had one.
+    pub async fn set_pending_server(&self, cluster: &str, server: Option<&str>) -> Result<bool> {
+        let mut found = false;
+        for (key, mut token) in self.scan::<TokenRecord>("tokens", &Key::new())? {
+            if token.cluster == cluster {
+                token.server = server.map(str::to_owned);
+                self.put("tokens", &key, &token).await?;
+                found = true;
+            }
+        }
+        Ok(found)
     }
 
     /// Every token's cluster name, to refuse a second token for a pending name.

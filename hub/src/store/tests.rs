@@ -180,10 +180,20 @@ async fn repo_credentials_are_stored_but_never_shown() {
 }
 
 #[test]
-fn destinations_match_by_name_by_registered_server_and_in_cluster() {
+fn destinations_match_by_name_by_admin_set_server_and_in_cluster() {
     use crate::app::Destination;
     let east = ClusterRecord {
         name: "east".to_owned(),
+        server: Some("https://10.0.0.1:6443".to_owned()),
+        facts: Some(flotilla_common::model::ClusterFacts {
+            api_server_url: "https://10.9.9.9:6443".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // West's agent claims east's URL; only the admin's word counts.
+    let west = ClusterRecord {
+        name: "west".to_owned(),
         facts: Some(flotilla_common::model::ClusterFacts {
             api_server_url: "https://10.0.0.1:6443".to_owned(),
             ..Default::default()
@@ -205,6 +215,9 @@ fn destinations_match_by_name_by_registered_server_and_in_cluster() {
     assert!(!east.is_destination(&by(None, Some("https://10.0.0.2:6443"))));
     assert!(in_cluster.is_destination(&by(None, Some("https://kubernetes.default.svc"))));
     assert!(!east.is_destination(&by(None, Some("https://kubernetes.default.svc"))));
+    assert!(!east.is_destination(&by(None, Some("https://10.9.9.9:6443"))));
+    assert!(!west.is_destination(&by(None, Some("https://10.0.0.1:6443"))));
+    assert!(west.is_destination(&by(Some("west"), None)));
 }
 
 #[test]
