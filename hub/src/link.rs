@@ -1404,11 +1404,10 @@ async fn handle_event(
             // A report about an app the cluster was never sent is acknowledged
             // (so the agent stops resending it) but nothing of it is stored.
             let allowed = if sequence > seen {
-                let app = status.app.clone();
                 match speaks_for(
                     shared,
                     cluster,
-                    &app,
+                    &status.app,
                     status.generation,
                     RefusedMessage::Status,
                 ) {
