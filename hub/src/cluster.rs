@@ -39,6 +39,23 @@ pub enum Error {
     /// A label is not `key=value`.
     #[error("label {0:?} is not key=value")]
     InvalidLabel(String),
+    /// A server URL is not an `https://` or `http://` URL with a host.
+    #[error(
+        "server URL {0:?} is not valid: give the cluster's API server URL as Applications name it in destination.server, such as https://10.0.0.1:6443"
+    )]
+    InvalidServer(String),
+    /// Another cluster already has that server URL: an Application naming it
+    /// would not know which cluster it means.
+    #[error("server URL {server:?} already belongs to cluster {cluster:?}")]
+    ServerTaken {
+        /// The URL.
+        server: String,
+        /// The cluster that has it.
+        cluster: String,
+    },
+    /// No cluster of that name is registered or pending.
+    #[error("no cluster named {0:?}")]
+    NotFound(String),
     /// The system's random source failed.
     #[error("failed to draw a token from the system's random source")]
     Random,
@@ -68,6 +85,12 @@ pub enum RegisterError {
         /// The cluster it was for.
         cluster: String,
     },
+    /// The agent reported no kube-system UID, the one fact that tells two
+    /// clusters apart.
+    #[error(
+        "the agent reported no kube-system namespace UID; it must be able to read the kube-system namespace to register"
+    )]
+    MissingClusterUid,
     /// The same cluster (by kube-system UID) is registered under another name.
     #[error(
         "this cluster (kube-system uid {uid}) is already registered as {existing:?}; it cannot also register as {requested:?} (remove {existing:?} first)"
@@ -109,6 +132,14 @@ pub enum RenewError {
         cluster: String,
         /// Seconds until the presented certificate expires.
         remaining_s: u64,
+    },
+    /// The cluster's certificates changed while the renewal was being made (the
+    /// agent renewed on another connection); nothing was recorded, and the agent
+    /// may ask again.
+    #[error("certificate renewal for cluster {cluster:?} raced another renewal; try again")]
+    Raced {
+        /// The cluster.
+        cluster: String,
     },
     /// Issuing the certificate failed.
     #[error("failed to issue a renewed client certificate")]
@@ -182,11 +213,56 @@ pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Makes a single-use bootstrap token for a new cluster.
+/// Checks an admin-given API server URL and returns it without a trailing `/`.
+pub fn parse_server(server: &str) -> Result<String> {
+    let invalid = || Error::InvalidServer(server.to_owned());
+    let rest = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))
+        .ok_or_else(invalid)?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let clean = |c: char| !c.is_whitespace() && !c.is_control();
+    if host.is_empty() || host.contains('@') || !server.chars().all(clean) || server.len() > 2048 {
+        return Err(invalid());
+    }
+    Ok(server.trim_end_matches('/').to_owned())
+}
+
+/// Refuses `server` if a cluster other than `name`, registered or pending, has it.
+fn check_server_free(store: &Store, name: &str, server: &str) -> Result<()> {
+    let registered = store.clusters()?.into_iter().map(|c| (c.name, c.server));
+    let pending = store.tokens()?.into_iter().map(|t| (t.cluster, t.server));
+    match registered
+        .chain(pending)
+        .find(|(other, taken)| other != name && taken.as_deref() == Some(server))
+    {
+        Some((cluster, _)) => Err(Error::ServerTaken {
+            server: server.to_owned(),
+            cluster,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Makes a single-use bootstrap token for a new cluster, reachable from
+/// Applications by name only until an admin sets its server URL.
 pub async fn add(
     store: &Store,
     name: &str,
     labels: BTreeMap<String, String>,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<Added> {
+    add_with_server(store, name, labels, None, ttl, now).await
+}
+
+/// Makes a single-use bootstrap token for a new cluster whose API server URL,
+/// which Applications' `destination.server` is matched against, is `server`.
+pub async fn add_with_server(
+    store: &Store,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    server: Option<&str>,
     ttl: Duration,
     now: SystemTime,
 ) -> Result<Added> {
@@ -195,6 +271,10 @@ pub async fn add(
     }
     if store.cluster(name)?.is_some() || store.tokens()?.iter().any(|t| t.cluster == name) {
         return Err(Error::Exists(name.to_owned()));
+    }
+    let server = server.map(parse_server).transpose()?;
+    if let Some(server) = &server {
+        check_server_free(store, name, server)?;
     }
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|_| Error::Random)?;
@@ -206,6 +286,7 @@ pub async fn add(
             &TokenRecord {
                 cluster: name.to_owned(),
                 labels,
+                server,
                 expires_at_ms,
             },
         )
@@ -215,6 +296,28 @@ pub async fn add(
         token,
         expires_at_ms,
     })
+}
+
+/// Sets (or, with `None`, clears) the API server URL of cluster `name`,
+/// registered or pending. Returns the URL as stored.
+pub async fn set_server(store: &Store, name: &str, server: Option<&str>) -> Result<Option<String>> {
+    let registered = store.cluster(name)?;
+    if registered.is_none() && !store.tokens()?.iter().any(|t| t.cluster == name) {
+        return Err(Error::NotFound(name.to_owned()));
+    }
+    let server = server.map(parse_server).transpose()?;
+    if let Some(server) = &server {
+        check_server_free(store, name, server)?;
+    }
+    if let Some(mut record) = registered {
+        record.server.clone_from(&server);
+        store.put_cluster(&record).await?;
+        return Ok(server);
+    }
+    if !store.set_pending_server(name, server.as_deref()).await? {
+        return Err(Error::NotFound(name.to_owned()));
+    }
+    Ok(server)
 }
 
 /// Checks a `Register` and, if it passes, records the cluster and issues its
@@ -234,11 +337,12 @@ pub async fn register(
         });
     }
     let uid = &register.facts.kube_system_uid;
-    if !uid.is_empty()
-        && let Some(existing) = store.clusters()?.into_iter().find(|c| {
-            c.name != token.cluster && c.facts.as_ref().is_some_and(|f| f.kube_system_uid == *uid)
-        })
-    {
+    if uid.trim().is_empty() {
+        return Err(RegisterError::MissingClusterUid);
+    }
+    if let Some(existing) = store.clusters()?.into_iter().find(|c| {
+        c.name != token.cluster && c.facts.as_ref().is_some_and(|f| f.kube_system_uid == *uid)
+    }) {
         return Err(RegisterError::DuplicateCluster {
             uid: uid.clone(),
             existing: existing.name,
@@ -256,6 +360,7 @@ pub async fn register(
         .put_cluster(&ClusterRecord {
             name: token.cluster.clone(),
             labels: token.labels,
+            server: token.server,
             facts: Some(register.facts.clone()),
         })
         .await?;
@@ -293,7 +398,8 @@ pub async fn renew(
     let revoked = || RenewError::Revoked {
         cluster: cluster.to_owned(),
     };
-    let mut link = store.link(cluster)?.ok_or_else(revoked)?;
+    let before = store.link(cluster)?.ok_or_else(revoked)?;
+    let mut link = before.clone();
     let presented_not_after_ms = if link.cert_sha256 == presented_sha256 {
         let remaining_ms = link.cert_not_after_ms.saturating_sub(epoch_ms(now));
         let half_life_ms = u64::try_from(cert_lifetime.as_millis() / 2).unwrap_or(u64::MAX);
@@ -317,7 +423,16 @@ pub async fn renew(
     link.previous_cert_not_after_ms = presented_not_after_ms;
     link.cert_sha256 = ca::fingerprint(&certificate);
     link.cert_not_after_ms = epoch_ms(now + cert_lifetime);
-    store.put_renewed_link(&link, &superseded).await?;
+    if !store.put_renewed_link(&before, &link, &superseded).await? {
+        // Removed (or renewed by another connection) since it was read: the
+        // certificate just issued is never recorded, so it never works.
+        return Err(match store.link(cluster)? {
+            None => revoked(),
+            Some(_) => RenewError::Raced {
+                cluster: cluster.to_owned(),
+            },
+        });
+    }
     Ok(Registration {
         cluster: cluster.to_owned(),
         certificate,
@@ -332,16 +447,45 @@ pub async fn confirm_certificate(
     cluster: &str,
     presented_sha256: &str,
 ) -> Result<bool, store::Error> {
-    let Some(mut link) = store.link(cluster)? else {
+    let Some(before) = store.link(cluster)? else {
         return Ok(false);
     };
-    if link.cert_sha256 != presented_sha256 || link.previous_cert_sha256.is_none() {
+    if before.cert_sha256 != presented_sha256 || before.previous_cert_sha256.is_none() {
         return Ok(false);
     }
+    let mut link = before.clone();
     let superseded: Vec<String> = link.previous_cert_sha256.take().into_iter().collect();
     link.previous_cert_not_after_ms = 0;
-    store.put_renewed_link(&link, &superseded).await?;
-    Ok(true)
+    store.put_renewed_link(&before, &link, &superseded).await
+}
+
+/// The newest generation of `app` the hub has signed for `cluster`, if any.
+///
+/// An agent speaks only for its own cluster: a status report, acknowledgement or
+/// applied entry about an app the hub never sent that cluster a bundle of is not
+/// its to make, and neither is one about a generation newer than any the hub
+/// signed for it. Bundles stay in the store after their app leaves the cluster
+/// (a deleted app's last bundle prunes everything), so the agent can still report
+/// on what it removes.
+pub fn assigned_generation(
+    store: &Store,
+    cluster: &str,
+    app: &flotilla_common::model::AppRef,
+) -> Result<Option<u64>, store::Error> {
+    Ok(store
+        .latest_bundle(&app.project, &app.name, cluster)?
+        .map(|(generation, _)| generation))
+}
+
+/// Whether the agent of `cluster` may speak about `generation` of `app`: see
+/// [`assigned_generation`].
+pub fn speaks_for(
+    store: &Store,
+    cluster: &str,
+    app: &flotilla_common::model::AppRef,
+    generation: u64,
+) -> Result<bool, store::Error> {
+    Ok(assigned_generation(store, cluster, app)?.is_some_and(|latest| generation <= latest))
 }
 
 /// What the agent needs to join, for the manifest and the command line.
@@ -475,6 +619,168 @@ mod tests {
         assert!(!valid_name("-east"));
         assert!(!valid_name(""));
         assert!(!valid_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn server_urls_must_be_http_urls_with_a_host() {
+        assert_eq!(
+            parse_server("https://10.0.0.1:6443/").unwrap(),
+            "https://10.0.0.1:6443"
+        );
+        for bad in [
+            "10.0.0.1:6443",
+            "https://",
+            "https:///path",
+            "https://user@host",
+            "https://host/a b",
+            "file:///etc/hostname",
+        ] {
+            assert!(
+                matches!(parse_server(bad), Err(Error::InvalidServer(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    fn register_message(token: String, uid: &str, reported: &str) -> Register {
+        Register {
+            token,
+            public_key: [7; 32],
+            facts: flotilla_common::model::ClusterFacts {
+                api_server_url: reported.to_owned(),
+                kube_system_uid: uid.to_owned(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn the_server_url_is_the_admins_and_an_agent_cannot_claim_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ca = Ca::load_or_create(&store, SystemTime::now()).await.unwrap();
+        let ttl = DEFAULT_TOKEN_TTL;
+        let now = SystemTime::now();
+        let east = add_with_server(
+            &store,
+            "east",
+            BTreeMap::new(),
+            Some("https://east.example:6443/"),
+            ttl,
+            now,
+        )
+        .await
+        .unwrap();
+        let west = add(&store, "west", BTreeMap::new(), ttl, now)
+            .await
+            .unwrap();
+        // A second cluster may not take east's URL.
+        let taken = add_with_server(
+            &store,
+            "north",
+            BTreeMap::new(),
+            Some("https://east.example:6443"),
+            ttl,
+            now,
+        )
+        .await;
+        assert!(matches!(taken, Err(Error::ServerTaken { .. })), "{taken:?}");
+        let lifetime = DEFAULT_CERT_LIFETIME;
+        // West's agent reports east's URL about itself.
+        let reported = "https://east.example:6443";
+        register(
+            &store,
+            &ca,
+            &register_message(east.token, "uid-east", "https://10.0.0.1"),
+            now,
+            lifetime,
+        )
+        .await
+        .unwrap();
+        register(
+            &store,
+            &ca,
+            &register_message(west.token, "uid-west", reported),
+            now,
+            lifetime,
+        )
+        .await
+        .unwrap();
+        let dest = crate::app::Destination {
+            name: None,
+            server: Some(reported.to_owned()),
+            namespace: None,
+        };
+        let matched: Vec<String> = store
+            .clusters()
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.is_destination(&dest))
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(matched, vec!["east".to_owned()]);
+        // The admin can change it later; another cluster's URL stays refused.
+        let set = set_server(&store, "west", Some("https://west.example:6443")).await;
+        assert_eq!(set.unwrap().as_deref(), Some("https://west.example:6443"));
+        let stolen = set_server(&store, "west", Some(reported)).await;
+        assert!(
+            matches!(stolen, Err(Error::ServerTaken { .. })),
+            "{stolen:?}"
+        );
+        assert!(matches!(
+            set_server(&store, "nowhere", None).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_pending_clusters_server_url_can_be_set_before_it_registers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ca = Ca::load_or_create(&store, SystemTime::now()).await.unwrap();
+        let now = SystemTime::now();
+        let added = add(&store, "east", BTreeMap::new(), DEFAULT_TOKEN_TTL, now)
+            .await
+            .unwrap();
+        set_server(&store, "east", Some("https://east.example:6443"))
+            .await
+            .unwrap();
+        register(
+            &store,
+            &ca,
+            &register_message(added.token, "uid-east", "https://elsewhere"),
+            now,
+            DEFAULT_CERT_LIFETIME,
+        )
+        .await
+        .unwrap();
+        let record = store.cluster("east").unwrap().unwrap();
+        assert_eq!(record.server.as_deref(), Some("https://east.example:6443"));
+    }
+
+    #[tokio::test]
+    async fn a_registration_without_a_kube_system_uid_is_refused_and_keeps_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ca = Ca::load_or_create(&store, SystemTime::now()).await.unwrap();
+        let now = SystemTime::now();
+        let added = add(&store, "east", BTreeMap::new(), DEFAULT_TOKEN_TTL, now)
+            .await
+            .unwrap();
+        let refused = register(
+            &store,
+            &ca,
+            &register_message(added.token, " ", "https://east"),
+            now,
+            DEFAULT_CERT_LIFETIME,
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(RegisterError::MissingClusterUid)),
+            "{refused:?}"
+        );
+        assert!(store.cluster("east").unwrap().is_none());
+        assert_eq!(store.tokens().unwrap().len(), 1);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::ca::{self, Ca};
 use crate::cluster::{self, epoch_ms};
+use crate::metrics::RefusedMessage;
 use crate::store::{self, AckRecord, LinkRecord, StatusRecord, Store};
 
 /// The ALPN protocol both ends insist on.
@@ -254,9 +255,16 @@ struct Shared {
     /// nothing the agent already has.
     sent: Mutex<HashMap<String, u64>>,
     /// Commands sent and not answered yet, by request id.
-    pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
+    pending: Mutex<HashMap<u64, PendingCommand>>,
     /// Announces each cluster that registers, so apps waiting for it render now.
     registered: tokio::sync::broadcast::Sender<String>,
+}
+
+/// A command waiting for its result. Only the cluster it was sent to may answer
+/// it: request ids are sequential, so any agent could guess another's.
+struct PendingCommand {
+    cluster: String,
+    reply: oneshot::Sender<CommandResult>,
 }
 
 /// The running link.
@@ -579,7 +587,13 @@ impl Link {
                     cluster: cluster.to_owned(),
                 });
             };
-            lock(&self.shared.pending).insert(request_id, tx);
+            lock(&self.shared.pending).insert(
+                request_id,
+                PendingCommand {
+                    cluster: cluster.to_owned(),
+                    reply: tx,
+                },
+            );
             if conn.send(ToConnection::Command(command)).is_err() {
                 lock(&self.shared.pending).remove(&request_id);
                 return Err(CommandError::NotConnected {
@@ -1014,16 +1028,11 @@ async fn send_bundle(connection: quinn::Connection, bytes: Vec<u8>) {
     }
 }
 
-async fn update_link(store: &Store, cluster: &str, change: impl FnOnce(&mut LinkRecord)) {
-    match store.link(cluster) {
-        Ok(Some(mut link)) => {
-            change(&mut link);
-            if let Err(e) = store.put_link_lazily(&link) {
-                warn!(error = %e, "recording the link state failed");
-            }
-        }
-        Ok(None) => {}
-        Err(e) => warn!(error = %e, "reading the link state failed"),
+/// Changes the link record of `cluster` in place. A cluster removed meanwhile
+/// stays removed: the change is dropped rather than written back.
+async fn update_link(store: &Store, cluster: &str, change: impl Fn(&mut LinkRecord)) {
+    if let Err(e) = store.update_link_lazily(cluster, change) {
+        warn!(error = %e, "recording the link state failed");
     }
 }
 
@@ -1148,7 +1157,7 @@ async fn serve_agent(
                         update_link(&shared.store, &cluster, |link| {
                             link.connected = true;
                             link.last_seen_ms = Some(now);
-                            link.agent_version = Some(version);
+                            link.agent_version = Some(version.clone());
                         })
                         .await;
                     }
@@ -1267,6 +1276,37 @@ fn forget_connection(shared: &Shared, cluster: &str, id: u64) -> bool {
     }
 }
 
+/// Whether the agent of `cluster` may speak about `generation` of `app`; a
+/// message that may not is counted as refused (`kind`) and logged. A store error
+/// is the caller's to handle: nothing unchecked may be stored.
+fn speaks_for(
+    shared: &Shared,
+    cluster: &str,
+    app: &AppRef,
+    generation: u64,
+    kind: RefusedMessage,
+) -> Result<bool, store::Error> {
+    let allowed = cluster::speaks_for(&shared.store, cluster, app, generation)?;
+    if !allowed {
+        shared.config.metrics.count_refused(kind);
+        warn!(
+            app = %app,
+            generation,
+            kind = kind.name(),
+            "refused a message about an app generation the hub never sent this cluster"
+        );
+    }
+    Ok(allowed)
+}
+
+/// [`speaks_for`], where a store error refuses the message.
+fn checked(allowed: Result<bool, store::Error>) -> bool {
+    allowed.unwrap_or_else(|e| {
+        warn!(error = %e, "checking what the cluster may speak about failed; message dropped");
+        false
+    })
+}
+
 /// Acts on one session event; returns whether the connection should end.
 async fn handle_event(
     shared: &Shared,
@@ -1279,6 +1319,18 @@ async fn handle_event(
     match event {
         HubEvent::Established { applied, .. } => {
             info!(apps = applied.len(), "agent connected");
+            let applied: Vec<_> = applied
+                .into_iter()
+                .filter(|applied| {
+                    checked(speaks_for(
+                        shared,
+                        cluster,
+                        &applied.app,
+                        applied.generation,
+                        RefusedMessage::BundleAck,
+                    ))
+                })
+                .collect();
             // Acks are recorded without a flush; a hub killed just after one
             // loses it. The agent's Hello says what it has applied, so the record
             // is made whole again here.
@@ -1316,6 +1368,17 @@ async fn handle_event(
                 BundleOutcome::Rejected(r) => format!("Rejected: {r:?}"),
                 BundleOutcome::Failed { message } => format!("Failed: {message}"),
             };
+            if let Some(acked) = &ack.app
+                && !checked(speaks_for(
+                    shared,
+                    cluster,
+                    acked,
+                    ack.generation,
+                    RefusedMessage::BundleAck,
+                ))
+            {
+                return false;
+            }
             info!(app = %app, generation = ack.generation, %outcome, "bundle acknowledged");
             let record = AckRecord {
                 generation: ack.generation,
@@ -1325,7 +1388,7 @@ async fn handle_event(
             };
             update_link(&shared.store, cluster, |link| {
                 link.last_seen_ms = Some(now);
-                link.acks.insert(app, record);
+                link.acks.insert(app.clone(), record.clone());
             })
             .await;
             false
@@ -1338,7 +1401,27 @@ async fn handle_event(
                 .ok()
                 .flatten()
                 .map_or(0, |l| l.last_status_sequence);
-            if sequence > seen {
+            // A report about an app the cluster was never sent is acknowledged
+            // (so the agent stops resending it) but nothing of it is stored.
+            let allowed = if sequence > seen {
+                match speaks_for(
+                    shared,
+                    cluster,
+                    &status.app,
+                    status.generation,
+                    RefusedMessage::Status,
+                ) {
+                    Ok(allowed) => allowed,
+                    Err(e) => {
+                        // Not acknowledged, so the agent sends it again.
+                        warn!(error = %e, "checking a status report's app failed");
+                        return false;
+                    }
+                }
+            } else {
+                false
+            };
+            if allowed {
                 let record = StatusRecord { at_ms: now, status };
                 if let Err(e) = shared.store.put_status(cluster, &record).await {
                     // Not acknowledged, so the agent sends it again.
@@ -1354,6 +1437,8 @@ async fn handle_event(
                     // The report itself is stored; only its history entry is lost.
                     warn!(error = %e, "recording the operation in the history failed");
                 }
+            }
+            if sequence > seen {
                 update_link(&shared.store, cluster, |link| {
                     link.last_seen_ms = Some(now);
                     link.last_status_sequence = sequence;
@@ -1372,15 +1457,32 @@ async fn handle_event(
             true
         }
         HubEvent::CommandResult(result) => {
-            let waiting = lock(&shared.pending).remove(&result.request_id);
-            match waiting {
-                Some(waiting) => {
-                    let _ = waiting.send(result);
+            let request_id = result.request_id;
+            let waiting = {
+                let mut pending = lock(&shared.pending);
+                match pending.get(&request_id) {
+                    Some(waiting) if waiting.cluster == cluster => Ok(pending.remove(&request_id)),
+                    Some(waiting) => Err(waiting.cluster.clone()),
+                    None => Ok(None),
                 }
-                None => debug!(
-                    request_id = result.request_id,
-                    "a command result nobody waits for any more"
-                ),
+            };
+            match waiting {
+                Ok(Some(waiting)) => {
+                    let _ = waiting.reply.send(result);
+                }
+                Ok(None) => debug!(request_id, "a command result nobody waits for any more"),
+                Err(asked) => {
+                    // Left waiting: the cluster asked may still answer.
+                    shared
+                        .config
+                        .metrics
+                        .count_refused(RefusedMessage::CommandResult);
+                    warn!(
+                        request_id,
+                        asked = %asked,
+                        "refused a result for a command sent to another cluster"
+                    );
+                }
             }
             false
         }

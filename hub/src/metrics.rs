@@ -91,6 +91,46 @@ pub struct Metrics {
     pub sync_duration: Histogram,
     /// Bundles the link pushed to agents.
     pub bundle_pushes: AtomicU64,
+    /// Messages agents sent about what is not their cluster's, refused, by kind.
+    pub agent_messages_refused: [AtomicU64; RefusedMessage::ALL.len()],
+}
+
+/// A message from an agent that spoke about something its cluster was not
+/// assigned, and which the hub therefore refused without storing anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedMessage {
+    /// A status report about an app the hub never sent that cluster.
+    Status,
+    /// An acknowledgement (or a `Hello`'s applied entry) about such an app.
+    BundleAck,
+    /// A command result answering a command sent to another cluster.
+    CommandResult,
+}
+
+impl RefusedMessage {
+    /// Every kind, in the order the counters hold them.
+    pub const ALL: [RefusedMessage; 3] = [
+        RefusedMessage::Status,
+        RefusedMessage::BundleAck,
+        RefusedMessage::CommandResult,
+    ];
+
+    /// The `kind` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusedMessage::Status => "status",
+            RefusedMessage::BundleAck => "bundle_ack",
+            RefusedMessage::CommandResult => "command_result",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            RefusedMessage::Status => 0,
+            RefusedMessage::BundleAck => 1,
+            RefusedMessage::CommandResult => 2,
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -100,6 +140,7 @@ impl Default for Metrics {
             render_errors: AtomicU64::new(0),
             sync_duration: Histogram::new(SYNC_BUCKETS),
             bundle_pushes: AtomicU64::new(0),
+            agent_messages_refused: Default::default(),
         }
     }
 }
@@ -123,6 +164,20 @@ impl Metrics {
     /// Counts one bundle pushed to an agent.
     pub fn count_push(&self) {
         self.bundle_pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one message refused because its agent spoke beyond its cluster.
+    pub fn count_refused(&self, kind: RefusedMessage) {
+        if let Some(counter) = self.agent_messages_refused.get(kind.index()) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many messages of `kind` were refused since the hub started.
+    pub fn refused(&self, kind: RefusedMessage) -> u64 {
+        self.agent_messages_refused
+            .get(kind.index())
+            .map_or(0, |counter| counter.load(Ordering::Relaxed))
     }
 }
 
@@ -224,6 +279,20 @@ pub fn encode(metrics: &Metrics, fleet: &FleetSnapshot) -> String {
         "flotilla_bundle_pushes_total {}",
         metrics.bundle_pushes.load(Ordering::Relaxed)
     );
+    header(
+        &mut out,
+        "flotilla_agent_messages_refused_total",
+        "Messages agents sent about apps or commands not assigned to their cluster, refused.",
+        "counter",
+    );
+    for kind in RefusedMessage::ALL {
+        let _ = writeln!(
+            out,
+            "flotilla_agent_messages_refused_total{{kind=\"{}\"}} {}",
+            kind.name(),
+            metrics.refused(kind)
+        );
+    }
     metrics.sync_duration.encode(
         &mut out,
         "flotilla_sync_duration_seconds",
@@ -264,6 +333,20 @@ mod tests {
         assert!(text.contains("flotilla_sync_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("flotilla_sync_duration_seconds_count 3\n"));
         assert!(text.contains("flotilla_sync_duration_seconds_sum 1003.2\n"));
+    }
+
+    #[test]
+    fn refused_agent_messages_are_counted_by_kind() {
+        let metrics = Metrics::default();
+        metrics.count_refused(RefusedMessage::Status);
+        metrics.count_refused(RefusedMessage::Status);
+        metrics.count_refused(RefusedMessage::CommandResult);
+        let text = encode(&metrics, &FleetSnapshot::default());
+        assert!(text.contains("flotilla_agent_messages_refused_total{kind=\"status\"} 2\n"));
+        assert!(text.contains("flotilla_agent_messages_refused_total{kind=\"bundle_ack\"} 0\n"));
+        assert!(
+            text.contains("flotilla_agent_messages_refused_total{kind=\"command_result\"} 1\n")
+        );
     }
 
     #[test]

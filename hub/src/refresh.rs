@@ -1032,7 +1032,9 @@ impl GeneratorInput for Refresher {
             .unwrap_or_default()
             .into_iter()
             .map(|c| ClusterParams {
-                server: c.facts.map(|f| f.api_server_url).unwrap_or_default(),
+                // The admin's URL, never the agent's: an empty one matches no
+                // destination.server, so a generated app reaches it by name only.
+                server: c.server.unwrap_or_default(),
                 name: c.name,
                 labels: c.labels,
             })

@@ -131,16 +131,17 @@ pub fn derive(store: &Store, link: Option<&Link>, record: &AppRecord) -> store::
             cluster: None,
         });
     }
-    let destinations: Vec<String> = store
-        .clusters()?
-        .into_iter()
-        .filter(|c| c.is_destination(&record.application.spec.destination))
-        .map(|c| c.name)
+    let registered = store.clusters()?;
+    let destination = &record.application.spec.destination;
+    let destinations: Vec<String> = registered
+        .iter()
+        .filter(|c| c.is_destination(destination))
+        .map(|c| c.name.clone())
         .collect();
     if destinations.is_empty() && record.render_error.is_none() {
         conditions.push(Condition {
             kind: condition::INVALID_SPEC_ERROR.to_owned(),
-            message: "no registered cluster matches the destination".to_owned(),
+            message: no_destination_message(&registered, destination),
             cluster: None,
         });
     }
@@ -178,6 +179,31 @@ pub fn derive(store: &Store, link: Option<&Link>, record: &AppRecord) -> store::
         conditions,
         clusters,
     })
+}
+
+/// Why no cluster matches `destination`, with a hint when a cluster's agent
+/// reports the URL asked for: only the admin's URL counts, so that cluster needs
+/// one set.
+fn no_destination_message(
+    clusters: &[crate::store::ClusterRecord],
+    destination: &crate::app::Destination,
+) -> String {
+    let reported = destination.server.as_deref().and_then(|server| {
+        let server = server.trim_end_matches('/');
+        clusters.iter().find(|c| {
+            c.server.is_none()
+                && c.facts
+                    .as_ref()
+                    .is_some_and(|f| f.api_server_url.trim_end_matches('/') == server)
+        })
+    });
+    match reported {
+        Some(cluster) => format!(
+            "no registered cluster matches the destination: cluster {name:?} reports this server URL, but a cluster's URL is the admin's to set (`flotilla cluster set {name} --api-server URL`)",
+            name = cluster.name
+        ),
+        None => "no registered cluster matches the destination".to_owned(),
+    }
 }
 
 fn derive_cluster(

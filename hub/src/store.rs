@@ -374,16 +374,21 @@ impl Store {
         generation: u64,
         envelope: &[u8],
     ) -> Result<()> {
+        use sled::Transactional as _;
         let key = app_key(project, app).str(cluster).u64(generation);
-        self.tree("bundles")?
-            .insert(key.as_bytes(), envelope)
-            .map_err(|source| db("bundles", "writing", source))?;
         // Index by cluster, so an agent's connection finds its bundles without
-        // scanning every cluster's.
+        // scanning every cluster's. One transaction with the bundle: a bundle
+        // without its index entry would never reach a reconnecting agent.
         let index = Key::new().str(cluster).str(project).str(app);
-        self.tree("cluster_bundles")?
-            .insert(index.as_bytes(), &generation.to_be_bytes())
-            .map_err(|source| db("cluster_bundles", "writing", source))?;
+        let bundles = self.tree("bundles")?;
+        let cluster_bundles = self.tree("cluster_bundles")?;
+        (&bundles, &cluster_bundles)
+            .transaction(|(bundles, cluster_bundles)| {
+                bundles.insert(key.as_bytes(), envelope)?;
+                cluster_bundles.insert(index.as_bytes(), &generation.to_be_bytes())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<serde_json::Error>>(())
+            })
+            .map_err(|e| link::transaction_error("bundles", "writing", e))?;
         self.flush("bundles").await?;
         let _ = self.bundles_stored.send(BundleStored {
             project: project.to_owned(),

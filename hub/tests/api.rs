@@ -1346,3 +1346,98 @@ async fn an_app_its_project_forbids_is_refused_at_create_and_repo_passwords_neve
     );
     hub.stop().await;
 }
+
+/// Finding 12: a cluster's server URL, which `destination.server` is matched
+/// against, is the admin's; an agent claiming another cluster's URL about
+/// itself gets nothing of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clusters_server_url_is_set_by_the_admin_and_never_by_its_agent() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    let east_url = "https://east.example:6443";
+    let body = json!({"name": "east", "server": format!("{east_url}/")}).to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/clusters", Some(&admin), &body)
+        .await;
+    assert_eq!(status, 201, "{json}");
+    let (_, east) = hub
+        .call("GET", "/api/v1/clusters/east", Some(&admin), "")
+        .await;
+    assert_eq!(east["state"], "Pending");
+    assert_eq!(east["server"], east_url);
+    // Another cluster cannot take east's URL, and a URL must be one.
+    let taken = json!({"name": "north", "server": east_url}).to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/clusters", Some(&admin), &taken)
+        .await;
+    assert_json_error(status, &json, 409, 6);
+    let bad = json!({"name": "north", "server": "east.example:6443"}).to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/clusters", Some(&admin), &bad)
+        .await;
+    assert_json_error(status, &json, 400, 3);
+
+    // West's agent registers reporting east's URL as its own.
+    let (status, added) = hub
+        .call(
+            "POST",
+            "/api/v1/clusters",
+            Some(&admin),
+            &json!({"name": "west"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{added}");
+    let token = added["command"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .skip_while(|w| *w != "--token")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&hub, "west", token, agent_dir.path());
+    config.facts.api_server_url = east_url.to_owned();
+    let mut agent = RunningAgent::start(config);
+    agent.wait("connected", |s| s.connected).await;
+    let (_, west) = hub
+        .call("GET", "/api/v1/clusters/west", Some(&admin), "")
+        .await;
+    assert_eq!(west["server"], Value::Null, "{west}");
+    assert_eq!(west["facts"]["apiServerUrl"], east_url);
+    let dest = flotilla_hub::app::Destination {
+        name: None,
+        server: Some(east_url.to_owned()),
+        namespace: None,
+    };
+    let west_record = hub.store.cluster("west").unwrap().unwrap();
+    assert!(!west_record.is_destination(&dest));
+
+    // The admin sets west's URL later; east's stays east's.
+    let path = "/api/v1/clusters/west";
+    let set = json!({"server": "https://west.example:6443"}).to_string();
+    let (status, json) = hub.call("PATCH", path, Some(&admin), &set).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["server"], "https://west.example:6443");
+    let (_, west) = hub.call("GET", path, Some(&admin), "").await;
+    assert_eq!(west["server"], "https://west.example:6443");
+    let steal = json!({"server": east_url}).to_string();
+    let (status, json) = hub.call("PATCH", path, Some(&admin), &steal).await;
+    assert_json_error(status, &json, 409, 6);
+    let (status, json) = hub
+        .call("PATCH", "/api/v1/clusters/nope", Some(&admin), &set)
+        .await;
+    assert_json_error(status, &json, 404, 5);
+    let (status, json) = hub.call("PATCH", path, None, &set).await;
+    assert_eq!(status, 401, "{json}");
+    let updates = hub
+        .store
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.target == "cluster/west" && e.action == "update")
+        .count();
+    assert_eq!(updates, 1);
+    let _ = agent.stop().await;
+    hub.stop().await;
+}

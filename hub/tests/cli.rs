@@ -201,3 +201,64 @@ fn cluster_add_prints_a_manifest_or_a_command_and_cluster_rm_revokes() {
     );
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn cluster_add_and_set_take_the_api_server_url_from_the_admin() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", data_dir]);
+        flotilla(&all, data.path())
+    };
+    let added = run(&[
+        "cluster",
+        "add",
+        "east",
+        "--api-server",
+        "https://east.example:6443",
+    ]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let added = run(&["cluster", "add", "west"]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let wide = |name: &str| {
+        let list = run(&["cluster", "list", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["server"]
+            .clone()
+    };
+    assert_eq!(wide("east"), "https://east.example:6443");
+    assert_eq!(wide("west"), serde_json::Value::Null);
+
+    // West cannot be given east's URL; a URL it gets later is its own.
+    let stolen = run(&[
+        "cluster",
+        "set",
+        "west",
+        "--api-server",
+        "https://east.example:6443",
+    ]);
+    assert_eq!(stolen.status.code(), Some(2), "{}", text(&stolen.stderr));
+    assert!(text(&stolen.stderr).contains("already belongs to cluster \"east\""));
+    let set = run(&[
+        "cluster",
+        "set",
+        "west",
+        "--api-server",
+        "https://west.example:6443",
+    ]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    assert_eq!(wide("west"), "https://west.example:6443");
+    let unset = run(&["cluster", "set", "west", "--unset-api-server"]);
+    assert!(unset.status.success(), "{}", text(&unset.stderr));
+    assert_eq!(wide("west"), serde_json::Value::Null);
+    let neither = run(&["cluster", "set", "west"]);
+    assert_eq!(neither.status.code(), Some(2));
+    let bad = run(&["cluster", "set", "west", "--api-server", "west:6443"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+}

@@ -125,6 +125,7 @@ async fn hub() -> Hub {
             .put_cluster(&ClusterRecord {
                 name: name.to_owned(),
                 labels: BTreeMap::from([("env".to_owned(), env.to_owned())]),
+                server: Some(format!("https://{name}.fleet.test:6443")),
                 facts: Some(facts(name)),
             })
             .await

@@ -9,6 +9,8 @@ mod attacks;
 mod fixture;
 #[path = "link/relay.rs"]
 mod relay;
+#[path = "link/trust.rs"]
+mod trust;
 
 use std::time::{Duration, SystemTime};
 
@@ -232,9 +234,23 @@ async fn status_left_in_the_outbox_is_delivered_after_an_outage_in_order_and_onc
     east.wait("connected", |s| s.connected).await;
     east.stop().await.unwrap();
 
-    // Reports made while the hub was unreachable wait in the agent's sled outbox.
+    // The agent applied web's bundle (an agent speaks only of apps the hub sent
+    // its cluster), and reports made while the hub was unreachable wait in its
+    // sled outbox.
+    let envelope = fixture::sign(&hub.store, "east", "web", 1, 1, 16).await;
+    let bytes = envelope.encode().unwrap();
+    hub.store
+        .put_bundle("default", "web", "east", 1, &bytes)
+        .await
+        .unwrap();
     {
         let store = flotilla_agent::journal::Store::open(&dir.path().join("db")).unwrap();
+        let applied = flotilla_common::message::Applied {
+            app: AppRef::new("default", "web"),
+            generation: 1,
+            digest: envelope.digest,
+        };
+        store.put_bundle(&applied, &bytes).await.unwrap();
         for (sequence, health) in [
             (1, Health::Progressing),
             (2, Health::Degraded),

@@ -259,7 +259,11 @@ impl HubSession {
                 .find(|(_, latest)| latest.digest == ack.digest)
                 .map(|(app, _)| app.clone())
         });
-        let Some(app) = app else { return };
+        // Only apps this session published are the agent's to acknowledge; any
+        // other would grow the session without bound, one made-up app per ack.
+        let Some(app) = app.filter(|app| self.latest.contains_key(app)) else {
+            return;
+        };
         if self.in_flight.get(&app) == Some(&ack.generation) {
             self.in_flight.remove(&app);
         }
@@ -322,6 +326,11 @@ impl HubSession {
         }
         self.release_if_applied(&app);
         true
+    }
+
+    /// How many apps the session holds the agent's applied generation of.
+    pub fn apps_applied(&self) -> usize {
+        self.peer_applied.len()
     }
 
     /// Apps whose newest bundle the agent has not acknowledged as applied.

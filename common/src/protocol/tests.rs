@@ -581,3 +581,27 @@ fn the_hub_lets_go_of_a_bundle_the_agent_applied_and_takes_it_again_to_resend() 
     assert_eq!(pair.delivered, vec![(AppRef::new("default", "web"), 2)]);
     assert_eq!(pair.hub.bundles_held(), 0);
 }
+
+#[test]
+fn acks_for_apps_the_hub_never_published_are_passed_on_but_not_tracked() {
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.publish("web", 1);
+    assert_eq!(pair.hub.apps_applied(), 1);
+    for i in 0..100 {
+        let ack = Message::BundleAck(BundleAck {
+            app: Some(AppRef::new("default", format!("made-up-{i}"))),
+            generation: 1,
+            digest: Digest::of(b"made up"),
+            outcome: BundleOutcome::Applied,
+        });
+        pair.hub.handle_message(pair.now, ack).unwrap();
+    }
+    // The driver still sees each one, to refuse and count it.
+    let passed_on = std::iter::from_fn(|| pair.hub.poll_event())
+        .filter(|e| matches!(e, HubEvent::BundleAck(_)))
+        .count();
+    assert_eq!(passed_on, 100);
+    assert_eq!(pair.hub.apps_applied(), 1);
+    assert!(pair.hub.apps_behind().is_empty());
+}

@@ -15,12 +15,15 @@ use serde_json::{Value, json};
 use super::{ApiState, Reply, error, ok};
 use crate::ca::Ca;
 use crate::cluster::{self, JoinInfo};
-use crate::store::ClusterRecord;
+use crate::store::{ClusterRecord, TokenRecord};
 
 pub(super) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
         .route("/api/v1/clusters", get(list).post(add))
-        .route("/api/v1/clusters/{name}", get(show).delete(remove))
+        .route(
+            "/api/v1/clusters/{name}",
+            get(show).delete(remove).patch(update),
+        )
 }
 
 /// A cluster, registered or waiting for its agent, as the API shows it.
@@ -28,7 +31,7 @@ fn view(
     state: &ApiState,
     name: &str,
     record: Option<&ClusterRecord>,
-    pending_labels: Option<&BTreeMap<String, String>>,
+    pending: Option<&TokenRecord>,
     detail: bool,
 ) -> Value {
     let link = state.store.link(name).ok().flatten();
@@ -51,8 +54,10 @@ fn view(
         "name": name,
         "state": state_name,
         "connected": connected,
-        "labels": record.map(|r| &r.labels).or(pending_labels).cloned().unwrap_or_default(),
-        "server": facts.map(|f| f.api_server_url.clone()),
+        "labels": record.map(|r| &r.labels).or(pending.map(|t| &t.labels)).cloned().unwrap_or_default(),
+        // The admin's URL, which destination.server matches; the agent's own
+        // report is under facts.
+        "server": record.map(|r| &r.server).or(pending.map(|t| &t.server)).cloned().flatten(),
         "kubernetesVersion": facts.map(|f| f.kubernetes_version.clone()),
         "lastSeenMs": link.as_ref().and_then(|l| l.last_seen_ms),
         "agentVersion": link.as_ref().and_then(|l| l.agent_version.clone()),
@@ -62,6 +67,7 @@ fn view(
     });
     if detail {
         value["facts"] = json!({
+            "apiServerUrl": facts.map(|f| f.api_server_url.clone()),
             "kubeSystemUid": facts.map(|f| f.kube_system_uid.clone()),
             "apiResources": facts.map_or(0, |f| f.api_resources.len()),
         });
@@ -85,13 +91,9 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
     let mut items: Vec<Value> = records
         .iter()
         .map(|r| (r.name.as_str(), Some(r), None))
-        .chain(
-            pending
-                .iter()
-                .map(|t| (t.cluster.as_str(), None, Some(&t.labels))),
-        )
+        .chain(pending.iter().map(|t| (t.cluster.as_str(), None, Some(t))))
         .filter(|(name, _, _)| policy.enforce(&who.user, &who.groups, "clusters", "get", name))
-        .map(|(name, record, labels)| view(&state, name, record, labels, false))
+        .map(|(name, record, token)| view(&state, name, record, token, false))
         .collect();
     items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     ok(json!({ "items": items }))
@@ -107,23 +109,22 @@ async fn show(
     }
     match state.store.cluster(&name) {
         Ok(Some(record)) => ok(view(&state, &name, Some(&record), None, true)),
-        Ok(None) => match pending_labels(&state, &name) {
-            Some(labels) => ok(view(&state, &name, None, Some(&labels), true)),
+        Ok(None) => match pending_token(&state, &name) {
+            Some(token) => ok(view(&state, &name, None, Some(&token), true)),
             None => error(StatusCode::NOT_FOUND, format!("cluster {name:?} not found")),
         },
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-/// The labels of a cluster whose agent has not registered yet.
-fn pending_labels(state: &ApiState, name: &str) -> Option<BTreeMap<String, String>> {
+/// The token of a cluster whose agent has not registered yet.
+fn pending_token(state: &ApiState, name: &str) -> Option<TokenRecord> {
     state
         .store
         .tokens()
         .unwrap_or_default()
         .into_iter()
         .find(|t| t.cluster == name)
-        .map(|t| t.labels)
 }
 
 #[derive(Deserialize)]
@@ -132,6 +133,10 @@ struct AddRequest {
     name: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// The cluster's API server URL, which Applications' destination.server
+    /// matches; without it the cluster is reached by name only.
+    #[serde(default)]
+    server: Option<String>,
     /// The hub's QUIC address as the agent dials it; the hub's own by default.
     #[serde(default)]
     hub_address: Option<String>,
@@ -179,15 +184,19 @@ async fn add(
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
     };
-    let added =
-        match cluster::add(&state.store, &req.name, req.labels, ttl, SystemTime::now()).await {
-            Ok(added) => added,
-            Err(e @ (cluster::Error::InvalidName(_) | cluster::Error::InvalidLabel(_))) => {
-                return error(StatusCode::BAD_REQUEST, e);
-            }
-            Err(e @ cluster::Error::Exists(_)) => return error(StatusCode::CONFLICT, e),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        };
+    let added = cluster::add_with_server(
+        &state.store,
+        &req.name,
+        req.labels,
+        req.server.as_deref(),
+        ttl,
+        SystemTime::now(),
+    )
+    .await;
+    let added = match added {
+        Ok(added) => added,
+        Err(e) => return cluster_error(e),
+    };
     state
         .audit(&who, "create", format!("cluster/{}", added.cluster))
         .await;
@@ -212,6 +221,56 @@ async fn add(
             "command": cluster::command_line(&join),
         })),
     )
+}
+
+/// A cluster error as the API answers it.
+fn cluster_error(e: cluster::Error) -> Reply {
+    match e {
+        e @ (cluster::Error::InvalidName(_)
+        | cluster::Error::InvalidLabel(_)
+        | cluster::Error::InvalidServer(_)) => error(StatusCode::BAD_REQUEST, e),
+        e @ (cluster::Error::Exists(_) | cluster::Error::ServerTaken { .. }) => {
+            error(StatusCode::CONFLICT, e)
+        }
+        e @ cluster::Error::NotFound(_) => error(StatusCode::NOT_FOUND, e),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateRequest {
+    /// The cluster's API server URL; `null` clears it, so the cluster is
+    /// reached by name only.
+    server: Option<String>,
+}
+
+/// `PATCH /api/v1/clusters/NAME`: sets what only an admin decides about a
+/// cluster, its API server URL.
+async fn update(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateRequest>,
+) -> Reply {
+    let who = match state.allow(&headers, "clusters", "update", &name) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    match cluster::set_server(&state.store, &name, req.server.as_deref()).await {
+        Ok(server) => {
+            state
+                .audit_detail(
+                    &who,
+                    "update",
+                    format!("cluster/{name}"),
+                    &format!("server {}", server.as_deref().unwrap_or("unset")),
+                )
+                .await;
+            ok(json!({ "name": name, "server": server }))
+        }
+        Err(e) => cluster_error(e),
+    }
 }
 
 /// `DELETE /api/v1/clusters/NAME`: forgets the cluster and revokes its

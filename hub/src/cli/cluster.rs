@@ -1,4 +1,4 @@
-//! `flotilla cluster add|list|get|rm`: through the hub's API while it runs, or on
+//! `flotilla cluster add|set|list|get|rm`: through the hub's API while it runs, or on
 //! its data folder (`--data-dir`) to bootstrap before it first starts.
 
 use std::path::PathBuf;
@@ -18,6 +18,8 @@ pub enum ClusterCommand {
     /// Make a single-use bootstrap token for a new cluster and print the agent's
     /// install manifest (or, with --print-command, a local command line).
     Add(AddArgs),
+    /// Change what the admin decides about a cluster: its API server URL.
+    Set(SetArgs),
     /// Remove a cluster and revoke its certificate; its open connection closes.
     Rm(NameArgs),
     /// List clusters with their connection state, last-seen time and agent version.
@@ -41,6 +43,13 @@ pub struct AddArgs {
     /// A label for the cluster, key=value; repeatable.
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// The cluster's Kubernetes API server URL, which Applications'
+    /// destination.server is matched against. Without it the cluster is reached
+    /// by destination.name only (what its agent reports about itself never
+    /// counts); set it later with `flotilla cluster set NAME --api-server URL`.
+    /// (`--server` is the hub's own API address.)
+    #[arg(long, value_name = "URL")]
+    api_server: Option<String>,
     /// The hub's QUIC address as agents reach it, host:port (through the API: the
     /// hub's own by default).
     #[arg(long, env = "FLOTILLA_HUB_ADDRESS")]
@@ -54,6 +63,21 @@ pub struct AddArgs {
     /// Print a command line that runs the agent locally instead of a manifest.
     #[arg(long)]
     print_command: bool,
+    #[command(flatten)]
+    data: DataDirArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// The cluster, registered or waiting for its agent.
+    name: String,
+    /// The cluster's Kubernetes API server URL, which Applications'
+    /// destination.server is matched against.
+    #[arg(long, value_name = "URL", conflicts_with = "unset_api_server")]
+    api_server: Option<String>,
+    /// Forget the API server URL: the cluster is reached by destination.name only.
+    #[arg(long)]
+    unset_api_server: bool,
     #[command(flatten)]
     data: DataDirArgs,
 }
@@ -103,6 +127,7 @@ fn open(dir: &std::path::Path) -> anyhow::Result<Store> {
 pub async fn run(command: ClusterCommand, connection: &Connection) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Add(args) => add(args, connection).await,
+        ClusterCommand::Set(args) => set(args, connection).await,
         ClusterCommand::Rm(args) => {
             match data_dir_mode(connection, &args.data) {
                 Some(dir) => {
@@ -201,7 +226,7 @@ fn local_views(store: &Store) -> anyhow::Result<Vec<Value>> {
             "state": "Disconnected",
             "connected": false,
             "labels": record.labels,
-            "server": record.facts.as_ref().map(|f| f.api_server_url.clone()),
+            "server": record.server,
             "kubernetesVersion": record.facts.as_ref().map(|f| f.kubernetes_version.clone()),
             "lastSeenMs": link.as_ref().and_then(|l| l.last_seen_ms),
             "agentVersion": link.as_ref().and_then(|l| l.agent_version.clone()),
@@ -213,6 +238,7 @@ fn local_views(store: &Store) -> anyhow::Result<Vec<Value>> {
             "state": "Pending",
             "connected": false,
             "labels": token.labels,
+            "server": token.server,
         }));
     }
     items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -228,20 +254,16 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
         Some(dir) => {
             let store = open(&dir)?;
             let ca = Ca::load_or_create(&store, SystemTime::now()).await?;
-            let added = cluster::add(
+            let added = cluster::add_with_server(
                 &store,
                 &args.name,
                 labels,
+                args.api_server.as_deref(),
                 Duration::from_secs(args.token_ttl_minutes * 60),
                 SystemTime::now(),
             )
             .await
-            .map_err(|e| match e {
-                cluster::Error::InvalidName(_)
-                | cluster::Error::Exists(_)
-                | cluster::Error::InvalidLabel(_) => anyhow::Error::from(UsageError(e.to_string())),
-                e => e.into(),
-            })?;
+            .map_err(usage)?;
             let fingerprint = ca.fingerprint();
             let hub_address = args
                 .hub_address
@@ -259,6 +281,7 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
             let body = json!({
                 "name": args.name,
                 "labels": labels,
+                "server": args.api_server,
                 "hubAddress": args.hub_address,
                 "tokenTtlMinutes": args.token_ttl_minutes,
                 "image": args.image,
@@ -277,6 +300,52 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
         print!("{command}");
     } else {
         print!("{manifest}");
+    }
+    Ok(())
+}
+
+/// A cluster error, as a usage error where the command line was wrong.
+fn usage(e: cluster::Error) -> anyhow::Error {
+    match e {
+        cluster::Error::InvalidName(_)
+        | cluster::Error::Exists(_)
+        | cluster::Error::InvalidLabel(_)
+        | cluster::Error::InvalidServer(_)
+        | cluster::Error::ServerTaken { .. }
+        | cluster::Error::NotFound(_) => anyhow::Error::from(UsageError(e.to_string())),
+        e => e.into(),
+    }
+}
+
+async fn set(args: SetArgs, connection: &Connection) -> anyhow::Result<()> {
+    if args.api_server.is_none() && !args.unset_api_server {
+        return Err(UsageError("give --api-server URL or --unset-api-server".to_owned()).into());
+    }
+    let server = match data_dir_mode(connection, &args.data) {
+        Some(dir) => {
+            let store = open(&dir)?;
+            cluster::set_server(&store, &args.name, args.api_server.as_deref())
+                .await
+                .map_err(usage)?
+        }
+        None => {
+            let body = json!({ "server": args.api_server });
+            let answer = connection
+                .client()?
+                .patch(&format!("/api/v1/clusters/{}", args.name), body.to_string())
+                .await?;
+            answer["server"].as_str().map(str::to_owned)
+        }
+    };
+    match server {
+        Some(server) => eprintln!(
+            "cluster {:?} now matches destination.server {server}",
+            args.name
+        ),
+        None => eprintln!(
+            "cluster {:?} has no API server URL; it is reached by destination.name only",
+            args.name
+        ),
     }
     Ok(())
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use flotilla_common::message::Status;
 use serde::{Deserialize, Serialize};
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{Error, Key, Result, Store, app_key, db};
 
@@ -20,6 +22,10 @@ pub struct TokenRecord {
     /// Labels given to `flotilla cluster add`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The API server URL given to `flotilla cluster add --api-server`, which the
+    /// cluster gets when it registers.
+    #[serde(default)]
+    pub server: Option<String>,
     /// When it stops working, in ms since the epoch.
     pub expires_at_ms: u64,
 }
@@ -133,6 +139,20 @@ impl Store {
         self.remove("tokens", &Key::new().str(token_sha256)).await
     }
 
+    /// Sets the server URL of every pending token of `cluster`, flushed;
+    /// returns whether it had one.
+    pub async fn set_pending_server(&self, cluster: &str, server: Option<&str>) -> Result<bool> {
+        let mut found = false;
+        for (key, mut token) in self.scan::<TokenRecord>("tokens", &Key::new())? {
+            if token.cluster == cluster {
+                token.server = server.map(str::to_owned);
+                self.put("tokens", &key, &token).await?;
+                found = true;
+            }
+        }
+        Ok(found)
+    }
+
     /// Every token's cluster name, to refuse a second token for a pending name.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         Ok(self
@@ -165,6 +185,46 @@ impl Store {
             .insert(Key::new().str(&link.cluster).as_bytes(), bytes)
             .map_err(|source| db("links", "writing", source))?;
         Ok(())
+    }
+
+    /// Changes a cluster's link record in place, without waiting for a flush
+    /// (see [`Store::put_link_lazily`]). A record that is not there stays absent:
+    /// a cluster removed while its connection was still reporting is not written
+    /// back. Returns whether the record was there.
+    pub fn update_link_lazily(
+        &self,
+        cluster: &str,
+        change: impl Fn(&mut LinkRecord),
+    ) -> Result<bool> {
+        let mut decode_error = None;
+        let before = self
+            .tree("links")?
+            .fetch_and_update(Key::new().str(cluster).as_bytes(), |old| {
+                let old = old?;
+                let mut link: LinkRecord = match serde_json::from_slice(old) {
+                    Ok(link) => link,
+                    Err(e) => {
+                        decode_error = Some(e);
+                        return Some(old.to_vec());
+                    }
+                };
+                change(&mut link);
+                match serde_json::to_vec(&link) {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        decode_error = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })
+            .map_err(|source| db("links", "writing", source))?;
+        if let Some(source) = decode_error {
+            return Err(Error::Decode {
+                tree: "links",
+                source,
+            });
+        }
+        Ok(before.is_some())
     }
 
     /// A cluster's link record.
@@ -202,40 +262,85 @@ impl Store {
             .map(|_| name))
     }
 
-    /// Records a renewed certificate: writes `link` (its current and previous
-    /// certificates indexed) and drops `superseded` from the index, flushed.
-    pub async fn put_renewed_link(&self, link: &LinkRecord, superseded: &[String]) -> Result<()> {
+    /// Records a renewed certificate: gives the stored link record the
+    /// certificates of `link` (its current and previous ones indexed) and drops
+    /// `superseded` from the index, flushed; the record's other fields (acks,
+    /// last seen) stay as stored. It is one transaction, and only if the stored
+    /// record still has the certificates of `before`, the record the renewal was
+    /// decided on: a cluster removed meanwhile stays removed, and of two racing
+    /// renewals one loses. Returns whether it was written.
+    pub async fn put_renewed_link(
+        &self,
+        before: &LinkRecord,
+        link: &LinkRecord,
+        superseded: &[String],
+    ) -> Result<bool> {
+        let links = self.tree("links")?;
         let certs = self.tree("certs")?;
-        for cert in superseded {
-            if *cert != link.cert_sha256 && link.previous_cert_sha256.as_ref() != Some(cert) {
-                certs
-                    .remove(cert.as_bytes())
-                    .map_err(|source| db("certs", "removing", source))?;
-            }
+        let key = Key::new().str(&link.cluster);
+        let written = (&links, &certs)
+            .transaction(|(links, certs)| {
+                let Some(stored) = links.get(key.as_bytes())? else {
+                    return Ok(false);
+                };
+                let mut stored: LinkRecord =
+                    serde_json::from_slice(&stored).map_err(ConflictableTransactionError::Abort)?;
+                if stored.cert_sha256 != before.cert_sha256
+                    || stored.previous_cert_sha256 != before.previous_cert_sha256
+                {
+                    return Ok(false);
+                }
+                for cert in superseded {
+                    if *cert != link.cert_sha256 && link.previous_cert_sha256.as_ref() != Some(cert)
+                    {
+                        certs.remove(cert.as_bytes())?;
+                    }
+                }
+                certs.insert(link.cert_sha256.as_bytes(), link.cluster.as_bytes())?;
+                if let Some(previous) = &link.previous_cert_sha256 {
+                    certs.insert(previous.as_bytes(), link.cluster.as_bytes())?;
+                }
+                stored.cert_sha256.clone_from(&link.cert_sha256);
+                stored.cert_not_after_ms = link.cert_not_after_ms;
+                stored
+                    .previous_cert_sha256
+                    .clone_from(&link.previous_cert_sha256);
+                stored.previous_cert_not_after_ms = link.previous_cert_not_after_ms;
+                let bytes =
+                    serde_json::to_vec(&stored).map_err(ConflictableTransactionError::Abort)?;
+                links.insert(key.as_bytes(), bytes)?;
+                Ok(true)
+            })
+            .map_err(|e| transaction_error("links", "renewing a certificate", e))?;
+        if written {
+            self.flush("links").await?;
         }
-        if let Some(previous) = &link.previous_cert_sha256 {
-            certs
-                .insert(previous.as_bytes(), link.cluster.as_bytes())
-                .map_err(|source| db("certs", "writing", source))?;
-        }
-        self.put_link(link).await
+        Ok(written)
     }
 
-    /// Forgets a cluster: its record, link and certificate. Returns whether it
-    /// was registered or pending.
+    /// Forgets a cluster: its record, link and certificates in one transaction
+    /// (so a renewal racing it cannot write the link back), and its pending
+    /// tokens. Returns whether it was registered or pending.
     pub async fn remove_cluster(&self, cluster: &str) -> Result<bool> {
-        let mut found = false;
-        if let Some(link) = self.link(cluster)? {
-            let certs = self.tree("certs")?;
-            for cert in std::iter::once(&link.cert_sha256).chain(&link.previous_cert_sha256) {
-                certs
-                    .remove(cert.as_bytes())
-                    .map_err(|source| db("certs", "removing", source))?;
-            }
-            found = true;
-        }
-        found |= self.remove("links", &Key::new().str(cluster)).await?;
-        found |= self.remove("clusters", &Key::new().str(cluster)).await?;
+        let links = self.tree("links")?;
+        let certs = self.tree("certs")?;
+        let clusters = self.tree("clusters")?;
+        let key = Key::new().str(cluster);
+        let mut found = (&links, &certs, &clusters)
+            .transaction(|(links, certs, clusters)| {
+                let mut found = clusters.remove(key.as_bytes())?.is_some();
+                if let Some(link) = links.remove(key.as_bytes())? {
+                    found = true;
+                    let link: LinkRecord = serde_json::from_slice(&link)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    for cert in std::iter::once(&link.cert_sha256).chain(&link.previous_cert_sha256)
+                    {
+                        certs.remove(cert.as_bytes())?;
+                    }
+                }
+                Ok(found)
+            })
+            .map_err(|e| transaction_error("links", "removing a cluster", e))?;
         for (key, token) in self.scan::<TokenRecord>("tokens", &Key::new())? {
             if token.cluster == cluster {
                 self.tree("tokens")?
@@ -326,6 +431,19 @@ impl Store {
     /// wake-ups and stalled writers under a burst of large values.)
     pub fn subscribe_bundles(&self) -> tokio::sync::broadcast::Receiver<super::BundleStored> {
         self.bundles_stored.subscribe()
+    }
+}
+
+/// A failed transaction as a store error: an abort is a record that does not
+/// decode.
+pub(super) fn transaction_error(
+    tree: &'static str,
+    what: &'static str,
+    error: TransactionError<serde_json::Error>,
+) -> Error {
+    match error {
+        TransactionError::Abort(source) => Error::Decode { tree, source },
+        TransactionError::Storage(source) => db(tree, what, source),
     }
 }
 

@@ -124,24 +124,34 @@ pub struct ClusterRecord {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// What its agent reported when it registered.
+    /// The API server URL the admin gave (`cluster add --server`, `cluster set
+    /// --server`): what an Application's `destination.server` is matched
+    /// against. Never taken from the agent, which could otherwise claim another
+    /// cluster's URL and receive its apps.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// What its agent reported when it registered. Shown, never trusted for
+    /// placement.
     #[serde(default)]
     pub facts: Option<ClusterFacts>,
 }
 
 impl ClusterRecord {
     /// Whether an Application's destination names this cluster: `name` by cluster
-    /// name, `server` by the API URL the agent registered, and Argo CD's
-    /// `https://kubernetes.default.svc` by the cluster registered as `in-cluster`.
+    /// name, `server` by the URL the admin set for it, and Argo CD's
+    /// `https://kubernetes.default.svc` also by the cluster the admin named
+    /// `in-cluster`. A cluster without an admin-set URL is reached by name only.
     pub fn is_destination(&self, dest: &Destination) -> bool {
         match (&dest.name, &dest.server) {
             (Some(name), _) => *name == self.name,
-            (None, Some(server)) if server.trim_end_matches('/') == IN_CLUSTER_SERVER => {
-                self.name == IN_CLUSTER_NAME
+            (None, Some(server)) => {
+                let server = server.trim_end_matches('/');
+                let by_url = self
+                    .server
+                    .as_deref()
+                    .is_some_and(|own| own.trim_end_matches('/') == server);
+                by_url || (server == IN_CLUSTER_SERVER && self.name == IN_CLUSTER_NAME)
             }
-            (None, Some(server)) => self.facts.as_ref().is_some_and(|f| {
-                f.api_server_url.trim_end_matches('/') == server.trim_end_matches('/')
-            }),
             (None, None) => false,
         }
     }

@@ -180,10 +180,20 @@ async fn repo_credentials_are_stored_but_never_shown() {
 }
 
 #[test]
-fn destinations_match_by_name_by_registered_server_and_in_cluster() {
+fn destinations_match_by_name_by_admin_set_server_and_in_cluster() {
     use crate::app::Destination;
     let east = ClusterRecord {
         name: "east".to_owned(),
+        server: Some("https://10.0.0.1:6443".to_owned()),
+        facts: Some(flotilla_common::model::ClusterFacts {
+            api_server_url: "https://10.9.9.9:6443".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // West's agent claims east's URL; only the admin's word counts.
+    let west = ClusterRecord {
+        name: "west".to_owned(),
         facts: Some(flotilla_common::model::ClusterFacts {
             api_server_url: "https://10.0.0.1:6443".to_owned(),
             ..Default::default()
@@ -205,6 +215,9 @@ fn destinations_match_by_name_by_registered_server_and_in_cluster() {
     assert!(!east.is_destination(&by(None, Some("https://10.0.0.2:6443"))));
     assert!(in_cluster.is_destination(&by(None, Some("https://kubernetes.default.svc"))));
     assert!(!east.is_destination(&by(None, Some("https://kubernetes.default.svc"))));
+    assert!(!east.is_destination(&by(None, Some("https://10.9.9.9:6443"))));
+    assert!(!west.is_destination(&by(None, Some("https://10.0.0.1:6443"))));
+    assert!(west.is_destination(&by(Some("west"), None)));
 }
 
 #[test]
@@ -270,4 +283,115 @@ fn the_store_folder_is_private_to_its_owner_even_when_it_existed() {
     drop(Store::open(&open).unwrap());
     let mode = std::fs::metadata(&open).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
+}
+
+fn registered_link(cluster: &str, cert: &str) -> LinkRecord {
+    LinkRecord {
+        cluster: cluster.to_owned(),
+        cert_sha256: cert.to_owned(),
+        cert_not_after_ms: 1_000,
+        ..LinkRecord::default()
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_decided_before_a_removal_does_not_write_the_link_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .put_link(&registered_link("east", "aa"))
+        .await
+        .unwrap();
+    // The renewal reads the link and issues a certificate...
+    let before = store.link("east").unwrap().unwrap();
+    let mut renewed = before.clone();
+    renewed.previous_cert_sha256 = Some("aa".to_owned());
+    renewed.cert_sha256 = "bb".to_owned();
+    // ...while `cluster rm` runs.
+    assert!(store.remove_cluster("east").await.unwrap());
+    let written = store
+        .put_renewed_link(&before, &renewed, &["aa".to_owned()])
+        .await
+        .unwrap();
+    assert!(!written);
+    assert_eq!(store.link("east").unwrap(), None);
+    assert_eq!(store.cluster_by_cert("aa").unwrap(), None);
+    assert_eq!(store.cluster_by_cert("bb").unwrap(), None);
+    assert!(store.links().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_renewal_keeps_acks_recorded_meanwhile_and_loses_a_race_with_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .put_link(&registered_link("east", "aa"))
+        .await
+        .unwrap();
+    let before = store.link("east").unwrap().unwrap();
+    // An ack lands between the renewal's read and its write.
+    store
+        .update_link_lazily("east", |link| link.last_status_sequence = 9)
+        .unwrap();
+    let mut renewed = before.clone();
+    renewed.previous_cert_sha256 = Some("aa".to_owned());
+    renewed.cert_sha256 = "bb".to_owned();
+    assert!(
+        store
+            .put_renewed_link(&before, &renewed, &["aa".to_owned()])
+            .await
+            .unwrap()
+    );
+    let link = store.link("east").unwrap().unwrap();
+    assert_eq!(link.last_status_sequence, 9);
+    assert_eq!(link.cert_sha256, "bb");
+    assert_eq!(
+        store.cluster_by_cert("aa").unwrap().as_deref(),
+        Some("east")
+    );
+    assert_eq!(
+        store.cluster_by_cert("bb").unwrap().as_deref(),
+        Some("east")
+    );
+    // A second renewal decided on the record before the first is refused.
+    let mut other = before.clone();
+    other.previous_cert_sha256 = Some("aa".to_owned());
+    other.cert_sha256 = "cc".to_owned();
+    assert!(
+        !store
+            .put_renewed_link(&before, &other, &["aa".to_owned()])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.cluster_by_cert("cc").unwrap(), None);
+}
+
+#[tokio::test]
+async fn link_state_reported_after_a_removal_does_not_bring_the_link_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .put_link(&registered_link("east", "aa"))
+        .await
+        .unwrap();
+    assert!(store.remove_cluster("east").await.unwrap());
+    let was_there = store
+        .update_link_lazily("east", |link| link.connected = true)
+        .unwrap();
+    assert!(!was_there);
+    assert_eq!(store.link("east").unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_bundle_and_its_cluster_index_are_written_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .put_bundle("web", "shop", "east", 3, b"envelope-3")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_bundles_for("east").unwrap(),
+        vec![("web".to_owned(), "shop".to_owned(), b"envelope-3".to_vec())]
+    );
 }
