@@ -19,6 +19,9 @@ use crate::store::{self, ClusterRecord, LinkRecord, Store, TokenRecord};
 /// How long a bootstrap token works by default.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
+/// The longest a bootstrap token may work, in minutes: a year.
+pub const MAX_TOKEN_TTL_MINUTES: u64 = 365 * 24 * 60;
+
 /// How long a client certificate lasts by default.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 

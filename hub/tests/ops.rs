@@ -353,6 +353,66 @@ async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_unde
     fleet.stop(&[]).await;
 }
 
+/// A dry run changes nothing: with a revision, which would render and store a
+/// new generation (and adopt or remove child apps), it is refused before
+/// anything renders. Needs no cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_to_a_revision_stores_no_generation_and_changes_nothing() {
+    let repo = repo_with_config_map("settings", "one");
+    let first = repo.head();
+    write_config_map(&repo, "settings", "two");
+    repo.commit("two");
+
+    let fleet = Fleet::start_unconnected("east").await;
+    let manifest = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: manual}}\nspec:\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: east, namespace: default}}\n",
+        repo.path().display()
+    );
+    let (status, body) = fleet.create_manifest(&manifest).await;
+    assert_eq!(status, 201, "{body}");
+    let latest = || {
+        fleet
+            .store
+            .latest_bundle("default", "manual", "east")
+            .unwrap()
+            .map(|(generation, _)| generation)
+    };
+    eventually("the app rendered", Duration::from_secs(30), || {
+        latest().is_some()
+    })
+    .await;
+    let before = fleet.store.app("default", "manual").unwrap().unwrap();
+
+    let (status, body) = fleet
+        .call(
+            "POST",
+            "/api/v1/applications/default/manual/sync",
+            Some(&fleet.admin),
+            json!({"revision": first, "dryRun": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("dryRun") && message.contains(&first),
+        "{message}"
+    );
+    // Nothing stored: no generation, no operation, no history, the app as it was.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(latest(), Some(1));
+    assert!(
+        fleet
+            .store
+            .operation("default", "manual", "east")
+            .unwrap()
+            .is_none()
+    );
+    assert!(fleet.store.history("default", "manual").unwrap().is_empty());
+    let after = fleet.store.app("default", "manual").unwrap().unwrap();
+    assert_eq!(after.rendered_commit, before.rendered_commit);
+    fleet.stop(&[]).await;
+}
+
 /// The recipe's myapp: a Deployment, a Service and a ConfigMap under
 /// `apps/myapp/production`, the Deployment running `image`.
 fn write_myapp(repo: &WorkRepo, image: &str, with_config: bool) {

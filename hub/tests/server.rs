@@ -220,6 +220,63 @@ async fn a_webhook_with_a_bad_signature_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_empty_webhook_secret_is_refused_and_signs_nothing() {
+    let hub = start(3600).await;
+    assert!(hub.wait_for_generation(1, Duration::from_secs(20)).await);
+
+    // Through the API: refused, nothing stored.
+    let admin = hub.login("admin", ADMIN_PASSWORD).await.unwrap();
+    let elsewhere = "/nonexistent-flotilla-test/repo.git";
+    for secret in ["", "  "] {
+        let body = serde_json::json!({"url": elsewhere, "webhookSecret": secret}).to_string();
+        let (status, json) = hub
+            .call("POST", "/api/v1/repositories", Some(&admin), &body)
+            .await;
+        assert_eq!(status, 400, "{json}");
+        assert!(
+            json["error"].as_str().unwrap().contains("webhookSecret"),
+            "{json}"
+        );
+    }
+    assert!(hub.store.repo(elsewhere).unwrap().is_none());
+
+    // One stored before the rule: a webhook signed with it changes nothing.
+    let url = hub.repo.path().display().to_string();
+    let mut record = hub.store.repo(&url).unwrap().unwrap();
+    record.webhook_secret = Some(String::new());
+    hub.store.put_repo(&record).await.unwrap();
+    let commit = hub.change("2");
+    assert_eq!(hub.push_webhook(&commit, "").await, 401);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hub.generation(), Some(1));
+    hub.server.stop().await;
+
+    // As the hub-wide secret: the hub does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let cache = RepoCache::new(dir.path().join("repos")).unwrap();
+    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
+        .await
+        .unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        webhook_secret: Some(String::new()),
+        policy: flotilla_hub::server::default_policy(),
+        admin_password: Some(ADMIN_PASSWORD.to_owned()),
+        tls: flotilla_hub::server::ApiTls::Plain,
+        link: None,
+        agent_address: None,
+    };
+    match Server::start(config, store, refresher).await {
+        Err(e) => assert!(e.to_string().contains("webhook secret is empty"), "{e}"),
+        Ok(server) => {
+            server.stop().await;
+            panic!("a hub started with an empty webhook secret");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn without_a_webhook_the_repo_is_polled_at_its_interval() {
     let hub = start(1).await;
     assert!(hub.wait_for_generation(1, Duration::from_secs(20)).await);

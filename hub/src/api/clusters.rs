@@ -169,7 +169,16 @@ async fn add(
                 "tokenTtlMinutes must be at least 1",
             );
         }
-        Some(minutes) => Duration::from_secs(minutes.saturating_mul(60)),
+        Some(minutes) if minutes > cluster::MAX_TOKEN_TTL_MINUTES => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "tokenTtlMinutes must be at most {} (a year), not {minutes}",
+                    cluster::MAX_TOKEN_TTL_MINUTES
+                ),
+            );
+        }
+        Some(minutes) => Duration::from_secs(minutes * 60),
         None => cluster::DEFAULT_TOKEN_TTL,
     };
     let fingerprint = match &state.link {

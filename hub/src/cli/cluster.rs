@@ -224,6 +224,13 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
     if args.token_ttl_minutes == 0 {
         return Err(UsageError("--token-ttl-minutes must be at least 1".to_owned()).into());
     }
+    if args.token_ttl_minutes > cluster::MAX_TOKEN_TTL_MINUTES {
+        return Err(UsageError(format!(
+            "--token-ttl-minutes must be at most {} (a year)",
+            cluster::MAX_TOKEN_TTL_MINUTES
+        ))
+        .into());
+    }
     let (manifest, command) = match data_dir_mode(connection, &args.data) {
         Some(dir) => {
             let store = open(&dir)?;
