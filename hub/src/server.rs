@@ -316,9 +316,10 @@ async fn registered(
     }
 }
 
-/// `POST /api/webhook`: a push from GitHub, GitLab or Gitea. Answers 202 and the
-/// repositories it will refresh, 200 when it names none the hub watches, 400 for a
-/// malformed request and 401 for a bad or missing signature.
+/// `POST /api/webhook`: a push from GitHub, GitLab or Gitea. Answers 202 when
+/// accepted (alike whether it names a watched repository or not), 400 for a
+/// malformed request, 401 for a bad or missing signature, and 503 when too many
+/// refreshes are waiting.
 async fn webhook_handler(
     State(shared): State<Shared>,
     headers: HeaderMap,
@@ -344,8 +345,16 @@ async fn webhook_handler(
         })
         .cloned()
         .collect();
+    // An unauthenticated caller must not learn which repositories are watched:
+    // one that matches none is judged by the hub-wide secret, if there is one,
+    // and otherwise answered as an accepted push is.
     if matching.is_empty() {
-        return (StatusCode::OK, "no watched repository matches\n".to_owned());
+        if let Some(secret) = &shared.webhook_secret
+            && let Err(e) = webhook::parse(&headers, &body, Some(secret.as_bytes()))
+        {
+            return (StatusCode::UNAUTHORIZED, format!("{e}\n"));
+        }
+        return (StatusCode::ACCEPTED, ACCEPTED.to_owned());
     }
     for url in &matching {
         let secret = shared
@@ -380,8 +389,9 @@ async fn webhook_handler(
             );
         }
     }
-    (
-        StatusCode::ACCEPTED,
-        format!("refreshing {}\n", matching.len()),
-    )
+    (StatusCode::ACCEPTED, ACCEPTED.to_owned())
 }
+
+/// What every accepted push is answered with, whether it names a watched
+/// repository or not.
+const ACCEPTED: &str = "accepted\n";
