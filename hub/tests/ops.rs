@@ -413,6 +413,103 @@ async fn a_dry_run_to_a_revision_stores_no_generation_and_changes_nothing() {
     fleet.stop(&[]).await;
 }
 
+/// A Secret changed behind Flotilla's back in a real cluster: the app's status
+/// and its diff show that its password drifted, never the password (desired or
+/// live, plain or base64), to a read-only user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_secret_shows_masks_in_status_and_diff_never_its_values() {
+    use base64::Engine as _;
+    use k8s_openapi::api::core::v1::Secret;
+    let fleet = Fleet::start().await;
+    let name = unique("ops-secret");
+    let secret = format!("{name}-db");
+    let repo = WorkRepo::new();
+    repo.write(
+        "app/secret.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: default}}\nstringData: {{password: desired-pw-1f3a, user: admin-7d21}}\n"
+        ),
+    );
+    repo.commit("a secret");
+    fleet.create_app(&repo, &name, true).await;
+    fleet
+        .wait_status(&name, "Synced", |s| s["sync"] == "Synced")
+        .await;
+
+    let secrets = kube::Api::<Secret>::namespaced(fleet.kube().clone(), "default");
+    let patch = json!({"stringData": {"password": "live-pw-9c2e"}});
+    secrets
+        .patch(
+            &secret,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let app = fleet
+        .wait_status(&name, "OutOfSync after the edit", |s| {
+            s["sync"] == "OutOfSync"
+        })
+        .await;
+
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let values = [
+        "desired-pw-1f3a".to_owned(),
+        "live-pw-9c2e".to_owned(),
+        "admin-7d21".to_owned(),
+        b64("desired-pw-1f3a"),
+        b64("live-pw-9c2e"),
+        b64("admin-7d21"),
+    ];
+    let shown = app.to_string();
+    for value in &values {
+        assert!(
+            !shown.contains(value.as_str()),
+            "{value} in the status: {shown}"
+        );
+    }
+    let (status, diff) = fleet
+        .call(
+            "GET",
+            &format!("/api/v1/applications/default/{name}/diff"),
+            Some(&fleet.viewer),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{diff}");
+    let shown = diff.to_string();
+    for value in &values {
+        assert!(
+            !shown.contains(value.as_str()),
+            "{value} in the diff: {shown}"
+        );
+    }
+    let item = diff["clusters"][0]["diffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "Secret")
+        .unwrap_or_else(|| panic!("no Secret in the diff: {diff}"));
+    let side =
+        |key: &str| -> Value { serde_saphyr::from_str(item[key].as_str().unwrap()).unwrap() };
+    let (desired, live) = (side("desired"), side("live"));
+    assert_eq!(desired["data"]["user"], live["data"]["user"], "{diff}");
+    assert_ne!(
+        desired["data"]["password"], live["data"]["password"],
+        "{diff}"
+    );
+    assert!(
+        desired["data"]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("++++"),
+        "{diff}"
+    );
+
+    let _ = secrets.delete(&secret, &Default::default()).await;
+    fleet.stop(&[]).await;
+}
+
 /// The recipe's myapp: a Deployment, a Service and a ConfigMap under
 /// `apps/myapp/production`, the Deployment running `image`.
 fn write_myapp(repo: &WorkRepo, image: &str, with_config: bool) {
