@@ -56,6 +56,10 @@ pub struct ApiState {
     pub command_timeout: Duration,
 }
 
+/// The longest poll interval a repository may have: a week. Longer ones are
+/// refused (and a far larger one would overflow the poller's clock).
+pub const MAX_POLL_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+
 /// How long the API waits for an agent to finish a sync by default.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -484,6 +488,18 @@ async fn create_repo(
         Ok(who) => who,
         Err(reply) => return reply,
     };
+    if let Some(secs) = req
+        .poll_interval_seconds
+        .filter(|secs| *secs > MAX_POLL_INTERVAL_SECS)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "request body: pollIntervalSeconds must be at most {MAX_POLL_INTERVAL_SECS} (a \
+                 week), not {secs}"
+            ),
+        );
+    }
     if req
         .webhook_secret
         .as_deref()

@@ -459,6 +459,40 @@ spec:
     )
 }
 
+/// `HOST:PORT` with a DNS name, an IPv4 address or a bracketed IPv6 address.
+pub fn is_host_port(address: &str) -> bool {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok()
+        && !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        })
+}
+
+/// An image name as the manifest writes it before `:VERSION`: a registry host
+/// (with a port) and a path, in the characters Docker references allow.
+pub fn is_image_name(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 255
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'))
+        && image
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
 /// An equivalent command line for running the agent locally.
 pub fn command_line(join: &JoinInfo<'_>) -> String {
     format!(

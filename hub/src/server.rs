@@ -235,7 +235,10 @@ fn watched_repos(store: &Store) -> BTreeMap<String, Duration> {
     for repo in store.repos().unwrap_or_default() {
         repos.insert(
             repo.url.clone(),
-            Duration::from_secs(repo.poll_interval_secs.max(1)),
+            Duration::from_secs(
+                repo.poll_interval_secs
+                    .clamp(1, api::MAX_POLL_INTERVAL_SECS),
+            ),
         );
     }
     repos

