@@ -195,8 +195,13 @@ pub async fn ensure_admin(store: &Store, password: Option<&str>) -> Result<Optio
         return Ok(None);
     }
     // No randomness is an error: a fallback would be a password anyone can guess.
+    // A given one follows the rules every password does (an empty
+    // FLOTILLA_ADMIN_PASSWORD would otherwise let anyone in).
     let generated = match password {
-        Some(_) => None,
+        Some(given) => {
+            check_new("admin", given, &[])?;
+            None
+        }
         None => Some(hex(&random::<12>()?)),
     };
     let password = password.or(generated.as_deref()).unwrap_or_default();
@@ -254,4 +259,52 @@ pub fn authenticate(store: &Store, token: &str) -> Result<Principal> {
         user: session.user,
         groups: session.groups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_admin_password_is_generated_or_follows_the_password_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for weak in ["", "short"] {
+            assert!(matches!(
+                ensure_admin(&store, Some(weak)).await,
+                Err(Error::Invalid { ref field, .. }) if field == "password"
+            ));
+            assert!(!exists(&store, "admin").unwrap(), "{weak:?}");
+        }
+        let generated = ensure_admin(&store, None).await.unwrap().unwrap();
+        assert_eq!(generated.len(), 24);
+        assert!(login(&store, "admin", &generated).await.is_ok());
+        assert!(matches!(
+            login(&store, "admin", "").await,
+            Err(Error::BadLogin)
+        ));
+    }
+
+    #[test]
+    fn account_names_are_plain_words_never_roles() {
+        for name in ["alice", "ci-bot", "a.b_c@example.com", "0ps"] {
+            check_new(name, "long-enough", &[]).unwrap();
+        }
+        for name in [
+            "role:admin",
+            "proj:a:b",
+            "*",
+            "",
+            "Alice",
+            "-x",
+            "a b",
+            "a,b",
+        ] {
+            assert!(check_new(name, "long-enough", &[]).is_err(), "{name:?}");
+        }
+        let long = "x".repeat(MAX_PASSWORD + 1);
+        assert!(check_new("alice", &long, &[]).is_err());
+        let e = check_new("alice", "pw-7", &[]).unwrap_err().to_string();
+        assert!(!e.contains("pw-7"), "{e}");
+    }
 }
