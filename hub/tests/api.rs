@@ -1706,3 +1706,44 @@ async fn cluster_add_writes_no_yaml_or_shell_from_the_request_into_the_manifest(
     );
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn who_may_not_delete_a_repository_learns_nothing_of_whether_it_exists() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    hub.create_account(&admin, "viewer", "viewer-pw", &[]).await;
+    let viewer = hub.login("viewer", "viewer-pw").await;
+    let body = json!({"url": "/nonexistent-flotilla-test/kept.git"}).to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/repositories", Some(&admin), &body)
+        .await;
+    assert_eq!(status, 201, "{json}");
+    let there = hub
+        .call(
+            "DELETE",
+            "/api/v1/repositories/%2Fnonexistent-flotilla-test%2Fkept.git",
+            Some(&viewer),
+            "",
+        )
+        .await;
+    let missing = hub
+        .call(
+            "DELETE",
+            "/api/v1/repositories/%2Fnonexistent-flotilla-test%2Fnone.git",
+            Some(&viewer),
+            "",
+        )
+        .await;
+    assert_json_error(there.0, &there.1, 403, 7);
+    assert_json_error(missing.0, &missing.1, 403, 7);
+    let (status, json) = hub
+        .call(
+            "DELETE",
+            "/api/v1/repositories/%2Fnonexistent-flotilla-test%2Fnone.git",
+            Some(&admin),
+            "",
+        )
+        .await;
+    assert_json_error(status, &json, 404, 5);
+    hub.stop().await;
+}
