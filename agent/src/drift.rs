@@ -404,14 +404,24 @@ impl Watched {
 }
 
 /// `spec.replicas: 3 → 5, changed by kubectl-edit`.
+/// A Secret's values are masked (`++++++++` before, a longer run after), as
+/// Argo CD masks them: this text reaches logs, events and the hub's API.
 pub fn describe_entry(entry: &DriftEntry) -> String {
     let value = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
-    let mut text = format!(
-        "{}: {} → {}",
-        entry.path,
-        value(&entry.old),
-        value(&entry.new)
-    );
+    let gvk = &entry.resource.gvk;
+    let (old, new) = if gvk.group.is_empty() && gvk.kind == "Secret" {
+        let masked = |v: &Option<String>, mask: &str| {
+            v.as_ref()
+                .map_or_else(|| "(absent)".to_owned(), |_| mask.to_owned())
+        };
+        (
+            masked(&entry.old, "++++++++"),
+            masked(&entry.new, "++++++++++++"),
+        )
+    } else {
+        (value(&entry.old), value(&entry.new))
+    };
+    let mut text = format!("{}: {old} → {new}", entry.path);
     if let Some(manager) = &entry.field_manager {
         text.push_str(&format!(", changed by {manager}"));
     }

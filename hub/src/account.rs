@@ -35,6 +35,15 @@ pub enum Error {
     /// The account exists already.
     #[error("account {0:?} exists already")]
     Exists(String),
+    /// A new account's name, password or group breaks the rules for them.
+    #[error("{field} {value:?}: {why}")]
+    Invalid {
+        /// `name`, `password` or `groups[i]`.
+        field: String,
+        /// What was given; never the password.
+        value: String,
+        why: &'static str,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -97,8 +106,68 @@ fn session_key(token: &str) -> Key {
         .str(&hex(&Sha256::digest(token.as_bytes())))
 }
 
-/// Creates an account; fails if it exists.
+/// The longest password taken, so hashing one is bounded work.
+pub const MAX_PASSWORD: usize = 128;
+/// The shortest password taken, as Argo CD's default password pattern has it.
+pub const MIN_PASSWORD: usize = 8;
+
+/// Checks a new account's name, password and groups. A name is a plain word
+/// (`a-z`, `0-9`, `-`, `_`, `.`, `@`, starting with a letter or digit), so it is
+/// never a role (`role:…`), a project role (`proj:…:…`) or a glob; groups are names
+/// without commas or control characters.
+pub fn check_new(name: &str, password: &str, groups: &[String]) -> Result<()> {
+    let invalid = |field: &str, value: &str, why| Error::Invalid {
+        field: field.to_owned(),
+        value: value.to_owned(),
+        why,
+    };
+    let bytes = name.as_bytes();
+    let name_ok = (1..=64).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.' | b'@')
+        });
+    if !name_ok {
+        return Err(invalid(
+            "name",
+            name,
+            "an account name is 1 to 64 of a-z, 0-9, '-', '_', '.', '@', starting with a letter \
+             or digit (':' is kept for role: and proj: names)",
+        ));
+    }
+    let length = password.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&length) {
+        return Err(invalid(
+            "password",
+            "(not shown)",
+            "a password is 8 to 128 characters",
+        ));
+    }
+    for (i, group) in groups.iter().enumerate() {
+        let ok = !group.trim().is_empty()
+            && group.len() <= 253
+            && group.trim() == group
+            && !group.contains(',')
+            && !group.chars().any(char::is_control);
+        if !ok {
+            return Err(invalid(
+                &format!("groups[{i}]"),
+                group,
+                "a group is a name of at most 253 characters, without commas, control \
+                 characters or surrounding spaces",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Creates an account after [`check_new`]; fails if it exists.
 pub async fn create(store: &Store, name: &str, password: &str, groups: Vec<String>) -> Result<()> {
+    check_new(name, password, &groups)?;
+    insert(store, name, password, groups).await
+}
+
+async fn insert(store: &Store, name: &str, password: &str, groups: Vec<String>) -> Result<()> {
     if store
         .get::<AccountRecord>(TREE, &account_key(name))?
         .is_some()
@@ -125,11 +194,18 @@ pub async fn ensure_admin(store: &Store, password: Option<&str>) -> Result<Optio
     {
         return Ok(None);
     }
-    let generated = password
-        .is_none()
-        .then(|| hex(&random::<12>().unwrap_or_default()));
+    // No randomness is an error: a fallback would be a password anyone can guess.
+    // A given one follows the rules every password does (an empty
+    // FLOTILLA_ADMIN_PASSWORD would otherwise let anyone in).
+    let generated = match password {
+        Some(given) => {
+            check_new("admin", given, &[])?;
+            None
+        }
+        None => Some(hex(&random::<12>()?)),
+    };
     let password = password.or(generated.as_deref()).unwrap_or_default();
-    create(store, "admin", password, Vec::new()).await?;
+    insert(store, "admin", password, Vec::new()).await?;
     Ok(generated)
 }
 
@@ -183,4 +259,52 @@ pub fn authenticate(store: &Store, token: &str) -> Result<Principal> {
         user: session.user,
         groups: session.groups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_admin_password_is_generated_or_follows_the_password_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for weak in ["", "short"] {
+            assert!(matches!(
+                ensure_admin(&store, Some(weak)).await,
+                Err(Error::Invalid { ref field, .. }) if field == "password"
+            ));
+            assert!(!exists(&store, "admin").unwrap(), "{weak:?}");
+        }
+        let generated = ensure_admin(&store, None).await.unwrap().unwrap();
+        assert_eq!(generated.len(), 24);
+        assert!(login(&store, "admin", &generated).await.is_ok());
+        assert!(matches!(
+            login(&store, "admin", "").await,
+            Err(Error::BadLogin)
+        ));
+    }
+
+    #[test]
+    fn account_names_are_plain_words_never_roles() {
+        for name in ["alice", "ci-bot", "a.b_c@example.com", "0ps"] {
+            check_new(name, "long-enough", &[]).unwrap();
+        }
+        for name in [
+            "role:admin",
+            "proj:a:b",
+            "*",
+            "",
+            "Alice",
+            "-x",
+            "a b",
+            "a,b",
+        ] {
+            assert!(check_new(name, "long-enough", &[]).is_err(), "{name:?}");
+        }
+        let long = "x".repeat(MAX_PASSWORD + 1);
+        assert!(check_new("alice", &long, &[]).is_err());
+        let e = check_new("alice", "pw-7", &[]).unwrap_err().to_string();
+        assert!(!e.contains("pw-7"), "{e}");
+    }
 }

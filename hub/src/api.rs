@@ -40,7 +40,8 @@ pub struct ApiState {
     pub store: Store,
     pub policy: Arc<Policy>,
     /// Repositories to refresh at once (a new app's repo).
-    pub refresh_now: mpsc::UnboundedSender<String>,
+    /// Bounded: when it is full, the request is dropped and the poll catches up.
+    pub refresh_now: mpsc::Sender<String>,
     /// The agent link, when this hub runs one: cluster removal closes connections
     /// through it, and readiness waits for it.
     pub link: Option<Arc<Link>>,
@@ -54,6 +55,10 @@ pub struct ApiState {
     /// How long a sync command may run on an agent.
     pub command_timeout: Duration,
 }
+
+/// The longest poll interval a repository may have: a week. Longer ones are
+/// refused (and a far larger one would overflow the poller's clock).
+pub const MAX_POLL_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 
 /// How long the API waits for an agent to finish a sync by default.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -343,7 +348,7 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
         .audit(&who, "create", format!("application/{object}"))
         .await;
     if record.application.source().chart.is_none() {
-        let _ = state.refresh_now.send(repo);
+        let _ = state.refresh_now.try_send(repo);
     }
     (StatusCode::CREATED, Json(app_summary(&state, &record)))
 }
@@ -508,6 +513,29 @@ async fn create_repo(
         Ok(who) => who,
         Err(reply) => return reply,
     };
+    if let Some(secs) = req
+        .poll_interval_seconds
+        .filter(|secs| *secs > MAX_POLL_INTERVAL_SECS)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "request body: pollIntervalSeconds must be at most {MAX_POLL_INTERVAL_SECS} (a \
+                 week), not {secs}"
+            ),
+        );
+    }
+    if req
+        .webhook_secret
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "request body: webhookSecret is empty; anyone could sign with it: give a real one, \
+             or none",
+        );
+    }
     let shown = spec.redacted_url();
     let mut record = RepoRecord::new(spec);
     if let Some(secs) = req.poll_interval_seconds {
@@ -541,6 +569,26 @@ async fn create_account(
         Ok(who) => who,
         Err(reply) => return reply,
     };
+    if let Err(e) = account::check_new(&req.name, &req.password, &req.groups) {
+        return error(StatusCode::BAD_REQUEST, format!("request body: {e}"));
+    }
+    // Groups are grants, and so is a name the policy names: making the account
+    // must not give anyone more than its creator holds (Argo CD leaves accounts
+    // and their roles to whoever edits argocd-cm and argocd-rbac-cm: admins).
+    if let Some(beyond) =
+        state
+            .effective_policy()
+            .beyond_grantor(&who.user, &who.groups, &req.name, &req.groups)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "permission denied: {} may not create account {:?} holding {beyond:?}, which \
+                 {} does not hold",
+                who.user, req.name, who.user
+            ),
+        );
+    }
     match account::create(&state.store, &req.name, &req.password, req.groups).await {
         Ok(()) => {
             state

@@ -612,6 +612,17 @@ impl Application {
                     .to_owned(),
             ));
         }
+        // The project is part of RBAC objects (`PROJECT/NAME`), like the name.
+        if !is_dns_subdomain(&self.spec.project) {
+            return Err(invalid(
+                "spec.project",
+                format!(
+                    "{:?} must be a lowercase DNS name (a-z, 0-9, '-', '.'), at most 253 \
+                     characters",
+                    self.spec.project
+                ),
+            ));
+        }
         if self.operation.is_some() {
             return Err(unsupported(
                 "operation",

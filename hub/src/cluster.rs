@@ -19,6 +19,9 @@ use crate::store::{self, ClusterRecord, LinkRecord, Store, TokenRecord};
 /// How long a bootstrap token works by default.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
+/// The longest a bootstrap token may work, in minutes: a year.
+pub const MAX_TOKEN_TTL_MINUTES: u64 = 365 * 24 * 60;
+
 /// How long a client certificate lasts by default.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -598,6 +601,40 @@ spec:
           emptyDir: {{}}
 "#
     )
+}
+
+/// `HOST:PORT` with a DNS name, an IPv4 address or a bracketed IPv6 address.
+pub fn is_host_port(address: &str) -> bool {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok()
+        && !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        })
+}
+
+/// An image name as the manifest writes it before `:VERSION`: a registry host
+/// (with a port) and a path, in the characters Docker references allow.
+pub fn is_image_name(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 255
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'))
+        && image
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// An equivalent command line for running the agent locally.

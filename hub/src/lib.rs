@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod rbac;
 pub mod refresh;
 pub mod render;
+pub mod secret_mask;
 pub mod server;
 pub mod source;
 pub mod status;

@@ -668,6 +668,17 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     if args.cert_days == 0 {
         return Err(UsageError("--cert-days must be at least 1".to_owned()).into());
     }
+    if args
+        .webhook_secret
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
+        return Err(UsageError(
+            "--webhook-secret is empty: anyone could sign with it; give a real one, or none"
+                .to_owned(),
+        )
+        .into());
+    }
     link_config.cert_lifetime = Duration::from_secs(args.cert_days * 24 * 3600);
     if args.keep_alive_secs == 0 || args.idle_timeout_secs <= args.keep_alive_secs {
         return Err(UsageError(

@@ -63,6 +63,9 @@ pub enum Error {
     /// The ConfigMap is not an `argocd-rbac-cm` Flotilla can read.
     #[error("{origin}: {message}")]
     ConfigMap { origin: String, message: String },
+    /// An AppProject role breaks Argo CD's rules for project roles.
+    #[error("{origin}: {message}")]
+    ProjectRole { origin: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -136,35 +139,36 @@ impl Policy {
         Self::parse(&csv, text("policy.default").as_deref(), origin)
     }
 
-    /// Adds the roles an AppProject defines: their policies, which may only name the
-    /// project's own role and apps, and their groups.
+    /// Adds the roles an AppProject defines, after [`check_project_roles`]: a
+    /// project's roles either all hold or none is added.
     pub fn add_project_roles(&mut self, project: &AppProject) -> Result<()> {
         let name = project.name();
+        let mut rules = Vec::new();
+        let mut grants = Vec::new();
         for role in &project.spec.roles {
             let subject = format!("proj:{name}:{}", role.name);
             let origin = format!("AppProject {name} role {}", role.name);
+            check_role_name(name, &role.name, &origin)?;
             for (i, line) in role.policies.iter().enumerate() {
-                let before = self.rules.len();
-                self.add_lines(line, &origin)?;
-                for rule in &self.rules[before..] {
-                    let own_objects = rule.object.starts_with(&format!("{name}/"));
-                    if rule.subject != subject || !own_objects {
-                        return Err(Error::Line {
-                            origin: origin.clone(),
-                            line: i + 1,
-                            message: format!(
-                                "a project role's policy must name subject {subject} and objects {name}/..."
-                            ),
-                        });
+                rules.push(project_rule(name, &role.name, line).map_err(|message| {
+                    Error::Line {
+                        origin: origin.clone(),
+                        line: i + 1,
+                        message,
                     }
-                }
+                })?);
             }
             for group in &role.groups {
-                self.roles
-                    .entry(group.clone())
-                    .or_default()
-                    .insert(subject.clone());
+                let group = project_group(group).map_err(|message| Error::ProjectRole {
+                    origin: origin.clone(),
+                    message,
+                })?;
+                grants.push((group, subject.clone()));
             }
+        }
+        self.rules.extend(rules);
+        for (group, subject) in grants {
+            self.add_grouping(&group, &subject);
         }
         Ok(())
     }
@@ -272,6 +276,30 @@ impl Policy {
         allowed
     }
 
+    /// The first role, group or grant an account `user` in `groups` would hold
+    /// that `grantor` (in `grantor_groups`) does not, if any. An account holds its
+    /// groups, whatever policy lines name its user name, and every role those
+    /// reach; whoever creates one must hold all of that already, or be allowed
+    /// everything, so making an account never raises anyone's rights.
+    pub fn beyond_grantor(
+        &self,
+        grantor: &str,
+        grantor_groups: &[String],
+        user: &str,
+        groups: &[String],
+    ) -> Option<String> {
+        if self.enforce(grantor, grantor_groups, "*", "*", "*") {
+            return None;
+        }
+        let theirs = self.subjects(grantor, grantor_groups);
+        let named =
+            |s: &str| self.rules.iter().any(|r| r.subject == s) || self.roles.contains_key(s);
+        self.subjects(user, groups)
+            .into_iter()
+            .find(|s| !theirs.contains(s) && (*s != user || named(s)))
+            .map(str::to_owned)
+    }
+
     /// The user, its groups, the default role, and every role they reach through g
     /// lines, transitively.
     fn subjects<'a>(&'a self, user: &'a str, groups: &'a [String]) -> BTreeSet<&'a str> {
@@ -293,6 +321,135 @@ impl Policy {
         }
         seen
     }
+}
+
+/// Whether an AppProject's roles hold, as Argo CD checks them when a project is
+/// created or updated: a role's name is a plain word, each of its policies is one
+/// `p, proj:PROJECT:ROLE, RESOURCE, ACTION, PROJECT/APP-GLOB, allow|deny` line
+/// about that project's own apps, and its groups are names, not lines.
+pub fn check_project_roles(project: &AppProject) -> Result<()> {
+    Policy::default().add_project_roles(project)
+}
+
+/// A role name is one word, so `proj:PROJECT:ROLE` names one role only.
+fn check_role_name(project: &str, role: &str, origin: &str) -> Result<()> {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let bytes = role.as_bytes();
+    let ok = !role.is_empty()
+        && role.len() <= 63
+        && bytes.iter().all(|b| word(*b))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::ProjectRole {
+            origin: origin.to_owned(),
+            message: format!(
+                "role name {role:?} of project {project} must be letters, digits, '-' and '_', \
+                 starting and ending with a letter or digit, at most 63 characters"
+            ),
+        })
+    }
+}
+
+/// The resources a project role may grant: those whose objects are
+/// `PROJECT/NAME`, as Argo CD allows them.
+const PROJECT_RESOURCES: &[&str] = &["applications", "applicationsets", "logs", "exec"];
+
+/// One project role policy line as a rule, or why it is refused. Argo CD's rule:
+/// exactly `p, proj:PROJECT:ROLE, RESOURCE, ACTION, OBJECT, EFFECT` where the
+/// resource is one of the project's own, and the object is `PROJECT/GLOB` or
+/// `PROJECT/NAMESPACE/GLOB` with `GLOB` made of word characters, `-`, `.` and `*`
+/// only. A `g` line, another subject, another project's object or a glob that
+/// could reach further (`{`, `[`, `?`) is refused.
+fn project_rule(project: &str, role: &str, line: &str) -> Result<Rule, String> {
+    let subject = format!("proj:{project}:{role}");
+    let form = format!(
+        "a project role's policy must be one line \
+         'p, {subject}, applications, ACTION, {project}/APP, allow|deny' naming subject {subject} \
+         and objects {project}/..."
+    );
+    if line.contains(['\n', '\r']) {
+        return Err(format!("{line:?}: {form}; it holds more than one line"));
+    }
+    // Argo CD splits on every comma: a quoted field is no way around the rules.
+    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    let [p, sub, resource, action, object, effect] = fields[..] else {
+        return Err(format!("{line:?}: {form}"));
+    };
+    if p != "p" {
+        return Err(format!("{line:?}: {form}; {p:?} lines are not allowed"));
+    }
+    if sub != subject {
+        return Err(format!("{line:?}: {form}; not subject {sub:?}"));
+    }
+    if !PROJECT_RESOURCES.contains(&resource) {
+        return Err(format!(
+            "{line:?}: {form}; resource must be one of {}, not {resource:?}",
+            PROJECT_RESOURCES.join(", ")
+        ));
+    }
+    if !(action == "*" || action.starts_with("action/") || ACTIONS.contains(&action)) {
+        return Err(format!("{line:?}: unknown action {action:?}"));
+    }
+    let glob_part = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*'))
+    };
+    let own = object
+        .strip_prefix(project)
+        .and_then(|rest| rest.strip_prefix('/'));
+    let object_ok = own.is_some_and(|rest| {
+        let parts: Vec<&str> = rest.split('/').collect();
+        (1..=2).contains(&parts.len()) && parts.iter().all(|p| glob_part(p))
+    });
+    if !object_ok {
+        return Err(format!(
+            "{line:?}: {form}; object must be {project}/*, {project}/APP or \
+             {project}/NAMESPACE/APP, not {object:?}"
+        ));
+    }
+    let effect = match effect {
+        "allow" => Effect::Allow,
+        "deny" => Effect::Deny,
+        other => {
+            return Err(format!(
+                "{line:?}: effect must be allow or deny, not {other:?}"
+            ));
+        }
+    };
+    Ok(Rule {
+        subject,
+        resource: resource.to_owned(),
+        action: action.to_owned(),
+        object: object.to_owned(),
+        effect,
+    })
+}
+
+/// A project role's group, as Argo CD takes it: a name, quoted if it holds a
+/// comma, with no line breaks or other control characters.
+fn project_group(group: &str) -> Result<String, String> {
+    let trimmed = group.trim();
+    let name = match trimmed
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
+        Some(inner) => inner,
+        None if trimmed.contains(',') => {
+            return Err(format!("group {group:?} holds a comma and must be quoted"));
+        }
+        None => trimmed,
+    };
+    if name.is_empty() {
+        return Err(format!("group {group:?} is empty"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("group {group:?} holds control characters"));
+    }
+    Ok(name.to_owned())
 }
 
 /// Argo CD's glob match: `*` matches any run of characters, `/` included.

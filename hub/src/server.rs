@@ -33,6 +33,11 @@ pub use tls::{ApiTls, Error as TlsError};
 /// The webhook path, as forges are configured to call it.
 pub const WEBHOOK_PATH: &str = "/api/webhook";
 
+/// How many refresh requests (webhooks, new apps) may wait at once. A full
+/// queue refuses more: each repository is polled at its interval anyway, and a
+/// flood of webhooks must not grow the hub's memory.
+pub const REFRESH_QUEUE: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The listen address could not be bound.
@@ -51,6 +56,9 @@ pub enum Error {
     /// The API's TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    /// The hub-wide webhook secret is empty: anyone could sign with it.
+    #[error("the webhook secret is empty; give a real one, or none")]
+    EmptyWebhookSecret,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -92,7 +100,7 @@ pub struct Server {
 #[derive(Clone)]
 struct Shared {
     store: Store,
-    refresh_now: mpsc::UnboundedSender<String>,
+    refresh_now: mpsc::Sender<String>,
     webhook_secret: Option<String>,
 }
 
@@ -102,6 +110,13 @@ impl Server {
         // Refused before binding, so nothing listens even for a moment.
         if matches!(config.tls, ApiTls::Plain) && !config.listen.ip().is_loopback() {
             return Err(tls::Error::PlainNotLoopback(config.listen).into());
+        }
+        if config
+            .webhook_secret
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(Error::EmptyWebhookSecret);
         }
         let refresher = Arc::new(refresher);
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -115,7 +130,7 @@ impl Server {
         let generated_admin_password =
             account::ensure_admin(&store, config.admin_password.as_deref()).await?;
         let (shutdown, stop) = watch::channel(false);
-        let (refresh_now, requests) = mpsc::unbounded_channel();
+        let (refresh_now, requests) = mpsc::channel(REFRESH_QUEUE);
         let registrations = config.link.as_ref().map(|l| l.registrations());
         let api = api::router(ApiState {
             store: store.clone(),
@@ -220,7 +235,10 @@ fn watched_repos(store: &Store) -> BTreeMap<String, Duration> {
     for repo in store.repos().unwrap_or_default() {
         repos.insert(
             repo.url.clone(),
-            Duration::from_secs(repo.poll_interval_secs.max(1)),
+            Duration::from_secs(
+                repo.poll_interval_secs
+                    .clamp(1, api::MAX_POLL_INTERVAL_SECS),
+            ),
         );
     }
     repos
@@ -232,7 +250,7 @@ const PARALLEL_REFRESHES: usize = 4;
 async fn poll_loop(
     store: Store,
     refresher: Arc<Refresher>,
-    mut requests: mpsc::UnboundedReceiver<String>,
+    mut requests: mpsc::Receiver<String>,
     mut registrations: Option<tokio::sync::broadcast::Receiver<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -331,9 +349,10 @@ async fn registered(
     }
 }
 
-/// `POST /api/webhook`: a push from GitHub, GitLab or Gitea. Answers 202 and the
-/// repositories it will refresh, 200 when it names none the hub watches, 400 for a
-/// malformed request and 401 for a bad or missing signature.
+/// `POST /api/webhook`: a push from GitHub, GitLab or Gitea. Answers 202 when
+/// accepted (alike whether it names a watched repository or not), 400 for a
+/// malformed request, 401 for a bad or missing signature, and 503 when too many
+/// refreshes are waiting.
 async fn webhook_handler(
     State(shared): State<Shared>,
     headers: HeaderMap,
@@ -359,8 +378,16 @@ async fn webhook_handler(
         })
         .cloned()
         .collect();
+    // An unauthenticated caller must not learn which repositories are watched:
+    // one that matches none is judged by the hub-wide secret, if there is one,
+    // and otherwise answered as an accepted push is.
     if matching.is_empty() {
-        return (StatusCode::OK, "no watched repository matches\n".to_owned());
+        if let Some(secret) = &shared.webhook_secret
+            && let Err(e) = webhook::parse(&headers, &body, Some(secret.as_bytes()))
+        {
+            return (StatusCode::UNAUTHORIZED, format!("{e}\n"));
+        }
+        return (StatusCode::ACCEPTED, ACCEPTED.to_owned());
     }
     for url in &matching {
         let secret = shared
@@ -370,6 +397,16 @@ async fn webhook_handler(
             .flatten()
             .and_then(|r| r.webhook_secret)
             .or_else(|| shared.webhook_secret.clone());
+        // An empty secret (stored before it was refused) is one anyone can sign
+        // with: nothing is accepted under it.
+        if secret.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            warn!("webhook refused: the repository's webhook secret is empty");
+            return (
+                StatusCode::UNAUTHORIZED,
+                "the webhook secret configured for this repository is empty; set a real one\n"
+                    .to_owned(),
+            );
+        }
         let verified = secret.map(|s| webhook::parse(&headers, &body, Some(s.as_bytes())));
         if let Some(Err(e)) = verified {
             warn!(error = %e, "webhook refused");
@@ -377,10 +414,17 @@ async fn webhook_handler(
         }
     }
     for url in &matching {
-        let _ = shared.refresh_now.send(url.clone());
+        if shared.refresh_now.try_send(url.clone()).is_err() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many refreshes are waiting; the repository is polled at its interval\n"
+                    .to_owned(),
+            );
+        }
     }
-    (
-        StatusCode::ACCEPTED,
-        format!("refreshing {}\n", matching.len()),
-    )
+    (StatusCode::ACCEPTED, ACCEPTED.to_owned())
 }
+
+/// What every accepted push is answered with, whether it names a watched
+/// repository or not.
+const ACCEPTED: &str = "accepted\n";

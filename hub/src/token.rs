@@ -47,7 +47,14 @@ pub enum Error {
     /// Looking up the account failed.
     #[error(transparent)]
     Account(#[from] account::Error),
+    /// The lifetime asked for is longer than [`MAX_TTL`].
+    #[error("a token lives at most {max} seconds, not {0} seconds", max = MAX_TTL.as_secs())]
+    TtlTooLong(u64),
 }
+
+/// The longest a token may live: a hundred years, far beyond any use and far
+/// inside what a clock can count to.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Result alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -139,13 +146,16 @@ pub async fn issue(
     issued_by: &str,
     now: SystemTime,
 ) -> Result<(String, TokenInfo)> {
+    if let Some(ttl) = ttl.filter(|ttl| *ttl > MAX_TTL) {
+        return Err(Error::TtlTooLong(ttl.as_secs()));
+    }
     check_owner(store, &owner)?;
     let token = format!("{PREFIX}{}", random_hex::<32>()?);
     let info = TokenInfo {
         id: random_hex::<8>()?,
         owner,
         issued_at_ms: epoch_ms(now),
-        expires_at_ms: ttl.map(|ttl| epoch_ms(now + ttl)),
+        expires_at_ms: ttl.map(|ttl| now.checked_add(ttl).map_or(u64::MAX, epoch_ms)),
         issued_by: issued_by.to_owned(),
     };
     store.put(TREE, &token_key(&token), &info).await?;
@@ -246,7 +256,7 @@ mod tests {
     async fn an_account_token_works_until_revoked_or_expired() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        account::create(&store, "ci", "pw", vec!["deployers".to_owned()])
+        account::create(&store, "ci", "ci-password", vec!["deployers".to_owned()])
             .await
             .unwrap();
         let owner = Owner::Account {
@@ -280,6 +290,29 @@ mod tests {
             authenticate(&store, &short, now + Duration::from_secs(61)),
             Err(Error::Invalid)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_lifetime_past_the_longest_is_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        account::create(&store, "ci", "ci-password", Vec::new())
+            .await
+            .unwrap();
+        let owner = Owner::Account {
+            name: "ci".to_owned(),
+        };
+        for secs in [u64::MAX, MAX_TTL.as_secs() + 1] {
+            let ttl = Some(Duration::from_secs(secs));
+            assert!(matches!(
+                issue(&store, owner.clone(), ttl, "admin", SystemTime::now()).await,
+                Err(Error::TtlTooLong(s)) if s == secs
+            ));
+        }
+        let (_, info) = issue(&store, owner, Some(MAX_TTL), "admin", SystemTime::now())
+            .await
+            .unwrap();
+        assert!(info.expires_at_ms.is_some());
     }
 
     #[tokio::test]

@@ -46,6 +46,11 @@ struct Running {
 }
 
 async fn start_with(tls: ApiTls) -> Running {
+    start_with_policy(tls, "").await
+}
+
+/// A hub whose policy has `extra` lines besides the usual ones.
+async fn start_with_policy(tls: ApiTls, extra: &str) -> Running {
     crypto();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db")).unwrap();
@@ -59,7 +64,9 @@ async fn start_with(tls: ApiTls) -> Running {
     let quic = link.local_addr().unwrap();
     let fingerprint = link.ca_fingerprint();
     let mut policy = flotilla_hub::rbac::Policy::parse(
-        "g, viewer, role:readonly\np, role:deployer, applications, *, shop/*, allow",
+        &format!(
+            "g, viewer, role:readonly\np, role:deployer, applications, *, shop/*, allow\n{extra}"
+        ),
         None,
         "test policy",
     )
@@ -1271,6 +1278,474 @@ async fn no_response_or_log_line_holds_a_password_token_or_repo_credential() {
         );
     }
     let _ = std::io::stderr().flush();
+}
+
+/// Creates an AppProject through the API; the status and the answer.
+async fn post_project(hub: &Running, token: &str, project: &str) -> (u16, Value) {
+    hub.call("POST", "/api/v1/projects", Some(token), project)
+        .await
+}
+
+fn project_with_policy(name: &str, role: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {name}}}\nspec:\n  roles:\n    - name: {role}\n      policies:\n        - {}\n",
+        serde_json::to_string(policy).unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_role_that_reaches_beyond_its_project_is_refused_and_never_takes_effect() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    hub.create_account(&admin, "mallory", "mallory-pw", &[])
+        .await;
+    let mallory = hub.login("mallory", "mallory-pw").await;
+
+    // Each would make mallory (or everyone) admin, or reach another project.
+    let hostile = [
+        "p, proj:evil:r, applications, get, evil/*, allow\ng, mallory, role:admin",
+        "g, mallory, role:admin",
+        "p, proj:evil:r, clusters, *, *, allow",
+        "p, proj:evil:r, *, *, evil/*, allow",
+        "p, proj:evil:r, projects, update, evil, allow",
+        "p, proj:evil:r, applications, *, */*, allow",
+        "p, proj:evil:r, applications, *, evil*/*, allow",
+        "p, proj:evil:r, applications, *, evil/{a,b}, allow",
+        "p, role:admin, applications, *, evil/*, allow",
+        "p, \"proj:evil:r\", applications, *, \"evil/x,*\", allow",
+    ];
+    for policy in hostile {
+        let (status, json) =
+            post_project(&hub, &admin, &project_with_policy("evil", "r", policy)).await;
+        assert_json_error(status, &json, 400, 3);
+        assert!(
+            json["message"].as_str().unwrap().contains("proj:evil:r"),
+            "{policy}: {json}"
+        );
+        assert!(hub.store.project("evil").unwrap().is_none(), "{policy}");
+    }
+    // A role name that would make another subject, and a project named as a glob.
+    let (status, json) = post_project(
+        &hub,
+        &admin,
+        &project_with_policy(
+            "evil",
+            "r:x",
+            "p, proj:evil:r:x, applications, get, evil/*, allow",
+        ),
+    )
+    .await;
+    assert_json_error(status, &json, 400, 3);
+    for name in ["'*'", "'a:b'", "'a/b'"] {
+        let (status, json) = post_project(
+            &hub,
+            &admin,
+            &format!("apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {name}}}\nspec: {{}}\n"),
+        )
+        .await;
+        assert_json_error(status, &json, 400, 3);
+        assert!(
+            json["message"].as_str().unwrap().contains("metadata.name"),
+            "{json}"
+        );
+    }
+
+    // What Argo CD allows a project role is still taken.
+    let (status, json) = post_project(
+        &hub,
+        &admin,
+        &project_with_policy(
+            "good",
+            "ci",
+            "p, proj:good:ci, applications, sync, good/*, allow",
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{json}");
+
+    // A project stored some other way (adopted from Git) with a g line grants
+    // nothing: its roles are left out whole.
+    let stored = flotilla_hub::app::parse_manifests(
+        &project_with_policy(
+            "stored",
+            "r",
+            "p, proj:stored:r, applications, get, stored/*, allow\ng, mallory, role:admin",
+        ),
+        "test",
+    )
+    .unwrap();
+    let flotilla_hub::app::Manifest::AppProject(stored) = &stored[0] else {
+        panic!("an AppProject")
+    };
+    hub.store.put_project(stored).await.unwrap();
+    let (status, json) = hub
+        .call(
+            "POST",
+            "/api/v1/clusters",
+            Some(&mallory),
+            r#"{"name":"east"}"#,
+        )
+        .await;
+    assert_json_error(status, &json, 403, 7);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_never_holds_more_than_its_creator_and_names_no_role() {
+    let hub = start_with_policy(
+        ApiTls::HubCa,
+        "p, role:hr, accounts, create, *, allow\ng, hr, role:hr\ng, ops-team, role:deployer\ng, carol, role:deployer",
+    )
+    .await;
+    let admin = hub.admin().await;
+    let post = |token: String, body: Value| {
+        let hub = &hub;
+        async move {
+            hub.call("POST", "/api/v1/accounts", Some(&token), &body.to_string())
+                .await
+        }
+    };
+    // Names that are roles, project roles, globs or odd text are refused.
+    for name in [
+        "role:admin",
+        "proj:shop:ci",
+        "*",
+        "",
+        "Admin",
+        "a b",
+        "a,b",
+        "-x",
+    ] {
+        let (status, json) = post(
+            admin.clone(),
+            json!({"name": name, "password": "long-enough-pw"}),
+        )
+        .await;
+        assert_json_error(status, &json, 400, 3);
+        assert!(
+            json["message"].as_str().unwrap().contains("name"),
+            "{name}: {json}"
+        );
+    }
+    let (status, json) = post(admin.clone(), json!({"name": "short", "password": "pw"})).await;
+    assert_json_error(status, &json, 400, 3);
+    assert!(!json.to_string().contains("\"pw\""), "{json}");
+    let (status, json) = post(
+        admin.clone(),
+        json!({"name": "odd", "password": "long-enough-pw", "groups": ["a,b"]}),
+    )
+    .await;
+    assert_json_error(status, &json, 400, 3);
+
+    // Someone who may create accounts but is no admin gives no role they lack:
+    // not role:admin, not a group the policy grants to, not a name it grants to.
+    hub.create_account(&admin, "hr", "hr-password", &[]).await;
+    let hr = hub.login("hr", "hr-password").await;
+    for (name, groups, holding) in [
+        ("newbie", vec!["role:admin"], "role:admin"),
+        ("newbie", vec!["ops-team"], "ops-team"),
+        ("carol", vec![], "carol"),
+    ] {
+        let (status, json) = post(
+            hr.clone(),
+            json!({"name": name, "password": "long-enough-pw", "groups": groups}),
+        )
+        .await;
+        assert_json_error(status, &json, 403, 7);
+        assert!(
+            json["message"].as_str().unwrap().contains(holding),
+            "{name} {groups:?}: {json}"
+        );
+        let (status, _) = hub
+            .call(
+                "POST",
+                "/api/v1/session",
+                None,
+                &json!({"username": name, "password": "long-enough-pw"}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 401, "{name} was created");
+    }
+    // What hr holds, hr may give.
+    for body in [
+        json!({"name": "plain", "password": "long-enough-pw"}),
+        json!({"name": "helper", "password": "long-enough-pw", "groups": ["role:hr"]}),
+    ] {
+        let (status, json) = post(hr.clone(), body).await;
+        assert_eq!(status, 201, "{json}");
+    }
+    // An admin may give anything.
+    hub.create_account(&admin, "lead", "lead-password", &["role:admin"])
+        .await;
+    hub.stop().await;
+}
+
+const SECRET_DESIRED: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: web}\ndata:\n  user: YWRtaW4=\n  password: bmV3LXB3ZC0xMjM=\n";
+
+/// Answers every Diff with a Secret whose password changed in the cluster, as
+/// the apply engine reads it (the live side holds `kubectl apply`'s copy too).
+#[derive(Clone, Copy)]
+struct SecretDiff;
+
+impl Applier for SecretDiff {
+    async fn apply(&self, bundle: &Bundle) -> ApplyReport {
+        flotilla_agent::link::AckOnly.apply(bundle).await
+    }
+
+    fn command(
+        &self,
+        command: flotilla_common::message::Command,
+    ) -> impl Future<Output = flotilla_agent::link::CommandReport> + Send + 'static {
+        use flotilla_common::message::{CommandOutcome, CommandResult, ResourceDiff};
+        let copy = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db"},"stringData":{"password":"old-pwd-456"}}"#;
+        let live = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "db",
+                "namespace": "web",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": copy},
+            },
+            "data": {"user": "YWRtaW4=", "password": "b2xkLXB3ZC00NTY="},
+        });
+        let diffs = vec![ResourceDiff {
+            resource: flotilla_common::model::ResourceRef {
+                gvk: flotilla_common::model::Gvk::new("", "v1", "Secret"),
+                namespace: Some("web".to_owned()),
+                name: "db".to_owned(),
+            },
+            desired: Some(SECRET_DESIRED.to_owned()),
+            live: Some(serde_saphyr::to_string(&live).unwrap()),
+        }];
+        std::future::ready(flotilla_agent::link::CommandReport {
+            result: CommandResult {
+                request_id: command.request_id,
+                outcome: CommandOutcome::Done {
+                    message: "compared".to_owned(),
+                },
+                drift: Vec::new(),
+                diffs,
+            },
+            status: None,
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_diff_shows_that_a_secret_changed_and_never_its_values() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    hub.create_account(&admin, "viewer", "viewer-pw", &[]).await;
+    let viewer = hub.login("viewer", "viewer-pw").await;
+    let (status, added) = hub
+        .call(
+            "POST",
+            "/api/v1/clusters",
+            Some(&admin),
+            r#"{"name":"east"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{added}");
+    let token = added["command"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .skip_while(|w| *w != "--token")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut agent = RunningAgent::start_with(
+        agent_config(&hub, "east", token, agent_dir.path()),
+        SecretDiff,
+    );
+    agent.wait("connected", |s| s.connected).await;
+    let app = flotilla_hub::app::Application::from_yaml(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: web}\nspec:\n  project: default\n  source: {repoURL: '/nonexistent-flotilla-test/web.git', path: web, targetRevision: main}\n  destination: {name: east, namespace: web}\n",
+        "test",
+    )
+    .unwrap();
+    hub.store
+        .put_app(&flotilla_hub::store::AppRecord::new(
+            app,
+            flotilla_hub::store::AppOrigin::Store,
+        ))
+        .await
+        .unwrap();
+    let envelope = link_fixture::sign(&hub.store, "east", "web", 1, 1, 16).await;
+    hub.store
+        .put_bundle("default", "web", "east", 1, &envelope.encode().unwrap())
+        .await
+        .unwrap();
+
+    let (status, _, body) = hub
+        .call_raw(
+            "GET",
+            "/api/v1/applications/default/web/diff",
+            Some(&viewer),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let text = body.to_string();
+    for secret in [
+        "YWRtaW4=",
+        "bmV3LXB3ZC0xMjM=",
+        "b2xkLXB3ZC00NTY=",
+        "old-pwd-456",
+        "new-pwd-123",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    let diff = &body["clusters"][0]["diffs"][0];
+    assert_eq!(diff["kind"], "Secret", "{body}");
+    let side =
+        |key: &str| -> Value { serde_saphyr::from_str(diff[key].as_str().unwrap()).unwrap() };
+    let (desired, live) = (side("desired"), side("live"));
+    assert_eq!(
+        desired["data"]["user"], live["data"]["user"],
+        "unchanged: equal masks"
+    );
+    assert_ne!(
+        desired["data"]["password"], live["data"]["password"],
+        "changed: the diff still shows it"
+    );
+    assert!(
+        desired["data"]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("++++")
+    );
+    let _ = agent.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lifetime_past_what_a_clock_counts_is_a_clear_400() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    let body = json!({"name": "east", "tokenTtlMinutes": u64::MAX}).to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/clusters", Some(&admin), &body)
+        .await;
+    assert_json_error(status, &json, 400, 3);
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokenTtlMinutes"),
+        "{json}"
+    );
+    hub.create_account(&admin, "deploy", "deploy-pw", &[]).await;
+    for secs in [u64::MAX, u64::MAX / 1000, u64::MAX / 60] {
+        let body = json!({"expiresIn": secs}).to_string();
+        let (status, json) = hub
+            .call("POST", "/api/v1/account/deploy/token", Some(&admin), &body)
+            .await;
+        assert_json_error(status, &json, 400, 3);
+        assert!(
+            json["message"].as_str().unwrap().contains("expiresIn"),
+            "{json}"
+        );
+    }
+    let body = json!({"url": "/nonexistent-flotilla-test/r.git", "pollIntervalSeconds": u64::MAX})
+        .to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/repositories", Some(&admin), &body)
+        .await;
+    assert_json_error(status, &json, 400, 3);
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("pollIntervalSeconds"),
+        "{json}"
+    );
+    assert!(hub.store.repos().unwrap().is_empty());
+    // The hub still answers.
+    let (status, _) = hub.call("GET", "/healthz", None, "").await;
+    assert_eq!(status, 200);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_add_writes_no_yaml_or_shell_from_the_request_into_the_manifest() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    for (field, value) in [
+        ("hubAddress", "hub:7443\"\n  FLOTILLA_EXTRA: \"x"),
+        ("hubAddress", "hub:7443 --insecure"),
+        ("hubAddress", "hub"),
+        (
+            "image",
+            "evil\n          securityContext: {privileged: true}\n#",
+        ),
+        ("image", "evil; curl x|sh"),
+        ("image", ""),
+    ] {
+        let body = json!({"name": "east", field: value}).to_string();
+        let (status, json) = hub
+            .call("POST", "/api/v1/clusters", Some(&admin), &body)
+            .await;
+        assert_json_error(status, &json, 400, 3);
+        assert!(json["message"].as_str().unwrap().contains(field), "{json}");
+    }
+    // Nothing was registered; a plain request still works.
+    let (_, list) = hub.call("GET", "/api/v1/clusters", Some(&admin), "").await;
+    assert_eq!(list["items"], json!([]), "{list}");
+    let body = json!({"name": "east", "hubAddress": "hub.example:7443", "image": "registry.example:5000/flotilla/agent"}).to_string();
+    let (status, added) = hub
+        .call("POST", "/api/v1/clusters", Some(&admin), &body)
+        .await;
+    assert_eq!(status, 201, "{added}");
+    assert!(
+        added["manifest"]
+            .as_str()
+            .unwrap()
+            .contains("image: registry.example:5000/flotilla/agent:")
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn who_may_not_delete_a_repository_learns_nothing_of_whether_it_exists() {
+    let hub = start().await;
+    let admin = hub.admin().await;
+    hub.create_account(&admin, "viewer", "viewer-pw", &[]).await;
+    let viewer = hub.login("viewer", "viewer-pw").await;
+    let body = json!({"url": "/nonexistent-flotilla-test/kept.git"}).to_string();
+    let (status, json) = hub
+        .call("POST", "/api/v1/repositories", Some(&admin), &body)
+        .await;
+    assert_eq!(status, 201, "{json}");
+    let there = hub
+        .call(
+            "DELETE",
+            "/api/v1/repositories/%2Fnonexistent-flotilla-test%2Fkept.git",
+            Some(&viewer),
+            "",
+        )
+        .await;
+    let missing = hub
+        .call(
+            "DELETE",
+            "/api/v1/repositories/%2Fnonexistent-flotilla-test%2Fnone.git",
+            Some(&viewer),
+            "",
+        )
+        .await;
+    assert_json_error(there.0, &there.1, 403, 7);
+    assert_json_error(missing.0, &missing.1, 403, 7);
+    let (status, json) = hub
+        .call(
+            "DELETE",
+            "/api/v1/repositories/%2Fnonexistent-flotilla-test%2Fnone.git",
+            Some(&admin),
+            "",
+        )
+        .await;
+    assert_json_error(status, &json, 404, 5);
+    hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

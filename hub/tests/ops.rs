@@ -353,6 +353,163 @@ async fn a_sync_to_a_revision_renders_it_as_a_new_generation_and_is_refused_unde
     fleet.stop(&[]).await;
 }
 
+/// A dry run changes nothing: with a revision, which would render and store a
+/// new generation (and adopt or remove child apps), it is refused before
+/// anything renders. Needs no cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_to_a_revision_stores_no_generation_and_changes_nothing() {
+    let repo = repo_with_config_map("settings", "one");
+    let first = repo.head();
+    write_config_map(&repo, "settings", "two");
+    repo.commit("two");
+
+    let fleet = Fleet::start_unconnected("east").await;
+    let manifest = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: manual}}\nspec:\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: east, namespace: default}}\n",
+        repo.path().display()
+    );
+    let (status, body) = fleet.create_manifest(&manifest).await;
+    assert_eq!(status, 201, "{body}");
+    let latest = || {
+        fleet
+            .store
+            .latest_bundle("default", "manual", "east")
+            .unwrap()
+            .map(|(generation, _)| generation)
+    };
+    eventually("the app rendered", Duration::from_secs(30), || {
+        latest().is_some()
+    })
+    .await;
+    let before = fleet.store.app("default", "manual").unwrap().unwrap();
+
+    let (status, body) = fleet
+        .call(
+            "POST",
+            "/api/v1/applications/default/manual/sync",
+            Some(&fleet.admin),
+            json!({"revision": first, "dryRun": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("dryRun") && message.contains(&first),
+        "{message}"
+    );
+    // Nothing stored: no generation, no operation, no history, the app as it was.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(latest(), Some(1));
+    assert!(
+        fleet
+            .store
+            .operation("default", "manual", "east")
+            .unwrap()
+            .is_none()
+    );
+    assert!(fleet.store.history("default", "manual").unwrap().is_empty());
+    let after = fleet.store.app("default", "manual").unwrap().unwrap();
+    assert_eq!(after.rendered_commit, before.rendered_commit);
+    fleet.stop(&[]).await;
+}
+
+/// A Secret changed behind Flotilla's back in a real cluster: the app's status
+/// and its diff show that its password drifted, never the password (desired or
+/// live, plain or base64), to a read-only user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_secret_shows_masks_in_status_and_diff_never_its_values() {
+    use base64::Engine as _;
+    use k8s_openapi::api::core::v1::Secret;
+    let fleet = Fleet::start().await;
+    let name = unique("ops-secret");
+    let secret = format!("{name}-db");
+    let repo = WorkRepo::new();
+    repo.write(
+        "app/secret.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: default}}\nstringData: {{password: desired-pw-1f3a, user: admin-7d21}}\n"
+        ),
+    );
+    repo.commit("a secret");
+    fleet.create_app(&repo, &name, true).await;
+    fleet
+        .wait_status(&name, "Synced", |s| s["sync"] == "Synced")
+        .await;
+
+    let secrets = kube::Api::<Secret>::namespaced(fleet.kube().clone(), "default");
+    let patch = json!({"stringData": {"password": "live-pw-9c2e"}});
+    secrets
+        .patch(
+            &secret,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let app = fleet
+        .wait_status(&name, "OutOfSync after the edit", |s| {
+            s["sync"] == "OutOfSync"
+        })
+        .await;
+
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let values = [
+        "desired-pw-1f3a".to_owned(),
+        "live-pw-9c2e".to_owned(),
+        "admin-7d21".to_owned(),
+        b64("desired-pw-1f3a"),
+        b64("live-pw-9c2e"),
+        b64("admin-7d21"),
+    ];
+    let shown = app.to_string();
+    for value in &values {
+        assert!(
+            !shown.contains(value.as_str()),
+            "{value} in the status: {shown}"
+        );
+    }
+    let (status, diff) = fleet
+        .call(
+            "GET",
+            &format!("/api/v1/applications/default/{name}/diff"),
+            Some(&fleet.viewer),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{diff}");
+    let shown = diff.to_string();
+    for value in &values {
+        assert!(
+            !shown.contains(value.as_str()),
+            "{value} in the diff: {shown}"
+        );
+    }
+    let item = diff["clusters"][0]["diffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "Secret")
+        .unwrap_or_else(|| panic!("no Secret in the diff: {diff}"));
+    let side =
+        |key: &str| -> Value { serde_saphyr::from_str(item[key].as_str().unwrap()).unwrap() };
+    let (desired, live) = (side("desired"), side("live"));
+    assert_eq!(desired["data"]["user"], live["data"]["user"], "{diff}");
+    assert_ne!(
+        desired["data"]["password"], live["data"]["password"],
+        "{diff}"
+    );
+    assert!(
+        desired["data"]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("++++"),
+        "{diff}"
+    );
+
+    let _ = secrets.delete(&secret, &Default::default()).await;
+    fleet.stop(&[]).await;
+}
+
 /// The recipe's myapp: a Deployment, a Service and a ConfigMap under
 /// `apps/myapp/production`, the Deployment running `image`.
 fn write_myapp(repo: &WorkRepo, image: &str, with_config: bool) {

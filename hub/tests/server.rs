@@ -32,6 +32,11 @@ struct Running {
 }
 
 async fn start(poll_interval_secs: u64) -> Running {
+    start_with_secret(poll_interval_secs, None).await
+}
+
+/// As [`start`], with a hub-wide webhook secret besides the repository's own.
+async fn start_with_secret(poll_interval_secs: u64, hub_secret: Option<&str>) -> Running {
     let repo = WorkRepo::new();
     repo.write(
         "apps/a/cm.yaml",
@@ -74,7 +79,7 @@ async fn start(poll_interval_secs: u64) -> Running {
     policy.add_grouping("admin", "role:admin");
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        webhook_secret: None,
+        webhook_secret: hub_secret.map(str::to_owned),
         policy,
         admin_password: Some(ADMIN_PASSWORD.to_owned()),
         tls: flotilla_hub::server::ApiTls::Plain,
@@ -158,10 +163,17 @@ impl Running {
 
     /// Sends a GitHub push webhook for the repo, signed with `secret`; returns the status.
     async fn push_webhook(&self, after: &str, secret: &str) -> u16 {
+        let url = self.repo.path().display().to_string();
+        self.push_webhook_for(&url, after, secret).await.0
+    }
+
+    /// Sends a GitHub push webhook for `url`, signed with `secret`; returns the
+    /// status and the body.
+    async fn push_webhook_for(&self, url: &str, after: &str, secret: &str) -> (u16, String) {
         let body = serde_json::json!({
             "ref": "refs/heads/main",
             "after": after,
-            "repository": {"clone_url": self.repo.path().display().to_string()},
+            "repository": {"clone_url": url},
         })
         .to_string();
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -182,11 +194,16 @@ impl Running {
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
-        response
+        let status = response
             .split_whitespace()
             .nth(1)
             .and_then(|code| code.parse().ok())
-            .unwrap()
+            .unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 }
 
@@ -217,6 +234,92 @@ async fn a_webhook_with_a_bad_signature_is_refused_and_changes_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(hub.generation(), Some(1));
     hub.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_answer_does_not_tell_which_repositories_are_watched() {
+    let unwatched = "https://git.example/not-watched.git";
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+
+    // With only the repository's own secret, a push is answered alike whether
+    // it names the watched repository or not.
+    let hub = start(3600).await;
+    let url = hub.repo.path().display().to_string();
+    let watched = hub.push_webhook_for(&url, commit, SECRET).await;
+    let other = hub.push_webhook_for(unwatched, commit, SECRET).await;
+    assert_eq!(watched.0, 202, "{watched:?}");
+    assert_eq!(watched, other);
+    hub.server.stop().await;
+
+    // With a hub-wide secret, a bad signature is refused alike for both.
+    let hub = start_with_secret(3600, Some("hub-wide-secret")).await;
+    let url = hub.repo.path().display().to_string();
+    let watched = hub.push_webhook_for(&url, commit, "forged").await;
+    let other = hub.push_webhook_for(unwatched, commit, "forged").await;
+    assert_eq!(watched.0, 401, "{watched:?}");
+    assert_eq!(other.0, 401, "{other:?}");
+    let signed = hub
+        .push_webhook_for(unwatched, commit, "hub-wide-secret")
+        .await;
+    assert_eq!(signed.0, 202, "{signed:?}");
+    hub.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_webhook_secret_is_refused_and_signs_nothing() {
+    let hub = start(3600).await;
+    assert!(hub.wait_for_generation(1, Duration::from_secs(20)).await);
+
+    // Through the API: refused, nothing stored.
+    let admin = hub.login("admin", ADMIN_PASSWORD).await.unwrap();
+    let elsewhere = "/nonexistent-flotilla-test/repo.git";
+    for secret in ["", "  "] {
+        let body = serde_json::json!({"url": elsewhere, "webhookSecret": secret}).to_string();
+        let (status, json) = hub
+            .call("POST", "/api/v1/repositories", Some(&admin), &body)
+            .await;
+        assert_eq!(status, 400, "{json}");
+        assert!(
+            json["error"].as_str().unwrap().contains("webhookSecret"),
+            "{json}"
+        );
+    }
+    assert!(hub.store.repo(elsewhere).unwrap().is_none());
+
+    // One stored before the rule: a webhook signed with it changes nothing.
+    let url = hub.repo.path().display().to_string();
+    let mut record = hub.store.repo(&url).unwrap().unwrap();
+    record.webhook_secret = Some(String::new());
+    hub.store.put_repo(&record).await.unwrap();
+    let commit = hub.change("2");
+    assert_eq!(hub.push_webhook(&commit, "").await, 401);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hub.generation(), Some(1));
+    hub.server.stop().await;
+
+    // As the hub-wide secret: the hub does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let cache = RepoCache::new(dir.path().join("repos")).unwrap();
+    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
+        .await
+        .unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        webhook_secret: Some(String::new()),
+        policy: flotilla_hub::server::default_policy(),
+        admin_password: Some(ADMIN_PASSWORD.to_owned()),
+        tls: flotilla_hub::server::ApiTls::Plain,
+        link: None,
+        agent_address: None,
+    };
+    match Server::start(config, store, refresher).await {
+        Err(e) => assert!(e.to_string().contains("webhook secret is empty"), "{e}"),
+        Ok(server) => {
+            server.stop().await;
+            panic!("a hub started with an empty webhook secret");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

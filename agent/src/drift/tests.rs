@@ -64,6 +64,32 @@ fn entry_reads_like_the_issue_asks() {
 }
 
 #[test]
+fn a_secret_drift_names_the_field_and_never_its_values() {
+    let entry = DriftEntry {
+        resource: ResourceRef {
+            gvk: Gvk::new("", "v1", "Secret"),
+            namespace: Some("ns".into()),
+            name: "db".into(),
+        },
+        path: "data.password".into(),
+        old: Some("\"aHVudGVyMg==\"".into()),
+        new: Some("\"b3BlbnNlc2FtZQ==\"".into()),
+        field_manager: Some("kubectl-edit".into()),
+    };
+    let text = describe_entry(&entry);
+    assert!(
+        !text.contains("aHVudGVyMg==") && !text.contains("b3BlbnNlc2FtZQ=="),
+        "{text}"
+    );
+    assert_eq!(
+        text,
+        "data.password: ++++++++ → ++++++++++++, changed by kubectl-edit"
+    );
+    let added = DriftEntry { old: None, ..entry };
+    assert!(describe_entry(&added).starts_with("data.password: (absent) → +"));
+}
+
+#[test]
 fn ignored_paths_are_removed_by_pointer_and_by_jq_path() {
     use flotilla_common::bundle::{Bundle, IgnoreDifference};
     use flotilla_common::model::{AppRef, Gvk, ResourceRef, Timestamp};

@@ -167,6 +167,23 @@ async fn add(
             "hubAddress is required: this hub does not know the address agents dial",
         );
     };
+    // Both are written into the install manifest and the command line the admin
+    // runs: plain words only, never YAML or shell syntax.
+    if !cluster::is_host_port(&hub_address) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("hubAddress {hub_address:?} must be HOST:PORT (a DNS name or an IP address)"),
+        );
+    }
+    if let Some(image) = req.image.as_deref().filter(|i| !cluster::is_image_name(i)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "image {image:?} must be an image name without a tag (letters, digits, '.', \
+                 '_', '-', '/', and a registry's ':PORT')"
+            ),
+        );
+    }
     let ttl = match req.token_ttl_minutes {
         Some(0) => {
             return error(
@@ -174,7 +191,16 @@ async fn add(
                 "tokenTtlMinutes must be at least 1",
             );
         }
-        Some(minutes) => Duration::from_secs(minutes.saturating_mul(60)),
+        Some(minutes) if minutes > cluster::MAX_TOKEN_TTL_MINUTES => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "tokenTtlMinutes must be at most {} (a year), not {minutes}",
+                    cluster::MAX_TOKEN_TTL_MINUTES
+                ),
+            );
+        }
+        Some(minutes) => Duration::from_secs(minutes * 60),
         None => cluster::DEFAULT_TOKEN_TTL,
     };
     let fingerprint = match &state.link {

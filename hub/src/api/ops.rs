@@ -36,6 +36,7 @@ use super::{ApiState, Reply, error, ok};
 use crate::cluster::epoch_ms;
 use crate::link::Link;
 use crate::refresh::{self, Outcome};
+use crate::secret_mask;
 use crate::status;
 use crate::store::{AppRecord, OperationRecord, ResourceOutcome};
 
@@ -275,6 +276,20 @@ async fn sync(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("sync request: {e}")),
         }
     };
+    // A dry run changes nothing. Syncing to a revision renders it as a new
+    // generation (and adopts or removes child apps), so the two cannot go together.
+    if request.dry_run
+        && let Some(revision) = &request.revision
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "sync request: dryRun with revision {revision} is not supported: rendering a \
+                 revision stores it as the app's next generation, and a dry run must change \
+                 nothing; dry-run the current generation, or sync to the revision without dryRun"
+            ),
+        );
+    }
     let record = try_reply!(state.app_record(&project, &name));
     try_reply!(state.agent_link());
     let app = AppRef::new(project.clone(), name.clone());
@@ -697,7 +712,12 @@ struct DiffItem {
 }
 
 impl From<ResourceDiff> for DiffItem {
-    fn from(d: ResourceDiff) -> Self {
+    /// A Secret's values are masked on both sides: `applications get` shows that
+    /// they differ, never what they are.
+    fn from(mut d: ResourceDiff) -> Self {
+        if secret_mask::is_secret(&d.resource.gvk.group, &d.resource.gvk.kind) {
+            (d.desired, d.live) = secret_mask::mask_pair(d.desired.as_deref(), d.live.as_deref());
+        }
         Self {
             group: d.resource.gvk.group,
             version: d.resource.gvk.version,
@@ -783,7 +803,7 @@ async fn refresh(
     if record.application.source().chart.is_none() {
         let _ = state
             .refresh_now
-            .send(record.application.source().repo_url.clone());
+            .try_send(record.application.source().repo_url.clone());
     }
     state
         .audit_detail(&who, "refresh", format!("application/{object}"), "")

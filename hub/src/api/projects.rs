@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{ApiState, Reply, error, ok};
 use crate::app::project::built_in_default;
 use crate::app::{AppProject, Manifest, parse_manifests};
-use crate::rbac::Policy;
+use crate::rbac::check_project_roles;
 use crate::store::Key;
 
 pub(super) fn routes() -> axum::Router<ApiState> {
@@ -114,7 +114,7 @@ async fn create(State(state): State<ApiState>, headers: HeaderMap, body: String)
     };
     // Role policies must hold before the project is stored, or its tokens would
     // silently grant nothing.
-    if let Err(e) = Policy::default().add_project_roles(project) {
+    if let Err(e) = check_project_roles(project) {
         return error(StatusCode::BAD_REQUEST, e);
     }
     match state.store.project(&name) {

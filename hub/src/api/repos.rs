@@ -26,6 +26,10 @@ async fn remove(
         .into_iter()
         .find(|r| r.url == url || r.spec().redacted_url() == url);
     let Some(record) = found else {
+        // Someone who may not delete it learns nothing of whether it exists.
+        if let Err(reply) = state.allow(&headers, "repositories", "delete", &url) {
+            return reply;
+        }
         return error(
             StatusCode::NOT_FOUND,
             format!("repository {url:?} not found"),

@@ -142,6 +142,10 @@ async fn issue(state: &ApiState, who: Principal, owner: Owner, body: &str) -> Re
         Err(e @ (token::Error::NoSuchRole { .. } | token::Error::NoSuchAccount(_))) => {
             error(StatusCode::NOT_FOUND, e)
         }
+        Err(e @ token::Error::TtlTooLong(_)) => error(
+            StatusCode::BAD_REQUEST,
+            format!("request body: expiresIn: {e}"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

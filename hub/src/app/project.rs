@@ -172,6 +172,20 @@ impl AppProject {
             path: path.to_owned(),
             why,
         };
+        // The name is part of RBAC subjects (`proj:NAME:ROLE`) and objects
+        // (`NAME/APP`): a `*`, `:` or `/` in it would make one project's grants
+        // reach another's.
+        if !super::is_dns_subdomain(&self.metadata.name) {
+            return Err(Error::Invalid {
+                origin: origin.to_owned(),
+                kind: "AppProject",
+                name: self.metadata.name.clone(),
+                path: "metadata.name".to_owned(),
+                message: "must be a lowercase DNS name (a-z, 0-9, '-', '.'), at most 253 \
+                          characters"
+                    .to_owned(),
+            });
+        }
         if self.spec.signature_keys.is_some() {
             return Err(error(
                 "spec.signatureKeys",

@@ -239,6 +239,24 @@ fn a_source_path_leaving_the_repo_is_refused() {
 }
 
 #[test]
+fn a_project_name_that_could_read_as_another_rbac_object_is_refused() {
+    // `PROJECT/APP` is the RBAC object: `a/b` + `c` must not read as `a` + `b/c`.
+    for project in ["'a/b'", "'*'", "'proj:x'", "''", "Web"] {
+        let e = err(&GUESTBOOK.replace("project: web", &format!("project: {project}")));
+        assert!(e.contains("spec.project"), "{project}: {e}");
+    }
+    for name in ["'*'", "'a:b'", "'a/b'", "Shop"] {
+        let text = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {name}}}\nspec: {{}}\n"
+        );
+        let e = parse_manifests(&text, "project.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metadata.name"), "{name}: {e}");
+    }
+}
+
+#[test]
 fn an_application_exported_from_a_live_argo_cd_still_loads() {
     let exported = GUESTBOOK.replace(
         "  namespace: argocd\n",

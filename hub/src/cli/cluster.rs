@@ -250,8 +250,31 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
     if args.token_ttl_minutes == 0 {
         return Err(UsageError("--token-ttl-minutes must be at least 1".to_owned()).into());
     }
+    if args.token_ttl_minutes > cluster::MAX_TOKEN_TTL_MINUTES {
+        return Err(UsageError(format!(
+            "--token-ttl-minutes must be at most {} (a year)",
+            cluster::MAX_TOKEN_TTL_MINUTES
+        ))
+        .into());
+    }
     let (manifest, command) = match data_dir_mode(connection, &args.data) {
         Some(dir) => {
+            let hub_address = args
+                .hub_address
+                .unwrap_or_else(|| "127.0.0.1:7443".to_owned());
+            // Written into the manifest and the command line: plain words only.
+            if !cluster::is_host_port(&hub_address) {
+                return Err(
+                    UsageError(format!("--hub-address {hub_address:?} must be HOST:PORT")).into(),
+                );
+            }
+            if !cluster::is_image_name(&args.image) {
+                return Err(UsageError(format!(
+                    "--image {:?} must be an image name without a tag",
+                    args.image
+                ))
+                .into());
+            }
             let store = open(&dir)?;
             let ca = Ca::load_or_create(&store, SystemTime::now()).await?;
             let added = cluster::add_with_server(
@@ -265,9 +288,6 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
             .await
             .map_err(usage)?;
             let fingerprint = ca.fingerprint();
-            let hub_address = args
-                .hub_address
-                .unwrap_or_else(|| "127.0.0.1:7443".to_owned());
             let join = cluster::JoinInfo {
                 cluster: &added.cluster,
                 hub_address: &hub_address,

@@ -281,3 +281,122 @@ fn a_configmap_with_another_match_mode_is_refused() {
         .to_string();
     assert!(e.contains("policy.matchMode \"regex\""), "{e}");
 }
+
+fn project_with(name: &str, role: &str, policies: &[&str], groups: &[&str]) -> AppProject {
+    let mut project = crate::app::project::built_in_default();
+    project.metadata.name = name.to_owned();
+    let mut project_role = crate::app::project::ProjectRole::default();
+    project_role.name = role.to_owned();
+    project_role.policies = policies.iter().map(|p| (*p).to_owned()).collect();
+    project_role.groups = groups.iter().map(|g| (*g).to_owned()).collect();
+    project.spec.roles = vec![project_role];
+    project
+}
+
+#[test]
+fn a_project_role_may_only_grant_its_own_project_apps() {
+    let refused = [
+        // A g line, alone or hidden after a newline in one policy entry.
+        "g, mallory, role:admin",
+        "p, proj:shop:ci, applications, get, shop/*, allow\ng, mallory, role:admin",
+        "p, proj:shop:ci, applications, get, shop/*, allow\rg, mallory, role:admin",
+        // Resources beyond the project's apps.
+        "p, proj:shop:ci, clusters, *, *, allow",
+        "p, proj:shop:ci, accounts, update, *, allow",
+        "p, proj:shop:ci, projects, update, shop, allow",
+        "p, proj:shop:ci, repositories, get, *, allow",
+        "p, proj:shop:ci, *, *, shop/*, allow",
+        // Objects beyond the project.
+        "p, proj:shop:ci, applications, *, */*, allow",
+        "p, proj:shop:ci, applications, *, *, allow",
+        "p, proj:shop:ci, applications, *, shop*/*, allow",
+        "p, proj:shop:ci, applications, *, shop, allow",
+        "p, proj:shop:ci, applications, *, shop/{a,b}, allow",
+        "p, proj:shop:ci, applications, *, shop/[a-z], allow",
+        "p, proj:shop:ci, applications, *, shop/a/b/c, allow",
+        // Another subject, quoting to smuggle a comma, a bad effect or action.
+        "p, role:admin, applications, *, shop/*, allow",
+        "p, proj:other:ci, applications, *, shop/*, allow",
+        "p, \"proj:shop:ci\", applications, *, \"shop/a,b\", allow",
+        "p, proj:shop:ci, applications, *, shop/*, maybe",
+        "p, proj:shop:ci, applications, fly, shop/*, allow",
+        "p, proj:shop:ci, applications, *, shop/*",
+        "",
+    ];
+    for line in refused {
+        let mut policy = Policy::parse("", None, "policy.csv").unwrap();
+        let before = policy.clone();
+        let project = project_with("shop", "ci", &[line], &[]);
+        let e = policy.add_project_roles(&project).unwrap_err().to_string();
+        assert!(e.contains("AppProject shop role ci"), "{line:?}: {e}");
+        assert_eq!(policy, before, "{line:?}: a refused role added something");
+        assert!(!policy.enforce("mallory", &[], "clusters", "create", "x"));
+    }
+    for line in [
+        "p, proj:shop:ci, applications, sync, shop/*, allow",
+        "p, proj:shop:ci, applications, get, shop/web, deny",
+        "p, proj:shop:ci, applications, action/apps/Deployment/restart, shop/*, allow",
+        "p, proj:shop:ci, applicationsets, get, shop/*, allow",
+        "p, proj:shop:ci, logs, get, shop/ns/web-*, allow",
+        "p,proj:shop:ci,applications,get,shop/*,allow",
+    ] {
+        let mut policy = Policy::default();
+        policy
+            .add_project_roles(&project_with("shop", "ci", &[line], &["deployers"]))
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+}
+
+#[test]
+fn a_project_role_name_or_group_that_could_name_another_subject_is_refused() {
+    for role in ["a:b", "", "-x", "x y", "a/b"] {
+        let project = project_with("shop", role, &[], &[]);
+        assert!(
+            Policy::default().add_project_roles(&project).is_err(),
+            "{role:?}"
+        );
+    }
+    for group in ["", "a,b", "a\nb"] {
+        let project = project_with("shop", "ci", &[], &[group]);
+        assert!(
+            Policy::default().add_project_roles(&project).is_err(),
+            "{group:?}"
+        );
+    }
+    let project = project_with("shop", "ci", &[], &["\"a,b\""]);
+    let mut policy = Policy::default();
+    policy.add_project_roles(&project).unwrap();
+    assert!(policy.roles["a,b"].contains("proj:shop:ci"));
+}
+
+#[test]
+fn an_account_may_not_be_given_what_its_creator_lacks() {
+    let policy = Policy::parse(
+        "p, role:hr, accounts, create, *, allow\n\
+         g, hr, role:hr\n\
+         g, ops, role:operator\n\
+         p, role:operator, clusters, *, *, allow\n\
+         g, carol, role:operator\n\
+         g, root, role:admin",
+        None,
+        "policy.csv",
+    )
+    .unwrap();
+    let none: &[String] = &[];
+    let beyond =
+        |user: &str, groups: &[&str]| policy.beyond_grantor("hr", none, user, &groups_of(groups));
+    assert_eq!(beyond("x", &["role:admin"]).as_deref(), Some("role:admin"));
+    assert_eq!(beyond("x", &["ops"]).as_deref(), Some("ops"));
+    assert_eq!(beyond("carol", &[]).as_deref(), Some("carol"));
+    assert_eq!(beyond("x", &[]), None);
+    assert_eq!(beyond("x", &["role:hr"]), None);
+    // An admin may give anything.
+    assert_eq!(
+        policy.beyond_grantor("root", none, "carol", &groups_of(&["role:admin"])),
+        None
+    );
+}
+
+fn groups_of(names: &[&str]) -> Vec<String> {
+    groups(names)
+}
