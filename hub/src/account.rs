@@ -13,6 +13,8 @@ use subtle::ConstantTimeEq as _;
 
 use crate::store::{self, Key, Store};
 
+pub mod throttle;
+
 /// How long a login session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -77,6 +79,15 @@ fn hash(password: &str, salt: &[u8; 16]) -> Result<[u8; 32]> {
         .hash_password_into(password.as_bytes(), salt, &mut out)
         .map_err(|e| Error::Hash(e.to_string()))?;
     Ok(out)
+}
+
+/// [`hash`] on tokio's blocking pool: an Argon2 hash takes tens of milliseconds of
+/// a core, and on the runtime it would stall the agent link's tasks that share it.
+async fn hash_blocking(password: &str, salt: [u8; 16]) -> Result<[u8; 32]> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash(&password, &salt))
+        .await
+        .map_err(|e| Error::Hash(format!("the hashing task failed: {e}")))?
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -177,7 +188,7 @@ async fn insert(store: &Store, name: &str, password: &str, groups: Vec<String>) 
     let salt = random::<16>()?;
     let record = AccountRecord {
         name: name.to_owned(),
-        hash: hash(password, &salt)?,
+        hash: hash_blocking(password, salt).await?,
         salt,
         groups,
     };
@@ -213,10 +224,10 @@ pub async fn ensure_admin(store: &Store, password: Option<&str>) -> Result<Optio
 pub async fn login(store: &Store, name: &str, password: &str) -> Result<String> {
     let Some(account) = store.get::<AccountRecord>(TREE, &account_key(name))? else {
         // Spend the same time as a real check, so names cannot be probed by timing.
-        let _ = hash(password, &[0; 16]);
+        let _ = hash_blocking(password, [0; 16]).await;
         return Err(Error::BadLogin);
     };
-    let computed = hash(password, &account.salt)?;
+    let computed = hash_blocking(password, account.salt).await?;
     if !bool::from(computed.ct_eq(&account.hash)) {
         return Err(Error::BadLogin);
     }

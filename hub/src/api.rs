@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 mod ops;
 
+use crate::account::throttle::LoginThrottle;
 use crate::account::{self, Principal};
 use crate::app::{AppProject, Application};
 use crate::link::Link;
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub refresher: Option<Arc<Refresher>>,
     /// How long a sync command may run on an agent.
     pub command_timeout: Duration,
+    /// What logins may cost: attempts per client and hashes at once.
+    pub logins: Arc<LoginThrottle>,
 }
 
 /// The longest poll interval a repository may have: a week. Longer ones are
@@ -76,7 +79,10 @@ fn ok(value: Value) -> Reply {
 /// The routes, to be nested in the hub's router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/session", post(login))
+        .route(
+            "/api/v1/session",
+            post(login).layer(axum::extract::DefaultBodyLimit::max(LOGIN_BODY_LIMIT)),
+        )
         .route("/api/v1/applications", get(list_apps).post(create_app))
         .route(
             "/api/v1/applications/{project}/{name}",
@@ -213,12 +219,43 @@ struct LoginRequest {
     password: String,
 }
 
-async fn login(State(state): State<ApiState>, Json(req): Json<LoginRequest>) -> Reply {
-    match account::login(&state.store, &req.username, &req.password).await {
+/// The largest login request read: a user name and a password, generously.
+const LOGIN_BODY_LIMIT: usize = 16 * 1024;
+
+/// `POST /api/v1/session`. Anyone may call it, so before any password is hashed
+/// the client's attempts are counted and a hashing slot is taken; see
+/// [`crate::account::throttle`].
+async fn login(
+    State(state): State<ApiState>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Json(req): Json<LoginRequest>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let client = client.map(|axum::Extension(info)| info.0.ip());
+    let slot = match state.logins.admit(client, std::time::Instant::now()) {
+        Ok(()) => state.logins.hashing_slot().await,
+        Err(refused) => Err(refused),
+    };
+    let _slot = match slot {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::debug!(client = ?client, reason = %refused, "login refused before checking");
+            let retry_after = refused.retry_after().as_secs().max(1).to_string();
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, &refused).into_response();
+            if let Ok(value) = axum::http::HeaderValue::from_str(&retry_after) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    };
+    let reply = match account::login(&state.store, &req.username, &req.password).await {
         Ok(token) => ok(json!({ "token": token })),
         Err(account::Error::BadLogin) => error(StatusCode::UNAUTHORIZED, account::Error::BadLogin),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    };
+    reply.into_response()
 }
 
 /// The app's source with any password in its repoURL replaced.

@@ -163,6 +163,12 @@ pub struct Client {
 
 /// A reqwest client that trusts the hub as `trust` says.
 pub fn http_client(trust: &Trust) -> Result<reqwest::Client> {
+    http_client_builder(trust)?.build().map_err(Error::Http)
+}
+
+/// A reqwest client builder that trusts the hub as `trust` says, for callers
+/// that set more (such as the local address to connect from).
+pub fn http_client_builder(trust: &Trust) -> Result<reqwest::ClientBuilder> {
     let builder = reqwest::Client::builder();
     let builder = if trust.insecure || trust.ca_fingerprint.is_some() {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -184,7 +190,7 @@ pub fn http_client(trust: &Trust) -> Result<reqwest::Client> {
     } else {
         builder
     };
-    builder.build().map_err(Error::Http)
+    Ok(builder)
 }
 
 impl Client {

@@ -141,7 +141,8 @@ pub struct LinkConfig {
     /// How many TLS handshakes run at once. The rest wait in quinn's queue of
     /// incoming connections (their retransmitted packets are kept there), so
     /// thousands of agents reconnecting together do not fill tokio's run queue
-    /// with handshakes and starve the task that reads the UDP socket.
+    /// with handshakes and starve the task that reads the UDP socket. Only a
+    /// client that proved its address (a QUIC Retry) takes a slot.
     pub max_handshakes: usize,
     /// How long one handshake may take before the hub gives up on it, so
     /// stalled handshakes cannot hold every slot.
@@ -743,6 +744,18 @@ async fn accept_loop(
             _ = stop.wait_for(|s| *s) => return,
         };
         let Some(incoming) = incoming else { return };
+        // A handshake slot goes only to a client that proved it receives at its
+        // address: anyone else gets a stateless Retry (a small packet, no state,
+        // no slot) and comes back with its token. Otherwise a few spoofed
+        // Initials per second would hold every slot for the handshake timeout.
+        if !incoming.remote_address_validated() {
+            let remote = incoming.remote_address();
+            if let Err(e) = incoming.retry() {
+                debug!(%remote, "an unvalidated client could not be sent a retry");
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
         let permit = tokio::select! {
             permit = handshakes.clone().acquire_owned() => permit,
             _ = stop.wait_for(|s| *s) => return,

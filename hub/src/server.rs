@@ -141,6 +141,7 @@ impl Server {
             agent_address: config.agent_address,
             refresher: Some(refresher.clone()),
             command_timeout: api::DEFAULT_COMMAND_TIMEOUT,
+            logins: Arc::default(),
         });
         let shared = Shared {
             store: store.clone(),
@@ -157,6 +158,10 @@ impl Server {
         let api = match tls {
             Some(tls) => {
                 let listener = tls::TlsListener::new(listener, tls).map_err(Error::Serve)?;
+                // Tapping is what makes axum hand the peer address of a custom
+                // listener to handlers, for per-client login limits.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 tokio::spawn(async move {
                     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = api_stop.wait_for(|stopped| *stopped).await;
@@ -167,6 +172,7 @@ impl Server {
                 })
             }
             None => tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     let _ = api_stop.wait_for(|stopped| *stopped).await;
                 });

@@ -9,6 +9,9 @@
 #[path = "link/fixture.rs"]
 mod link_fixture;
 
+#[path = "api/login_flood.rs"]
+mod login_flood;
+
 #[path = "source/fixture.rs"]
 #[allow(dead_code)]
 mod source_fixture;

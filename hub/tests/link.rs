@@ -7,6 +7,8 @@
 mod attacks;
 #[path = "link/fixture.rs"]
 mod fixture;
+#[path = "link/handshake_flood.rs"]
+mod handshake_flood;
 #[path = "link/relay.rs"]
 mod relay;
 #[path = "link/trust.rs"]
