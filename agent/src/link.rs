@@ -676,7 +676,7 @@ impl<A: Applier> Agent<A> {
         let (mut control, recv) = connection
             .open_bi()
             .await
-            .map_err(|e| Attempt::Ended(e.to_string()))?;
+            .map_err(|e| stream_failed(&connection, e))?;
         let limits = self.config.limits;
         let (tx, mut inputs) = mpsc::channel(64);
         let reader = tokio::spawn(control_reader(recv, limits, tx.clone()));
@@ -714,7 +714,7 @@ impl<A: Applier> Agent<A> {
         inputs: &mut mpsc::Receiver<Input>,
     ) -> std::result::Result<(), Attempt> {
         let limits = self.config.limits;
-        let ended = |e: &dyn std::fmt::Display| Attempt::Ended(e.to_string());
+        let ended = |e: &dyn std::fmt::Display| stream_failed(connection, e);
         let mut early: Vec<Message> = Vec::new();
         let mut reports = self.reports.lock().await;
         let mut finished = self.finished_rx.lock().await;
@@ -1053,6 +1053,17 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 /// The hub's close code for a removed cluster (hub::link::close_code::REVOKED).
 const CLOSE_REVOKED: u32 = 2;
+
+/// What a failed stream operation means: the connection's own close reason when it
+/// is closed, so that a hub revoking this cluster (which closes the connection as
+/// soon as the handshake ends) is never taken for a lost connection when a write
+/// on the stream fails first; otherwise the stream's error.
+fn stream_failed(connection: &quinn::Connection, error: impl std::fmt::Display) -> Attempt {
+    match connection.close_reason() {
+        Some(reason) => connection_ended(reason),
+        None => Attempt::Ended(error.to_string()),
+    }
+}
 
 /// What a closed connection means: fatal if the hub revoked this cluster.
 fn connection_ended(reason: quinn::ConnectionError) -> Attempt {
