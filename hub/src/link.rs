@@ -762,10 +762,16 @@ async fn accept_loop(
         };
         let Ok(permit) = permit else { return };
         let shared = shared.clone();
+        let mut stopping = stop.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let limit = shared.config.handshake_timeout;
-            let handshake = tokio::time::timeout(limit, incoming).await;
+            // A handshake still under way when the hub stops is dropped at once: it
+            // holds the store, which `Link::stop` must release for a restart.
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limit, incoming) => handshake,
+                _ = stopping.wait_for(|s| *s) => return,
+            };
             drop(permit);
             match handshake {
                 Ok(Ok(connection)) => serve_connection(shared, connection).await,
