@@ -392,8 +392,15 @@ async fn a_dry_run_to_a_revision_stores_no_generation_and_changes_nothing() {
             .unwrap()
             .map(|(generation, _)| generation)
     };
+    // Rendered means the bundle and then the app's record are stored: the
+    // record is what the test compares after the refused dry run.
     eventually("the app rendered", Duration::from_secs(30), || {
         latest().is_some()
+            && fleet
+                .store
+                .app("default", "manual")
+                .unwrap()
+                .is_some_and(|a| a.rendered_commit.is_some())
     })
     .await;
     let before = fleet.store.app("default", "manual").unwrap().unwrap();
