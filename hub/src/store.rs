@@ -34,6 +34,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// sled's own cache; its default is 1 GiB, far more than the hub needs.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// How long opening the store waits for a lock that the hub before this one still
+/// holds while it shuts down.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -147,14 +150,33 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| Error::Open {
-                path: dir.to_owned(),
-                source,
-            })?;
+        // A hub restarted at once can find the folder still locked by the one
+        // before it while that one lets go of the database (its last handles are
+        // dropped by tasks that are ending). Wait for the lock a little, then fail
+        // clearly: two live hubs on one folder must never both open it.
+        let locked_until = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+            {
+                Ok(db) => break db,
+                // sled reports a held lock only as an I/O error with this text.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < locked_until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(Error::Open {
+                        path: dir.to_owned(),
+                        source,
+                    });
+                }
+            }
+        };
         let store = Self {
             db,
             path: dir.to_owned(),
