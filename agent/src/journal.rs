@@ -150,6 +150,25 @@ impl Store {
         self.flush("bundles").await
     }
 
+    /// The generation of the newest bundle stored for `app`: accepted, and applied
+    /// or queued to be. Bundles travel on streams of their own, so a newer one can
+    /// be stored before an older one arrives; this, not what the applier has
+    /// finished, is what an arriving bundle must be newer than.
+    pub fn generation(&self, app: &AppRef) -> Result<Option<u64>> {
+        let Some(record) = self
+            .tree("applied")?
+            .get(app_key(app))
+            .map_err(db("applied", "reading"))?
+        else {
+            return Ok(None);
+        };
+        let record: Applied = serde_json::from_slice(&record).map_err(|source| Error::Decode {
+            tree: "applied",
+            source,
+        })?;
+        Ok(Some(record.generation))
+    }
+
     /// The last applied bundle per app, sorted by app.
     pub fn applied(&self) -> Result<Vec<Applied>> {
         let mut applied: Vec<Applied> = self

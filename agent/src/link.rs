@@ -929,9 +929,15 @@ impl<A: Applier> Agent<A> {
             cluster: &identity.cluster,
             now: Timestamp::from_system_time(SystemTime::now()),
         };
+        // Newer than what was applied and than what is stored and still queued: a
+        // bundle sent before another may arrive after it, on a stream of its own.
+        let mut stored = Ok(None);
         let verified = signing::verify(&envelope, &identity.key_set, expect, |app| {
-            applied.iter().find(|a| &a.app == app).map(|a| a.generation)
+            stored = self.store.generation(app);
+            let applied = applied.iter().find(|a| &a.app == app).map(|a| a.generation);
+            applied.max(stored.as_ref().ok().copied().flatten())
         });
+        stored.map_err(Error::from)?;
         let bundle = match verified {
             Ok(bundle) => bundle,
             Err(e) => {

@@ -5,9 +5,12 @@ use std::time::{Duration, Instant};
 
 use flotilla_agent::identity::Identity;
 use flotilla_agent::link::client_config;
+use flotilla_agent::link::{AckOnly, ApplyReport};
 use flotilla_common::bundle::Envelope;
 use flotilla_common::frame::{self, Limits};
-use flotilla_common::message::{BundleOutcome, Channel, Message, Rejection, Welcome};
+use flotilla_common::message::{
+    BundleAck, BundleOutcome, Channel, Hello, Message, Rejection, Welcome,
+};
 use flotilla_hub::ca::Ca;
 use flotilla_hub::link::{self, LinkConfig};
 use flotilla_hub::store::Store;
@@ -183,6 +186,107 @@ async fn garbage_and_oversized_frames_close_only_that_connection() {
 
 /// A hub that speaks the protocol by hand, to put what a real hub never sends
 /// on the wire: a replayed old bundle and a tampered one.
+/// A hub that speaks the wire protocol by hand, on a stopped hub's store, CA and
+/// address: it sends what a compromised network or a buggy hub might.
+struct FakeHub {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    control: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: frame::FrameDecoder,
+    pending: std::collections::VecDeque<Message>,
+    limits: Limits,
+    slot: Arc<Mutex<Option<Store>>>,
+}
+
+impl FakeHub {
+    /// Waits for the agent on `addr` and answers its `Hello` with a `Welcome`.
+    async fn accept(hub_dir: &std::path::Path, addr: std::net::SocketAddr) -> (FakeHub, Hello) {
+        let store = Store::open(&hub_dir.join("db")).unwrap();
+        let ca = Ca::load_or_create(&store, std::time::SystemTime::now())
+            .await
+            .unwrap();
+        let slot = Arc::new(Mutex::new(Some(store.clone())));
+        let config = link::server_config(&ca, slot.clone(), &LinkConfig::new(addr)).unwrap();
+        let endpoint = quinn::Endpoint::server(config, addr).unwrap();
+        let connection = tokio::time::timeout(Duration::from_secs(20), endpoint.accept())
+            .await
+            .unwrap()
+            .unwrap()
+            .await
+            .unwrap();
+        let (control, recv) = tokio::time::timeout(Duration::from_secs(20), connection.accept_bi())
+            .await
+            .unwrap()
+            .unwrap();
+        let limits = Limits::default();
+        let mut fake = FakeHub {
+            endpoint,
+            connection,
+            control,
+            recv,
+            decoder: frame::FrameDecoder::new(Channel::Control, &limits),
+            pending: std::collections::VecDeque::new(),
+            limits,
+            slot,
+        };
+        let Message::Hello(hello) = fake.next().await else {
+            panic!("expected hello")
+        };
+        let welcome = Message::Welcome(Welcome {
+            version: 1,
+            heartbeat_interval_ms: 15_000,
+        });
+        fake.control
+            .write_all(&frame::encode(&welcome, &fake.limits).unwrap())
+            .await
+            .unwrap();
+        (fake, hello)
+    }
+
+    /// The agent's next message on the control stream.
+    async fn next(&mut self) -> Message {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                return message;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), self.recv.read(&mut buf))
+                .await
+                .expect("the agent answers within 20 s")
+                .unwrap()
+                .unwrap();
+            let mut input = &buf[..n];
+            while let Some(message) = self.decoder.decode_next(&mut input).unwrap() {
+                self.pending.push_back(message);
+            }
+        }
+    }
+
+    /// The agent's next bundle acknowledgement.
+    async fn ack(&mut self) -> BundleAck {
+        loop {
+            if let Message::BundleAck(ack) = self.next().await {
+                return ack;
+            }
+        }
+    }
+
+    /// Sends `envelope` on a stream of its own, as the hub does.
+    async fn send_bundle(&self, envelope: Envelope) {
+        let mut stream = self.connection.open_uni().await.unwrap();
+        let bytes = frame::encode(&Message::Bundle(envelope), &self.limits).unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        stream.finish().unwrap();
+    }
+
+    fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        self.endpoint.close(0u32.into(), b"done");
+        self.slot.lock().unwrap().take();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_and_replayed_bundles_on_the_wire_are_refused_and_not_applied() {
     let hub_dir = tempfile::tempdir().unwrap();
@@ -197,6 +301,11 @@ async fn tampered_and_replayed_bundles_on_the_wire_are_refused_and_not_applied()
     ));
     agent.wait("connected", |s| s.connected).await;
     let old = hub.publish("east", "web", 1, 1).await;
+    agent
+        .wait("generation 1", |s| {
+            s.applied.iter().any(|a| a.generation == 1)
+        })
+        .await;
     hub.publish("east", "web", 2, 1).await;
     agent
         .wait("generation 2", |s| {
@@ -207,86 +316,101 @@ async fn tampered_and_replayed_bundles_on_the_wire_are_refused_and_not_applied()
     hub.stop().await;
     agent.wait("disconnected", |s| !s.connected).await;
 
-    // The fake hub: same store, CA and address.
-    let store = Store::open(&hub_dir.path().join("db")).unwrap();
-    let ca = Ca::load_or_create(&store, std::time::SystemTime::now())
-        .await
-        .unwrap();
-    let slot = Arc::new(Mutex::new(Some(store.clone())));
-    let config = link::server_config(&ca, slot.clone(), &LinkConfig::new(addr)).unwrap();
-    let endpoint = quinn::Endpoint::server(config, addr).unwrap();
-    let connection = tokio::time::timeout(Duration::from_secs(20), endpoint.accept())
-        .await
-        .unwrap()
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut control, mut recv) =
-        tokio::time::timeout(Duration::from_secs(20), connection.accept_bi())
-            .await
-            .unwrap()
-            .unwrap();
-    let limits = Limits::default();
-    let mut decoder = frame::FrameDecoder::new(Channel::Control, &limits);
-    let mut pending = std::collections::VecDeque::new();
-    let mut next = async || -> Message {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(message) = pending.pop_front() {
-                return message;
-            }
-            let n = tokio::time::timeout(Duration::from_secs(20), recv.read(&mut buf))
-                .await
-                .expect("the agent answers within 20 s")
-                .unwrap()
-                .unwrap();
-            let mut input = &buf[..n];
-            while let Some(message) = decoder.decode_next(&mut input).unwrap() {
-                pending.push_back(message);
-            }
-        }
-    };
-    let Message::Hello(hello) = next().await else {
-        panic!("expected hello")
-    };
+    let (mut fake, hello) = FakeHub::accept(hub_dir.path(), addr).await;
     assert_eq!(hello.applied[0].generation, 2);
-    let welcome = Message::Welcome(Welcome {
-        version: 1,
-        heartbeat_interval_ms: 15_000,
-    });
-    control
-        .write_all(&frame::encode(&welcome, &limits).unwrap())
-        .await
-        .unwrap();
-
     let mut tampered: Envelope = newer.clone();
     let last = tampered.payload.len() - 1;
     tampered.payload[last] ^= 1;
     for envelope in [old, tampered] {
-        let mut stream = connection.open_uni().await.unwrap();
-        let bytes = frame::encode(&Message::Bundle(envelope), &limits).unwrap();
-        stream.write_all(&bytes).await.unwrap();
-        stream.finish().unwrap();
+        fake.send_bundle(envelope).await;
     }
     let mut outcomes = Vec::new();
     while outcomes.len() < 2 {
-        if let Message::BundleAck(ack) = next().await {
-            outcomes.push(ack.outcome);
-        }
+        outcomes.push(fake.ack().await.outcome);
     }
+    outcomes.sort_by_key(|outcome| format!("{outcome:?}"));
     assert_eq!(
         outcomes,
         vec![
-            BundleOutcome::Rejected(Rejection::Stale { last_applied: 2 }),
             BundleOutcome::Rejected(Rejection::DigestMismatch),
+            BundleOutcome::Rejected(Rejection::Stale { last_applied: 2 }),
         ]
     );
     assert_eq!(agent.applied_generation("web"), Some(2));
     assert_eq!(agent.state.borrow().bundles_rejected, 2);
-    connection.close(0u32.into(), b"done");
+    fake.close();
     agent.stop().await.unwrap();
-    endpoint.close(0u32.into(), b"done");
-    slot.lock().unwrap().take();
+}
+
+/// An applier that reports each bundle it starts and finishes it only when the test
+/// lets it.
+struct Gated {
+    started: tokio::sync::mpsc::UnboundedSender<u64>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl flotilla_agent::link::Applier for Gated {
+    async fn apply(&self, bundle: &flotilla_common::bundle::Bundle) -> ApplyReport {
+        let _ = self.started.send(bundle.generation);
+        let _permit = self.gate.acquire().await.unwrap();
+        AckOnly.apply(bundle).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_older_than_one_still_being_applied_is_refused_and_never_applied() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), loopback()).await;
+    let addr = hub.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let (started, mut applies) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut agent = RunningAgent::start_with(
+        agent_config(&hub, "east", Some(hub.add("east").await), dir.path()),
+        Gated {
+            started,
+            gate: gate.clone(),
+        },
+    );
+    agent.wait("connected", |s| s.connected).await;
+    let older = fixture::sign(&hub.store, "east", "web", 2, 1, 16).await;
+    let newer = fixture::sign(&hub.store, "east", "web", 3, 1, 16).await;
+    hub.stop().await;
+    agent.wait("disconnected", |s| !s.connected).await;
+
+    // Bundles travel on streams of their own, so one sent first can arrive last:
+    // here the newer one is being applied when the older one comes in.
+    let (mut fake, _) = FakeHub::accept(hub_dir.path(), addr).await;
+    fake.send_bundle(newer).await;
+    let first = tokio::time::timeout(Duration::from_secs(20), applies.recv()).await;
+    assert_eq!(first.unwrap(), Some(3));
+    fake.send_bundle(older).await;
+    let ack = fake.ack().await;
+    assert_eq!(
+        (ack.generation, ack.outcome),
+        (
+            2,
+            BundleOutcome::Rejected(Rejection::Stale { last_applied: 3 })
+        )
+    );
+
+    gate.add_permits(10);
+    let ack = fake.ack().await;
+    assert_eq!((ack.generation, ack.outcome), (3, BundleOutcome::Applied));
+    assert_eq!(agent.applied_generation("web"), Some(3));
+    // Nothing older is applied after it, now or later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(applies.try_recv().is_err(), "an older bundle was applied");
+    fake.close();
+    let state_dir = agent.dir.clone();
+    agent.stop().await.unwrap();
+    let journal = flotilla_agent::journal::Store::open(&state_dir.join("db")).unwrap();
+    let applied = journal.applied().unwrap();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(
+        applied[0].generation, 3,
+        "the journal keeps the newest bundle"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
