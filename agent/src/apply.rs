@@ -116,6 +116,16 @@ pub enum Error {
         /// The other app's label value.
         owner: String,
     },
+    /// The agent is limited to some namespaces, and the object is not in one.
+    #[error("{resource}: {what}, but this agent may act only in namespaces {allowed}; refused")]
+    OutOfReach {
+        /// The object.
+        resource: String,
+        /// Where the object is: cluster-scoped, or in another namespace.
+        what: String,
+        /// The namespaces the agent may act in, comma-separated.
+        allowed: String,
+    },
     /// The manifest in the bundle is not a JSON object.
     #[error("{resource}: manifest is not a json object")]
     Manifest {
@@ -186,6 +196,8 @@ pub struct Options {
     /// served: the apiserver marks a CRD Established a moment before discovery
     /// serves its group.
     pub kind_wait: Duration,
+    /// Where the agent may act.
+    pub reach: Reach,
 }
 
 impl Default for Options {
@@ -195,8 +207,54 @@ impl Default for Options {
             hook_timeout: Duration::from_secs(300),
             parallelism: 32,
             kind_wait: Duration::from_secs(10),
+            reach: Reach::Cluster,
         }
     }
+}
+
+/// Where an agent may act: the whole cluster, or only some namespaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Reach {
+    /// The whole cluster, as the default install manifest grants.
+    #[default]
+    Cluster,
+    /// Only these namespaces (`flotilla-agent --namespaces`, from `flotilla cluster
+    /// add --namespaces`): the install manifest grants rights in them and read-only
+    /// discovery elsewhere, and a bundle with any object outside them (a
+    /// cluster-scoped one included) is refused whole, before anything is applied.
+    Namespaces(BTreeSet<String>),
+}
+
+impl Reach {
+    /// The namespaces in `list` (comma-separated DNS labels); an empty list is the
+    /// whole cluster.
+    pub fn parse(list: &str) -> std::result::Result<Reach, String> {
+        let mut namespaces = BTreeSet::new();
+        for namespace in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !is_dns_label(namespace) {
+                return Err(format!(
+                    "{namespace:?} is not a namespace name (a DNS label: a-z, 0-9 and '-', at most 63)"
+                ));
+            }
+            namespaces.insert(namespace.to_owned());
+        }
+        Ok(if namespaces.is_empty() {
+            Reach::Cluster
+        } else {
+            Reach::Namespaces(namespaces)
+        })
+    }
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// What happened to one object.
@@ -989,6 +1047,30 @@ impl Applier {
         Ok(())
     }
 
+    /// Refuses `bundle` when an object it applies lies outside the namespaces this
+    /// agent is limited to: one in another namespace, or a cluster-scoped one.
+    pub fn check_reach(&self, bundle: &Bundle) -> Result<()> {
+        let Reach::Namespaces(allowed) = &self.options.reach else {
+            return Ok(());
+        };
+        for object in &bundle.objects {
+            if matches!(object.hook.as_ref().map(|h| h.phase), Some(HookPhase::Skip)) {
+                continue;
+            }
+            let what = match &object.namespace {
+                Some(namespace) if allowed.contains(namespace) => continue,
+                Some(namespace) => format!("it is in namespace {namespace}"),
+                None => "it is cluster-scoped".to_owned(),
+            };
+            return Err(Error::OutOfReach {
+                resource: describe(&object.resource()),
+                what,
+                allowed: allowed.iter().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        Ok(())
+    }
+
     /// A dynamic API handle for the object's kind and namespace.
     pub async fn api(&self, resource: &ResourceRef) -> Result<Api<DynamicObject>> {
         let (ar, caps) = self.kind(resource).await?;
@@ -1665,10 +1747,25 @@ impl Applier {
             })
     }
 
-    /// A dynamic API handle for the object's kind in every namespace.
-    pub async fn api_all(&self, resource: &ResourceRef) -> Result<Api<DynamicObject>> {
-        let (ar, _) = self.kind(resource).await?;
-        Ok(Api::all_with(self.client.clone(), &ar))
+    /// Dynamic API handles that together cover the object's kind wherever this
+    /// agent may act: every namespace at once, or one handle per namespace it is
+    /// limited to (it may not list the others), each with the namespace it covers
+    /// (`None`: all of them).
+    pub async fn apis_in_reach(
+        &self,
+        resource: &ResourceRef,
+    ) -> Result<Vec<(Option<String>, Api<DynamicObject>)>> {
+        let (ar, caps) = self.kind(resource).await?;
+        Ok(match (&self.options.reach, caps.scope) {
+            (Reach::Namespaces(allowed), Scope::Namespaced) => allowed
+                .iter()
+                .map(|namespace| {
+                    let api = Api::namespaced_with(self.client.clone(), namespace, &ar);
+                    (Some(namespace.clone()), api)
+                })
+                .collect(),
+            _ => vec![(None, Api::all_with(self.client.clone(), &ar))],
+        })
     }
 
     /// The manifest Flotilla applies for `object`: the bundle's, plus its label
@@ -2369,23 +2466,25 @@ impl LiveCache {
             return;
         }
         let listed = async {
-            let (ar, _) = applier.kind(resource).await.map_err(|e| e.to_string())?;
-            let api: Api<DynamicObject> = Api::all_with(applier.client.clone(), &ar);
-            let list = api
-                .list(&ListParams::default().labels(APP_LABEL))
+            let apis = applier
+                .apis_in_reach(resource)
                 .await
-                .map_err(|e| api_message(&e))?;
-            Ok(list
-                .items
-                .into_iter()
-                .map(|o| {
+                .map_err(|e| e.to_string())?;
+            let mut objects = LiveObjects::new();
+            for (_, api) in apis {
+                let list = api
+                    .list(&ListParams::default().labels(APP_LABEL))
+                    .await
+                    .map_err(|e| api_message(&e))?;
+                objects.extend(list.items.into_iter().map(|o| {
                     let key = (
                         o.metadata.namespace.clone(),
                         o.metadata.name.clone().unwrap_or_default(),
                     );
                     (key, to_value(&o, &resource.gvk))
-                })
-                .collect())
+                }));
+            }
+            Ok(objects)
         }
         .await;
         // An unknown kind is reported per object when it is applied.

@@ -186,28 +186,33 @@ impl Monitor {
         let label = apply::app_label(&bundle.app);
         let mut tasks = Vec::new();
         for (gvk, probe) in kinds {
-            let api = applier.api_all(&probe).await?;
-            let config = watcher::Config::default().labels(&format!("{APP_LABEL}={label}"));
-            let watched = watched.clone();
-            let span =
-                info_span!("drift", app = %label, kind = %gvk.kind, generation = bundle.generation);
-            tasks.push(tokio::spawn(
-                async move {
-                    let mut events = watcher::watcher(api, config).boxed();
-                    let mut seen = Vec::new();
-                    loop {
-                        match events.try_next().await {
-                            Ok(Some(event)) => watched.handle(&gvk, event, &mut seen).await,
-                            Ok(None) => break,
-                            Err(e) => {
-                                warn!(error = %e, "drift watch failed; it restarts");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
+            for (namespace, api) in applier.apis_in_reach(&probe).await? {
+                let gvk = gvk.clone();
+                let config = watcher::Config::default().labels(&format!("{APP_LABEL}={label}"));
+                let watched = watched.clone();
+                let span = info_span!("drift", app = %label, kind = %gvk.kind, generation = bundle.generation);
+                tasks.push(tokio::spawn(
+                    async move {
+                        let mut events = watcher::watcher(api, config).boxed();
+                        let mut seen = Vec::new();
+                        loop {
+                            match events.try_next().await {
+                                Ok(Some(event)) => {
+                                    watched
+                                        .handle(&gvk, namespace.as_deref(), event, &mut seen)
+                                        .await
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    warn!(error = %e, "drift watch failed; it restarts");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
                             }
                         }
                     }
-                }
-                .instrument(span),
-            ));
+                    .instrument(span),
+                ));
+            }
         }
         Ok(Self {
             tasks,
@@ -250,6 +255,7 @@ impl Watched {
     async fn handle(
         self: &Arc<Self>,
         gvk: &Gvk,
+        namespace: Option<&str>,
         event: watcher::Event<kube::api::DynamicObject>,
         seen: &mut Vec<ResourceRef>,
     ) {
@@ -272,7 +278,12 @@ impl Watched {
                 let missing: Vec<ResourceRef> = self
                     .desired
                     .keys()
-                    .filter(|r| r.gvk == *gvk && !seen.contains(r))
+                    .filter(|r| {
+                        // A watch of one namespace sees only that namespace's objects.
+                        r.gvk == *gvk
+                            && namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
+                            && !seen.contains(r)
+                    })
                     .cloned()
                     .collect();
                 for resource in missing {

@@ -285,6 +285,16 @@ impl Inner {
                     status: None,
                 };
             }
+            // An agent limited to some namespaces applies nothing outside them.
+            if let Err(error) = self.applier.check_reach(&bundle) {
+                warn!(%error, "refused a bundle outside the namespaces this agent may act in");
+                return ApplyReport {
+                    outcome: BundleOutcome::Rejected(Rejection::NotPermitted {
+                        message: error.to_string(),
+                    }),
+                    status: None,
+                };
+            }
             // The hub decided each kind's scope when it checked the project; the
             // cluster's own discovery decides here.
             if let Err(mismatch) = self.applier.check_scopes(&bundle).await {
@@ -802,6 +812,13 @@ fn heal_operation(
 impl link::Applier for Engine {
     async fn apply(&self, bundle: &Bundle) -> ApplyReport {
         self.take(bundle.clone()).await
+    }
+
+    fn admits(&self, bundle: &Bundle) -> Result<(), String> {
+        self.inner
+            .applier
+            .check_reach(bundle)
+            .map_err(|e| e.to_string())
     }
 
     async fn resume(&self, bundles: Vec<Bundle>) {

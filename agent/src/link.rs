@@ -116,6 +116,14 @@ pub trait Applier: Send + Sync + 'static {
     /// Applies `bundle` to the cluster.
     fn apply(&self, bundle: &Bundle) -> impl Future<Output = ApplyReport> + Send;
 
+    /// Whether this applier may apply `bundle` at all (an agent limited to some
+    /// namespaces refuses one that reaches outside them), asked before the bundle
+    /// is stored: a refused bundle never becomes the app's latest.
+    fn admits(&self, bundle: &Bundle) -> Result<(), String> {
+        let _ = bundle;
+        Ok(())
+    }
+
     /// Called once when the agent starts, with the last bundle of every app it
     /// holds, so the engine can watch them again without re-applying.
     fn resume(&self, bundles: Vec<Bundle>) -> impl Future<Output = ()> + Send {
@@ -953,9 +961,14 @@ impl<A: Applier> Agent<A> {
             }
         };
         // The hub checked the app's AppProject when it rendered the bundle; check
-        // again here, before anything is stored or applied.
-        if let Err(violation) = bundle.permitted() {
-            warn!(app = %bundle.app, generation = envelope.generation, %violation, "refused a bundle its project does not permit");
+        // again here, and where this agent may act, before anything is stored or
+        // applied.
+        let permitted = bundle
+            .permitted()
+            .map_err(|violation| violation.to_string())
+            .and_then(|()| self.applier.admits(&bundle));
+        if let Err(violation) = permitted {
+            warn!(app = %bundle.app, generation = envelope.generation, %violation, "refused a bundle its project or this agent's reach does not permit");
             self.state.send_modify(|s| s.bundles_rejected += 1);
             session.bundle_outcome(
                 Some(bundle.app.clone()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use flotilla_agent::apply::{Applier, Options};
+use flotilla_agent::apply::{Applier, Options, Reach};
 use flotilla_agent::engine::Engine;
 use flotilla_agent::identity::Keeper;
 use flotilla_agent::link::{Agent, AgentConfig};
@@ -43,6 +43,11 @@ struct Cli {
     /// instead of the state directory, so it survives pod restarts.
     #[arg(long, env = "FLOTILLA_IDENTITY_SECRET")]
     identity_secret: Option<String>,
+    /// Act only in these namespaces (comma-separated), as installed by
+    /// `flotilla cluster add --namespaces`: a bundle with anything outside them,
+    /// a cluster-scoped object included, is refused whole. Empty: the whole cluster.
+    #[arg(long, env = "FLOTILLA_NAMESPACES", default_value = "")]
+    namespaces: String,
     /// The longest delay between reconnect attempts, in seconds.
     #[arg(long, env = "FLOTILLA_BACKOFF_MAX_SECS", default_value_t = 30)]
     backoff_max_secs: u64,
@@ -97,6 +102,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
+    let reach = match Reach::parse(&cli.namespaces) {
+        Ok(reach) => reach,
+        Err(e) => {
+            eprintln!("flotilla-agent: --namespaces: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,7 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, hub)) {
+    match runtime.block_on(run(cli, hub, reach)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flotilla-agent: {e:#}");
@@ -116,7 +128,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, hub: SocketAddr) -> anyhow::Result<()> {
+async fn run(cli: Cli, hub: SocketAddr, reach: Reach) -> anyhow::Result<()> {
     let kube_config = match &cli.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -155,7 +167,10 @@ async fn run(cli: Cli, hub: SocketAddr) -> anyhow::Result<()> {
         client,
         cli.cluster.clone(),
         inventory,
-        Options::default(),
+        Options {
+            reach,
+            ..Options::default()
+        },
     ));
     let mut config = AgentConfig::new(hub, cli.ca_fingerprint, cli.cluster, cli.state_dir);
     config.token = cli.token;

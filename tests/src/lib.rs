@@ -88,6 +88,20 @@ impl LocalCluster {
         })
     }
 
+    /// A kube client on this cluster that authenticates with `token` (a
+    /// ServiceAccount's, say) instead of as the admin.
+    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, Error> {
+        let mut config = self.kube_config().await?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..Default::default()
+        };
+        kube::Client::try_from(config).map_err(|source| Error::Client {
+            name: self.name.clone(),
+            source,
+        })
+    }
+
     /// The apiserver's URL, as an agent reports it in its cluster facts.
     pub async fn server_url(&self) -> Result<String, Error> {
         Ok(self.kube_config().await?.cluster_url.to_string())

@@ -2,7 +2,7 @@ use flotilla_common::bundle::{Hook, HookPhase, Object};
 use flotilla_common::model::{AppRef, Gvk};
 use serde_json::json;
 
-use super::{app_label, contains, sync_order};
+use super::{Reach, app_label, contains, sync_order};
 
 fn object(kind: &str, name: &str, wave: i32) -> Object {
     let gvk = match kind {
@@ -189,4 +189,17 @@ fn a_dry_run_operation_says_what_would_change() {
         operation.message,
         "dry run of generation 4: 1 would change, 0 unchanged, 1 would be pruned"
     );
+}
+
+#[test]
+fn reach_is_a_list_of_namespace_names_or_the_whole_cluster() {
+    assert_eq!(Reach::parse("").unwrap(), Reach::Cluster);
+    assert_eq!(Reach::parse(" , ").unwrap(), Reach::Cluster);
+    assert_eq!(
+        Reach::parse("team-b, team-a,team-b").unwrap(),
+        Reach::Namespaces(["team-a".to_owned(), "team-b".to_owned()].into())
+    );
+    for bad in ["Team", "a/b", "-a", "a-", "x y", "../etc"] {
+        assert!(Reach::parse(bad).is_err(), "{bad}");
+    }
 }

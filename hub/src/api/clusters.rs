@@ -144,6 +144,10 @@ struct AddRequest {
     token_ttl_minutes: Option<u64>,
     #[serde(default)]
     image: Option<String>,
+    /// Least privilege: the namespaces the agent may act in; none for the whole
+    /// cluster.
+    #[serde(default)]
+    namespaces: Vec<String>,
 }
 
 /// `POST /api/v1/clusters`: a bootstrap token, shown once inside the manifest and
@@ -184,6 +188,10 @@ async fn add(
             ),
         );
     }
+    let namespaces = match cluster::parse_namespaces(&req.namespaces) {
+        Ok(namespaces) => namespaces,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let ttl = match req.token_ttl_minutes {
         Some(0) => {
             return error(
@@ -235,6 +243,7 @@ async fn add(
         ca_fingerprint: &fingerprint,
         token: &added.token,
         image: &image,
+        namespaces: &namespaces,
     };
     (
         StatusCode::CREATED,
@@ -254,7 +263,8 @@ fn cluster_error(e: cluster::Error) -> Reply {
     match e {
         e @ (cluster::Error::InvalidName(_)
         | cluster::Error::InvalidLabel(_)
-        | cluster::Error::InvalidServer(_)) => error(StatusCode::BAD_REQUEST, e),
+        | cluster::Error::InvalidServer(_)
+        | cluster::Error::InvalidNamespace(_)) => error(StatusCode::BAD_REQUEST, e),
         e @ (cluster::Error::Exists(_) | cluster::Error::ServerTaken { .. }) => {
             error(StatusCode::CONFLICT, e)
         }

@@ -60,6 +60,12 @@ pub struct AddArgs {
     /// The agent image the manifest runs (the tag is this flotilla's version).
     #[arg(long, env = "FLOTILLA_AGENT_IMAGE", default_value = cluster::DEFAULT_AGENT_IMAGE)]
     image: String,
+    /// Least privilege: the agent may act only in these namespaces
+    /// (comma-separated; repeatable). The manifest then grants rights in them and
+    /// read-only discovery elsewhere instead of the whole cluster, and the agent
+    /// refuses any bundle that reaches outside them.
+    #[arg(long, value_name = "NS,...")]
+    namespaces: Vec<String>,
     /// Print a command line that runs the agent locally instead of a manifest.
     #[arg(long)]
     print_command: bool,
@@ -257,6 +263,7 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let namespaces = cluster::parse_namespaces(&args.namespaces).map_err(usage)?;
     let (manifest, command) = match data_dir_mode(connection, &args.data) {
         Some(dir) => {
             let hub_address = args
@@ -294,6 +301,7 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
                 ca_fingerprint: &fingerprint,
                 token: &added.token,
                 image: &args.image,
+                namespaces: &namespaces,
             };
             (cluster::manifest(&join), cluster::command_line(&join))
         }
@@ -305,6 +313,7 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
                 "hubAddress": args.hub_address,
                 "tokenTtlMinutes": args.token_ttl_minutes,
                 "image": args.image,
+                "namespaces": namespaces,
             });
             let added = connection
                 .client()?
@@ -331,6 +340,7 @@ fn usage(e: cluster::Error) -> anyhow::Error {
         | cluster::Error::Exists(_)
         | cluster::Error::InvalidLabel(_)
         | cluster::Error::InvalidServer(_)
+        | cluster::Error::InvalidNamespace(_)
         | cluster::Error::ServerTaken { .. }
         | cluster::Error::NotFound(_) => anyhow::Error::from(UsageError(e.to_string())),
         e => e.into(),
