@@ -26,7 +26,7 @@ use flotilla_common::message::{
     EventKind, Operation, OperationPhase, Rejection, ResourceAction, ResourceResult,
     ResourceStatus, Status, SyncOptions,
 };
-use flotilla_common::model::{AppRef, Health, ResourceRef, SyncStatus, Timestamp};
+use flotilla_common::model::{AppRef, ClusterFacts, Health, ResourceRef, SyncStatus, Timestamp};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument as _, info, info_span, warn};
@@ -45,6 +45,9 @@ pub struct Options {
     /// waits for that bundle. The hub sends the bundle first, but it travels on
     /// its own stream and can arrive after the command.
     pub bundle_wait: Duration,
+    /// The apiserver URL the agent's client was configured with: when set, the
+    /// engine reads the cluster's facts afresh for every connection to the hub.
+    pub api_server_url: Option<String>,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
         Self {
             coalesce: Duration::from_millis(500),
             bundle_wait: Duration::from_secs(10),
+            api_server_url: None,
         }
     }
 }
@@ -812,6 +816,18 @@ fn heal_operation(
 impl link::Applier for Engine {
     async fn apply(&self, bundle: &Bundle) -> ApplyReport {
         self.take(bundle.clone()).await
+    }
+
+    async fn facts(&self) -> Option<ClusterFacts> {
+        let url = self.inner.options.api_server_url.clone()?;
+        let client = self.inner.applier.client().clone();
+        match crate::facts::read(client, url).await {
+            Ok(facts) => Some(facts),
+            Err(e) => {
+                warn!(error = %e, "reading the cluster's facts failed; the hub keeps the last ones");
+                None
+            }
+        }
     }
 
     fn admits(&self, bundle: &Bundle) -> Result<(), String> {

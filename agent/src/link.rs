@@ -116,6 +116,13 @@ pub trait Applier: Send + Sync + 'static {
     /// Applies `bundle` to the cluster.
     fn apply(&self, bundle: &Bundle) -> impl Future<Output = ApplyReport> + Send;
 
+    /// The cluster's facts as they are now, read for every connection so the hub
+    /// learns of kinds installed and upgrades made since registration; `None`
+    /// when this applier does not read them (or reading failed).
+    fn facts(&self) -> impl Future<Output = Option<ClusterFacts>> + Send {
+        async { None }
+    }
+
     /// Whether this applier may apply `bundle` at all (an agent limited to some
     /// namespaces refuses one that reaches outside them), asked before the bundle
     /// is stored: a refused bundle never becomes the app's latest.
@@ -728,7 +735,22 @@ impl<A: Applier> Agent<A> {
         let mut finished = self.finished_rx.lock().await;
         let mut applied = self.applied_rx.lock().await;
         let mut renewal = Renewal::Due(renewal_at(identity));
+        // The cluster's facts, read once the session is up and sent when read.
+        let (facts_tx, mut facts_rx) = mpsc::channel(1);
+        let mut facts_task: Option<AbortOnDrop> = None;
         loop {
+            if facts_task.is_none() && session.version().is_some() {
+                let applier = self.applier.clone();
+                let facts_tx = facts_tx.clone();
+                facts_task = Some(AbortOnDrop(tokio::spawn(
+                    async move {
+                        if let Some(facts) = applier.facts().await {
+                            let _ = facts_tx.send(facts).await;
+                        }
+                    }
+                    .in_current_span(),
+                )));
+            }
             while let Some(transmit) = session.poll_transmit() {
                 let bytes = transmit.encode(&limits).map_err(|e| ended(&e))?;
                 match transmit.channel {
@@ -806,6 +828,11 @@ impl<A: Applier> Agent<A> {
                     }
                 },
                 status = next_report(&mut reports) => self.report(session, status).await?,
+                Some(facts) = facts_rx.recv() => {
+                    if let Err(e) = session.report_facts(facts) {
+                        warn!(error = %e, "the cluster's facts could not be sent");
+                    }
+                }
                 Some((done, report)) = applied.recv() => self.bundle_applied(session, done, report).await?,
                 Some(done) = finished.recv() => {
                     if let Some(status) = done.status {

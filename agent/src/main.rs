@@ -141,7 +141,7 @@ async fn run(cli: Cli, hub: SocketAddr, reach: Reach) -> anyhow::Result<()> {
     };
     let url = kube_config.cluster_url.to_string();
     let client = kube::Client::try_from(kube_config).context("building the kube client")?;
-    let facts = flotilla_agent::facts::read(client.clone(), url).await?;
+    let facts = flotilla_agent::facts::read(client.clone(), url.clone()).await?;
     let keeper = match &cli.identity_secret {
         Some(secret) => {
             let (namespace, name) = secret
@@ -163,15 +163,21 @@ async fn run(cli: Cli, hub: SocketAddr, reach: Reach) -> anyhow::Result<()> {
             cli.state_dir.display()
         )
     })?;
-    let engine = Engine::new(Applier::new(
-        client,
-        cli.cluster.clone(),
-        inventory,
-        Options {
-            reach,
-            ..Options::default()
+    let engine = Engine::with_options(
+        Applier::new(
+            client,
+            cli.cluster.clone(),
+            inventory,
+            Options {
+                reach,
+                ..Options::default()
+            },
+        ),
+        flotilla_agent::engine::Options {
+            api_server_url: Some(url),
+            ..Default::default()
         },
-    ));
+    );
     let mut config = AgentConfig::new(hub, cli.ca_fingerprint, cli.cluster, cli.state_dir);
     config.token = cli.token;
     config.facts = facts;

@@ -30,6 +30,7 @@ fn engine(client: &kube::Client) -> Engine {
         engine::Options {
             coalesce: Duration::from_millis(200),
             bundle_wait: Duration::from_secs(1),
+            ..Default::default()
         },
     )
 }
@@ -619,6 +620,7 @@ async fn a_deployment_turning_degraded_is_reported_without_an_operation() {
         engine::Options {
             coalesce: Duration::from_millis(200),
             bundle_wait: Duration::from_secs(1),
+            ..Default::default()
         },
     );
     let mut reports = engine.take_reports().unwrap();

@@ -85,6 +85,10 @@ pub enum Message {
     /// Hub → agent: the certificate was not renewed, and why; the agent tries
     /// again later.
     RenewalRefused(RenewalRefused),
+    /// Agent → hub, on every connection once it is up: the cluster as it is now
+    /// (its version and the kinds it serves, with their scope), which may differ
+    /// from what it was at registration: a CRD installed since, an upgrade.
+    Facts(ClusterFacts),
 }
 
 /// Asks the hub to register this cluster.

@@ -28,7 +28,7 @@ use crate::message::{
     Heartbeat, Hello, Message, ProtocolVersion, Register, Registered, Renew, RenewalRefused,
     Renewed, SUPPORTED_VERSIONS, Status, StatusAck, Welcome, negotiate,
 };
-use crate::model::AppRef;
+use crate::model::{AppRef, ClusterFacts};
 use crate::signing::KeySetUpdate;
 
 mod agent;
@@ -126,6 +126,7 @@ fn message_name(message: &Message) -> &'static str {
         Message::Renew(_) => "Renew",
         Message::Renewed(_) => "Renewed",
         Message::RenewalRefused(_) => "RenewalRefused",
+        Message::Facts(_) => "Facts",
     }
 }
 

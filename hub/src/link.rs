@@ -1534,6 +1534,21 @@ async fn handle_event(
                 }
             }
         }
+        HubEvent::Facts(facts) => {
+            // The certificate names the cluster, so an agent can only ever describe
+            // its own; what it says is shown and used for kinds' scope, never for
+            // placement (the server URL stays the admin's).
+            match shared.store.update_cluster_facts(cluster, &facts).await {
+                Ok(true) => info!(
+                    kinds = facts.api_resources.len(),
+                    version = %facts.kubernetes_version,
+                    "cluster facts refreshed"
+                ),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "recording the cluster's facts failed"),
+            }
+            false
+        }
         HubEvent::Goodbye(goodbye) => {
             info!(reason = ?goodbye.reason, message = %goodbye.message, "agent said goodbye");
             true

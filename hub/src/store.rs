@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use flotilla_common::model::ClusterFacts;
 use flotilla_common::signing::BundleSigner;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -225,6 +226,54 @@ impl Store {
             .insert(key.as_bytes(), bytes)
             .map_err(|source| db(tree, "writing", source))?;
         self.flush(tree).await
+    }
+
+    /// Changes the value under `key` in `tree` in place, atomically, without a
+    /// flush: a value that is not there stays absent (a record removed meanwhile
+    /// is never written back). Returns whether it was there.
+    pub(crate) fn update_existing<T: Serialize + DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &Key,
+        change: impl Fn(&mut T),
+    ) -> Result<bool> {
+        let mut decode_error = None;
+        let before = self
+            .tree(tree)?
+            .fetch_and_update(key.as_bytes(), |old| {
+                let old = old?;
+                let changed = serde_json::from_slice(old).and_then(|mut value: T| {
+                    change(&mut value);
+                    serde_json::to_vec(&value)
+                });
+                match changed {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        decode_error = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })
+            .map_err(|source| db(tree, "writing", source))?;
+        if let Some(source) = decode_error {
+            return Err(Error::Decode { tree, source });
+        }
+        Ok(before.is_some())
+    }
+
+    /// Records what a cluster's agent reports about it now (its version and the
+    /// kinds it serves, with their scope), flushed; a cluster removed meanwhile
+    /// stays removed. Returns whether the cluster was there.
+    pub async fn update_cluster_facts(&self, cluster: &str, facts: &ClusterFacts) -> Result<bool> {
+        let found = self.update_existing(
+            "clusters",
+            &Key::new().str(cluster),
+            |record: &mut ClusterRecord| {
+                record.facts = Some(facts.clone());
+            },
+        )?;
+        self.flush("clusters").await?;
+        Ok(found)
     }
 
     /// Reads the value under `key` in `tree`.

@@ -286,6 +286,19 @@ impl AgentSession {
         Ok(())
     }
 
+    /// Tells the hub what the cluster is like now (see [`Message::Facts`]).
+    pub fn report_facts(&mut self, facts: ClusterFacts) -> Result<()> {
+        if !matches!(self.state, State::Up(_)) {
+            return Err(Error::NotReady {
+                action: "report the cluster's facts",
+                state: self.state.name(),
+            });
+        }
+        self.transmits
+            .push_back(Transmit::new(Message::Facts(facts)));
+        Ok(())
+    }
+
     /// Reports what became of a command.
     pub fn command_result(&mut self, result: CommandResult) -> Result<()> {
         if !matches!(self.state, State::Up(_)) {

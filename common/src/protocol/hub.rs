@@ -57,6 +57,9 @@ pub enum HubEvent {
     /// [`HubSession::accept_renewal`] or [`HubSession::refuse_renewal`] (or close
     /// the session if the cluster is gone).
     Renew(Renew),
+    /// The agent's cluster as it is now: record it in place of what it reported
+    /// before. It speaks only for its own cluster, which its certificate names.
+    Facts(ClusterFacts),
     /// The agent said goodbye.
     Goodbye(Goodbye),
     /// Nothing heard from the agent for too long; drop the connection.
@@ -166,6 +169,10 @@ impl HubSession {
             }
             (State::Up(_), Message::Renew(renew)) => {
                 self.events.push_back(HubEvent::Renew(renew));
+                Ok(())
+            }
+            (State::Up(_), Message::Facts(facts)) => {
+                self.events.push_back(HubEvent::Facts(facts));
                 Ok(())
             }
             (state, message) => {

@@ -605,3 +605,28 @@ fn acks_for_apps_the_hub_never_published_are_passed_on_but_not_tracked() {
     assert_eq!(pair.hub.apps_applied(), 1);
     assert!(pair.hub.apps_behind().is_empty());
 }
+
+#[test]
+fn facts_reach_the_hub_only_from_an_established_session() {
+    let facts = crate::model::ClusterFacts {
+        kubernetes_version: "v1.36.0".to_owned(),
+        ..Default::default()
+    };
+    let mut early = AgentSession::new(Timing::default(), Vec::new(), Vec::new());
+    assert!(matches!(
+        early.report_facts(facts.clone()),
+        Err(Error::NotReady { .. })
+    ));
+    let mut hub = HubSession::new(Timing::default());
+    hub.handle_connected(Instant::now());
+    assert!(matches!(
+        hub.handle_message(Instant::now(), Message::Facts(facts.clone())),
+        Err(Error::Unexpected { .. })
+    ));
+
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.agent.report_facts(facts.clone()).unwrap();
+    pair.drive();
+    assert!(pair.hub_events.contains(&HubEvent::Facts(facts)));
+}

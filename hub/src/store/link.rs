@@ -196,35 +196,7 @@ impl Store {
         cluster: &str,
         change: impl Fn(&mut LinkRecord),
     ) -> Result<bool> {
-        let mut decode_error = None;
-        let before = self
-            .tree("links")?
-            .fetch_and_update(Key::new().str(cluster).as_bytes(), |old| {
-                let old = old?;
-                let mut link: LinkRecord = match serde_json::from_slice(old) {
-                    Ok(link) => link,
-                    Err(e) => {
-                        decode_error = Some(e);
-                        return Some(old.to_vec());
-                    }
-                };
-                change(&mut link);
-                match serde_json::to_vec(&link) {
-                    Ok(bytes) => Some(bytes),
-                    Err(e) => {
-                        decode_error = Some(e);
-                        Some(old.to_vec())
-                    }
-                }
-            })
-            .map_err(|source| db("links", "writing", source))?;
-        if let Some(source) = decode_error {
-            return Err(Error::Decode {
-                tree: "links",
-                source,
-            });
-        }
-        Ok(before.is_some())
+        self.update_existing("links", &Key::new().str(cluster), change)
     }
 
     /// A cluster's link record.

@@ -383,6 +383,34 @@ async fn link_state_reported_after_a_removal_does_not_bring_the_link_back() {
 }
 
 #[tokio::test]
+async fn facts_replace_a_clusters_facts_and_never_bring_a_removed_cluster_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let record = ClusterRecord {
+        name: "east".to_owned(),
+        server: Some("https://10.0.0.1:6443".to_owned()),
+        ..Default::default()
+    };
+    store.put_cluster(&record).await.unwrap();
+    let facts = flotilla_common::model::ClusterFacts {
+        kubernetes_version: "v1.36.0".to_owned(),
+        api_server_url: "https://elsewhere:6443".to_owned(),
+        ..Default::default()
+    };
+    assert!(store.update_cluster_facts("east", &facts).await.unwrap());
+    let stored = store.cluster("east").unwrap().unwrap();
+    assert_eq!(stored.facts, Some(facts.clone()));
+    assert_eq!(
+        stored.server, record.server,
+        "facts never move the server URL"
+    );
+
+    assert!(store.remove_cluster("east").await.unwrap());
+    assert!(!store.update_cluster_facts("east", &facts).await.unwrap());
+    assert_eq!(store.cluster("east").unwrap(), None);
+}
+
+#[tokio::test]
 async fn a_bundle_and_its_cluster_index_are_written_together() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

@@ -387,3 +387,77 @@ async fn a_command_result_from_another_cluster_is_dropped_and_the_asked_cluster_
     west.close();
     hub.stop().await;
 }
+
+/// An applier that reports whatever facts the test sets.
+struct ReportsFacts(Arc<std::sync::Mutex<flotilla_common::model::ClusterFacts>>);
+
+impl flotilla_agent::link::Applier for ReportsFacts {
+    async fn apply(
+        &self,
+        bundle: &flotilla_common::bundle::Bundle,
+    ) -> flotilla_agent::link::ApplyReport {
+        flotilla_agent::link::Applier::apply(&flotilla_agent::link::AckOnly, bundle).await
+    }
+
+    async fn facts(&self) -> Option<flotilla_common::model::ClusterFacts> {
+        Some(self.0.lock().unwrap().clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_facts_are_refreshed_on_every_connection_and_never_move_the_server_url() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = hub.add("east").await;
+
+    // A cluster-scoped CRD installed after registration: the hub must learn that
+    // its kind is cluster-scoped, or a namespace-only project would let it through.
+    let mut now = crate::fixture::facts("uid-east");
+    now.api_resources.push(flotilla_common::model::ApiResource {
+        group_version: "example.com/v1".to_owned(),
+        kind: "Widget".to_owned(),
+        plural: "widgets".to_owned(),
+        namespaced: false,
+    });
+    now.api_server_url = "https://claimed.example:6443".to_owned();
+    let shared = Arc::new(std::sync::Mutex::new(now));
+    let stored_kinds = |hub: &Hub| {
+        hub.store
+            .cluster("east")
+            .unwrap()
+            .and_then(|c| c.facts)
+            .map(|f| (f.kubernetes_version, f.api_resources.len()))
+    };
+
+    let mut agent = RunningAgent::start_with(
+        agent_config(&hub, "east", Some(token), dir.path()),
+        ReportsFacts(shared.clone()),
+    );
+    agent.wait("connected", |s| s.connected).await;
+    eventually(
+        "the facts of the first connection",
+        Duration::from_secs(20),
+        || stored_kinds(&hub) == Some(("v1.35.0".to_owned(), 1)),
+    )
+    .await;
+    // Shown, never used for placement: the server URL stays the admin's (none).
+    assert_eq!(hub.store.cluster("east").unwrap().unwrap().server, None);
+
+    // An upgrade, seen on the next connection.
+    shared.lock().unwrap().kubernetes_version = "v1.36.0".to_owned();
+    agent.stop().await.unwrap();
+    let mut agent = RunningAgent::start_with(
+        agent_config(&hub, "east", None, dir.path()),
+        ReportsFacts(shared.clone()),
+    );
+    agent.wait("connected again", |s| s.connected).await;
+    eventually(
+        "the facts of the second connection",
+        Duration::from_secs(20),
+        || stored_kinds(&hub) == Some(("v1.36.0".to_owned(), 1)),
+    )
+    .await;
+    agent.stop().await.unwrap();
+    hub.stop().await;
+}
