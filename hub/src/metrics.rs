@@ -93,7 +93,13 @@ pub struct Metrics {
     pub bundle_pushes: AtomicU64,
     /// Messages agents sent about what is not their cluster's, refused, by kind.
     pub agent_messages_refused: [AtomicU64; RefusedMessage::ALL.len()],
+    /// The last reading of the store for `/metrics`, and when it was taken.
+    fleet: tokio::sync::Mutex<Option<(std::time::Instant, FleetSnapshot)>>,
 }
+
+/// How long one reading of the store serves `/metrics`: it needs no token, so
+/// however often it is scraped the store is walked at most once per this.
+pub const FLEET_SNAPSHOT_TTL: Duration = Duration::from_secs(2);
 
 /// A message from an agent that spoke about something its cluster was not
 /// assigned, and which the hub therefore refused without storing anything.
@@ -141,11 +147,30 @@ impl Default for Metrics {
             sync_duration: Histogram::new(SYNC_BUCKETS),
             bundle_pushes: AtomicU64::new(0),
             agent_messages_refused: Default::default(),
+            fleet: tokio::sync::Mutex::new(None),
         }
     }
 }
 
 impl Metrics {
+    /// The fleet snapshot `read` takes (on the blocking pool: it walks the store),
+    /// or the one taken less than [`FLEET_SNAPSHOT_TTL`] ago. Scrapes that come
+    /// while a reading is under way wait for it instead of starting their own.
+    pub async fn fleet_snapshot(
+        &self,
+        read: impl FnOnce() -> FleetSnapshot + Send + 'static,
+    ) -> FleetSnapshot {
+        let mut cached = self.fleet.lock().await;
+        if let Some((at, snapshot)) = &*cached
+            && at.elapsed() < FLEET_SNAPSHOT_TTL
+        {
+            return snapshot.clone();
+        }
+        let snapshot = tokio::task::spawn_blocking(read).await.unwrap_or_default();
+        *cached = Some((std::time::Instant::now(), snapshot.clone()));
+        snapshot
+    }
+
     /// Records one render's time and whether it failed.
     pub fn observe_render(&self, took: Duration, failed: bool) {
         self.render_duration.observe(took.as_secs_f64());
@@ -319,7 +344,39 @@ pub fn encode(metrics: &Metrics, fleet: &FleetSnapshot) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_scrapes_reads_the_store_once_per_interval() {
+        let metrics = Arc::new(Metrics::default());
+        let reads = Arc::new(AtomicU64::new(0));
+        let scrape = |metrics: Arc<Metrics>, reads: Arc<AtomicU64>| async move {
+            metrics
+                .fleet_snapshot(move || {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                    FleetSnapshot {
+                        clusters: 3,
+                        ..Default::default()
+                    }
+                })
+                .await
+        };
+        let scrapes: Vec<_> = (0..200)
+            .map(|_| tokio::spawn(scrape(metrics.clone(), reads.clone())))
+            .collect();
+        for scrape in scrapes {
+            assert_eq!(scrape.await.unwrap().clusters, 3);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+
+        // Once the interval has passed, the next scrape reads again.
+        tokio::time::sleep(FLEET_SNAPSHOT_TTL).await;
+        scrape(metrics.clone(), reads.clone()).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_end_in_inf() {

@@ -102,6 +102,39 @@ struct Shared {
     store: Store,
     refresh_now: mpsc::Sender<String>,
     webhook_secret: Option<String>,
+    watched: Arc<Watched>,
+}
+
+/// The repositories to watch, worked out from the store again only when an app
+/// or a repository changed: an unauthenticated webhook, however many come, costs
+/// no walk over every stored app.
+#[derive(Default)]
+struct Watched {
+    /// The store's sources version when they were read, and what was read.
+    last: tokio::sync::Mutex<Option<(u64, Arc<Repos>)>>,
+}
+
+/// Repository URLs with their poll intervals.
+type Repos = BTreeMap<String, Duration>;
+
+impl Watched {
+    async fn get(&self, store: &Store) -> Arc<Repos> {
+        let mut last = self.last.lock().await;
+        let version = store.sources_version();
+        if let Some((seen, repos)) = &*last
+            && *seen == version
+        {
+            return repos.clone();
+        }
+        let reading = store.clone();
+        let repos = Arc::new(
+            tokio::task::spawn_blocking(move || watched_repos(&reading))
+                .await
+                .unwrap_or_default(),
+        );
+        *last = Some((version, repos.clone()));
+        repos
+    }
 }
 
 impl Server {
@@ -143,10 +176,12 @@ impl Server {
             command_timeout: api::DEFAULT_COMMAND_TIMEOUT,
             logins: Arc::default(),
         });
+        let watched = Arc::new(Watched::default());
         let shared = Shared {
             store: store.clone(),
             refresh_now,
             webhook_secret: config.webhook_secret,
+            watched: watched.clone(),
         };
         let app = Router::new()
             .route(WEBHOOK_PATH, post(webhook_handler))
@@ -181,7 +216,14 @@ impl Server {
                 }
             }),
         };
-        let poller = tokio::spawn(poll_loop(store, refresher, requests, registrations, stop));
+        let poller = tokio::spawn(poll_loop(
+            store,
+            watched,
+            refresher,
+            requests,
+            registrations,
+            stop,
+        ));
         info!(%addr, scheme, "hub API listening");
         Ok(Self {
             addr,
@@ -255,6 +297,7 @@ const PARALLEL_REFRESHES: usize = 4;
 
 async fn poll_loop(
     store: Store,
+    watched_now: Arc<Watched>,
     refresher: Arc<Refresher>,
     mut requests: mpsc::Receiver<String>,
     mut registrations: Option<tokio::sync::broadcast::Receiver<String>>,
@@ -269,9 +312,10 @@ async fn poll_loop(
     loop {
         let now = Instant::now();
         let mut due: BTreeSet<String> = BTreeSet::new();
-        let watched = watched_repos(&store);
+        let watched = watched_now.get(&store).await;
         next_due.retain(|url, _| watched.contains_key(url));
-        for (url, interval) in watched {
+        for (url, interval) in watched.iter() {
+            let (url, interval) = (url.clone(), *interval);
             let at = next_due.entry(url.clone()).or_insert(now);
             if *at <= now {
                 due.insert(url);
@@ -373,7 +417,7 @@ async fn webhook_handler(
         }
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let watched = watched_repos(&shared.store);
+    let watched = shared.watched.get(&shared.store).await;
     let matching: Vec<String> = watched
         .keys()
         .filter(|url| {
@@ -434,3 +478,56 @@ async fn webhook_handler(
 /// What every accepted push is answered with, whether it names a watched
 /// repository or not.
 const ACCEPTED: &str = "accepted\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Application;
+    use crate::store::{AppOrigin, AppRecord};
+
+    fn record(name: &str, repo: &str) -> AppRecord {
+        let application = Application::from_yaml(
+            &format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: default\n  source: {{repoURL: '{repo}', path: apps}}\n  destination: {{name: east}}\n"
+            ),
+            "test",
+        )
+        .unwrap();
+        AppRecord::new(application, AppOrigin::Store)
+    }
+
+    #[tokio::test]
+    async fn watched_repositories_are_worked_out_again_only_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_app(&record("one", "https://git.example/one.git"))
+            .await
+            .unwrap();
+        let watched = Watched::default();
+        let first = watched.get(&store).await;
+        assert!(first.contains_key("https://git.example/one.git"));
+        // Unchanged: the same reading, however often asked (a webhook flood).
+        for _ in 0..100 {
+            assert!(Arc::ptr_eq(&first, &watched.get(&store).await));
+        }
+        // A write to another tree changes nothing either.
+        store
+            .put_bundle("default", "one", "east", 1, b"envelope")
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &watched.get(&store).await));
+
+        // A new app's repository is watched at once, a removed one no more.
+        store
+            .put_app(&record("two", "https://git.example/two.git"))
+            .await
+            .unwrap();
+        let second = watched.get(&store).await;
+        assert!(second.contains_key("https://git.example/two.git"));
+        store.remove_app("default", "one").await.unwrap();
+        let third = watched.get(&store).await;
+        assert!(!third.contains_key("https://git.example/one.git"));
+        assert!(third.contains_key("https://git.example/two.git"));
+    }
+}

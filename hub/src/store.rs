@@ -126,6 +126,14 @@ pub struct Store {
     flush_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Told of every bundle stored, so the link pushes it at once.
     bundles_stored: tokio::sync::broadcast::Sender<BundleStored>,
+    /// Counts writes to the apps and repos trees, so what is derived from them
+    /// (the repositories to watch) is worked out again only when they changed.
+    sources_changed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The trees whose writes [`Store::sources_version`] counts.
+fn is_source_tree(tree: &str) -> bool {
+    matches!(tree, "apps" | "repos")
 }
 
 /// A bundle was stored for (app, cluster) at this generation.
@@ -183,6 +191,7 @@ impl Store {
             path: dir.to_owned(),
             bundles_stored: tokio::sync::broadcast::channel(4096).0,
             flush_lock: std::sync::Arc::default(),
+            sources_changed: std::sync::Arc::default(),
         };
         store.check_schema()?;
         Ok(store)
@@ -225,7 +234,25 @@ impl Store {
         self.tree(tree)?
             .insert(key.as_bytes(), bytes)
             .map_err(|source| db(tree, "writing", source))?;
+        self.changed(tree);
         self.flush(tree).await
+    }
+
+    /// Notes a write to `tree` (after it is made, so that whoever read the
+    /// version before reading the tree sees a newer version next time).
+    fn changed(&self, tree: &str) {
+        if is_source_tree(tree) {
+            self.sources_changed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A number that changes whenever an app or a repository is written or
+    /// removed in this process: read it before reading those, and what was
+    /// derived from them holds for as long as it does not change.
+    pub fn sources_version(&self) -> u64 {
+        self.sources_changed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Changes the value under `key` in `tree` in place, atomically, without a
@@ -255,6 +282,7 @@ impl Store {
                 }
             })
             .map_err(|source| db(tree, "writing", source))?;
+        self.changed(tree);
         if let Some(source) = decode_error {
             return Err(Error::Decode { tree, source });
         }
@@ -293,6 +321,7 @@ impl Store {
             .tree(tree)?
             .remove(key.as_bytes())
             .map_err(|source| db(tree, "removing", source))?;
+        self.changed(tree);
         self.flush(tree).await?;
         Ok(old.is_some())
     }

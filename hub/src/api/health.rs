@@ -53,12 +53,19 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 async fn scrape(State(state): State<ApiState>) -> Response {
-    let connected = state.link.as_ref().and_then(|link| {
-        link.clusters()
-            .ok()
-            .map(|views| views.iter().filter(|v| v.connected).count() as u64)
-    });
-    let fleet = metrics::snapshot(&state.store, state.link.as_deref(), connected);
+    let store = state.store.clone();
+    let link = state.link.clone();
+    let fleet = state
+        .metrics
+        .fleet_snapshot(move || {
+            let connected = link.as_ref().and_then(|link| {
+                link.clusters()
+                    .ok()
+                    .map(|views| views.iter().filter(|v| v.connected).count() as u64)
+            });
+            metrics::snapshot(&store, link.as_deref(), connected)
+        })
+        .await;
     (
         [(
             header::CONTENT_TYPE,
