@@ -950,16 +950,20 @@ mod tests {
         assert!(parse_labels(&["novalue".to_owned()]).is_err());
     }
 
-    #[test]
-    fn the_manifest_carries_hub_fingerprint_and_token() {
-        let join = JoinInfo {
+    fn join(namespaces: &[String]) -> JoinInfo<'_> {
+        JoinInfo {
             cluster: "east",
             hub_address: "hub.example:7443",
             ca_fingerprint: "ab12",
             token: "flt_secret",
             image: DEFAULT_AGENT_IMAGE,
-            namespaces: &[],
-        };
+            namespaces,
+        }
+    }
+
+    #[test]
+    fn the_manifest_carries_hub_fingerprint_and_token() {
+        let join = join(&[]);
         let text = manifest(&join);
         for kind in [
             "kind: Namespace",
@@ -993,14 +997,7 @@ mod tests {
         let namespaces =
             parse_namespaces(&["team-b,team-a".to_owned(), "team-a".to_owned()]).unwrap();
         assert_eq!(namespaces, ["team-a", "team-b"]);
-        let join = JoinInfo {
-            cluster: "east",
-            hub_address: "hub.example:7443",
-            ca_fingerprint: "ab12",
-            token: "flt_secret",
-            image: DEFAULT_AGENT_IMAGE,
-            namespaces: &namespaces,
-        };
+        let join = join(&namespaces);
         let documents = parse_manifest(&manifest(&join));
         // Nothing grants a write outside the namespaces: every cluster-wide binding
         // points at a role that only reads.

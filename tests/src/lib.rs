@@ -40,6 +40,14 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+
+    #[error("asking cluster {name:?} for a token of ServiceAccount {account}")]
+    Token {
+        name: String,
+        account: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// One local cluster started by `tests/cluster up`.
@@ -88,12 +96,36 @@ impl LocalCluster {
         })
     }
 
-    /// A kube client on this cluster that authenticates with `token` (a
-    /// ServiceAccount's, say) instead of as the admin.
-    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, Error> {
+    /// A kube client on this cluster that acts as the ServiceAccount
+    /// `namespace/name` (with a token good for ten minutes), with only the rights
+    /// its RBAC gives: how an agent installed in the cluster runs.
+    pub async fn client_as(&self, namespace: &str, name: &str) -> Result<kube::Client, Error> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let accounts: kube::Api<ServiceAccount> =
+            kube::Api::namespaced(self.client().await?, namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(name, &Default::default(), &request)
+            .await
+            .map_err(|source| Error::Token {
+                name: self.name.clone(),
+                account: format!("{namespace}/{name}"),
+                source,
+            })?
+            .status
+            .map(|status| status.token)
+            .unwrap_or_default();
         let mut config = self.kube_config().await?;
         config.auth_info = kube::config::AuthInfo {
-            token: Some(token.to_owned().into()),
+            token: Some(token.into()),
             ..Default::default()
         };
         kube::Client::try_from(config).map_err(|source| Error::Client {

@@ -15,7 +15,6 @@ use flotilla_agent::identity::{self, Identity, Keeper};
 use flotilla_agent::link::{AckOnly, Agent};
 use flotilla_common::signing::KeySet;
 use flotilla_tests::{LocalCluster, fleet};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
@@ -199,39 +198,12 @@ async fn the_identity_secret_fails_clearly_without_rbac_or_without_an_apiserver(
         .create(&PostParams::default(), &account)
         .await
         .unwrap();
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: Vec::new(),
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request("no-rights", &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let admin = std::fs::read_to_string(cluster.kubeconfig_path()).unwrap();
-    let limited: String = admin
-        .lines()
-        .map(|line| match line.split_once("token: ") {
-            Some((indent, _)) => format!("{indent}token: {token}\n"),
-            None => format!("{line}\n"),
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, limited).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&path).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let keeper = scratch.keeper(kube::Client::try_from(config).unwrap());
+    let keeper = scratch.keeper(
+        cluster
+            .client_as(&scratch.namespace, "no-rights")
+            .await
+            .unwrap(),
+    );
     let secret = format!("{}/{SECRET}", scratch.namespace);
 
     let error = keeper.load().await.unwrap_err();

@@ -18,8 +18,7 @@ use flotilla_common::model::{AppRef, Gvk, Timestamp};
 use flotilla_common::project::ProjectRules;
 use flotilla_hub::cluster::{self, JoinInfo};
 use flotilla_tests::{LocalCluster, fleet};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -71,28 +70,6 @@ fn install_rbac(cluster: &LocalCluster, namespaces: &[String]) {
         "kubectl apply: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A kube client with the agent's ServiceAccount token: what the installed agent
-/// runs as.
-async fn agent_client(cluster: &LocalCluster, admin: &kube::Client) -> kube::Client {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "flotilla-system");
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: Vec::new(),
-            expiration_seconds: Some(900),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request("flotilla-agent", &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    cluster.client_with_token(&token).await.unwrap()
 }
 
 fn object(manifest: Value) -> Object {
@@ -163,7 +140,11 @@ async fn an_agent_limited_to_namespaces_acts_there_and_refuses_the_rest() {
             .unwrap();
     }
     install_rbac(&cluster, std::slice::from_ref(&granted));
-    let client = agent_client(&cluster, &admin).await;
+    // What the installed agent runs as.
+    let client = cluster
+        .client_as("flotilla-system", "flotilla-agent")
+        .await
+        .unwrap();
 
     // The rights are what the manifest promises: nothing outside the namespace.
     let theirs: Api<ConfigMap> = Api::namespaced(client.clone(), &other);
