@@ -174,21 +174,28 @@ impl ProjectRules {
         }
     }
 
+    /// Checks that `repo` is one `spec.sourceRepos` allows: before anything is
+    /// fetched from it on the project's behalf.
+    pub fn permits_repo(&self, repo: &str) -> Result<(), Violation> {
+        let repo = repo.trim_end_matches('/');
+        if permitted(
+            self.source_repos.iter().map(|p| p.trim_end_matches('/')),
+            repo,
+        ) {
+            return Ok(());
+        }
+        Err(Violation::SourceRepo {
+            project: self.name.clone(),
+            repo: repo.to_owned(),
+        })
+    }
+
     /// Checks an app from `repo` with these `objects` against the rules. An app
     /// whose destination names no cluster is taken to deploy to `cluster`, the
     /// cluster the bundle is addressed to.
     pub fn permits(&self, repo: &str, cluster: &str, objects: &[Object]) -> Result<(), Violation> {
         let project = self.name.clone();
-        let repo = repo.trim_end_matches('/');
-        if !permitted(
-            self.source_repos.iter().map(|p| p.trim_end_matches('/')),
-            repo,
-        ) {
-            return Err(Violation::SourceRepo {
-                project,
-                repo: repo.to_owned(),
-            });
-        }
+        self.permits_repo(repo)?;
         let mut dest = self.destination.clone();
         if dest.name.is_none() && dest.server.is_none() {
             dest.name = Some(cluster.to_owned());

@@ -563,7 +563,10 @@ impl Refresher {
         }
         // ApplicationSets are expanded once, and before anything is stored, so a
         // failing generator leaves every cluster's bundle as it was.
-        let children = match children.map(|found| self.expand_sets(found)).transpose() {
+        let children = match children
+            .map(|found| self.expand_sets(found, &project))
+            .transpose()
+        {
             Ok(children) => children,
             Err(e) => return self.fail(record, e).await,
         };
@@ -892,13 +895,28 @@ impl Refresher {
     /// Replaces each ApplicationSet by the Applications it generates now. Unless the
     /// set preserves resources on deletion, its apps carry the resources finalizer,
     /// so an app the set stops generating takes its objects with it.
-    fn expand_sets(&self, found: Vec<ArgoObject>) -> Result<Vec<ArgoObject>, String> {
+    /// A git generator reads its repository on behalf of the app that holds the
+    /// set, so that app's `project` must allow the repository before anything is
+    /// fetched (with whatever credentials the hub holds for it).
+    fn expand_sets(
+        &self,
+        found: Vec<ArgoObject>,
+        project: &AppProject,
+    ) -> Result<Vec<ArgoObject>, String> {
         let mut out = Vec::with_capacity(found.len());
         for object in found {
             let ArgoObject::Set(set) = object else {
                 out.push(object);
                 continue;
             };
+            for git in set.spec.generators.iter().filter_map(|g| g.git.as_ref()) {
+                if let Err(violation) = project.permits_repo(&git.repo_url) {
+                    return Err(format!(
+                        "ApplicationSet {}: the git generator's repository: {violation}",
+                        set.metadata.name
+                    ));
+                }
+            }
             let preserve = set
                 .spec
                 .sync_policy

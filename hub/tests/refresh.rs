@@ -915,6 +915,51 @@ async fn a_repository_no_project_allows_is_neither_fetched_nor_rendered() {
 }
 
 #[tokio::test]
+async fn an_application_sets_git_generator_never_fetches_a_repository_its_project_forbids() {
+    let repo = WorkRepo::new();
+    let other = WorkRepo::new();
+    other.write("private/team-secret-name/cm.yaml", &configmap("x", "1"));
+    other.commit("another team's repository");
+    let url = repo.path().display().to_string();
+    let other_url = other.path().display().to_string();
+    repo.write(
+        "argo/found.yaml",
+        &format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata: {{name: found}}\nspec:\n  generators: [{{git: {{repoURL: '{other_url}', revision: main, directories: [{{path: 'private/*'}}]}}}}]\n  template:\n    metadata: {{name: '{{{{path.basename}}}}'}}\n    spec:\n      project: locked\n      source: {{repoURL: '{url}', targetRevision: main, path: argo}}\n      destination: {{name: east, namespace: addons}}\n"
+        ),
+    );
+    repo.commit("a set that lists another repository");
+    let hub = hub(&repo).await;
+    hub.store
+        .put_project(&locked_project(&format!(
+            "  sourceRepos: ['{url}']\n  destinations: [{{name: '*', namespace: '*'}}]\n"
+        )))
+        .await
+        .unwrap();
+    hub.declare(
+        &application("root", &repo, "argo", "").replace("project: default", "project: locked"),
+    )
+    .await;
+
+    let outcomes = hub.refresh().await;
+    let [(name, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(name, "locked/root");
+    assert!(error.contains("ApplicationSet found"), "{error}");
+    assert!(error.contains("spec.sourceRepos"), "{error}");
+    // Only the parent's own repository was fetched, and nothing was generated.
+    assert_eq!(
+        std::fs::read_dir(hub._dir.path().join("repos"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let names: Vec<String> = hub.store.apps().unwrap().iter().map(|a| a.name()).collect();
+    assert_eq!(names, ["root"]);
+}
+
+#[tokio::test]
 async fn a_destination_the_project_refuses_is_refused_before_rendering() {
     let repo = WorkRepo::new();
     // A render would fail on this file: the error must be the project's.

@@ -37,6 +37,14 @@ impl AppProject {
             .map(|_| ())
     }
 
+    /// Checks that the project allows fetching from `repo` (`spec.sourceRepos`),
+    /// as an ApplicationSet's git generator does for the app that holds it.
+    pub fn permits_repo(&self, repo: &str) -> Result<(), Violation> {
+        Ok(self
+            .rules(&super::super::Destination::default())
+            .permits_repo(repo)?)
+    }
+
     /// Checks a bundle about to be signed again (re-issued, or rolled back to)
     /// against this project as it is now, for `app` as it is now, and returns the
     /// rules it must carry: a bundle never outlives a narrowing of its project.
