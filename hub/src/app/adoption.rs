@@ -92,6 +92,11 @@ pub enum Refusal {
          AppProject never replaces it; not adopted"
     )]
     NotOwnedProject { name: String },
+    /// An AppProject whose roles Argo CD would refuse (a `g` line, a policy about
+    /// another project or another resource, a malformed role name): as the API
+    /// refuses it when an admin creates it, adoption refuses it whole.
+    #[error("AppProject {name}: {message}; not adopted")]
+    InvalidRoles { name: String, message: String },
 }
 
 impl AppProject {
@@ -172,6 +177,12 @@ pub fn check_child_project(
     }
     if exists_elsewhere {
         return Err(Refusal::NotOwnedProject { name });
+    }
+    if let Err(e) = crate::rbac::check_project_roles(project) {
+        return Err(Refusal::InvalidRoles {
+            name,
+            message: e.to_string(),
+        });
     }
     Ok(())
 }
@@ -270,5 +281,35 @@ mod tests {
             check_child_project("platform", Some(&managing), &child, true),
             Err(Refusal::NotOwnedProject { .. })
         ));
+    }
+
+    #[test]
+    fn a_rendered_project_whose_roles_argo_cd_would_refuse_is_not_adopted() {
+        let managing = project(
+            "platform",
+            &format!("'{MANAGES_PROJECTS_ANNOTATION}': 'true'"),
+        );
+        let with_role = |policy: &str| {
+            let text = format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: shop}}\nspec:\n  sourceRepos: ['*']\n  roles: [{{name: ci, policies: ['{policy}']}}]\n"
+            );
+            AppProject::from_value(serde_saphyr::from_str(&text).unwrap(), "test").unwrap()
+        };
+        let good = with_role("p, proj:shop:ci, applications, sync, shop/*, allow");
+        assert_eq!(
+            check_child_project("platform", Some(&managing), &good, false),
+            Ok(())
+        );
+        for bad in [
+            "g, alice, role:admin",
+            "p, proj:shop:ci, clusters, create, *, allow",
+            "p, proj:shop:ci, applications, sync, other/*, allow",
+        ] {
+            let refused = check_child_project("platform", Some(&managing), &with_role(bad), false);
+            assert!(
+                matches!(&refused, Err(Refusal::InvalidRoles { name, .. }) if name == "shop"),
+                "{bad}: {refused:?}"
+            );
+        }
     }
 }
