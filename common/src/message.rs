@@ -194,6 +194,36 @@ pub enum Rejection {
     },
 }
 
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::UnknownKey => {
+                f.write_str("it is signed with a key the agent does not trust")
+            }
+            Rejection::BadSignature => f.write_str("its signature does not verify"),
+            Rejection::DigestMismatch => f.write_str("its payload does not match its digest"),
+            Rejection::WrongCluster => f.write_str("it is addressed to another cluster"),
+            Rejection::Stale { last_applied } => write!(
+                f,
+                "it is not newer than generation {last_applied}, which the agent already has"
+            ),
+            Rejection::Expired => f.write_str("it expired before the agent received it"),
+            Rejection::Malformed => f.write_str("it does not decode"),
+            Rejection::NotPermitted { message } => write!(f, "{message}"),
+        }
+    }
+}
+
+impl std::fmt::Display for BundleOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BundleOutcome::Applied => f.write_str("Applied"),
+            BundleOutcome::Rejected(rejection) => write!(f, "Rejected: {rejection}"),
+            BundleOutcome::Failed { message } => write!(f, "Failed: {message}"),
+        }
+    }
+}
+
 impl From<&VerifyError> for Rejection {
     fn from(error: &VerifyError) -> Self {
         match error {

@@ -472,7 +472,11 @@ async fn hub(n: usize, procs: usize) {
             store
                 .link(&format!("c{i}"))
                 .unwrap()
-                .and_then(|l| l.acks.get("default/web").map(|a| a.outcome != "Applied"))
+                .and_then(|l| {
+                    l.acks
+                        .get("default/web")
+                        .map(|a| a.outcome != flotilla_common::message::BundleOutcome::Applied)
+                })
                 .unwrap_or(true)
         })
         .count();

@@ -627,7 +627,7 @@ impl Link {
         app: &AppRef,
         generation: u64,
         timeout: Duration,
-    ) -> Option<String> {
+    ) -> Option<BundleOutcome> {
         let key = format!("{}/{}", app.project, app.name);
         let deadline = Instant::now() + timeout;
         loop {
@@ -1366,7 +1366,7 @@ async fn handle_event(
                             AckRecord {
                                 generation: applied.generation,
                                 digest: applied.digest.to_string(),
-                                outcome: "Applied".to_owned(),
+                                outcome: BundleOutcome::Applied,
                                 at_ms: now,
                             },
                         );
@@ -1377,32 +1377,28 @@ async fn handle_event(
             false
         }
         HubEvent::BundleAck(ack) => {
-            let app = ack
-                .app
-                .as_ref()
-                .map(|a| format!("{}/{}", a.project, a.name))
-                .unwrap_or_default();
-            let outcome = match &ack.outcome {
-                BundleOutcome::Applied => "Applied".to_owned(),
-                BundleOutcome::Rejected(r) => format!("Rejected: {r:?}"),
-                BundleOutcome::Failed { message } => format!("Failed: {message}"),
+            // The session names the app even when the agent could not (it refused
+            // the bundle before reading it); an ack that still names none is about
+            // no bundle this hub sent on this connection.
+            let Some(acked) = &ack.app else {
+                debug!(generation = ack.generation, outcome = %ack.outcome, "an acknowledgement of an unknown bundle");
+                return false;
             };
-            if let Some(acked) = &ack.app
-                && !checked(speaks_for(
-                    shared,
-                    cluster,
-                    acked,
-                    ack.generation,
-                    RefusedMessage::BundleAck,
-                ))
-            {
+            if !checked(speaks_for(
+                shared,
+                cluster,
+                acked,
+                ack.generation,
+                RefusedMessage::BundleAck,
+            )) {
                 return false;
             }
-            info!(app = %app, generation = ack.generation, %outcome, "bundle acknowledged");
+            let app = format!("{}/{}", acked.project, acked.name);
+            info!(app = %app, generation = ack.generation, outcome = %ack.outcome, "bundle acknowledged");
             let record = AckRecord {
                 generation: ack.generation,
                 digest: ack.digest.to_string(),
-                outcome,
+                outcome: ack.outcome,
                 at_ms: now,
             };
             update_link(&shared.store, cluster, |link| {

@@ -15,6 +15,7 @@
 //! worst health is the app's).
 
 use flotilla_common::bundle::{Bundle, Envelope};
+use flotilla_common::message::BundleOutcome;
 use flotilla_common::model::{Health, SyncStatus};
 use serde::Serialize;
 
@@ -244,7 +245,10 @@ fn derive_cluster(
     let refused = ack
         .as_ref()
         .filter(|a| generation.is_some_and(|g| a.generation == g))
-        .and_then(|a| a.outcome.strip_prefix("Rejected: "));
+        .and_then(|a| match &a.outcome {
+            BundleOutcome::Rejected(rejection) => Some(rejection),
+            _ => None,
+        });
     if let Some(reason) = refused {
         conditions.push(on_cluster(
             format!(

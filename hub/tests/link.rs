@@ -67,7 +67,7 @@ async fn an_agent_registers_then_gets_bundles_over_mutual_tls_and_reports_status
             .is_some_and(|a| {
                 a.generation == 1
                     && a.digest == envelope.digest.to_string()
-                    && a.outcome == "Applied"
+                    && a.outcome == flotilla_common::message::BundleOutcome::Applied
             })
     })
     .await;
@@ -666,7 +666,7 @@ async fn acks_lost_in_a_hub_crash_are_restored_from_the_agents_hello() {
                 .is_some_and(|a| {
                     a.generation == 1
                         && a.digest == envelope.digest.to_string()
-                        && a.outcome == "Applied"
+                        && a.outcome == flotilla_common::message::BundleOutcome::Applied
                 })
         },
     )
@@ -755,20 +755,25 @@ async fn an_agent_refuses_a_bundle_its_project_does_not_permit() {
         .unwrap();
     east.wait("refused", |s| s.bundles_rejected == 1).await;
     assert_eq!(east.applied_generation("web"), None);
-    eventually("the hub records the refusal", Duration::from_secs(10), || {
-        hub.store
+    eventually(
+        "the hub records the refusal",
+        Duration::from_secs(10),
+        || {
+            hub.store
             .link("east")
             .unwrap()
             .unwrap()
             .acks
             .get("default/web")
             .is_some_and(|a| {
-                a.outcome.contains("NotPermitted")
-                    && a.outcome.contains(
-                        "repository https://git.example/fleet.git is not permitted by spec.sourceRepos",
-                    )
+                matches!(&a.outcome, flotilla_common::message::BundleOutcome::Rejected(
+                    flotilla_common::message::Rejection::NotPermitted { message },
+                ) if message.contains(
+                    "repository https://git.example/fleet.git is not permitted by spec.sourceRepos",
+                ))
             })
-    })
+        },
+    )
     .await;
     east.stop().await.unwrap();
     hub.stop().await;

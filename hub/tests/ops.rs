@@ -1169,3 +1169,80 @@ async fn a_rollback_the_narrowed_project_no_longer_permits_is_refused() {
 
     fleet.stop(&[&cm]).await;
 }
+
+/// A bundle the agent refuses before it can read which app it is for (here: one
+/// that expired on the way) shows on that app as a BundleRejected condition with
+/// the reason, through the real link and the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_the_agent_refuses_unread_shows_on_its_app_with_the_reason() {
+    let fleet = Fleet::start().await;
+    let name = unique("ops-expired");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    fleet.create_app(&repo, &name, true).await;
+    fleet
+        .wait_status(&name, "Synced and Healthy", |s| {
+            s["sync"] == "Synced" && s["health"] == "Healthy"
+        })
+        .await;
+
+    // The next generation, signed by the hub's key but already expired.
+    let (generation, bytes) = fleet
+        .store
+        .latest_bundle("default", &name, &fleet.cluster)
+        .unwrap()
+        .unwrap();
+    let envelope = flotilla_common::bundle::Envelope::decode(&bytes).unwrap();
+    let mut bundle = flotilla_common::bundle::Bundle::decode(&envelope.payload).unwrap();
+    bundle.generation = generation + 1;
+    bundle.not_after = flotilla_common::model::Timestamp::from_system_time(
+        std::time::SystemTime::now() - Duration::from_secs(60),
+    );
+    let expired = fleet
+        .store
+        .bundle_signer()
+        .await
+        .unwrap()
+        .sign(&bundle)
+        .unwrap();
+    fleet
+        .store
+        .put_bundle(
+            "default",
+            &name,
+            &fleet.cluster,
+            bundle.generation,
+            &expired.encode().unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let app = fleet
+        .wait_status(&name, "a BundleRejected condition", |s| {
+            s["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "BundleRejected")
+        })
+        .await;
+    let condition = app["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "BundleRejected")
+        .unwrap();
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("generation {}", generation + 1)) && message.contains("expired"),
+        "{message}"
+    );
+    assert_eq!(condition["cluster"], fleet.cluster.as_str());
+    assert_eq!(app["status"]["sync"], "Unknown", "{app}");
+    // The cluster keeps what it had.
+    assert_eq!(
+        fleet.config_map(&cm).await.unwrap().data.unwrap()["value"],
+        "one"
+    );
+    fleet.stop(&[&cm]).await;
+}

@@ -93,7 +93,9 @@ async fn two_clusters_register_receive_a_bundle_and_return_after_a_hub_restart_w
                 .acks
                 .get("default/guestbook")
                 .is_some_and(|a| {
-                    a.generation == 1 && a.digest == digest.to_string() && a.outcome == "Applied"
+                    a.generation == 1
+                        && a.digest == digest.to_string()
+                        && a.outcome == flotilla_common::message::BundleOutcome::Applied
                 })
         })
         .await;
@@ -196,7 +198,10 @@ async fn a_bundle_travels_from_the_hub_store_into_a_real_cluster_and_reports_bac
             .unwrap()
             .acks
             .get(&format!("default/{app}"))
-            .is_some_and(|a| a.digest == digest.to_string() && a.outcome == "Applied")
+            .is_some_and(|a| {
+                a.digest == digest.to_string()
+                    && a.outcome == flotilla_common::message::BundleOutcome::Applied
+            })
     })
     .await;
 

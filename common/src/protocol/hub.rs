@@ -155,7 +155,7 @@ impl HubSession {
                 Ok(())
             }
             (State::Up(_), Message::BundleAck(ack)) => {
-                self.handle_bundle_ack(&ack);
+                let ack = self.handle_bundle_ack(ack);
                 self.events.push_back(HubEvent::BundleAck(ack));
                 Ok(())
             }
@@ -259,17 +259,22 @@ impl HubSession {
             .count()
     }
 
-    fn handle_bundle_ack(&mut self, ack: &BundleAck) {
-        let app = ack.app.clone().or_else(|| {
-            self.latest
+    /// Tracks what the ack says and returns it with its app filled in: an agent
+    /// that refuses a bundle before it can read the app inside (a bad signature, an
+    /// expired envelope) names none, and the digest of a bundle this session
+    /// published tells which it was.
+    fn handle_bundle_ack(&mut self, mut ack: BundleAck) -> BundleAck {
+        if ack.app.is_none() {
+            ack.app = self
+                .latest
                 .iter()
                 .find(|(_, latest)| latest.digest == ack.digest)
-                .map(|(app, _)| app.clone())
-        });
+                .map(|(app, _)| app.clone());
+        }
         // Only apps this session published are the agent's to acknowledge; any
         // other would grow the session without bound, one made-up app per ack.
-        let Some(app) = app.filter(|app| self.latest.contains_key(app)) else {
-            return;
+        let Some(app) = ack.app.clone().filter(|app| self.latest.contains_key(app)) else {
+            return ack;
         };
         if self.in_flight.get(&app) == Some(&ack.generation) {
             self.in_flight.remove(&app);
@@ -285,6 +290,7 @@ impl HubSession {
             }
             self.release_if_applied(&app);
         }
+        ack
     }
 
     /// Whether the agent lacks the newest bundle of `app` and it is not on its way.

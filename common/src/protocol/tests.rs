@@ -357,12 +357,15 @@ fn a_refused_bundle_is_acknowledged_with_its_typed_rejection() {
     let envelope = pair.signer.sign(&bundle).unwrap();
     pair.hub.publish(AppRef::new("default", "web"), envelope);
     pair.drive();
+    // The agent could not tell the app (it refused the bundle unread); the hub's
+    // session names it from the digest, so the refusal reaches the app's status.
     assert!(pair.hub_events.iter().any(|e| matches!(
         e,
         HubEvent::BundleAck(BundleAck {
+            app: Some(app),
             outcome: BundleOutcome::Rejected(Rejection::WrongCluster),
             ..
-        })
+        }) if *app == AppRef::new("default", "web")
     )));
     assert_eq!(pair.applied_generation("web"), None);
     assert_eq!(pair.hub.apps_behind(), vec![AppRef::new("default", "web")]);

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use flotilla_common::bundle::Object;
-use flotilla_common::message::{ResourceStatus, Status};
+use flotilla_common::message::{BundleOutcome, Rejection, ResourceStatus, Status};
 use flotilla_common::model::{AppRef, Gvk, ResourceRef};
 
 use super::*;
@@ -172,7 +172,7 @@ async fn a_rejected_bundle_is_a_condition_with_the_reason() {
         AckRecord {
             generation: 1,
             digest: String::new(),
-            outcome: "Rejected: Expired".to_owned(),
+            outcome: BundleOutcome::Rejected(Rejection::Expired),
             at_ms: 1,
         },
     );
@@ -180,7 +180,7 @@ async fn a_rejected_bundle_is_a_condition_with_the_reason() {
     let state = derive(&f.store, None, &f.record).unwrap();
     assert_eq!(state.sync, SyncStatus::Unknown);
     assert_eq!(kinds(&state), [condition::BUNDLE_REJECTED]);
-    assert!(state.conditions[0].message.contains("Expired"));
+    assert!(state.conditions[0].message.contains("expired"));
 }
 
 #[tokio::test]

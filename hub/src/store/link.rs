@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_common::message::Status;
+use flotilla_common::message::{BundleOutcome, Status};
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -37,10 +37,30 @@ pub struct AckRecord {
     pub generation: u64,
     /// The digest the agent acknowledged, lowercase hex.
     pub digest: String,
-    /// `Applied`, `Rejected: …` or `Failed: …`.
-    pub outcome: String,
+    /// What became of the bundle, as the agent said (a record written before the
+    /// outcome was kept typed reads back as `Failed` with its text).
+    #[serde(deserialize_with = "outcome_or_legacy_text")]
+    pub outcome: BundleOutcome,
     /// When, in ms since the epoch.
     pub at_ms: u64,
+}
+
+/// A stored outcome: typed, or the text `Applied`, `Rejected: …` or `Failed: …`
+/// that earlier versions wrote, which keeps its words but not its type.
+fn outcome_or_legacy_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<BundleOutcome, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Typed(BundleOutcome),
+        Text(String),
+    }
+    Ok(match Stored::deserialize(deserializer)? {
+        Stored::Typed(outcome) => outcome,
+        Stored::Text(text) if text == "Applied" => BundleOutcome::Applied,
+        Stored::Text(text) => BundleOutcome::Failed { message: text },
+    })
 }
 
 /// A registered cluster's link: its certificate and how it is connected.

@@ -1,6 +1,7 @@
 use super::*;
 use crate::app::Application;
 use crate::source::{Credentials, RepoSpec};
+use flotilla_common::message::BundleOutcome;
 
 fn app(name: &str) -> Application {
     Application::from_yaml(
@@ -422,4 +423,32 @@ async fn a_bundle_and_its_cluster_index_are_written_together() {
         store.latest_bundles_for("east").unwrap(),
         vec![("web".to_owned(), "shop".to_owned(), b"envelope-3".to_vec())]
     );
+}
+
+#[test]
+fn acks_stored_as_text_by_earlier_versions_still_read() {
+    let read = |outcome: &str| -> AckRecord {
+        serde_json::from_value(serde_json::json!({
+            "generation": 3, "digest": "ab", "outcome": outcome, "at_ms": 1
+        }))
+        .unwrap()
+    };
+    assert_eq!(read("Applied").outcome, BundleOutcome::Applied);
+    assert_eq!(
+        read("Rejected: Expired").outcome,
+        BundleOutcome::Failed {
+            message: "Rejected: Expired".to_owned()
+        }
+    );
+    // And the typed form round-trips.
+    let typed = AckRecord {
+        generation: 3,
+        digest: "ab".to_owned(),
+        outcome: BundleOutcome::Rejected(flotilla_common::message::Rejection::Stale {
+            last_applied: 2,
+        }),
+        at_ms: 1,
+    };
+    let back: AckRecord = serde_json::from_value(serde_json::to_value(&typed).unwrap()).unwrap();
+    assert_eq!(back, typed);
 }

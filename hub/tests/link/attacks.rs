@@ -124,7 +124,14 @@ async fn an_agent_claiming_another_clusters_name_is_still_named_by_its_certifica
             .unwrap()
             .acks
             .values()
-            .any(|a| a.outcome.contains("WrongCluster"))
+            .any(|a| {
+                matches!(
+                    a.outcome,
+                    flotilla_common::message::BundleOutcome::Rejected(
+                        flotilla_common::message::Rejection::WrongCluster
+                    )
+                )
+            })
     })
     .await;
     assert!(liar.state.borrow().applied.is_empty());
