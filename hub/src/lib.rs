@@ -7,6 +7,7 @@
 pub mod account;
 pub mod api;
 pub mod app;
+pub mod bundles;
 pub mod ca;
 pub mod client;
 pub mod cluster;

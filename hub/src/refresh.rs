@@ -15,9 +15,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::bundles::{self, Issuer, Latest};
 use flotilla_common::bundle::{self, Bundle, Object};
 use flotilla_common::model::{AppRef, Timestamp};
-use flotilla_common::signing::BundleSigner;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::app::adoption::{self, Refusal};
@@ -71,6 +71,11 @@ pub enum Error {
     /// repositories are not held up by it.
     #[error("fetching {url} did not finish within {timeout:?}")]
     FetchTimeout { url: String, timeout: Duration },
+    /// Other writers kept taking the next generation of the app's bundle.
+    #[error(
+        "storing a bundle of {app} for cluster {cluster}: other writers kept taking the next generation"
+    )]
+    Contended { app: String, cluster: String },
     /// The fetch task died.
     #[error("the fetch of {url} did not complete")]
     Join {
@@ -150,7 +155,8 @@ pub struct Refresher {
     store: Store,
     cache: Arc<RepoCache>,
     renderer: Renderer,
-    signer: BundleSigner,
+    /// The one writer of bundle generations.
+    issuer: Arc<Issuer>,
     bundle_ttl: Duration,
     fetch_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -164,12 +170,12 @@ type AppLocks =
 
 impl Refresher {
     pub async fn new(store: Store, cache: RepoCache, renderer: Renderer) -> Result<Self> {
-        let signer = store.bundle_signer().await?;
+        let issuer = Arc::new(Issuer::new(store.clone()).await?);
         Ok(Self {
             store,
             cache: Arc::new(cache),
             renderer,
-            signer,
+            issuer,
             bundle_ttl: DEFAULT_BUNDLE_TTL,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             metrics: Arc::default(),
@@ -236,9 +242,14 @@ impl Refresher {
         self.metrics.clone()
     }
 
-    /// The key agents must trust to accept this hub's bundles.
-    pub fn signer(&self) -> &BundleSigner {
-        &self.signer
+    /// The public half of the key agents must trust to accept this hub's bundles.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.issuer.public_key()
+    }
+
+    /// The one writer of bundle generations, which a rollback goes through too.
+    pub fn issuer(&self) -> &Arc<Issuer> {
+        &self.issuer
     }
 
     /// Refreshes every app whose source is `url`.
@@ -334,49 +345,48 @@ impl Refresher {
     async fn redate_expiring(&self, project: &str, name: &str, now: SystemTime) -> Result<()> {
         let _app = self.lock_app(project, name).await;
         let due = Timestamp::from_system_time(now).saturating_add(self.bundle_ttl / 2);
+        let app = AppRef::new(project, name);
         for cluster in self.store.clusters()? {
-            let Some((generation, bytes)) =
-                self.store.latest_bundle(project, name, &cluster.name)?
-            else {
-                continue;
-            };
-            let Some(previous) = bundle::Envelope::decode(&bytes)
-                .ok()
-                .and_then(|e| Bundle::decode(&e.payload).ok())
-            else {
-                continue;
-            };
-            if previous.not_after >= due {
-                continue;
-            }
-            let mut redated = Bundle {
-                generation: generation + 1,
-                created_at: Timestamp::from_system_time(now),
-                not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
-                ..previous
-            };
             let Some(record) = self.store.app(project, name)? else {
-                continue;
+                return Ok(());
             };
-            match recheck_bundle(&self.store, &record.application, &mut redated) {
-                Ok(()) => {}
-                Err(Error::Refused { violation, .. }) => {
+            let mut previous_generation = 0;
+            let issued = self
+                .issuer
+                .issue(&app, &cluster.name, |generation, latest| {
+                    let Some(previous) = latest.and_then(|l| l.bundle.clone()) else {
+                        return Ok(None);
+                    };
+                    if previous.not_after >= due {
+                        return Ok(None);
+                    }
+                    previous_generation = generation - 1;
+                    let mut redated = Bundle {
+                        generation,
+                        created_at: Timestamp::from_system_time(now),
+                        not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+                        ..previous
+                    };
+                    recheck_bundle(&self.store, &record.application, &mut redated)?;
+                    Ok(Some(redated))
+                })
+                .await;
+            match issued {
+                Ok(Some(generation)) => {
+                    info!(cluster = %cluster.name, app = %app, generation, "re-issued a bundle past half its life");
+                }
+                Ok(None) => {}
+                Err(bundles::Error::Draft(Error::Refused { violation, .. })) => {
                     // The old bundle runs out as it would have; nothing signs it
                     // again under rules the project has dropped.
                     let error = format!(
-                        "cluster {}: not re-issuing generation {generation}: {violation}",
+                        "cluster {}: not re-issuing generation {previous_generation}: {violation}",
                         cluster.name
                     );
                     self.fail_project(record, error).await?;
-                    continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(issue_error(e)),
             }
-            let bytes = self.seal(&redated)?;
-            info!(cluster = %cluster.name, app = %format!("{project}/{name}"), generation = redated.generation, "re-issuing a bundle past half its life");
-            self.store
-                .put_bundle(project, name, &cluster.name, redated.generation, &bytes)
-                .await?;
         }
         Ok(())
     }
@@ -665,39 +675,44 @@ impl Refresher {
         now: SystemTime,
     ) -> Result<Option<u64>> {
         let (project, name) = (record.project(), record.name());
-        let latest = self.store.latest_bundle(&project, &name, &cluster.name)?;
-        let mut bundle = Bundle {
-            app: AppRef::new(project.clone(), name.clone()),
-            cluster: cluster.name.clone(),
-            source: bundle::Source {
-                repo: app.source().repo_url.clone(),
-                revision: commit.to_string(),
-                path: app.source().path.clone().unwrap_or_default(),
-            },
-            generation: latest.as_ref().map_or(1, |(g, _)| g + 1),
-            created_at: Timestamp::from_system_time(now),
-            not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
-            policy: sync_policy(app),
-            ignore_differences: ignore_differences(app),
-            project: app_project.rules(&app.spec.destination),
-            objects,
-        };
-        let previous = latest
-            .as_ref()
-            .and_then(|(_, bytes)| bundle::Envelope::decode(bytes).ok())
-            .and_then(|e| Bundle::decode(&e.payload).ok());
-        if previous.is_some_and(|p| same_desired_state(&p, &bundle)) {
-            return Ok(None);
-        }
-        bundle
-            .objects
+        let mut objects = objects;
+        objects
             .sort_by(|a, b| (&a.gvk, &a.namespace, &a.name).cmp(&(&b.gvk, &b.namespace, &b.name)));
-        let bytes = self.seal(&bundle)?;
-        info!(cluster = %cluster.name, generation = bundle.generation, objects = bundle.objects.len(), "storing a new bundle");
-        self.store
-            .put_bundle(&project, &name, &cluster.name, bundle.generation, &bytes)
-            .await?;
-        Ok(Some(bundle.generation))
+        let app_ref = AppRef::new(project.clone(), name.clone());
+        let issued = self
+            .issuer
+            .issue(
+                &app_ref,
+                &cluster.name,
+                |generation, latest: Option<&Latest>| {
+                    let bundle = Bundle {
+                        app: app_ref.clone(),
+                        cluster: cluster.name.clone(),
+                        source: bundle::Source {
+                            repo: app.source().repo_url.clone(),
+                            revision: commit.to_string(),
+                            path: app.source().path.clone().unwrap_or_default(),
+                        },
+                        generation,
+                        created_at: Timestamp::from_system_time(now),
+                        not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+                        policy: sync_policy(app),
+                        ignore_differences: ignore_differences(app),
+                        project: app_project.rules(&app.spec.destination),
+                        objects: objects.clone(),
+                    };
+                    let unchanged = latest
+                        .and_then(|l| l.bundle.as_ref())
+                        .is_some_and(|previous| same_desired_state(previous, &bundle));
+                    Ok::<_, std::convert::Infallible>((!unchanged).then_some(bundle))
+                },
+            )
+            .await
+            .map_err(issue_error)?;
+        if let Some(generation) = issued {
+            info!(cluster = %cluster.name, generation, objects = objects.len(), "stored a new bundle");
+        }
+        Ok(issued)
     }
 
     /// Adopts the Applications and AppProjects a parent rendered that the rules of
@@ -850,44 +865,31 @@ impl Refresher {
     /// Stores an empty, prune-everything bundle for every cluster the app was on, so
     /// its agents delete what it deployed (Argo CD's cascade delete).
     pub async fn prune_everywhere(&self, record: &AppRecord, now: SystemTime) -> Result<()> {
+        let app = AppRef::new(record.project(), record.name());
         for cluster in self.store.clusters()? {
-            let Some((generation, bytes)) =
-                self.store
-                    .latest_bundle(&record.project(), &record.name(), &cluster.name)?
-            else {
-                continue;
-            };
-            let Some(previous) = bundle::Envelope::decode(&bytes)
-                .ok()
-                .and_then(|e| Bundle::decode(&e.payload).ok())
-            else {
-                continue;
-            };
-            let deletion = Bundle {
-                generation: generation + 1,
-                created_at: Timestamp::from_system_time(now),
-                not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
-                policy: bundle::SyncPolicy {
-                    automated: Some(bundle::Automated {
-                        prune: true,
-                        self_heal: false,
-                        allow_empty: true,
-                    }),
-                    sync_options: previous.policy.sync_options.clone(),
-                },
-                objects: Vec::new(),
-                ..previous
-            };
-            let bytes = self.seal(&deletion)?;
-            self.store
-                .put_bundle(
-                    &record.project(),
-                    &record.name(),
-                    &cluster.name,
-                    deletion.generation,
-                    &bytes,
-                )
-                .await?;
+            self.issuer
+                .issue(&app, &cluster.name, |generation, latest| {
+                    let Some(previous) = latest.and_then(|l| l.bundle.clone()) else {
+                        return Ok::<_, std::convert::Infallible>(None);
+                    };
+                    Ok(Some(Bundle {
+                        generation,
+                        created_at: Timestamp::from_system_time(now),
+                        not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+                        policy: bundle::SyncPolicy {
+                            automated: Some(bundle::Automated {
+                                prune: true,
+                                self_heal: false,
+                                allow_empty: true,
+                            }),
+                            sync_options: previous.policy.sync_options.clone(),
+                        },
+                        objects: Vec::new(),
+                        ..previous
+                    }))
+                })
+                .await
+                .map_err(issue_error)?;
         }
         Ok(())
     }
@@ -935,25 +937,40 @@ impl Refresher {
         Ok(out)
     }
 
-    /// Signs a bundle and encodes the envelope, as the store keeps it.
-    fn seal(&self, bundle: &Bundle) -> Result<Vec<u8>> {
-        let sign_error = |source| Error::Sign {
-            app: bundle.app.to_string(),
-            cluster: bundle.cluster.clone(),
-            source,
-        };
-        let envelope = self.signer.sign(bundle).map_err(sign_error)?;
-        envelope
-            .encode()
-            .map_err(|e| sign_error(flotilla_common::signing::Error::Bundle(e)))
-    }
-
     async fn event(&self, record: &AppRecord, action: &str, detail: &str) -> Result<()> {
         let target = format!("application/{}/{}", record.project(), record.name());
         self.store
             .push_event(&Event::now("hub", action, target, detail))
             .await?;
         Ok(())
+    }
+}
+
+/// A failure of the bundle issuer as a refresh reports it.
+pub fn issue_error<E: Into<Error> + std::error::Error + 'static>(e: bundles::Error<E>) -> Error {
+    match e {
+        bundles::Error::Draft(e) => e.into(),
+        bundles::Error::Store(e) => Error::Store(e),
+        bundles::Error::Sign {
+            app,
+            cluster,
+            source,
+            ..
+        } => Error::Sign {
+            app: app.to_string(),
+            cluster,
+            source,
+        },
+        bundles::Error::Contended { app, cluster } => Error::Contended {
+            app: app.to_string(),
+            cluster,
+        },
+    }
+}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }
 

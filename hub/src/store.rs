@@ -104,6 +104,18 @@ pub enum Error {
     /// The system's random source failed.
     #[error("failed to draw a new key from the system's random source: {0}")]
     Random(String),
+    /// A bundle's generation is not newer than the one already stored for its
+    /// (app, cluster): another writer took it first. Nothing was written.
+    #[error(
+        "store bundles: generation {generation} of {project}/{app} for cluster {cluster} is not newer than the stored generation {stored}"
+    )]
+    GenerationTaken {
+        project: String,
+        app: String,
+        cluster: String,
+        generation: u64,
+        stored: u64,
+    },
     /// A stored value does not decode: corruption, or a bug.
     #[error("store {tree}: a stored value does not decode")]
     Decode {
@@ -465,7 +477,10 @@ impl Store {
             .collect())
     }
 
-    /// Stores a signed bundle (the envelope's bytes) for (app, cluster, generation).
+    /// Stores a signed bundle (the envelope's bytes) for (app, cluster, generation),
+    /// flushed; a generation not newer than the stored one is refused with
+    /// [`Error::GenerationTaken`] and nothing is written. The hub allocates
+    /// generations in [`crate::bundles`]; only tests call this directly.
     pub async fn put_bundle(
         &self,
         project: &str,
@@ -475,20 +490,41 @@ impl Store {
         envelope: &[u8],
     ) -> Result<()> {
         use sled::Transactional as _;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
         let key = app_key(project, app).str(cluster).u64(generation);
         // Index by cluster, so an agent's connection finds its bundles without
         // scanning every cluster's. One transaction with the bundle: a bundle
-        // without its index entry would never reach a reconnecting agent.
+        // without its index entry would never reach a reconnecting agent. The
+        // index also holds the newest generation, which the transaction checks:
+        // a generation is written once, never overwritten, never reused.
         let index = Key::new().str(cluster).str(project).str(app);
         let bundles = self.tree("bundles")?;
         let cluster_bundles = self.tree("cluster_bundles")?;
-        (&bundles, &cluster_bundles)
-            .transaction(|(bundles, cluster_bundles)| {
-                bundles.insert(key.as_bytes(), envelope)?;
-                cluster_bundles.insert(index.as_bytes(), &generation.to_be_bytes())?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<serde_json::Error>>(())
-            })
-            .map_err(|e| link::transaction_error("bundles", "writing", e))?;
+        let written = (&bundles, &cluster_bundles).transaction(|(bundles, cluster_bundles)| {
+            let stored = cluster_bundles
+                .get(index.as_bytes())?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map(u64::from_be_bytes);
+            if let Some(stored) = stored.filter(|stored| generation <= *stored) {
+                return Err(ConflictableTransactionError::Abort(stored));
+            }
+            bundles.insert(key.as_bytes(), envelope)?;
+            cluster_bundles.insert(index.as_bytes(), &generation.to_be_bytes())?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => {}
+            Err(TransactionError::Abort(stored)) => {
+                return Err(Error::GenerationTaken {
+                    project: project.to_owned(),
+                    app: app.to_owned(),
+                    cluster: cluster.to_owned(),
+                    generation,
+                    stored,
+                });
+            }
+            Err(TransactionError::Storage(source)) => return Err(db("bundles", "writing", source)),
+        }
         self.flush("bundles").await?;
         let _ = self.bundles_stored.send(BundleStored {
             project: project.to_owned(),

@@ -146,7 +146,14 @@ fn cluster_add_prints_a_manifest_or_a_command_and_cluster_rm_revokes() {
         assert!(manifest.contains(kind), "{kind} missing:\n{manifest}");
     }
     assert!(manifest.contains("hub.example:7443"));
-    assert!(manifest.contains("FLOTILLA_TOKEN: \"flt_"));
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&manifest).unwrap();
+    let secret = documents.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert!(
+        secret["stringData"]["FLOTILLA_TOKEN"]
+            .as_str()
+            .is_some_and(|token| token.starts_with("flt_")),
+        "{manifest}"
+    );
 
     // The same name again is a usage error; a new name with --print-command
     // prints the local command line with the same CA fingerprint.

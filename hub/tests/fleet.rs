@@ -170,7 +170,7 @@ impl Hub {
     fn bundle(&self, project: &str, app: &str, cluster: &str) -> Option<Bundle> {
         let (generation, bytes) = self.store.latest_bundle(project, app, cluster).unwrap()?;
         let envelope = Envelope::decode(&bytes).unwrap();
-        let keys = KeySet::new(1, &[self.refresher.signer().public_key()]).unwrap();
+        let keys = KeySet::new(1, &[self.refresher.public_key()]).unwrap();
         let expect = Expectation {
             cluster,
             now: Timestamp::from_system_time(SystemTime::now()),

@@ -83,7 +83,7 @@ impl Hub {
     fn bundle(&self, app: &str) -> Option<Bundle> {
         let (generation, bytes) = self.store.latest_bundle("default", app, "east").unwrap()?;
         let envelope = Envelope::decode(&bytes).unwrap();
-        let keys = KeySet::new(1, &[self.refresher.signer().public_key()]).unwrap();
+        let keys = KeySet::new(1, &[self.refresher.public_key()]).unwrap();
         let expect = Expectation {
             cluster: "east",
             now: Timestamp::from_system_time(SystemTime::now()),

@@ -16,6 +16,7 @@
 //!
 //! Every write is recorded in the audit log with its user.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
@@ -33,6 +34,7 @@ use serde_json::{Value, json};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use super::{ApiState, Reply, error, ok};
+use crate::bundles::Issuer;
 use crate::cluster::epoch_ms;
 use crate::link::Link;
 use crate::refresh::{self, Outcome};
@@ -608,7 +610,7 @@ async fn rollback(
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let Some(mut bundle) = Envelope::decode(&kept)
+    let Some(kept) = Envelope::decode(&kept)
         .ok()
         .and_then(|e| Bundle::decode(&e.payload).ok())
     else {
@@ -620,39 +622,26 @@ async fn rollback(
     let cluster = entry.cluster.clone();
     let app = AppRef::new(project.clone(), name.clone());
     try_reply!(state.refuse_if_busy(&app, &cluster));
-    let latest = match state.store.latest_bundle(&project, &name, &cluster) {
-        Ok(latest) => latest.map_or(0, |(g, _)| g),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    let issuer = match &state.refresher {
+        Some(refresher) => refresher.issuer().clone(),
+        None => match Issuer::new(state.store.clone()).await {
+            Ok(issuer) => Arc::new(issuer),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
     };
-    // A new generation, or the agent refuses it as stale; no automation, or the
-    // agent would not wait for the sync command (nor stay rolled back).
-    let now = SystemTime::now();
-    bundle.generation = latest + 1;
-    bundle.created_at = Timestamp::from_system_time(now);
-    bundle.not_after = Timestamp::from_system_time(now).saturating_add(refresh::DEFAULT_BUNDLE_TTL);
-    bundle.policy.automated = None;
     // The kept bundle passed the project as it was then; it is signed again only
-    // if it passes the project as it is now, and carries today's rules.
-    match refresh::recheck_bundle(&state.store, &record.application, &mut bundle) {
-        Ok(()) => {}
-        Err(e @ refresh::Error::Refused { .. }) => {
-            return error(
-                StatusCode::CONFLICT,
-                format!("rolling {object} back to history entry {id} on cluster {cluster}: {e}"),
-            );
-        }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    // if it passes the project as it is now. Checked before anything changes, so a
+    // refused rollback leaves the app as it was.
+    let refused = |e: refresh::Error| match e {
+        e @ refresh::Error::Refused { .. } => error(
+            StatusCode::CONFLICT,
+            format!("rolling {object} back to history entry {id} on cluster {cluster}: {e}"),
+        ),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if let Err(e) = refresh::recheck_bundle(&state.store, &record.application, &mut kept.clone()) {
+        return refused(e);
     }
-    let signed = match state.store.bundle_signer().await {
-        Ok(signer) => signer.sign(&bundle),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let bytes = match signed.map(|e| e.encode()) {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-
     let was_automated = record.application.automated().is_some();
     if was_automated {
         if let Some(policy) = record.application.spec.sync_policy.as_mut() {
@@ -662,16 +651,35 @@ async fn rollback(
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
     }
-    if let Err(e) = state
-        .store
-        .put_bundle(&project, &name, &cluster, bundle.generation, &bytes)
-        .await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-    }
+    // A new generation, or the agent refuses it as stale; no automation, or the
+    // agent would not wait for the sync command (nor stay rolled back). The
+    // issuer allocates it, so a refresh storing a bundle at the same moment
+    // takes another generation, never this one.
+    let now = SystemTime::now();
+    let issued = issuer
+        .issue(&app, &cluster, |generation, _| {
+            let mut bundle = Bundle {
+                generation,
+                created_at: Timestamp::from_system_time(now),
+                not_after: Timestamp::from_system_time(now)
+                    .saturating_add(refresh::DEFAULT_BUNDLE_TTL),
+                ..kept.clone()
+            };
+            bundle.policy.automated = None;
+            // Again, in case the project changed meanwhile: the bundle carries
+            // the rules in force when it is signed.
+            refresh::recheck_bundle(&state.store, &record.application, &mut bundle)?;
+            Ok::<_, refresh::Error>(Some(bundle))
+        })
+        .await;
+    let generation = match issued {
+        Ok(Some(generation)) => generation,
+        Ok(None) => unreachable!("a rollback always drafts a bundle"),
+        Err(e) => return refused(refresh::issue_error(e)),
+    };
     let mut message = format!(
-        "rolling {object} back to history entry {id} (revision {}) on cluster {cluster} as generation {}",
-        entry.revision, bundle.generation
+        "rolling {object} back to history entry {id} (revision {}) on cluster {cluster} as generation {generation}",
+        entry.revision
     );
     if was_automated {
         message.push_str("; automated sync is now off for this app, as Argo CD does on rollback");
@@ -679,9 +687,9 @@ async fn rollback(
     state
         .audit_detail(&who, "rollback", format!("application/{object}"), &message)
         .await;
-    info!(app = %object, %cluster, generation = bundle.generation, id, "rollback");
+    info!(app = %object, %cluster, generation, id, "rollback");
     let options = SyncOptions {
-        generation: bundle.generation,
+        generation,
         prune: request.prune,
         dry_run: false,
         resources: Vec::new(),
@@ -690,7 +698,7 @@ async fn rollback(
     ok(json!({
         "app": object,
         "id": id,
-        "generation": bundle.generation,
+        "generation": generation,
         "automatedSwitchedOff": was_automated,
         "message": message,
         "phase": result.phase,

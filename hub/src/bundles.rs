@@ -1,0 +1,146 @@
+//! The one writer of bundles. A refresh, the re-issue of a bundle past half its
+//! life, the deletion bundle of a removed app and an API rollback can all make the
+//! next generation of one (app, cluster) at the same moment; each goes through
+//! [`Issuer::issue`], which allocates the generation, signs the bundle and stores
+//! it so that no generation is taken twice and none is overwritten.
+//!
+//! The store refuses a generation that is not newer than the stored one, in the
+//! same transaction that writes it ([`Store::put_bundle`]). The issuer reads the
+//! latest, lets the caller draft the next bundle from it, signs and stores it, and
+//! when another writer got there first, drafts again from the newer latest.
+
+use flotilla_common::bundle::{Bundle, Envelope};
+use flotilla_common::model::AppRef;
+use flotilla_common::signing::{self, BundleSigner};
+use tracing::debug;
+
+use crate::store::{self, Store};
+
+/// How many times a draft is made again after other writers took the generation
+/// it was drafted for, before giving up.
+const ATTEMPTS: u32 = 16;
+
+/// Why a bundle was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum Error<E: std::error::Error + 'static> {
+    /// The caller's draft failed; nothing was stored.
+    #[error(transparent)]
+    Draft(E),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Signing or encoding the bundle failed.
+    #[error("signing generation {generation} of {app} for cluster {cluster}")]
+    Sign {
+        app: AppRef,
+        cluster: String,
+        generation: u64,
+        #[source]
+        source: signing::Error,
+    },
+    /// Other writers kept taking the next generation.
+    #[error(
+        "generation of {app} for cluster {cluster}: other writers took the next one {ATTEMPTS} times in a row"
+    )]
+    Contended { app: AppRef, cluster: String },
+}
+
+/// The newest stored bundle of an (app, cluster).
+#[derive(Debug)]
+pub struct Latest {
+    /// Its generation.
+    pub generation: u64,
+    /// The bundle, when it decodes (a bundle that does not is drafted over).
+    pub bundle: Option<Bundle>,
+}
+
+/// Allocates, signs and stores bundle generations.
+pub struct Issuer {
+    store: Store,
+    signer: BundleSigner,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer").finish_non_exhaustive()
+    }
+}
+
+impl Issuer {
+    /// An issuer that signs with the hub's bundle key, made on first use.
+    pub async fn new(store: Store) -> Result<Self, store::Error> {
+        let signer = store.bundle_signer().await?;
+        Ok(Self { store, signer })
+    }
+
+    /// The public half of the signing key, which agents trust.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signer.public_key()
+    }
+
+    /// The newest stored bundle of `app` for `cluster`.
+    pub fn latest(&self, app: &AppRef, cluster: &str) -> Result<Option<Latest>, store::Error> {
+        Ok(self
+            .store
+            .latest_bundle(&app.project, &app.name, cluster)?
+            .map(|(generation, bytes)| Latest {
+                generation,
+                bundle: Envelope::decode(&bytes)
+                    .ok()
+                    .and_then(|envelope| Bundle::decode(&envelope.payload).ok()),
+            }))
+    }
+
+    /// Issues the next generation of `app` for `cluster`. `draft` is given that
+    /// generation and the latest stored bundle, and returns the bundle to store
+    /// (its app, cluster and generation are set here), or `None` to store nothing.
+    /// It runs again, with the newer latest, if another writer stored a generation
+    /// meanwhile. Returns the generation stored.
+    pub async fn issue<E: std::error::Error + 'static>(
+        &self,
+        app: &AppRef,
+        cluster: &str,
+        mut draft: impl FnMut(u64, Option<&Latest>) -> Result<Option<Bundle>, E>,
+    ) -> Result<Option<u64>, Error<E>> {
+        for _ in 0..ATTEMPTS {
+            let latest = self.latest(app, cluster)?;
+            let generation = latest.as_ref().map_or(1, |l| l.generation + 1);
+            let Some(mut bundle) = draft(generation, latest.as_ref()).map_err(Error::Draft)? else {
+                return Ok(None);
+            };
+            bundle.app = app.clone();
+            bundle.cluster = cluster.to_owned();
+            bundle.generation = generation;
+            let sign_error = |source| Error::Sign {
+                app: app.clone(),
+                cluster: cluster.to_owned(),
+                generation,
+                source,
+            };
+            let bytes = self
+                .signer
+                .sign(&bundle)
+                .map_err(sign_error)?
+                .encode()
+                .map_err(|e| sign_error(signing::Error::Bundle(e)))?;
+            match self
+                .store
+                .put_bundle(&app.project, &app.name, cluster, generation, &bytes)
+                .await
+            {
+                Ok(()) => return Ok(Some(generation)),
+                Err(store::Error::GenerationTaken { stored, .. }) => {
+                    debug!(%app, cluster, generation, stored, "another writer took the generation; drafting again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contended {
+            app: app.clone(),
+            cluster: cluster.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
