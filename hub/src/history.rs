@@ -10,25 +10,17 @@
 //! update the operation but are not history, as in Argo CD.
 
 use flotilla_common::bundle::{Bundle, Envelope};
-use flotilla_common::message::{Operation, OperationPhase, ResourceResult, Status};
+use flotilla_common::message::{Operation, ResourceResult, Status};
 use tracing::{debug, info_span};
 
 use crate::store::{
-    self, DEFAULT_HISTORY_LIMIT, HistoryEntry, OperationRecord, ResourceOutcome, Store,
+    self, DEFAULT_HISTORY_LIMIT, HistoryEntry, OperationRecord, Phase, ResourceOutcome, Store,
 };
 
 /// Who started a sync the agent ran on its own for a new generation.
 pub const AUTOMATED: &str = "automated";
 /// Who started a re-apply of a generation the cluster already synced.
 pub const SELF_HEAL: &str = "selfHeal";
-
-/// The phase name of an operation that ended.
-pub fn phase_name(phase: OperationPhase) -> &'static str {
-    match phase {
-        OperationPhase::Succeeded => "Succeeded",
-        OperationPhase::Failed => "Failed",
-    }
-}
 
 /// A resource's outcome as history keeps it.
 pub fn outcome(result: &ResourceResult) -> ResourceOutcome {
@@ -75,7 +67,7 @@ pub async fn record(
     let started_at_ms = operation.started_at.0.saturating_mul(1000);
     let finished_at_ms = started_at_ms.saturating_add(operation.duration_ms);
     let resources: Vec<ResourceOutcome> = operation.resources.iter().map(outcome).collect();
-    let phase = phase_name(operation.phase).to_owned();
+    let phase = Phase::from(operation.phase);
 
     let mut entry = None;
     if !operation.dry_run {
@@ -103,7 +95,7 @@ pub async fn record(
                     generation: status.generation,
                     started_at_ms,
                     finished_at_ms: Some(finished_at_ms.max(started_at_ms)),
-                    result: phase.clone(),
+                    result: phase,
                     message: operation.message.clone(),
                     initiated_by: initiated_by.clone(),
                     resources: resources.clone(),
@@ -155,7 +147,7 @@ fn initiator(
     // selfHeal. After a failure it is the automated sync trying again.
     let app = &status.app;
     let synced_before = store.history(&app.project, &app.name)?.iter().any(|h| {
-        h.cluster == cluster && h.generation == status.generation && h.result == "Succeeded"
+        h.cluster == cluster && h.generation == status.generation && h.result == Phase::Succeeded
     });
     Ok(if synced_before { SELF_HEAL } else { AUTOMATED }.to_owned())
 }

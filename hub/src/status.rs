@@ -264,7 +264,10 @@ fn derive_cluster(
             condition::CLUSTER_DISCONNECTED,
         ));
     }
-    if let Some(op) = operation.as_ref().filter(|o| o.phase == "Failed") {
+    if let Some(op) = operation
+        .as_ref()
+        .filter(|o| o.phase == store::Phase::Failed)
+    {
         conditions.push(on_cluster(op.message.clone(), condition::SYNC_ERROR));
     }
     let sync = match current {

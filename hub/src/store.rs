@@ -25,7 +25,7 @@ pub use key::Key;
 pub use link::{
     AckRecord, LinkRecord, STATUS_HISTORY, StatusRecord, TokenRecord, parse_bundle_key,
 };
-pub use ops::{DEFAULT_HISTORY_LIMIT, OperationRecord};
+pub use ops::{DEFAULT_HISTORY_LIMIT, OperationRecord, Phase};
 pub use records::{
     AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord, ResourceOutcome,
 };

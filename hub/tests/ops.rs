@@ -109,7 +109,7 @@ async fn a_manual_app_is_out_of_sync_and_a_denied_sync_and_a_wait_that_runs_out_
         request_id: Some(1),
         initiated_by: "someone-else".to_owned(),
         generation: 1,
-        phase: "Running".to_owned(),
+        phase: flotilla_hub::store::Phase::Running,
         message: String::new(),
         dry_run: false,
         prune: false,
@@ -184,7 +184,7 @@ async fn a_sync_applies_a_manual_app_and_the_history_records_it_with_the_user() 
     let entry = &history[0];
     assert_eq!(entry.initiated_by, "admin");
     assert_eq!(entry.revision, commit);
-    assert_eq!(entry.result, "Succeeded");
+    assert_eq!(entry.result, flotilla_hub::store::Phase::Succeeded);
     assert_eq!(entry.cluster, fleet.cluster);
     assert!(entry.digest.starts_with("sha256:"));
     assert!(entry.finished_at_ms >= Some(entry.started_at_ms));
@@ -750,7 +750,10 @@ spec:
                 .history("default", &apps[0])
                 .unwrap()
                 .iter()
-                .any(|h| h.initiated_by == "selfHeal" && h.result == "Succeeded")
+                .any(|h| {
+                    h.initiated_by == "selfHeal"
+                        && h.result == flotilla_hub::store::Phase::Succeeded
+                })
         },
     )
     .await;

@@ -40,7 +40,7 @@ use crate::link::Link;
 use crate::refresh::{self, Outcome};
 use crate::secret_mask;
 use crate::status;
-use crate::store::{AppRecord, OperationRecord, ResourceOutcome};
+use crate::store::{AppRecord, OperationRecord, Phase, ResourceOutcome};
 
 /// How long a diff or refresh may take on an agent.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -181,7 +181,7 @@ pub struct ClusterSync {
     pub generation: Option<u64>,
     pub request_id: Option<u64>,
     /// `Succeeded` or `Failed`.
-    pub phase: String,
+    pub phase: Phase,
     pub message: String,
     pub dry_run: bool,
     pub resources: Vec<ResourceOutcome>,
@@ -194,7 +194,7 @@ impl ClusterSync {
             cluster: cluster.to_owned(),
             generation,
             request_id: None,
-            phase: "Failed".to_owned(),
+            phase: Phase::Failed,
             message: message.into(),
             dry_run: false,
             resources: Vec::new(),
@@ -204,11 +204,11 @@ impl ClusterSync {
 }
 
 /// The overall phase of several clusters' syncs.
-fn overall(results: &[ClusterSync]) -> &'static str {
-    if results.iter().all(|r| r.phase == "Succeeded") {
-        "Succeeded"
+fn overall(results: &[ClusterSync]) -> Phase {
+    if results.iter().all(|r| r.phase == Phase::Succeeded) {
+        Phase::Succeeded
     } else {
-        "Failed"
+        Phase::Failed
     }
 }
 
@@ -439,7 +439,7 @@ async fn sync_cluster(
             request_id: Some(request_id),
             initiated_by: user.to_owned(),
             generation,
-            phase: "Running".to_owned(),
+            phase: Phase::Running,
             message: "waiting for the agent".to_owned(),
             dry_run: options.dry_run,
             prune: options.prune,
@@ -489,7 +489,7 @@ async fn sync_cluster(
                             cluster: cluster.to_owned(),
                             generation: Some(generation),
                             request_id: Some(request_id),
-                            phase: "Succeeded".to_owned(),
+                            phase: Phase::Succeeded,
                             message,
                             dry_run,
                             resources: Vec::new(),
@@ -512,7 +512,7 @@ async fn sync_cluster(
             .flatten();
         if let Some(op) = current.filter(|o| o.request_id == Some(request_id) && o.is_running()) {
             let failed = OperationRecord {
-                phase: "Failed".to_owned(),
+                phase: Phase::Failed,
                 message: failure.clone(),
                 finished_at_ms: Some(epoch_ms(SystemTime::now())),
                 ..op

@@ -61,7 +61,7 @@ async fn a_commanded_sync_is_recorded_with_its_user_bundle_and_resources() {
         request_id: Some(77),
         initiated_by: "alice".to_owned(),
         generation: 3,
-        phase: "Running".to_owned(),
+        phase: Phase::Running,
         message: String::new(),
         dry_run: false,
         prune: true,
@@ -88,7 +88,7 @@ async fn a_commanded_sync_is_recorded_with_its_user_bundle_and_resources() {
         (entry.started_at_ms, entry.finished_at_ms),
         (100_000, Some(102_500))
     );
-    assert_eq!(entry.result, "Succeeded");
+    assert_eq!(entry.result, Phase::Succeeded);
     assert_eq!(entry.resources.len(), 1);
     assert_eq!(entry.resources[0].action, "Configured");
     assert_eq!(entry.resources[0].name, "settings");
@@ -102,7 +102,7 @@ async fn a_commanded_sync_is_recorded_with_its_user_bundle_and_resources() {
 
     let done = store.operation("default", "shop", "east").unwrap().unwrap();
     assert!(!done.is_running());
-    assert_eq!(done.phase, "Succeeded");
+    assert_eq!(done.phase, Phase::Succeeded);
     assert_eq!(done.history_id, Some(1));
     assert!(done.prune);
 }
@@ -132,8 +132,8 @@ async fn syncs_the_agent_starts_are_automated_for_a_new_generation_and_self_heal
     }
     let failed = record(&store, "east", &failing, 3).await.unwrap().unwrap();
     assert_eq!(
-        (failed.initiated_by.as_str(), failed.result.as_str()),
-        (AUTOMATED, "Failed")
+        (failed.initiated_by.as_str(), failed.result),
+        (AUTOMATED, Phase::Failed)
     );
     let retried = record(&store, "east", &status(2, None, false), 4)
         .await

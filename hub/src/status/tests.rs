@@ -6,7 +6,7 @@ use flotilla_common::model::{AppRef, Gvk, ResourceRef};
 
 use super::*;
 use crate::app::Application;
-use crate::store::{AckRecord, AppOrigin, ClusterRecord, LinkRecord, StatusRecord};
+use crate::store::{AckRecord, AppOrigin, ClusterRecord, LinkRecord, Phase, StatusRecord};
 
 fn application(name: &str) -> Application {
     Application::from_yaml(
@@ -206,7 +206,7 @@ async fn a_running_sync_is_the_current_operation_and_a_failed_one_a_condition() 
         request_id: Some(3),
         initiated_by: "alice".to_owned(),
         generation: 1,
-        phase: "Running".to_owned(),
+        phase: Phase::Running,
         message: String::new(),
         dry_run: false,
         prune: false,
@@ -225,7 +225,7 @@ async fn a_running_sync_is_the_current_operation_and_a_failed_one_a_condition() 
     assert!(current.operation.is_running());
     assert!(state.conditions.is_empty());
 
-    op.phase = "Failed".to_owned();
+    op.phase = Phase::Failed;
     op.message = "one or more objects failed to apply".to_owned();
     f.store
         .put_operation("default", "shop", "east", &op)

@@ -21,8 +21,8 @@ pub struct OperationRecord {
     pub initiated_by: String,
     /// The bundle generation synced.
     pub generation: u64,
-    /// `Running`, `Succeeded` or `Failed`.
-    pub phase: String,
+    /// Where it stands.
+    pub phase: Phase,
     #[serde(default)]
     pub message: String,
     #[serde(default)]
@@ -42,7 +42,38 @@ pub struct OperationRecord {
 impl OperationRecord {
     /// Whether the operation has not ended yet.
     pub fn is_running(&self) -> bool {
-        self.phase == "Running"
+        self.phase == Phase::Running
+    }
+}
+
+/// Where a sync operation stands, named as Argo CD names it (and stored and
+/// shown by those names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Sent to the agent; no result yet.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed, the agent refused, or the hub gave up waiting.
+    Failed,
+}
+
+impl From<flotilla_common::message::OperationPhase> for Phase {
+    fn from(phase: flotilla_common::message::OperationPhase) -> Self {
+        match phase {
+            flotilla_common::message::OperationPhase::Succeeded => Phase::Succeeded,
+            flotilla_common::message::OperationPhase::Failed => Phase::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        })
     }
 }
 
@@ -183,7 +214,7 @@ impl Store {
             if !op.is_running() {
                 continue;
             }
-            op.phase = "Failed".to_owned();
+            op.phase = Phase::Failed;
             op.message = message.to_owned();
             op.finished_at_ms = Some(now_ms);
             let bytes = serde_json::to_vec(&op).map_err(|source| Error::Decode {

@@ -175,8 +175,8 @@ pub struct HistoryEntry {
     pub started_at_ms: u64,
     #[serde(default)]
     pub finished_at_ms: Option<u64>,
-    /// `Succeeded`, `Failed`, `Running`.
-    pub result: String,
+    /// How it ended.
+    pub result: super::ops::Phase,
     /// The agent's summary, or why it failed.
     #[serde(default)]
     pub message: String,

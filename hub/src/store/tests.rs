@@ -95,7 +95,7 @@ fn entry(cluster: &str, revision: &str) -> HistoryEntry {
         generation: 1,
         started_at_ms: 0,
         finished_at_ms: None,
-        result: "Succeeded".to_owned(),
+        result: Phase::Succeeded,
         message: String::new(),
         initiated_by: "automated".to_owned(),
         resources: Vec::new(),
@@ -234,11 +234,11 @@ fn string_parts_are_length_prefixed_so_prefix_scans_are_exact() {
 async fn operations_left_running_by_a_stopped_hub_are_marked_failed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let op = |phase: &str| OperationRecord {
+    let op = |phase: Phase| OperationRecord {
         request_id: Some(1),
         initiated_by: "alice".to_owned(),
         generation: 1,
-        phase: phase.to_owned(),
+        phase,
         message: String::new(),
         dry_run: false,
         prune: false,
@@ -248,11 +248,11 @@ async fn operations_left_running_by_a_stopped_hub_are_marked_failed() {
         history_id: None,
     };
     store
-        .put_operation("web", "shop", "east", &op("Running"))
+        .put_operation("web", "shop", "east", &op(Phase::Running))
         .await
         .unwrap();
     store
-        .put_operation("web", "shop", "west", &op("Succeeded"))
+        .put_operation("web", "shop", "west", &op(Phase::Succeeded))
         .await
         .unwrap();
     assert_eq!(
@@ -261,12 +261,12 @@ async fn operations_left_running_by_a_stopped_hub_are_marked_failed() {
     );
     let east = store.operation("web", "shop", "east").unwrap().unwrap();
     assert_eq!(
-        (east.phase.as_str(), east.message.as_str()),
-        ("Failed", "restarted")
+        (east.phase, east.message.as_str()),
+        (Phase::Failed, "restarted")
     );
     assert_eq!(east.finished_at_ms, Some(9));
     let west = store.operation("web", "shop", "west").unwrap().unwrap();
-    assert_eq!(west.phase, "Succeeded");
+    assert_eq!(west.phase, Phase::Succeeded);
 }
 
 #[test]
@@ -451,4 +451,23 @@ fn acks_stored_as_text_by_earlier_versions_still_read() {
     };
     let back: AckRecord = serde_json::from_value(serde_json::to_value(&typed).unwrap()).unwrap();
     assert_eq!(back, typed);
+}
+
+#[test]
+fn phases_are_stored_and_shown_by_argo_cds_names() {
+    for (phase, name) in [
+        (Phase::Running, "Running"),
+        (Phase::Succeeded, "Succeeded"),
+        (Phase::Failed, "Failed"),
+    ] {
+        assert_eq!(
+            serde_json::to_value(phase).unwrap(),
+            serde_json::json!(name)
+        );
+        assert_eq!(
+            serde_json::from_value::<Phase>(serde_json::json!(name)).unwrap(),
+            phase
+        );
+        assert_eq!(phase.to_string(), name);
+    }
 }

@@ -195,7 +195,7 @@ async fn an_agent_cannot_write_status_acks_or_history_for_another_clusters_app()
                 generation: 1,
                 started_at_ms: 1,
                 finished_at_ms: Some(2),
-                result: "Succeeded".to_owned(),
+                result: flotilla_hub::store::Phase::Succeeded,
                 message: String::new(),
                 initiated_by: "automated".to_owned(),
                 resources: Vec::new(),
