@@ -685,6 +685,9 @@ impl Link {
         while Arc::strong_count(&self.shared) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // An aborted task's flush runs on until it is done, with the database open.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), self.shared.store.flushes_done()).await;
     }
 }
 

@@ -95,6 +95,8 @@ pub struct Server {
     generated_admin_password: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// For waiting on flushes that stopped refreshes leave running.
+    store: Store,
 }
 
 #[derive(Clone)]
@@ -216,6 +218,7 @@ impl Server {
                 }
             }),
         };
+        let flushes = store.clone();
         let poller = tokio::spawn(poll_loop(
             store,
             watched,
@@ -230,6 +233,7 @@ impl Server {
             generated_admin_password,
             shutdown,
             tasks: vec![api, poller],
+            store: flushes,
         })
     }
 
@@ -263,6 +267,8 @@ impl Server {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Refreshes cut short still flush, with the database open.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.store.flushes_done()).await;
     }
 }
 

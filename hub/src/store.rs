@@ -384,15 +384,31 @@ impl Store {
     }
 
     async fn flush(&self, tree: &'static str) -> Result<()> {
-        let _one_at_a_time = self.flush_lock.lock().await;
+        let one_at_a_time = self.flush_lock.clone().lock_owned().await;
         // A blocking flush on the blocking pool: sled 0.34's flush_async future
         // was seen never to wake under load (the link scale benchmark at 1,000).
+        // The flush goes on when the task that asked for it is aborted (tokio
+        // cannot stop blocking work), holding the database open: it keeps the
+        // lock until it has let go of its handle, so [`Store::flushes_done`]
+        // tells when none is left.
         let db_handle = self.db.clone();
-        tokio::task::spawn_blocking(move || db_handle.flush())
-            .await
-            .map_err(|_| Error::FlushTask { tree })?
-            .map(|_| ())
-            .map_err(|source| db(tree, "flushing", source))
+        tokio::task::spawn_blocking(move || {
+            let flushed = db_handle.flush();
+            drop(db_handle);
+            drop(one_at_a_time);
+            flushed
+        })
+        .await
+        .map_err(|_| Error::FlushTask { tree })?
+        .map(|_| ())
+        .map_err(|source| db(tree, "flushing", source))
+    }
+
+    /// Waits until no flush is under way, including one whose caller was aborted
+    /// and that still holds the database open: a hub stopping waits for this, so
+    /// the folder can be opened again at once.
+    pub async fn flushes_done(&self) {
+        let _ = self.flush_lock.lock().await;
     }
 
     // --- typed access -----------------------------------------------------------
