@@ -36,8 +36,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::identity::{self, Identity};
 use crate::journal::{self as store, Store};
 
-/// The ALPN protocol both ends insist on.
-pub const ALPN: &[u8] = b"flotilla/1";
+pub use flotilla_common::protocol::ALPN;
 
 /// The DNS name in the hub's server certificate.
 pub const HUB_SERVER_NAME: &str = "flotilla-hub";
@@ -1097,9 +1096,6 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// The hub's close code for a removed cluster (hub::link::close_code::REVOKED).
-const CLOSE_REVOKED: u32 = 2;
-
 /// What a failed stream operation means: the connection's own close reason when it
 /// is closed, so that a hub revoking this cluster (which closes the connection as
 /// soon as the handshake ends) is never taken for a lost connection when a write
@@ -1115,7 +1111,8 @@ fn stream_failed(connection: &quinn::Connection, error: impl std::fmt::Display) 
 fn connection_ended(reason: quinn::ConnectionError) -> Attempt {
     match &reason {
         quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code == quinn::VarInt::from_u32(CLOSE_REVOKED) =>
+            if close.error_code
+                == quinn::VarInt::from_u32(flotilla_common::protocol::close_code::REVOKED) =>
         {
             Attempt::Fatal(Error::Revoked(
                 String::from_utf8_lossy(&close.reason).into_owned(),

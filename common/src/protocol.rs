@@ -107,6 +107,26 @@ impl Transmit {
     }
 }
 
+/// The ALPN protocol both ends insist on.
+pub const ALPN: &[u8] = b"flotilla/1";
+
+/// QUIC application error codes the hub closes connections with; the agent tells
+/// a revocation from a lost connection by them.
+pub mod close_code {
+    /// A normal end.
+    pub const DONE: u32 = 0;
+    /// The peer broke the protocol (garbage, oversized or misplaced frame).
+    pub const PROTOCOL: u32 = 1;
+    /// The cluster was removed.
+    pub const REVOKED: u32 = 2;
+    /// Too many connections without a certificate are registering.
+    pub const BUSY: u32 = 3;
+    /// A newer connection of the same cluster replaced this one.
+    pub const REPLACED: u32 = 4;
+    /// The hub is shutting down.
+    pub const SHUTDOWN: u32 = 5;
+}
+
 /// The name of a message, for errors and logs.
 fn message_name(message: &Message) -> &'static str {
     match message {
