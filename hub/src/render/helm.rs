@@ -62,8 +62,9 @@ pub async fn template(
         } => {
             positionals.push(chart_dir.as_os_str().to_owned());
             dir = chart_dir.to_path_buf();
-            refuse_dependencies_outside(root, chart_dir)?;
-            dependency_build(tools, chart_dir, scratch).await?;
+            let dependencies = chart_dependencies(chart_dir)?;
+            refuse_dependencies_outside(root, chart_dir, &dependencies)?;
+            dependency_build(tools, chart_dir, scratch, &dependencies).await?;
             for file in &helm.value_files {
                 let field = "spec.source.helm.valueFiles";
                 if file.starts_with('$') {
@@ -217,22 +218,31 @@ fn path_text(path: &Path) -> Result<String> {
     })
 }
 
-/// Chart.yaml dependencies with a `file://` repository are read by helm from that
-/// path: it must stay inside the checkout.
-fn refuse_dependencies_outside(root: &Path, chart_dir: &Path) -> Result<()> {
+/// The `dependencies` of the chart's Chart.yaml, read once for both the path check
+/// and the dependency build; none when it has no Chart.yaml.
+fn chart_dependencies(chart_dir: &Path) -> Result<Vec<Value>> {
     let chart_yaml = chart_dir.join("Chart.yaml");
     let Ok(text) = std::fs::read_to_string(&chart_yaml) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let chart: Value = serde_saphyr::from_str(&text).map_err(|e| Error::Manifest {
         file: chart_yaml.display().to_string(),
         message: e.to_string(),
     })?;
-    let dependencies = chart
+    Ok(chart
         .get("dependencies")
         .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Chart.yaml dependencies with a `file://` repository are read by helm from that
+/// path: it must stay inside the checkout.
+fn refuse_dependencies_outside(
+    root: &Path,
+    chart_dir: &Path,
+    dependencies: &[Value],
+) -> Result<()> {
     for dependency in dependencies {
         let Some(repository) = dependency.get("repository").and_then(Value::as_str) else {
             continue;
@@ -300,20 +310,13 @@ fn api_versions(helm: &Helm, facts: Option<&ClusterFacts>) -> Vec<String> {
 }
 
 /// Builds `charts/` from Chart.yaml's dependencies when the repo does not carry it.
-async fn dependency_build(tools: &Tools, chart_dir: &Path, scratch: &Path) -> Result<()> {
-    let chart_yaml = chart_dir.join("Chart.yaml");
-    let Ok(text) = std::fs::read_to_string(&chart_yaml) else {
-        return Ok(());
-    };
-    let chart: Value = serde_saphyr::from_str(&text).map_err(|e| Error::Manifest {
-        file: chart_yaml.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let has_deps = chart
-        .get("dependencies")
-        .and_then(Value::as_array)
-        .is_some_and(|d| !d.is_empty());
-    if !has_deps || chart_dir.join("charts").is_dir() {
+async fn dependency_build(
+    tools: &Tools,
+    chart_dir: &Path,
+    scratch: &Path,
+    dependencies: &[Value],
+) -> Result<()> {
+    if dependencies.is_empty() || chart_dir.join("charts").is_dir() {
         return Ok(());
     }
     run_helm(
