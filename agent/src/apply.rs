@@ -231,7 +231,7 @@ impl Reach {
     pub fn parse(list: &str) -> std::result::Result<Reach, String> {
         let mut namespaces = BTreeSet::new();
         for namespace in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if !is_dns_label(namespace) {
+            if !flotilla_common::model::is_dns_label(namespace) {
                 return Err(format!(
                     "{namespace:?} is not a namespace name (a DNS label: a-z, 0-9 and '-', at most 63)"
                 ));
@@ -244,17 +244,6 @@ impl Reach {
             Reach::Namespaces(namespaces)
         })
     }
-}
-
-/// A Kubernetes namespace name: an RFC 1123 label.
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 /// What happened to one object.

@@ -225,3 +225,53 @@ pub fn kind_rank(kind: &str) -> usize {
         .position(|k| *k == kind)
         .unwrap_or(KIND_ORDER.len())
 }
+
+/// An RFC 1123 label, as Kubernetes names namespaces (and Flotilla names
+/// clusters): 1–63 lowercase letters, digits and `-`, not starting or ending
+/// with `-`.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && is_label_text(name)
+}
+
+/// An RFC 1123 subdomain, as Kubernetes names most objects: at most 253
+/// characters of labels joined by `.`.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_label_text)
+}
+
+fn is_label_text(label: &str) -> bool {
+    !label.is_empty()
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels_and_subdomains() {
+        for good in ["east", "east-1", "a", &"a".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in [
+            "",
+            "East",
+            "-east",
+            "east-",
+            "a.b",
+            "a b",
+            "a/b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+        assert!(is_dns_subdomain("shop.team-a.example"));
+        for bad in ["", "a..b", ".a", "a.", "A.b", "a.-b", &"a".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+    }
+}

@@ -798,16 +798,4 @@ impl Application {
     }
 }
 
-/// RFC 1123 subdomain, as Kubernetes names objects.
-pub(crate) fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+pub(crate) use flotilla_common::model::is_dns_subdomain;

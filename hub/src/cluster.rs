@@ -200,15 +200,9 @@ pub fn token_hash(token: &str) -> String {
     ca::hex(&Sha256::digest(token.as_bytes()))
 }
 
+/// Cluster names, like namespaces, are DNS labels.
 fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first().is_some_and(|b| *b != b'-')
-        && bytes.last().is_some_and(|b| *b != b'-')
+    flotilla_common::model::is_dns_label(name)
 }
 
 /// Parses `key=value` labels.

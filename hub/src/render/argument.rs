@@ -5,6 +5,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use flotilla_common::model::{is_dns_label, is_dns_subdomain};
+
 use super::{Error, Result};
 
 /// Refuses `value` of `field` for `reason`.
@@ -19,17 +21,7 @@ pub fn refuse(field: &str, value: &str, reason: &str) -> Error {
 /// Helm's rule for release names: a lowercase RFC 1123 subdomain of at most 53
 /// characters (the room Helm keeps for its own suffixes).
 pub fn release_name(field: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 53
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if ok {
+    if name.len() <= 53 && is_dns_subdomain(name) {
         Ok(())
     } else {
         Err(refuse(
@@ -42,14 +34,7 @@ pub fn release_name(field: &str, name: &str) -> Result<()> {
 
 /// A Kubernetes namespace: an RFC 1123 label.
 pub fn namespace(field: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if is_dns_label(name) {
         Ok(())
     } else {
         Err(refuse(
