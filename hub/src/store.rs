@@ -303,13 +303,20 @@ impl Store {
 
     /// Records what a cluster's agent reports about it now (its version and the
     /// kinds it serves, with their scope), flushed; a cluster removed meanwhile
-    /// stays removed. Returns whether the cluster was there.
+    /// stays removed. The kube-system UID stays the one checked at registration:
+    /// it is what tells clusters apart, and an agent that claimed another
+    /// cluster's would keep that cluster from registering. Returns whether the
+    /// cluster was there.
     pub async fn update_cluster_facts(&self, cluster: &str, facts: &ClusterFacts) -> Result<bool> {
         let found = self.update_existing(
             "clusters",
             &Key::new().str(cluster),
             |record: &mut ClusterRecord| {
-                record.facts = Some(facts.clone());
+                let mut facts = facts.clone();
+                if let Some(registered) = &record.facts {
+                    facts.kube_system_uid = registered.kube_system_uid.clone();
+                }
+                record.facts = Some(facts);
             },
         )?;
         self.flush("clusters").await?;

@@ -471,3 +471,28 @@ fn phases_are_stored_and_shown_by_argo_cds_names() {
         assert_eq!(phase.to_string(), name);
     }
 }
+
+#[tokio::test]
+async fn facts_never_change_the_kube_system_uid_checked_at_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let registered = |uid: &str| flotilla_common::model::ClusterFacts {
+        kube_system_uid: uid.to_owned(),
+        ..Default::default()
+    };
+    store
+        .put_cluster(&ClusterRecord {
+            name: "east".to_owned(),
+            facts: Some(registered("uid-east")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An agent claiming west's UID would keep west from ever registering.
+    let mut claimed = registered("uid-west");
+    claimed.kubernetes_version = "v1.36.0".to_owned();
+    assert!(store.update_cluster_facts("east", &claimed).await.unwrap());
+    let facts = store.cluster("east").unwrap().unwrap().facts.unwrap();
+    assert_eq!(facts.kube_system_uid, "uid-east");
+    assert_eq!(facts.kubernetes_version, "v1.36.0");
+}
