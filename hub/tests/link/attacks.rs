@@ -15,23 +15,19 @@ use flotilla_hub::ca::Ca;
 use flotilla_hub::link::{self, LinkConfig};
 use flotilla_hub::store::Store;
 
-use crate::fixture::{self, Hub, RunningAgent, agent_config, eventually};
+use crate::fixture::{self, Hub, RunningAgent, agent_config, eventually, registered};
 
 fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// Registers `name` and returns its identity, with the agent stopped.
-async fn registered(hub: &Hub, name: &str, dir: &std::path::Path) -> Identity {
-    let mut agent = RunningAgent::start(agent_config(hub, name, Some(hub.add(name).await), dir));
-    agent.wait("connected", |s| s.connected).await;
-    agent.stop().await.unwrap();
-    Identity::load(dir).unwrap().unwrap()
-}
-
-/// A raw mutual-TLS connection with `identity`'s certificate.
-async fn raw_connection(hub: &Hub, identity: &Identity) -> Result<quinn::Connection, String> {
-    let config = client_config(
+/// A raw mutual-TLS connection to `hub` with `identity`'s certificate, speaking
+/// nothing yet.
+pub(crate) async fn raw_connection(
+    hub: &Hub,
+    identity: &Identity,
+) -> Result<quinn::Connection, String> {
+    let config = flotilla_agent::link::client_config(
         &hub.fingerprint,
         Some((&identity.certificate, &identity.key_pkcs8)),
         Duration::from_secs(15),
@@ -39,12 +35,11 @@ async fn raw_connection(hub: &Hub, identity: &Identity) -> Result<quinn::Connect
     )
     .unwrap();
     let endpoint = flotilla_agent::link::client_endpoint(hub.addr).unwrap();
-    let connection = endpoint
+    endpoint
         .connect_with(config, hub.addr, flotilla_agent::link::HUB_SERVER_NAME)
         .unwrap()
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(connection)
+        .map_err(|e| e.to_string())
 }
 
 async fn close_reason(connection: &quinn::Connection) -> (u64, String) {

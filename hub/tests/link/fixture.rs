@@ -254,6 +254,17 @@ impl RunningAgent {
     }
 }
 
+/// Registers `name` with a real agent and returns its identity, with the agent
+/// stopped.
+pub async fn registered(hub: &Hub, name: &str, dir: &Path) -> flotilla_agent::identity::Identity {
+    let mut agent = RunningAgent::start(agent_config(hub, name, Some(hub.add(name).await), dir));
+    agent.wait("connected", |s| s.connected).await;
+    agent.stop().await.unwrap();
+    flotilla_agent::identity::Identity::load(dir)
+        .unwrap()
+        .unwrap()
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_agent::identity::Identity;
-use flotilla_agent::link::client_config;
 use flotilla_common::frame::{self, FrameDecoder, Limits};
 use flotilla_common::message::{
     Applied, BundleAck, BundleOutcome, Channel, Command, CommandKind, CommandOutcome,
@@ -18,7 +17,8 @@ use flotilla_hub::link::LinkConfig;
 use flotilla_hub::metrics::{Metrics, RefusedMessage};
 use flotilla_hub::store::HistoryEntry;
 
-use crate::fixture::{Hub, RunningAgent, agent_config, eventually};
+use crate::attacks::raw_connection;
+use crate::fixture::{Hub, RunningAgent, agent_config, eventually, registered};
 
 fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -30,15 +30,6 @@ async fn hub_with_metrics(dir: &std::path::Path) -> (Hub, Arc<Metrics>) {
     let mut config = LinkConfig::new(loopback());
     config.metrics = metrics.clone();
     (Hub::start_with(dir, config).await, metrics)
-}
-
-/// Registers `name` with a real agent and returns its identity, with the agent
-/// stopped.
-async fn registered(hub: &Hub, name: &str, dir: &std::path::Path) -> Identity {
-    let mut agent = RunningAgent::start(agent_config(hub, name, Some(hub.add(name).await), dir));
-    agent.wait("connected", |s| s.connected).await;
-    agent.stop().await.unwrap();
-    Identity::load(dir).unwrap().unwrap()
 }
 
 /// An agent that speaks the protocol by hand over real QUIC and mutual TLS, to
@@ -55,19 +46,7 @@ struct RawAgent {
 impl RawAgent {
     /// Connects with `identity`'s certificate and says hello, claiming `applied`.
     async fn connect(hub: &Hub, identity: &Identity, applied: Vec<Applied>) -> RawAgent {
-        let config = client_config(
-            &hub.fingerprint,
-            Some((&identity.certificate, &identity.key_pkcs8)),
-            Duration::from_secs(15),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        let endpoint = flotilla_agent::link::client_endpoint(hub.addr).unwrap();
-        let connection = endpoint
-            .connect_with(config, hub.addr, flotilla_agent::link::HUB_SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
+        let connection = raw_connection(hub, identity).await.unwrap();
         let (control, recv) = connection.open_bi().await.unwrap();
         let limits = Limits::default();
         let mut raw = RawAgent {
