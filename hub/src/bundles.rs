@@ -8,13 +8,16 @@
 //! same transaction that writes it ([`Store::put_bundle`]). The issuer reads the
 //! latest, lets the caller draft the next bundle from it, signs and stores it, and
 //! when another writer got there first, drafts again from the newer latest.
+//!
+//! A refresh issues one bundle per cluster into a [`Batch`], which makes them all
+//! durable with one flush before any agent hears of them.
 
 use flotilla_common::bundle::{Bundle, Envelope};
 use flotilla_common::model::AppRef;
 use flotilla_common::signing::{self, BundleSigner};
 use tracing::debug;
 
-use crate::store::{self, Store};
+use crate::store::{self, Indexed, Store, Unflushed};
 
 /// How many times a draft is made again after other writers took the generation
 /// it was drafted for, before giving up.
@@ -91,19 +94,60 @@ impl Issuer {
             }))
     }
 
+    /// Issues the next generation of `app` for `cluster`, flushed and announced
+    /// to the link: a [`Batch`] of one.
+    pub async fn issue<E: std::error::Error + 'static>(
+        &self,
+        app: &AppRef,
+        cluster: &str,
+        draft: impl FnMut(u64, Option<&Latest>) -> Result<Option<Bundle>, E>,
+    ) -> Result<Option<u64>, Error<E>> {
+        let mut batch = self.batch();
+        let issued = batch.issue(app, cluster, draft);
+        batch.commit().await?;
+        issued
+    }
+
+    /// A batch of bundles written one by one and made durable together: a
+    /// refresh issues one bundle per cluster and flushes once.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            issuer: self,
+            written: Vec::new(),
+        }
+    }
+
+    /// The newest generation of `app` for `cluster` and its expiry, from the
+    /// index: what deciding whether to re-issue needs, without decoding the bundle.
+    pub fn indexed(&self, app: &AppRef, cluster: &str) -> Result<Option<Indexed>, store::Error> {
+        self.store.indexed_bundle(&app.project, &app.name, cluster)
+    }
+}
+
+/// Bundles issued but not yet durable: nothing in a batch reaches an agent before
+/// [`Batch::commit`] has flushed them all. A batch dropped without a commit leaves
+/// its bundles written; the next flush of the store makes them durable and they
+/// reach their agents when those next connect.
+#[must_use = "issued bundles reach no agent until the batch is committed"]
+pub struct Batch<'a> {
+    issuer: &'a Issuer,
+    written: Vec<Unflushed>,
+}
+
+impl Batch<'_> {
     /// Issues the next generation of `app` for `cluster`. `draft` is given that
     /// generation and the latest stored bundle, and returns the bundle to store
     /// (its app, cluster and generation are set here), or `None` to store nothing.
     /// It runs again, with the newer latest, if another writer stored a generation
-    /// meanwhile. Returns the generation stored.
-    pub async fn issue<E: std::error::Error + 'static>(
-        &self,
+    /// meanwhile. Returns the generation written.
+    pub fn issue<E: std::error::Error + 'static>(
+        &mut self,
         app: &AppRef,
         cluster: &str,
         mut draft: impl FnMut(u64, Option<&Latest>) -> Result<Option<Bundle>, E>,
     ) -> Result<Option<u64>, Error<E>> {
         for _ in 0..ATTEMPTS {
-            let latest = self.latest(app, cluster)?;
+            let latest = self.issuer.latest(app, cluster)?;
             let generation = latest.as_ref().map_or(1, |l| l.generation + 1);
             let Some(mut bundle) = draft(generation, latest.as_ref()).map_err(Error::Draft)? else {
                 return Ok(None);
@@ -118,17 +162,24 @@ impl Issuer {
                 source,
             };
             let bytes = self
+                .issuer
                 .signer
                 .sign(&bundle)
                 .map_err(sign_error)?
                 .encode()
                 .map_err(|e| sign_error(signing::Error::Bundle(e)))?;
-            match self
-                .store
-                .put_bundle(&app.project, &app.name, cluster, generation, &bytes)
-                .await
-            {
-                Ok(()) => return Ok(Some(generation)),
+            match self.issuer.store.write_bundle(
+                &app.project,
+                &app.name,
+                cluster,
+                generation,
+                Some(bundle.not_after),
+                &bytes,
+            ) {
+                Ok(written) => {
+                    self.written.push(written);
+                    return Ok(Some(generation));
+                }
                 Err(store::Error::GenerationTaken { stored, .. }) => {
                     debug!(%app, cluster, generation, stored, "another writer took the generation; drafting again");
                 }
@@ -139,6 +190,12 @@ impl Issuer {
             app: app.clone(),
             cluster: cluster.to_owned(),
         })
+    }
+
+    /// Flushes every bundle of the batch with one flush, then announces them to
+    /// the link.
+    pub async fn commit(self) -> Result<(), store::Error> {
+        self.issuer.store.commit_bundles(self.written).await
     }
 }
 

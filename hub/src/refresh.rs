@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::bundles::{self, Issuer, Latest};
+use crate::bundles::{self, Batch, Issuer, Latest};
 use flotilla_common::bundle::{self, Bundle, Object};
 use flotilla_common::model::{AppRef, Timestamp};
 use tracing::{Instrument as _, info, info_span, warn};
@@ -346,14 +346,21 @@ impl Refresher {
         let _app = self.lock_app(project, name).await;
         let due = Timestamp::from_system_time(now).saturating_add(self.bundle_ttl / 2);
         let app = AppRef::new(project, name);
-        for cluster in self.store.clusters()? {
-            let Some(record) = self.store.app(project, name)? else {
-                return Ok(());
-            };
-            let mut previous_generation = 0;
-            let issued = self
-                .issuer
-                .issue(&app, &cluster.name, |generation, latest| {
+        let mut batch = self.issuer.batch();
+        let redated = async {
+            for cluster in self.store.clusters()? {
+                // The index tells which bundles are due without decoding any; one
+                // indexed before it kept expiries is decoded below.
+                match self.issuer.indexed(&app, &cluster.name)? {
+                    None => continue,
+                    Some(indexed) if indexed.not_after.is_some_and(|t| t >= due) => continue,
+                    Some(_) => {}
+                }
+                let Some(record) = self.store.app(project, name)? else {
+                    return Ok(());
+                };
+                let mut previous_generation = 0;
+                let issued = batch.issue(&app, &cluster.name, |generation, latest| {
                     let Some(previous) = latest.and_then(|l| l.bundle.clone()) else {
                         return Ok(None);
                     };
@@ -369,26 +376,31 @@ impl Refresher {
                     };
                     recheck_bundle(&self.store, &record.application, &mut redated)?;
                     Ok(Some(redated))
-                })
-                .await;
-            match issued {
-                Ok(Some(generation)) => {
-                    info!(cluster = %cluster.name, app = %app, generation, "re-issued a bundle past half its life");
+                });
+                match issued {
+                    Ok(Some(generation)) => {
+                        info!(cluster = %cluster.name, app = %app, generation, "re-issued a bundle past half its life");
+                    }
+                    Ok(None) => {}
+                    Err(bundles::Error::Draft(Error::Refused { violation, .. })) => {
+                        // The old bundle runs out as it would have; nothing signs it
+                        // again under rules the project has dropped.
+                        let error = format!(
+                            "cluster {}: not re-issuing generation {previous_generation}: {violation}",
+                            cluster.name
+                        );
+                        self.fail_project(record, error).await?;
+                    }
+                    Err(e) => return Err(issue_error(e)),
                 }
-                Ok(None) => {}
-                Err(bundles::Error::Draft(Error::Refused { violation, .. })) => {
-                    // The old bundle runs out as it would have; nothing signs it
-                    // again under rules the project has dropped.
-                    let error = format!(
-                        "cluster {}: not re-issuing generation {previous_generation}: {violation}",
-                        cluster.name
-                    );
-                    self.fail_project(record, error).await?;
-                }
-                Err(e) => return Err(issue_error(e)),
             }
+            Ok(())
         }
-        Ok(())
+        .await;
+        // One flush for all the clusters, and what was re-issued before a failure
+        // is kept.
+        batch.commit().await?;
+        redated
     }
 
     /// Renders one app at `revision` instead of its targetRevision, and stores the
@@ -580,14 +592,26 @@ impl Refresher {
             Ok(children) => children,
             Err(e) => return self.fail(record, e).await,
         };
+        // One flush for every cluster's bundle: a fan-out to thousands of clusters
+        // would otherwise spend its time flushing.
+        let mut batch = self.issuer.batch();
+        let mut stored = Ok(());
         for (cluster, objects) in checked {
-            if let Some(generation) = self
-                .store_bundle(&record, &app, &project, cluster, &commit, objects, now)
-                .await?
-            {
-                generations.push((cluster.name.clone(), generation));
+            match self.store_bundle(
+                &mut batch, &record, &app, &project, cluster, &commit, objects, now,
+            ) {
+                Ok(Some(generation)) => generations.push((cluster.name.clone(), generation)),
+                Ok(None) => {}
+                Err(e) => {
+                    stored = Err(e);
+                    break;
+                }
             }
         }
+        // What was written is committed even when a later cluster failed: it is
+        // as valid as if it had been stored alone.
+        batch.commit().await?;
+        stored?;
         if let Some(children) = children {
             let (adopted, refused) = self.adopt(&record, children, now).await?;
             outcomes.extend(adopted);
@@ -664,8 +688,9 @@ impl Refresher {
     /// Stores the next generation for (app, cluster) when the desired state differs
     /// from the latest stored one. Returns the new generation.
     #[allow(clippy::too_many_arguments)]
-    async fn store_bundle(
+    fn store_bundle(
         &self,
+        batch: &mut Batch<'_>,
         record: &AppRecord,
         app: &Application,
         app_project: &AppProject,
@@ -679,8 +704,7 @@ impl Refresher {
         objects
             .sort_by(|a, b| (&a.gvk, &a.namespace, &a.name).cmp(&(&b.gvk, &b.namespace, &b.name)));
         let app_ref = AppRef::new(project.clone(), name.clone());
-        let issued = self
-            .issuer
+        let issued = batch
             .issue(
                 &app_ref,
                 &cluster.name,
@@ -707,7 +731,6 @@ impl Refresher {
                     Ok::<_, std::convert::Infallible>((!unchanged).then_some(bundle))
                 },
             )
-            .await
             .map_err(issue_error)?;
         if let Some(generation) = issued {
             info!(cluster = %cluster.name, generation, objects = objects.len(), "stored a new bundle");
@@ -866,8 +889,10 @@ impl Refresher {
     /// its agents delete what it deployed (Argo CD's cascade delete).
     pub async fn prune_everywhere(&self, record: &AppRecord, now: SystemTime) -> Result<()> {
         let app = AppRef::new(record.project(), record.name());
+        let mut batch = self.issuer.batch();
+        let mut issued = Ok(());
         for cluster in self.store.clusters()? {
-            self.issuer
+            let drafted = batch
                 .issue(&app, &cluster.name, |generation, latest| {
                     let Some(previous) = latest.and_then(|l| l.bundle.clone()) else {
                         return Ok::<_, std::convert::Infallible>(None);
@@ -888,10 +913,14 @@ impl Refresher {
                         ..previous
                     }))
                 })
-                .await
-                .map_err(issue_error)?;
+                .map_err(issue_error);
+            if let Err(e) = drafted {
+                issued = Err(e);
+                break;
+            }
         }
-        Ok(())
+        batch.commit().await?;
+        issued
     }
 
     /// Replaces each ApplicationSet by the Applications it generates now. Unless the

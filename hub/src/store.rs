@@ -14,6 +14,7 @@ use flotilla_common::signing::BundleSigner;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod bundles;
 mod key;
 mod link;
 mod ops;
@@ -21,6 +22,7 @@ mod records;
 #[cfg(test)]
 mod tests;
 
+pub use bundles::{Indexed, Unflushed};
 pub use key::Key;
 pub use link::{
     AckRecord, LinkRecord, STATUS_HISTORY, StatusRecord, TokenRecord, parse_bundle_key,
@@ -498,84 +500,6 @@ impl Store {
             .into_iter()
             .map(|(_, c)| c)
             .collect())
-    }
-
-    /// Stores a signed bundle (the envelope's bytes) for (app, cluster, generation),
-    /// flushed; a generation not newer than the stored one is refused with
-    /// [`Error::GenerationTaken`] and nothing is written. The hub allocates
-    /// generations in [`crate::bundles`]; only tests call this directly.
-    pub async fn put_bundle(
-        &self,
-        project: &str,
-        app: &str,
-        cluster: &str,
-        generation: u64,
-        envelope: &[u8],
-    ) -> Result<()> {
-        use sled::Transactional as _;
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        let key = app_key(project, app).str(cluster).u64(generation);
-        // Index by cluster, so an agent's connection finds its bundles without
-        // scanning every cluster's. One transaction with the bundle: a bundle
-        // without its index entry would never reach a reconnecting agent. The
-        // index also holds the newest generation, which the transaction checks:
-        // a generation is written once, never overwritten, never reused.
-        let index = Key::new().str(cluster).str(project).str(app);
-        let bundles = self.tree("bundles")?;
-        let cluster_bundles = self.tree("cluster_bundles")?;
-        let written = (&bundles, &cluster_bundles).transaction(|(bundles, cluster_bundles)| {
-            let stored = cluster_bundles
-                .get(index.as_bytes())?
-                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                .map(u64::from_be_bytes);
-            if let Some(stored) = stored.filter(|stored| generation <= *stored) {
-                return Err(ConflictableTransactionError::Abort(stored));
-            }
-            bundles.insert(key.as_bytes(), envelope)?;
-            cluster_bundles.insert(index.as_bytes(), &generation.to_be_bytes())?;
-            Ok(())
-        });
-        match written {
-            Ok(()) => {}
-            Err(TransactionError::Abort(stored)) => {
-                return Err(Error::GenerationTaken {
-                    project: project.to_owned(),
-                    app: app.to_owned(),
-                    cluster: cluster.to_owned(),
-                    generation,
-                    stored,
-                });
-            }
-            Err(TransactionError::Storage(source)) => return Err(db("bundles", "writing", source)),
-        }
-        self.flush("bundles").await?;
-        let _ = self.bundles_stored.send(BundleStored {
-            project: project.to_owned(),
-            app: app.to_owned(),
-            cluster: cluster.to_owned(),
-            generation,
-        });
-        Ok(())
-    }
-
-    /// The newest bundle of (app, cluster): its generation and envelope bytes.
-    pub fn latest_bundle(
-        &self,
-        project: &str,
-        app: &str,
-        cluster: &str,
-    ) -> Result<Option<(u64, Vec<u8>)>> {
-        let prefix = app_key(project, app).str(cluster);
-        let item = self
-            .tree("bundles")?
-            .scan_prefix(prefix.as_bytes())
-            .next_back()
-            .transpose()
-            .map_err(|source| db("bundles", "scanning", source))?;
-        Ok(item.and_then(|(k, v)| {
-            let generation = Key::from_bytes(k.to_vec()).last_u64()?;
-            Some((generation, v.to_vec()))
-        }))
     }
 
     /// Records an audit event.

@@ -2,6 +2,7 @@ use super::*;
 use crate::app::Application;
 use crate::source::{Credentials, RepoSpec};
 use flotilla_common::message::BundleOutcome;
+use flotilla_common::model::Timestamp;
 
 fn app(name: &str) -> Application {
     Application::from_yaml(
@@ -495,4 +496,83 @@ async fn facts_never_change_the_kube_system_uid_checked_at_registration() {
     let facts = store.cluster("east").unwrap().unwrap().facts.unwrap();
     assert_eq!(facts.kube_system_uid, "uid-east");
     assert_eq!(facts.kubernetes_version, "v1.36.0");
+}
+
+#[tokio::test]
+async fn written_bundles_are_announced_only_once_their_batch_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut announced = store.subscribe_bundles();
+    let written: Vec<_> = ["east", "west", "north"]
+        .into_iter()
+        .map(|cluster| {
+            store
+                .write_bundle("web", "shop", cluster, 1, Some(Timestamp(500)), b"signed")
+                .unwrap()
+        })
+        .collect();
+    // Written, readable, but no agent hears of them before the flush.
+    assert_eq!(
+        store
+            .latest_bundle("web", "shop", "west")
+            .unwrap()
+            .unwrap()
+            .0,
+        1
+    );
+    assert!(announced.try_recv().is_err());
+    store.commit_bundles(written).await.unwrap();
+    let clusters: Vec<_> = (0..3)
+        .map(|_| announced.try_recv().unwrap().cluster)
+        .collect();
+    assert_eq!(clusters, ["east", "west", "north"]);
+    // A generation a batch holds is taken like a stored one.
+    let taken = store
+        .write_bundle("web", "shop", "east", 1, Some(Timestamp(900)), b"again")
+        .unwrap_err();
+    assert!(
+        matches!(taken, Error::GenerationTaken { stored: 1, .. }),
+        "{taken}"
+    );
+}
+
+#[tokio::test]
+async fn the_index_keeps_each_bundles_expiry_and_reads_entries_written_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let written = store
+        .write_bundle("web", "shop", "east", 4, Some(Timestamp(1_700)), b"signed")
+        .unwrap();
+    store.commit_bundles(vec![written]).await.unwrap();
+    assert_eq!(
+        store.indexed_bundle("web", "shop", "east").unwrap(),
+        Some(Indexed {
+            generation: 4,
+            not_after: Some(Timestamp(1_700)),
+        })
+    );
+    assert_eq!(store.indexed_bundle("web", "shop", "west").unwrap(), None);
+
+    // An entry as earlier versions wrote it: the generation alone.
+    let index = Key::new().str("west").str("web").str("shop");
+    store
+        .tree("cluster_bundles")
+        .unwrap()
+        .insert(index.as_bytes(), &9u64.to_be_bytes())
+        .unwrap();
+    assert_eq!(
+        store.indexed_bundle("web", "shop", "west").unwrap(),
+        Some(Indexed {
+            generation: 9,
+            not_after: None,
+        })
+    );
+    // And its generation is still the one a writer must pass.
+    let taken = store
+        .write_bundle("web", "shop", "west", 9, None, b"signed")
+        .unwrap_err();
+    assert!(
+        matches!(taken, Error::GenerationTaken { stored: 9, .. }),
+        "{taken}"
+    );
 }
