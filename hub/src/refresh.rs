@@ -172,9 +172,14 @@ impl Refresher {
     pub async fn new(store: Store, cache: RepoCache, renderer: Renderer) -> Result<Self> {
         let issuer = Arc::new(Issuer::new(store.clone()).await?);
         Ok(Self {
-            store,
+            store: store.clone(),
             cache: Arc::new(cache),
-            renderer,
+            // Renders kept in the hub's store survive a restart.
+            renderer: if renderer.has_store() {
+                renderer
+            } else {
+                renderer.with_store(store.clone())
+            },
             issuer,
             bundle_ttl: DEFAULT_BUNDLE_TTL,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,

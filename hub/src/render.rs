@@ -3,11 +3,14 @@
 //! Plain directories are rendered in Rust ([`directory`]); kustomize and helm apps run
 //! the real binaries ([`kustomize`], [`helm`]) in a private copy of the tree, with a
 //! deadline. Results are cached by everything that can change them: commit, path,
-//! source parameters, destination namespace, cluster facts and tool versions. A
-//! failure is an error for that app, never an empty result.
+//! source parameters, destination namespace, cluster facts and tool versions; in
+//! memory, and in the hub's store when the renderer has one, so a restarted hub
+//! does not render again what it rendered before. A failure is an error for that
+//! app, never an empty result.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use tokio::sync::OnceCell;
 
 use crate::app::{Application, Directory, SourceKind};
 use crate::source::{self, CommitId, Limits, Repo, RepoFile};
+use crate::store::Store;
 
 mod argument;
 pub mod directory;
@@ -131,6 +135,17 @@ pub struct Renderer {
     limits: Limits,
     tool_versions: OnceCell<String>,
     cache: Mutex<HashMap<[u8; 32], Rendered>>,
+    /// Where renders outlive the process, when set.
+    store: Option<Store>,
+    /// Renders served from a cache, for metrics and tests.
+    hits: AtomicU64,
+}
+
+/// A render as the store keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    kind: SourceKind,
+    objects: Vec<Object>,
 }
 
 impl Renderer {
@@ -140,7 +155,25 @@ impl Renderer {
             limits: Limits::default(),
             tool_versions: OnceCell::new(),
             cache: Mutex::new(HashMap::new()),
+            store: None,
+            hits: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps renders in `store` too, so they outlive the process.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Whether renders are kept in a store.
+    pub fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// How many renders were served from the cache, in memory or in the store.
+    pub fn cache_hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -269,10 +302,41 @@ impl Renderer {
     }
 
     fn cache_get(&self, key: &[u8; 32]) -> Option<Rendered> {
-        self.cache.lock().ok()?.get(key).cloned()
+        let hit = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(key).cloned())
+            .or_else(|| {
+                let persisted: Persisted = self.store.as_ref()?.cached_render(key).ok()??;
+                let rendered = Rendered {
+                    objects: Arc::new(persisted.objects),
+                    kind: persisted.kind,
+                };
+                self.remember(*key, rendered.clone());
+                Some(rendered)
+            });
+        if hit.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 
     fn cache_put(&self, key: [u8; 32], rendered: Rendered) {
+        if let Some(store) = &self.store {
+            let persisted = Persisted {
+                kind: rendered.kind,
+                objects: rendered.objects.to_vec(),
+            };
+            // A cache: a failed write costs a render after a restart, nothing more.
+            if let Err(error) = store.cache_render(&key, &persisted, CACHE_ENTRIES) {
+                tracing::warn!(%error, "could not keep a render in the store");
+            }
+        }
+        self.remember(key, rendered);
+    }
+
+    fn remember(&self, key: [u8; 32], rendered: Rendered) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();

@@ -19,6 +19,7 @@ mod key;
 mod link;
 mod ops;
 mod records;
+mod renders;
 #[cfg(test)]
 mod tests;
 

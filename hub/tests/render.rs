@@ -1105,3 +1105,54 @@ async fn kustomize_never_runs_plugins_exec_functions_or_helm_a_kustomization_ask
         "kustomize inflated a remote Helm chart"
     );
 }
+
+#[tokio::test]
+async fn a_render_kept_in_the_store_is_served_after_a_restart_without_rendering_again() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: apps/kust/overlays/prod",
+        "shop",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let target = Target {
+        cluster: "east",
+        facts: None,
+    };
+    let first = {
+        let store = flotilla_hub::store::Store::open(data.path()).unwrap();
+        let renderer = Renderer::new(Tools::from_env()).with_store(store);
+        let rendered = renderer
+            .render(&app, Some(&f.repo), Some(&f.commit), target)
+            .await
+            .unwrap();
+        assert_eq!(renderer.cache_hits(), 0);
+        rendered
+    };
+    // The hub restarts: a new process opens the same data folder.
+    let store = flotilla_hub::store::Store::open(data.path()).unwrap();
+    let renderer = Renderer::new(Tools::from_env()).with_store(store);
+    let again = renderer
+        .render(&app, Some(&f.repo), Some(&f.commit), target)
+        .await
+        .unwrap();
+    assert_eq!(renderer.cache_hits(), 1, "rendered again after the restart");
+    assert_eq!(again.objects, first.objects);
+    assert_eq!(again.kind, first.kind);
+
+    // Anything that changes the render misses: another destination namespace.
+    let elsewhere = application(
+        "    repoURL: /unused\n    path: apps/kust/overlays/prod",
+        "shop-2",
+    );
+    let other = renderer
+        .render(&elsewhere, Some(&f.repo), Some(&f.commit), target)
+        .await
+        .unwrap();
+    assert_eq!(renderer.cache_hits(), 1);
+    assert!(
+        other
+            .objects
+            .iter()
+            .all(|o| o.namespace.as_deref() == Some("shop-2"))
+    );
+}
