@@ -15,6 +15,7 @@ pub mod diff;
 pub mod history;
 pub mod link;
 pub mod metrics;
+pub mod operation;
 pub mod rbac;
 pub mod refresh;
 pub mod render;
