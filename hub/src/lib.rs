@@ -10,6 +10,7 @@ pub mod app;
 pub mod bundles;
 pub mod ca;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod diff;
 pub mod history;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use flotilla_common::message::{Command, CommandKind, CommandResult};
 use flotilla_common::model::AppRef;
 
-use crate::cluster::epoch_ms;
+use crate::clock::epoch_ms;
 use crate::link::Link;
 use crate::refresh::{self, Refresher};
 use crate::store::{self, AppRecord, Store};

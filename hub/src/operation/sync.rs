@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use super::{Error, Operations, Result};
-use crate::cluster::epoch_ms;
+use crate::clock::epoch_ms;
 use crate::refresh::{self, Outcome};
 use crate::store::{OperationRecord, Phase, ResourceOutcome};
 

@@ -6,7 +6,7 @@ use flotilla_common::model::AppRef;
 
 use super::{Error, Operations, SyncRequest};
 use crate::app::Application;
-use crate::cluster::epoch_ms;
+use crate::clock::epoch_ms;
 use crate::store::{AppOrigin, AppRecord, ClusterRecord, OperationRecord, Phase, Store};
 
 fn record(name: &str) -> AppRecord {
