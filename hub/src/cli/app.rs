@@ -246,6 +246,18 @@ fn table(rows: &[Vec<String>]) {
     }
 }
 
+/// An app's source as `PATH@REVISION` (or `CHART@VERSION`).
+fn source_at_revision(app: &Value) -> String {
+    format!(
+        "{}@{}",
+        app["source"]["path"]
+            .as_str()
+            .or(app["source"]["chart"].as_str())
+            .unwrap_or(""),
+        app["source"]["targetRevision"].as_str().unwrap_or("")
+    )
+}
+
 fn short(revision: &str) -> &str {
     revision.get(..8).unwrap_or(revision)
 }
@@ -293,14 +305,7 @@ pub async fn list(client: &Client) -> anyhow::Result<()> {
             } else {
                 clusters.join(",")
             },
-            format!(
-                "{}@{}",
-                app["source"]["path"]
-                    .as_str()
-                    .or(app["source"]["chart"].as_str())
-                    .unwrap_or(""),
-                app["source"]["targetRevision"].as_str().unwrap_or("")
-            ),
+            source_at_revision(app),
             if conditions.is_empty() {
                 "-".to_owned()
             } else {
@@ -652,14 +657,7 @@ fn app_table(list: &serde_json::Value, wide: bool) -> Table {
     }
     let mut table = Table::new(&header);
     for app in list["items"].as_array().into_iter().flatten() {
-        let source = format!(
-            "{}@{}",
-            app["source"]["path"]
-                .as_str()
-                .or(app["source"]["chart"].as_str())
-                .unwrap_or(""),
-            app["source"]["targetRevision"].as_str().unwrap_or("")
-        );
+        let source = source_at_revision(app);
         let status = match app["renderError"].as_str() {
             Some(_) => "RenderError".to_owned(),
             None => app["renderedCommit"]
