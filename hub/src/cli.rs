@@ -1,5 +1,18 @@
-//! The `flotilla` CLI's shared parts: where the hub is and how it is trusted, how
-//! output is printed, and the commands that are not about applications.
+//! The `flotilla` commands, one file each, and what they share: where the hub is
+//! and how it is trusted ([`Connection`]), how output is printed ([`output`]), and
+//! which exit status each kind of error ends with ([`report`]).
+//!
+//! Exit statuses:
+//! - 0: all went well;
+//! - 1: the work failed (a failed sync, a wait that ran out of time, a hub that
+//!   could not be reached);
+//! - 2: bad usage, a wrong argument of the command ([`UsageError`], or the hub
+//!   answered 400), as clap exits for a flag it cannot parse;
+//! - 20: `app diff` found differences, as argocd's;
+//! - 64: bad configuration, a flag with a `FLOTILLA_*` fallback that is wrong on
+//!   its own or with another ([`ConfigError`]), as sysexits' EX_USAGE.
+
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use flotilla_hub::client::{self, Client, Session, Trust};
@@ -7,8 +20,22 @@ use flotilla_hub::client::{self, Client, Session, Trust};
 pub mod account;
 pub mod app;
 pub mod cluster;
+pub mod completion;
+pub mod hub;
+pub mod login;
 pub mod output;
 pub mod project;
+pub mod render;
+pub mod repo;
+
+/// The work failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Bad usage, as clap gives for bad flags.
+pub const EXIT_USAGE: u8 = 2;
+/// `app diff` found differences.
+pub const EXIT_DIFF: u8 = 20;
+/// Bad configuration, as sysexits' EX_USAGE.
+pub const EXIT_CONFIG: u8 = 64;
 
 /// An error in what the user asked for, as opposed to a failure doing it: exit 2,
 /// as clap does for bad flags.
@@ -16,11 +43,56 @@ pub mod project;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// A bad hub configuration: exit 64 (EX_USAGE), as the style guide asks of
-/// services.
+/// A bad configuration, of the hub or of the connection to it: exit 64
+/// (EX_USAGE), as the style guide asks.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
+
+/// Ends the command with an exit code other than success, and a message (printed
+/// to stderr when not empty).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Prints why a command failed and gives its exit status.
+pub fn report(e: &anyhow::Error) -> ExitCode {
+    if let Some(exit) = e.downcast_ref::<Exit>() {
+        if !exit.message.is_empty() {
+            eprintln!("flotilla: {}", exit.message);
+        }
+        return ExitCode::from(exit.code);
+    }
+    eprintln!("flotilla: {e:#}");
+    ExitCode::from(exit_code(e))
+}
+
+/// 2 for bad usage (here or as the hub judged the request), 64 for a bad
+/// configuration, 1 for anything that failed.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        EXIT_USAGE
+    } else if e.downcast_ref::<ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else if matches!(
+        e.downcast_ref::<client::Error>(),
+        Some(client::Error::Api { status: 400, .. })
+    ) {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
+    }
+}
 
 /// Which hub to talk to, and how to trust it; the saved login's by default.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -50,7 +122,7 @@ impl Connection {
     pub fn trust(&self) -> anyhow::Result<Option<Trust>> {
         if self.insecure && self.ca_fingerprint.is_some() {
             return Err(
-                UsageError("give --ca-fingerprint or --insecure, not both".to_owned()).into(),
+                ConfigError("give --ca-fingerprint or --insecure, not both".to_owned()).into(),
             );
         }
         if self.insecure {
@@ -61,7 +133,7 @@ impl Connection {
         }
         self.ca_fingerprint
             .as_deref()
-            .map(|f| Trust::pinned(f).map_err(|e| UsageError(e.to_string()).into()))
+            .map(|f| Trust::pinned(f).map_err(|e| ConfigError(e.to_string()).into()))
             .transpose()
     }
 

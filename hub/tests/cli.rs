@@ -269,3 +269,89 @@ fn cluster_add_and_set_take_the_api_server_url_from_the_admin() {
     let bad = run(&["cluster", "set", "west", "--api-server", "west:6443"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn bad_configuration_exits_64_naming_the_flag_in_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["hub", "--data-dir", data_dir, "--cert-days", "0"],
+            "--cert-days",
+        ),
+        (
+            &["hub", "--data-dir", data_dir, "--webhook-secret", " "],
+            "--webhook-secret",
+        ),
+        (
+            &[
+                "hub",
+                "--data-dir",
+                data_dir,
+                "--keep-alive-secs",
+                "60",
+                "--idle-timeout-secs",
+                "60",
+            ],
+            "--keep-alive-secs",
+        ),
+        (
+            &[
+                "cluster",
+                "add",
+                "east",
+                "--token-ttl-minutes",
+                "0",
+                "--data-dir",
+                data_dir,
+            ],
+            "--token-ttl-minutes",
+        ),
+        (
+            &[
+                "cluster",
+                "add",
+                "east",
+                "--hub-address",
+                "no port",
+                "--data-dir",
+                data_dir,
+            ],
+            "--hub-address",
+        ),
+        (
+            &[
+                "app",
+                "list",
+                "--server",
+                "https://127.0.0.1:1",
+                "--insecure",
+                "--ca-fingerprint",
+                "00",
+            ],
+            "--ca-fingerprint",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(flag),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
+    }
+    // Refused before anything was opened or written.
+    assert!(!data.exists());
+}

@@ -10,28 +10,8 @@ use std::time::{Duration, Instant};
 use flotilla_hub::client::Client;
 use serde_json::{Value, json};
 
-use super::UsageError;
-
-/// Ends the command with an exit code other than success, and a message (printed
-/// to stderr when not empty).
-#[derive(Debug)]
-pub struct Exit {
-    pub code: u8,
-    pub message: String,
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Exit {}
-
-/// The operation failed.
-pub const EXIT_FAILED: u8 = 1;
-/// `diff` found differences.
-pub const EXIT_DIFF: u8 = 20;
+use super::output::{Format, OutputArgs, Table, cell, print};
+use super::{Connection, EXIT_DIFF, EXIT_FAILED, Exit, UsageError};
 
 fn failed(message: impl Into<String>) -> anyhow::Error {
     Exit {
@@ -39,6 +19,41 @@ fn failed(message: impl Into<String>) -> anyhow::Error {
         message: message.into(),
     }
     .into()
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AppCommand {
+    /// List the applications you may see, with their sync status and health.
+    List(OutputArgs),
+    /// Show one application (PROJECT/NAME, or NAME in the default project): its
+    /// state, conditions and, per cluster, its resource tree with health.
+    Get {
+        app: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Sync an application now and wait for the result (exit 1 when it failed).
+    Sync(SyncArgs),
+    /// List an application's past syncs.
+    History {
+        app: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Re-send the bundle of a history entry and sync it; switches automated sync
+    /// off, as Argo CD does.
+    Rollback { app: String, id: u64 },
+    /// Show desired against live state per cluster as a unified diff (exit 20 when
+    /// they differ).
+    Diff { app: String },
+    /// Wait until an application is Synced and/or Healthy (exit 1 on timeout).
+    Wait(WaitArgs),
+    /// Create applications from an Argo CD Application manifest (-f), or one from
+    /// flags as `argocd app create` takes them.
+    Create(CreateArgs),
+    /// Delete an application (PROJECT/NAME, or NAME in the default project) and,
+    /// unless --cascade=false, what it deployed.
+    Delete(DeleteArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,6 +246,18 @@ fn table(rows: &[Vec<String>]) {
     }
 }
 
+/// An app's source as `PATH@REVISION` (or `CHART@VERSION`).
+fn source_at_revision(app: &Value) -> String {
+    format!(
+        "{}@{}",
+        app["source"]["path"]
+            .as_str()
+            .or(app["source"]["chart"].as_str())
+            .unwrap_or(""),
+        app["source"]["targetRevision"].as_str().unwrap_or("")
+    )
+}
+
 fn short(revision: &str) -> &str {
     revision.get(..8).unwrap_or(revision)
 }
@@ -278,14 +305,7 @@ pub async fn list(client: &Client) -> anyhow::Result<()> {
             } else {
                 clusters.join(",")
             },
-            format!(
-                "{}@{}",
-                app["source"]["path"]
-                    .as_str()
-                    .or(app["source"]["chart"].as_str())
-                    .unwrap_or(""),
-                app["source"]["targetRevision"].as_str().unwrap_or("")
-            ),
+            source_at_revision(app),
             if conditions.is_empty() {
                 "-".to_owned()
             } else {
@@ -626,6 +646,123 @@ pub async fn wait(client: &Client, args: WaitArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Applications as a table: name, project, source and render state; wide adds
+/// the destination and the clusters with their bundle generation.
+fn app_table(list: &serde_json::Value, wide: bool) -> Table {
+    let mut header = vec!["NAME", "PROJECT", "SYNC", "HEALTH", "SOURCE", "STATUS"];
+    if wide {
+        header.extend(["DESTINATION", "CLUSTERS"]);
+    }
+    let mut table = Table::new(&header);
+    for app in list["items"].as_array().into_iter().flatten() {
+        let source = source_at_revision(app);
+        let status = match app["renderError"].as_str() {
+            Some(_) => "RenderError".to_owned(),
+            None => app["renderedCommit"]
+                .as_str()
+                .map_or("Pending".to_owned(), |c| {
+                    format!("Rendered {}", c.get(..8).unwrap_or(c))
+                }),
+        };
+        let mut row = vec![
+            cell(&app["name"]),
+            cell(&app["project"]),
+            cell(&app["status"]["sync"]),
+            cell(&app["status"]["health"]),
+            source,
+            status,
+        ];
+        if wide {
+            let destination = &app["destination"];
+            let clusters: Vec<String> = app["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| format!("{}@{}", cell(&c["cluster"]), cell(&c["generation"])))
+                .collect();
+            row.extend([
+                format!(
+                    "{}/{}",
+                    destination["name"]
+                        .as_str()
+                        .or(destination["server"].as_str())
+                        .unwrap_or("-"),
+                    destination["namespace"].as_str().unwrap_or("-")
+                ),
+                if clusters.is_empty() {
+                    "-".to_owned()
+                } else {
+                    clusters.join(",")
+                },
+            ]);
+        }
+        table.row(row);
+    }
+    table
+}
+
+pub async fn run(command: AppCommand, connection: &Connection) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    match command {
+        AppCommand::List(output) => match output.output {
+            Format::Table => list(&client).await?,
+            format => {
+                let list = client.get("/api/v1/applications").await?;
+                print(format, &list, |wide| app_table(&list, wide))?;
+            }
+        },
+        AppCommand::Get { app, output } => match output.output {
+            Format::Table => get(&client, &app).await?,
+            format => {
+                let app = client.get(&app_path(&app)).await?;
+                let list = serde_json::json!({ "items": [app.clone()] });
+                print(format, &app, |_| app_table(&list, true))?;
+            }
+        },
+        AppCommand::Sync(args) => sync(&client, args).await?,
+        AppCommand::History { app, output } => match output.output {
+            Format::Table | Format::Wide => history(&client, &app).await?,
+            format => {
+                let history = client.get(&format!("{}/history", app_path(&app))).await?;
+                print(format, &history, |_| Table::new(&[]))?;
+            }
+        },
+        AppCommand::Rollback { app, id } => rollback(&client, &app, id).await?,
+        AppCommand::Diff { app } => diff(&client, &app).await?,
+        AppCommand::Wait(args) => wait(&client, args).await?,
+        AppCommand::Create(args) => {
+            let text = match &args.file {
+                Some(file) => std::fs::read_to_string(file)
+                    .map_err(|e| UsageError(format!("reading {}: {e}", file.display())))?,
+                None => args.manifest()?,
+            };
+            let created = client.post("/api/v1/applications", text).await?;
+            println!(
+                "application {}/{} created",
+                created["project"].as_str().unwrap_or(""),
+                created["name"].as_str().unwrap_or("")
+            );
+        }
+        AppCommand::Delete(args) => {
+            client
+                .delete(&format!("{}?cascade={}", app_path(&args.app), args.cascade))
+                .await?;
+            if args.cascade {
+                println!(
+                    "application {} deleted; its clusters delete what it deployed",
+                    args.app
+                );
+            } else {
+                println!(
+                    "application {} deleted; its objects stay in the clusters",
+                    args.app
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

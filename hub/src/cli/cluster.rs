@@ -11,7 +11,7 @@ use flotilla_hub::store::Store;
 use serde_json::{Value, json};
 
 use super::output::{OutputArgs, Table, age, cell, print};
-use super::{Connection, UsageError};
+use super::{ConfigError, Connection, UsageError};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {
@@ -253,13 +253,28 @@ fn local_views(store: &Store) -> anyhow::Result<Vec<Value>> {
 
 async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
     let labels = cluster::parse_labels(&args.labels).map_err(|e| UsageError(e.to_string()))?;
+    // The flags with FLOTILLA_* fallbacks are configuration: checked here in both
+    // modes, so a wrong one exits 64 whether or not a hub is asked.
     if args.token_ttl_minutes == 0 {
-        return Err(UsageError("--token-ttl-minutes must be at least 1".to_owned()).into());
+        return Err(ConfigError("--token-ttl-minutes must be at least 1".to_owned()).into());
     }
     if args.token_ttl_minutes > cluster::MAX_TOKEN_TTL_MINUTES {
-        return Err(UsageError(format!(
+        return Err(ConfigError(format!(
             "--token-ttl-minutes must be at most {} (a year)",
             cluster::MAX_TOKEN_TTL_MINUTES
+        ))
+        .into());
+    }
+    // Written into the manifest and the command line: plain words only.
+    if let Some(hub_address) = &args.hub_address
+        && !cluster::is_host_port(hub_address)
+    {
+        return Err(ConfigError(format!("--hub-address {hub_address:?} must be HOST:PORT")).into());
+    }
+    if !cluster::is_image_name(&args.image) {
+        return Err(ConfigError(format!(
+            "--image {:?} must be an image name without a tag",
+            args.image
         ))
         .into());
     }
@@ -269,19 +284,6 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
             let hub_address = args
                 .hub_address
                 .unwrap_or_else(|| "127.0.0.1:7443".to_owned());
-            // Written into the manifest and the command line: plain words only.
-            if !cluster::is_host_port(&hub_address) {
-                return Err(
-                    UsageError(format!("--hub-address {hub_address:?} must be HOST:PORT")).into(),
-                );
-            }
-            if !cluster::is_image_name(&args.image) {
-                return Err(UsageError(format!(
-                    "--image {:?} must be an image name without a tag",
-                    args.image
-                ))
-                .into());
-            }
             let store = open(&dir)?;
             let ca = Ca::load_or_create(&store, SystemTime::now()).await?;
             let added = cluster::add_with_server(
