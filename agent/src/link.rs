@@ -299,9 +299,15 @@ impl<A: Applier> std::fmt::Debug for Agent<A> {
 }
 
 impl<A: Applier> Agent<A> {
-    /// An agent with its store opened from `config.state_dir`.
+    /// An agent with its journal opened from `config.state_dir/db`.
     pub fn new(config: AgentConfig, applier: A) -> Result<Self> {
         let store = Store::open(&config.state_dir.join("db"))?;
+        Self::with_store(config, store, applier)
+    }
+
+    /// An agent over a journal already open in the agent's one database (see
+    /// [`crate::store::open_database`]), which the engine's inventory shares.
+    pub fn with_store(config: AgentConfig, store: Store, applier: A) -> Result<Self> {
         let endpoint = client_endpoint(config.hub)?;
         Ok(Self::with_parts(config, store, applier, endpoint))
     }
