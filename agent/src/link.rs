@@ -12,7 +12,6 @@
 //! outcomes, like the statuses the applier reports on its own, come back to the
 //! connection loop. Status reports wait in the store's outbox until the hub
 //! acknowledges them, and go again, in order, after an outage. Lost connections are retried with jittered exponential backoff.
-
 //!
 //! By concern: `tls` pins the hub's CA and builds the QUIC client; `registration`
 //! trades the bootstrap token for an identity; `connection` runs one
