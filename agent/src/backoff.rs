@@ -43,3 +43,6 @@ pub fn random_unit() -> f64 {
     let _ = getrandom::fill(&mut bytes);
     (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
+
+#[cfg(test)]
+mod tests;

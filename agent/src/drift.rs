@@ -5,7 +5,7 @@
 //! the app's [`APP_LABEL`](crate::apply::APP_LABEL). Each event is first checked
 //! cheaply (does the live object still hold every desired field?); only when it
 //! does not does the monitor ask the apiserver for a server-side-apply dry run and
-//! [`compare`] the two, so values the server defaulted never count as drift. With
+//! [`compare`](crate::compare::compare) the two, so values the server defaulted never count as drift. With
 //! selfHeal the object is re-applied after a backoff that doubles on repeated
 //! drift; without it the drift is only reported. Health is judged on the same
 //! events, so app health also comes from watches, not polling.
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_common::bundle::{Bundle, IgnoreDifference, Object};
+use flotilla_common::bundle::{Bundle, Object};
 use flotilla_common::message::DriftEntry;
 use flotilla_common::model::{Gvk, Health, ResourceRef};
 use futures::{StreamExt, TryStreamExt};
@@ -24,14 +24,12 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::apply::{self, APP_LABEL, Applier, FIELD_MANAGER, ObjectResult, contains};
+use crate::apply::{self, APP_LABEL, Applier, FIELD_MANAGER, ObjectResult};
+use crate::compare::{contains, differences};
 use crate::health::{self, Assessment};
 
-mod compare;
 #[cfg(test)]
 mod tests;
-
-pub use compare::{compare, manager_of};
 
 /// Errors from drift detection.
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +330,7 @@ impl Watched {
                 return;
             }
         };
-        let entries = differences(&self.bundle, &resource, &dry_run, &live);
+        let entries = differences(&self.bundle, &resource, &dry_run, &live, FIELD_MANAGER);
         if entries.is_empty() {
             return;
         }
@@ -437,134 +435,4 @@ pub fn describe_entry(entry: &DriftEntry) -> String {
         text.push_str(&format!(", changed by {manager}"));
     }
     text
-}
-
-fn render_path(path: &[compare::Segment]) -> String {
-    let mut out = String::new();
-    for segment in path {
-        match segment {
-            compare::Segment::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            compare::Segment::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-/// The fields where `dry_run` (a server-side apply dry run of the desired
-/// object) and `live` differ, each with the field manager that last wrote it,
-/// leaving out what the app's `ignoreDifferences` covers.
-pub fn differences(
-    bundle: &Bundle,
-    resource: &ResourceRef,
-    dry_run: &Value,
-    live: &Value,
-) -> Vec<DriftEntry> {
-    compare(dry_run, live)
-        .into_iter()
-        .map(|(path, desired, actual)| DriftEntry {
-            resource: resource.clone(),
-            field_manager: manager_of(live, &path).filter(|m| m != FIELD_MANAGER),
-            path: render_path(&path),
-            old: desired.map(|v| v.to_string()),
-            new: actual.map(|v| v.to_string()),
-        })
-        .filter(|e| !ignored(&bundle.ignore_differences, resource, e))
-        .collect()
-}
-
-/// `object` without the fields the app's `ignoreDifferences` names by JSON
-/// pointer or plain jq path, so a diff does not show them.
-pub fn without_ignored(bundle: &Bundle, resource: &ResourceRef, mut object: Value) -> Value {
-    for rule in bundle
-        .ignore_differences
-        .iter()
-        .filter(|rule| rule_applies(rule, resource))
-    {
-        let pointers = rule
-            .json_pointers
-            .iter()
-            .map(|p| {
-                p.trim_start_matches('/')
-                    .split('/')
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .chain(rule.jq_path_expressions.iter().map(|p| {
-                p.trim_start_matches('.')
-                    .split('.')
-                    .map(str::to_owned)
-                    .collect::<Vec<String>>()
-            }));
-        for path in pointers {
-            remove_path(&mut object, &path);
-        }
-    }
-    object
-}
-
-fn remove_path(object: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut node = object;
-    for key in parents {
-        // JSON pointer escapes: ~1 is '/', ~0 is '~'.
-        let key = key.replace("~1", "/").replace("~0", "~");
-        node = match node {
-            Value::Object(map) => match map.get_mut(&key) {
-                Some(next) => next,
-                None => return,
-            },
-            Value::Array(items) => match key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                Some(next) => next,
-                None => return,
-            },
-            _ => return,
-        };
-    }
-    if let Value::Object(map) = node {
-        map.remove(&last.replace("~1", "/").replace("~0", "~"));
-    }
-}
-
-fn rule_applies(rule: &IgnoreDifference, resource: &ResourceRef) -> bool {
-    rule.group == resource.gvk.group
-        && (rule.kind == resource.gvk.kind || rule.kind == "*")
-        && rule.name.as_ref().is_none_or(|n| *n == resource.name)
-        && rule
-            .namespace
-            .as_ref()
-            .is_none_or(|n| Some(n) == resource.namespace.as_ref())
-}
-
-/// Whether an app's `ignoreDifferences` covers this entry: JSON pointers and
-/// jq paths that are plain field paths match the field and everything under it;
-/// managedFieldsManagers match the entry's manager.
-fn ignored(rules: &[IgnoreDifference], resource: &ResourceRef, entry: &DriftEntry) -> bool {
-    rules.iter().any(|rule| {
-        if !rule_applies(rule, resource) {
-            return false;
-        }
-        let under = |prefix: &str| {
-            entry.path == prefix
-                || entry.path.starts_with(&format!("{prefix}."))
-                || entry.path.starts_with(&format!("{prefix}["))
-        };
-        rule.json_pointers
-            .iter()
-            .any(|p| under(&p.trim_start_matches('/').replace('/', ".")))
-            || rule
-                .jq_path_expressions
-                .iter()
-                .any(|p| under(p.trim_start_matches('.')))
-            || entry
-                .field_manager
-                .as_ref()
-                .is_some_and(|m| rule.managed_fields_managers.contains(m))
-    })
 }

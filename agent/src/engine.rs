@@ -756,21 +756,11 @@ impl Forwarder {
             });
         }
         let desired: Vec<ResourceRef> = resources.iter().map(|r| r.resource.clone()).collect();
-        for owned in self
-            .applier
-            .store()
-            .inventory(&self.bundle.app)
-            .unwrap_or_default()
-        {
-            if !desired.contains(&owned.resource) {
-                resources.push(ResourceStatus {
-                    resource: owned.resource,
-                    sync: SyncStatus::OutOfSync,
-                    health: Health::Healthy,
-                    message: Some("requires pruning".to_owned()),
-                });
-            }
-        }
+        resources.extend(
+            self.applier
+                .requiring_pruning(&self.bundle.app, |r| desired.contains(r))
+                .unwrap_or_default(),
+        );
         entries.sort_by(|a, b| (&a.resource, &a.path).cmp(&(&b.resource, &b.path)));
         status_of(&self.bundle, resources, entries)
     }

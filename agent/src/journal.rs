@@ -1,6 +1,6 @@
 //! The link's journal: the last applied bundle per app, and the outbox of status
-//! reports the hub has not acknowledged. It keeps its own sled database for now; the
-//! apply engine's inventory is in [`crate::store`].
+//! reports the hub has not acknowledged. Its trees sit in the agent's one
+//! database, beside the apply engine's inventory (see [`crate::store`]).
 //!
 //! A bundle is flushed here before it is acknowledged, and a status report before
 //! it is sent, so neither is lost to a crash.
@@ -10,29 +10,14 @@ use std::path::Path;
 use flotilla_common::message::{Applied, Status};
 use flotilla_common::model::AppRef;
 
-/// sled's cache; its default is 1 GiB.
-const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 const NEXT_STATUS: &[u8] = b"next_status_sequence";
 
 /// Errors from the agent's store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database could not be opened.
-    #[error("failed to open the agent store at {path} (is another agent using it?)")]
-    Open {
-        /// Its folder.
-        path: std::path::PathBuf,
-        #[source]
-        source: sled::Error,
-    },
-    /// The store's folder could not be created or made private (mode 0700).
-    #[error("failed to make the agent store folder {path} private (mode 0700)")]
-    Private {
-        /// Its folder.
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The database could not be opened, or its folder made private.
+    #[error(transparent)]
+    Open(#[from] crate::store::Error),
     /// A read, write or flush failed.
     #[error("agent store {tree}: failed {what}")]
     Db {
@@ -78,24 +63,19 @@ fn app_key(app: &AppRef) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, made private to this user first.
+    /// Opens (or creates) the database in `dir`, made private to this user
+    /// first; the agent itself uses [`crate::store::open_database`] and
+    /// [`Store::in_database`].
     pub fn open(dir: &Path) -> Result<Self> {
-        crate::store::make_private(dir).map_err(|source| Error::Private {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| Error::Open {
-                path: dir.to_owned(),
-                source,
-            })?;
-        Ok(Self {
+        Ok(Self::in_database(crate::store::open_sled(dir)?))
+    }
+
+    /// The journal's trees in `db`, the agent's one database.
+    pub fn in_database(db: sled::Db) -> Self {
+        Self {
             db,
             namespace: String::new(),
-        })
+        }
     }
 
     /// A store in its own namespace of a shared database: how a benchmark runs

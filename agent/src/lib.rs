@@ -16,7 +16,8 @@
 //! and returns a [`apply::SyncReport`]; [`apply::Applier::diff`] reports what a sync
 //! would change for apps with a manual sync policy. [`health`] judges live objects
 //! from watch events, [`drift::Monitor`] watches an app's objects and reports (and
-//! with selfHeal reverts) drift, and [`store`] keeps what each app owns and which
+//! with selfHeal reverts) drift, [`compare`] (a leaf both use) compares desired
+//! with live state, and [`store`] keeps what each app owns and which
 //! hooks ran, so prune only ever deletes Flotilla's own objects and a restarted agent
 //! runs no hook twice.
 
@@ -24,6 +25,7 @@
 
 pub mod apply;
 pub mod backoff;
+pub mod compare;
 pub mod drift;
 pub mod engine;
 pub mod facts;

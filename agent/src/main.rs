@@ -155,14 +155,16 @@ async fn run(cli: Cli, hub: SocketAddr, reach: Reach) -> anyhow::Result<()> {
         }
         None => Keeper::Dir(cli.state_dir.clone()),
     };
-    // The engine's inventory (what each app owns, which hooks ran) sits beside the
-    // link's journal in the state folder.
-    let inventory = Store::open(&cli.state_dir.join("inventory")).with_context(|| {
+    // One database: the engine's inventory (what each app owns, which hooks ran)
+    // and the link's journal are trees of it.
+    let db = flotilla_agent::store::open_database(&cli.state_dir).with_context(|| {
         format!(
-            "opening the agent's inventory in {}",
+            "opening the agent's database in {}",
             cli.state_dir.display()
         )
     })?;
+    let inventory = Store::in_database(db.clone()).context("opening the agent's inventory")?;
+    let journal = flotilla_agent::journal::Store::in_database(db);
     let engine = Engine::with_options(
         Applier::new(
             client,
@@ -184,7 +186,7 @@ async fn run(cli: Cli, hub: SocketAddr, reach: Reach) -> anyhow::Result<()> {
     config.backoff_max = Duration::from_secs(cli.backoff_max_secs.max(1));
     config.keep_alive = Duration::from_secs(cli.keep_alive_secs);
     config.idle_timeout = Duration::from_secs(cli.idle_timeout_secs);
-    let agent = Agent::new(config, engine)?.with_keeper(keeper);
+    let agent = Agent::with_store(config, journal, engine)?.with_keeper(keeper);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

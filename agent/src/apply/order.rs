@@ -6,6 +6,9 @@ use flotilla_common::bundle::{HookPhase, Object};
 
 pub use flotilla_common::model::kind_rank;
 
+#[cfg(test)]
+mod tests;
+
 fn phase_rank(object: &Object) -> u8 {
     match object.hook.as_ref().map(|h| h.phase) {
         Some(HookPhase::PreSync) => 0,

@@ -29,6 +29,26 @@ impl State {
     }
 }
 
+/// Bundles the hub may send on their own streams before the `Welcome` that
+/// precedes them on the control stream arrives; more is a broken hub.
+const EARLY_BUNDLES: usize = 64;
+
+/// The shortest and longest wait before asking again after a renewal failed.
+const RENEWAL_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+
+/// Where renewing the client certificate stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Renewal {
+    /// The driver has not said when the certificate is due.
+    Unscheduled,
+    /// Ask at this moment (at once if it has passed), once established.
+    Due(Instant),
+    /// [`AgentEvent::RenewalDue`] is raised; the driver is making a key pair.
+    Making,
+    /// `Renew` sent; waiting for `Renewed` or `RenewalRefused`.
+    Asked,
+}
+
 /// What the agent driver must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentEvent {
@@ -54,11 +74,16 @@ pub enum AgentEvent {
         sequence: u64,
     },
     /// The hub issued a new client certificate for the key sent with
-    /// [`AgentSession::request_renewal`]: persist it with that key, then use it
-    /// from the next connection on.
+    /// [`AgentSession::request_renewal`]: persist it with that key, use it from
+    /// the next connection on, and [`AgentSession::schedule_renewal`] the next
+    /// renewal. One that was not asked for is dropped and never raised.
     Renewed(Renewed),
-    /// The hub did not renew the certificate; try again later.
+    /// The hub did not renew the certificate; the session asks again later.
     RenewalRefused(RenewalRefused),
+    /// The certificate is due for renewal: make a key pair and pass its public
+    /// half to [`AgentSession::request_renewal`], or call
+    /// [`AgentSession::renewal_failed`].
+    RenewalDue,
     /// The hub said goodbye.
     Goodbye(Goodbye),
     /// Nothing heard from the hub for too long; drop the connection.
@@ -81,6 +106,11 @@ pub struct AgentSession {
     next_status_sequence: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<AgentEvent>,
+    /// Bundles that arrived before `Welcome` on this connection, in order.
+    early: Vec<Envelope>,
+    renewal: Renewal,
+    /// When the current client certificate expires, if the driver could read it.
+    certificate_expires: Option<Instant>,
 }
 
 impl AgentSession {
@@ -106,6 +136,9 @@ impl AgentSession {
             next_status_sequence,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            early: Vec::new(),
+            renewal: Renewal::Unscheduled,
+            certificate_expires: None,
         }
     }
 
@@ -114,6 +147,7 @@ impl AgentSession {
         self.liveness = Some(Liveness::new(now, self.timing.silence_limit));
         self.next_heartbeat = None;
         self.transmits.clear();
+        self.early.clear();
     }
 
     /// Connected to the hub with a client certificate: says `Hello`.
@@ -141,6 +175,7 @@ impl AgentSession {
         self.liveness = None;
         self.next_heartbeat = None;
         self.transmits.clear();
+        self.early.clear();
     }
 
     /// A message from the hub.
@@ -165,6 +200,12 @@ impl AgentSession {
                 self.handle_welcome(now, welcome);
                 Ok(())
             }
+            // Bundle streams race the control stream: a bundle sent after the
+            // Welcome can arrive before it. It is held, and raised after it.
+            (State::Opening, Message::Bundle(envelope)) if self.early.len() < EARLY_BUNDLES => {
+                self.early.push(envelope);
+                Ok(())
+            }
             (State::Up(_), Message::Heartbeat(_)) => Ok(()),
             (State::Up(_), Message::Bundle(envelope)) => {
                 self.events.push_back(AgentEvent::Bundle(envelope));
@@ -187,10 +228,17 @@ impl AgentSession {
                 Ok(())
             }
             (State::Up(_), Message::Renewed(renewed)) => {
-                self.events.push_back(AgentEvent::Renewed(renewed));
+                // Until the driver schedules the next renewal, or if it cannot
+                // keep this certificate, asking again waits as after a failure.
+                let asked = self.renewal == Renewal::Asked;
+                self.renewal = Renewal::Due(now + self.renewal_retry(now));
+                if asked {
+                    self.events.push_back(AgentEvent::Renewed(renewed));
+                }
                 Ok(())
             }
             (State::Up(_), Message::RenewalRefused(refused)) => {
+                self.renewal = Renewal::Due(now + self.renewal_retry(now));
                 self.events.push_back(AgentEvent::RenewalRefused(refused));
                 Ok(())
             }
@@ -214,6 +262,9 @@ impl AgentSession {
         self.events.push_back(AgentEvent::Established {
             version: welcome.version,
         });
+        for envelope in self.early.drain(..) {
+            self.events.push_back(AgentEvent::Bundle(envelope));
+        }
         // Whatever the hub has not acknowledged goes again, oldest first.
         let unacked: Vec<Status> = self.outbox.values().cloned().collect();
         for status in unacked {
@@ -272,6 +323,17 @@ impl AgentSession {
         sequence
     }
 
+    /// When to renew the client certificate in use: at `due` (two thirds into
+    /// its life), raised as [`AgentEvent::RenewalDue`] once the session is
+    /// established. `expires` (`None` when the certificate cannot be read) paces
+    /// the retries after a failure: a quarter of the remaining life, between 1 s
+    /// and 5 min. Call it on every connection and after every renewal; it forgets
+    /// a renewal asked for on an earlier connection.
+    pub fn schedule_renewal(&mut self, due: Instant, expires: Option<Instant>) {
+        self.renewal = Renewal::Due(due);
+        self.certificate_expires = expires;
+    }
+
     /// Asks the hub for a new client certificate for `public_key`, the public
     /// half of a key pair the driver just made and keeps until the answer comes.
     pub fn request_renewal(&mut self, public_key: [u8; 32]) -> Result<()> {
@@ -283,7 +345,29 @@ impl AgentSession {
         }
         self.transmits
             .push_back(Transmit::new(Message::Renew(Renew { public_key })));
+        self.renewal = Renewal::Asked;
         Ok(())
+    }
+
+    /// The driver could not ask for the renewal [`AgentEvent::RenewalDue`]
+    /// wanted (no key pair, or the session was not ready): ask again later.
+    pub fn renewal_failed(&mut self, now: Instant) {
+        self.renewal = Renewal::Due(now + self.renewal_retry(now));
+    }
+
+    fn renewal_retry(&self, now: Instant) -> Duration {
+        let remaining = self
+            .certificate_expires
+            .and_then(|expires| expires.checked_duration_since(now))
+            .unwrap_or_default();
+        (remaining / 4).clamp(RENEWAL_RETRY.0, RENEWAL_RETRY.1)
+    }
+
+    fn renewal_due(&self) -> Option<Instant> {
+        match (self.state, self.renewal) {
+            (State::Up(_), Renewal::Due(at)) => Some(at),
+            _ => None,
+        }
     }
 
     /// Tells the hub what the cluster is like now (see [`Message::Facts`]).
@@ -342,6 +426,10 @@ impl AgentSession {
                 })));
             self.next_heartbeat = Some(now + self.timing.heartbeat_interval);
         }
+        if self.renewal_due().is_some_and(|due| now >= due) {
+            self.renewal = Renewal::Making;
+            self.events.push_back(AgentEvent::RenewalDue);
+        }
     }
 
     /// When to call [`AgentSession::handle_timeout`] next.
@@ -350,10 +438,10 @@ impl AgentSession {
             return None;
         }
         let silence = self.liveness.map(|l| l.deadline());
-        match (silence, self.next_heartbeat) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [silence, self.next_heartbeat, self.renewal_due()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next message to send.

@@ -633,3 +633,141 @@ fn facts_reach_the_hub_only_from_an_established_session() {
     pair.drive();
     assert!(pair.hub_events.contains(&HubEvent::Facts(facts)));
 }
+
+#[test]
+fn a_bundle_that_arrives_before_the_welcome_is_held_until_the_session_is_up() {
+    let mut pair = Pair::new();
+    pair.connected = true;
+    pair.hub.handle_connected(pair.now);
+    pair.agent.handle_connected(pair.now);
+    // The bundle's own stream beats the control stream carrying the Welcome.
+    let envelope = pair.signer.sign(&fixture::bundle("web", 1, 2)).unwrap();
+    pair.agent
+        .handle_message(pair.now, Message::Bundle(envelope))
+        .unwrap();
+    assert_eq!(pair.agent.poll_event(), None);
+    pair.drive();
+    assert_eq!(pair.applied_generation("web"), Some(1));
+    let established = pair
+        .agent_events
+        .iter()
+        .position(|e| matches!(e, AgentEvent::Established { .. }));
+    let bundle = pair
+        .agent_events
+        .iter()
+        .position(|e| matches!(e, AgentEvent::Bundle(_)));
+    assert!(established < bundle, "{:?}", pair.agent_events);
+}
+
+#[test]
+fn more_bundles_before_the_welcome_than_a_hub_sends_is_a_protocol_violation() {
+    let signer = fixture::signer(1);
+    let now = Instant::now();
+    let mut agent = AgentSession::new(Timing::default(), Vec::new(), Vec::new());
+    agent.handle_connected(now);
+    let envelope = signer.sign(&fixture::bundle("web", 1, 2)).unwrap();
+    for _ in 0..64 {
+        agent
+            .handle_message(now, Message::Bundle(envelope.clone()))
+            .unwrap();
+    }
+    let result = agent.handle_message(now, Message::Bundle(envelope));
+    assert!(matches!(result, Err(Error::Unexpected { .. })));
+    let sent: Vec<Message> = std::iter::from_fn(|| agent.poll_transmit())
+        .map(|t| t.message)
+        .collect();
+    assert!(
+        sent.iter().any(|m| matches!(m, Message::Goodbye(g)
+            if g.reason == GoodbyeReason::ProtocolViolation)),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_renewal_is_raised_when_due_once_established_and_again_after_a_refusal() {
+    let mut pair = Pair::new();
+    let due = |pair: &Pair| {
+        pair.agent_events
+            .iter()
+            .filter(|e| **e == AgentEvent::RenewalDue)
+            .count()
+    };
+    // Due already, but nothing is asked before the session is up.
+    pair.agent
+        .schedule_renewal(pair.now, Some(pair.now + Duration::from_secs(410)));
+    pair.agent.handle_timeout(pair.now);
+    assert_eq!(pair.agent.poll_event(), None);
+    pair.connect();
+    assert_eq!(pair.agent.poll_timeout(), Some(pair.now));
+    pair.advance(Duration::from_secs(10));
+    assert_eq!(due(&pair), 1);
+    // Raised once: the driver is making a key pair.
+    pair.advance(Duration::from_secs(10));
+    assert_eq!(due(&pair), 1);
+
+    pair.agent.request_renewal([7; 32]).unwrap();
+    pair.drive();
+    pair.hub.refuse_renewal("the CA is unavailable").unwrap();
+    pair.drive();
+    // Asked again after a quarter of the remaining 390 s: 97.5 s.
+    for _ in 0..9 {
+        pair.advance(Duration::from_secs(10));
+    }
+    assert_eq!(due(&pair), 1);
+    pair.advance(Duration::from_secs(10));
+    assert_eq!(due(&pair), 2);
+
+    // A driver that cannot make a key pair asks again, as after a refusal:
+    // a quarter of the remaining 290 s, 72.5 s.
+    pair.agent.renewal_failed(pair.now);
+    for _ in 0..7 {
+        pair.advance(Duration::from_secs(10));
+    }
+    assert_eq!(due(&pair), 2);
+    pair.advance(Duration::from_secs(10));
+    assert_eq!(due(&pair), 3);
+    assert_eq!(pair.agent.version(), Some(1));
+}
+
+#[test]
+fn only_a_certificate_that_was_asked_for_is_raised() {
+    let mut pair = Pair::new();
+    pair.connect();
+    let renewed = Renewed {
+        certificate: vec![4, 5, 6],
+    };
+    pair.agent
+        .handle_message(pair.now, Message::Renewed(renewed.clone()))
+        .unwrap();
+    pair.drive();
+    assert!(
+        !pair
+            .agent_events
+            .contains(&AgentEvent::Renewed(renewed.clone()))
+    );
+
+    pair.agent.request_renewal([7; 32]).unwrap();
+    pair.drive();
+    pair.hub
+        .accept_renewal(renewed.certificate.clone())
+        .unwrap();
+    pair.drive();
+    assert!(
+        pair.agent_events
+            .contains(&AgentEvent::Renewed(renewed.clone()))
+    );
+
+    // A renewal asked for on a lost connection is forgotten with it.
+    pair.agent.request_renewal([8; 32]).unwrap();
+    pair.drive();
+    pair.disconnect();
+    pair.agent
+        .schedule_renewal(pair.now + Duration::from_secs(3600), None);
+    pair.connect();
+    pair.agent_events.clear();
+    pair.agent
+        .handle_message(pair.now, Message::Renewed(renewed.clone()))
+        .unwrap();
+    pair.drive();
+    assert!(!pair.agent_events.contains(&AgentEvent::Renewed(renewed)));
+}

@@ -1,0 +1,198 @@
+//! Deleting what an app owns: objects that left the bundle (prune), and every
+//! object of a deleted app. Only objects in the app's inventory that still carry
+//! its label are ever deleted.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use flotilla_common::bundle::{Bundle, Object};
+use flotilla_common::message::ResourceStatus;
+use flotilla_common::model::{AppRef, Health, ResourceRef, SyncStatus};
+use kube::api::{DeleteParams, PropagationPolicy};
+use tracing::warn;
+
+use super::{
+    APP_LABEL, Applier, Error, Outcome, Result, SyncReport, SyncRequest, app_label, describe,
+    is_not_found, option_value, rejected,
+};
+use crate::store::Owned;
+
+impl Applier {
+    /// Deletes objects that left the bundle: only those in the app's inventory
+    /// that still carry this app's label, never `Prune=false` ones, and never
+    /// everything at once without allowEmpty.
+    pub(super) async fn prune(
+        &self,
+        bundle: &Bundle,
+        request: &SyncRequest,
+        report: &mut SyncReport,
+    ) -> Result<(), Outcome> {
+        let fail = |e: Error| Outcome::Failed {
+            resource: None,
+            message: e.to_string(),
+        };
+        let automated = bundle.policy.automated.clone().unwrap_or_default();
+        let (stay, leaving) = self.leaving(bundle, request).map_err(fail)?;
+        if leaving.is_empty() {
+            return Ok(());
+        }
+        let desired_empty = !bundle.objects.iter().any(|o| o.hook.is_none());
+        if !automated.prune && !request.prune {
+            for o in &leaving {
+                report
+                    .kept
+                    .push((o.resource.clone(), "requires pruning; prune is off".into()));
+            }
+            return Ok(());
+        }
+        if desired_empty && !automated.allow_empty {
+            for o in &leaving {
+                report.kept.push((
+                    o.resource.clone(),
+                    "the bundle is empty and allowEmpty is off".into(),
+                ));
+            }
+            return Err(fail(Error::PruneAllRefused {
+                count: leaving.len(),
+            }));
+        }
+        let propagation = match option_value(bundle, "PrunePropagationPolicy") {
+            Some("background") => PropagationPolicy::Background,
+            Some("orphan") => PropagationPolicy::Orphan,
+            _ => PropagationPolicy::Foreground,
+        };
+        let label = app_label(&bundle.app);
+        let mut remaining = stay;
+        for o in leaving {
+            if !o.prune {
+                report.kept.push((o.resource.clone(), "Prune=false".into()));
+                remaining.push(o);
+                continue;
+            }
+            match self
+                .prune_one(&o.resource, &label, propagation.clone())
+                .await
+            {
+                Ok(true) => report.pruned.push(o.resource.clone()),
+                Ok(false) => report.kept.push((
+                    o.resource.clone(),
+                    "not labelled as this app's; left alone".into(),
+                )),
+                Err(e) => {
+                    warn!(object = %describe(&o.resource), error = %e, "prune failed");
+                    report.kept.push((o.resource.clone(), e.to_string()));
+                    remaining.push(o);
+                }
+            }
+        }
+        self.store
+            .set_inventory(&bundle.app, &remaining)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        Ok(())
+    }
+
+    /// What the app owns that left the bundle, split from what stays. In a
+    /// selective sync only the chosen objects can leave.
+    pub(super) fn leaving(
+        &self,
+        bundle: &Bundle,
+        request: &SyncRequest,
+    ) -> Result<(Vec<Owned>, Vec<Owned>)> {
+        let desired: BTreeSet<ResourceRef> = bundle
+            .objects
+            .iter()
+            .filter(|o| o.hook.is_none())
+            .map(Object::resource)
+            .collect();
+        Ok(self
+            .store
+            .inventory(&bundle.app)?
+            .into_iter()
+            .partition(|o| {
+                desired.contains(&o.resource)
+                    || (!request.resources.is_empty() && !request.resources.contains(&o.resource))
+            }))
+    }
+
+    /// What `app` owns that is not `desired`, as statuses saying it requires
+    /// pruning.
+    pub fn requiring_pruning(
+        &self,
+        app: &AppRef,
+        desired: impl Fn(&ResourceRef) -> bool,
+    ) -> Result<Vec<ResourceStatus>> {
+        Ok(self
+            .store
+            .inventory(app)?
+            .into_iter()
+            .filter(|owned| !desired(&owned.resource))
+            .map(|owned| ResourceStatus {
+                resource: owned.resource,
+                sync: SyncStatus::OutOfSync,
+                health: Health::Healthy,
+                message: Some("requires pruning".to_owned()),
+            })
+            .collect())
+    }
+
+    /// Deletes an app's objects, as deleting an Argo CD Application with cascade
+    /// does: everything in its inventory that still carries its label, except
+    /// objects marked `Delete=false`, which are left in place. The inventory is
+    /// then forgotten. Returns the deleted and the kept objects.
+    pub async fn delete_app(&self, app: &AppRef) -> Result<(Vec<ResourceRef>, Vec<ResourceRef>)> {
+        let label = app_label(app);
+        let mut deleted = Vec::new();
+        let mut kept = Vec::new();
+        for owned in self.store.inventory(app)? {
+            if !owned.delete {
+                kept.push(owned.resource);
+                continue;
+            }
+            if self
+                .prune_one(&owned.resource, &label, PropagationPolicy::Foreground)
+                .await?
+            {
+                deleted.push(owned.resource);
+            } else {
+                kept.push(owned.resource);
+            }
+        }
+        self.store.set_inventory(app, &[]).await?;
+        Ok((deleted, kept))
+    }
+
+    /// Deletes one object if it is still this app's; `Ok(false)` when it is not.
+    async fn prune_one(
+        &self,
+        resource: &ResourceRef,
+        label: &str,
+        propagation: PropagationPolicy,
+    ) -> Result<bool> {
+        let api = self.api(resource).await?;
+        let rejected = rejected(resource, "delete");
+        let Some(live) = api.get_opt(&resource.name).await.map_err(rejected)? else {
+            return Ok(true);
+        };
+        if live
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(APP_LABEL))
+            .map(String::as_str)
+            != Some(label)
+        {
+            return Ok(false);
+        }
+        let params = DeleteParams {
+            propagation_policy: Some(propagation),
+            ..DeleteParams::default()
+        };
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        match api.delete(&resource.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(true),
+            Err(e) => Err(rejected(e)),
+        }
+    }
+}
