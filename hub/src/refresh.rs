@@ -288,7 +288,13 @@ impl Refresher {
                 }
                 return Ok(outcomes);
             }
-            let repo = self.fetch(url).await?;
+            let repo = match self.fetch(url).await {
+                Ok(repo) => repo,
+                Err(e) => {
+                    self.record_fetch_failure(url, &e).await?;
+                    return Err(e);
+                }
+            };
             // Children adopted from a parent are refreshed in the same pass, so a
             // whole app-of-apps tree settles in one refresh.
             let mut done = BTreeSet::new();
@@ -339,6 +345,28 @@ impl Refresher {
         }
         .instrument(span)
         .await
+    }
+
+    /// Shows a failed fetch on every app of the repository, as Argo CD's
+    /// ComparisonError does: its last good bundles stay in force, and the next
+    /// fetch that works clears it. Written only when the message changes, so a
+    /// repository that stays unreachable does not write on every poll.
+    async fn record_fetch_failure(&self, url: &str, error: &Error) -> Result<()> {
+        let message = crate::render::redact_urls(&describe(error));
+        for record in self.store.apps()? {
+            if !source::webhook::same_repository(&record.application.source().repo_url, url)
+                || record.render_error.as_deref() == Some(message.as_str())
+                || self.project_permits_source(&record.application)?.is_err()
+            {
+                continue;
+            }
+            let _app = self.lock_app(&record.project(), &record.name()).await;
+            let Some(record) = self.store.app(&record.project(), &record.name())? else {
+                continue;
+            };
+            self.fail(record, message.clone()).await?;
+        }
+        Ok(())
     }
 
     /// Re-issues, as the next generation with a fresh validity, each of the app's
@@ -978,6 +1006,23 @@ impl Refresher {
             .await?;
         Ok(())
     }
+}
+
+/// An error and its causes, outermost first: "failed to fetch URL: ...: No space
+/// left on device". A message that stops at the outermost error hides what the
+/// user must fix.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    out
 }
 
 /// A failure of the bundle issuer as a refresh reports it.

@@ -348,7 +348,10 @@ async fn poll_loop(
                 let shown = crate::source::RepoSpec::new(&task_url).redacted_url();
                 match refresher.refresh_repo(&task_url, SystemTime::now()).await {
                     Ok(outcomes) => info!(repo = %shown, apps = outcomes.len(), "refreshed"),
-                    Err(e) => warn!(repo = %shown, error = %e, "refresh failed"),
+                    Err(e) => {
+                        let error = crate::render::redact_urls(&crate::refresh::describe(&e));
+                        warn!(repo = %shown, %error, "refresh failed")
+                    }
                 }
             });
             in_flight.insert(handle.id(), url);

@@ -1072,3 +1072,47 @@ async fn a_password_in_a_repo_url_never_reaches_the_stored_error() {
         "the password was stored"
     );
 }
+
+#[tokio::test]
+async fn a_repository_that_cannot_be_fetched_shows_why_on_its_apps_and_keeps_their_bundles() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+    hub.refresh().await;
+    assert_eq!(hub.bundle("a").unwrap().generation, 1);
+
+    // The repository goes away: the fetch fails, and the app says so, with the
+    // cause, not only "failed to fetch".
+    let moved = repo.path().with_extension("moved");
+    std::fs::rename(repo.path(), &moved).unwrap();
+    let failed = hub
+        .refresher
+        .refresh_repo(&hub.url, SystemTime::now())
+        .await
+        .unwrap_err();
+    let record = hub.store.app("default", "a").unwrap().unwrap();
+    let shown = record.render_error.expect("the failed fetch is on the app");
+    assert!(shown.contains(&failed.to_string()), "{shown}");
+    assert!(
+        shown.len() > failed.to_string().len(),
+        "no cause in {shown:?}"
+    );
+    // The last good bundle stays in force.
+    assert_eq!(hub.bundle("a").unwrap().generation, 1);
+    // Polls that fail the same way write nothing more.
+    let events = hub.store.events().unwrap().len();
+    let _ = hub
+        .refresher
+        .refresh_repo(&hub.url, SystemTime::now())
+        .await;
+    assert_eq!(hub.store.events().unwrap().len(), events);
+
+    // It comes back: the error goes.
+    std::fs::rename(&moved, repo.path()).unwrap();
+    hub.refresh().await;
+    let record = hub.store.app("default", "a").unwrap().unwrap();
+    assert_eq!(record.render_error, None);
+    assert_eq!(hub.bundle("a").unwrap().generation, 1);
+}
