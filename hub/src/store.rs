@@ -20,6 +20,7 @@ mod link;
 mod ops;
 mod records;
 mod renders;
+mod space;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ pub use ops::{DEFAULT_HISTORY_LIMIT, OperationRecord, Phase};
 pub use records::{
     AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord, ResourceOutcome,
 };
+pub use space::DEFAULT_MIN_FREE_MIB;
 
 /// The schema this build writes. Bump it when a stored layout changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -126,6 +128,17 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The data folder's disk has less free than the store keeps; nothing was
+    /// written.
+    #[error(
+        "store {path}: only {free_mib} MiB free on its disk, under the {min_free_mib} MiB it keeps \
+         free; new work is refused until space returns"
+    )]
+    DiskFull {
+        path: PathBuf,
+        free_mib: u64,
+        min_free_mib: u64,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -144,7 +157,15 @@ pub struct Store {
     /// Counts writes to the apps and repos trees, so what is derived from them
     /// (the repositories to watch) is worked out again only when they changed.
     sources_changed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The free space kept on the data folder's disk.
+    space: std::sync::Arc<space::Space>,
 }
+
+/// Trees still written while the disk is under the free space the store keeps:
+/// operations and links record work under way, and accounts (login sessions),
+/// tokens and events let a user log in and watch. They are small, and the free
+/// space kept is their room.
+const WRITTEN_WHEN_LOW: &[&str] = &["operations", "links", "accounts", "tokens", "events"];
 
 /// The trees whose writes [`Store::sources_version`] counts.
 fn is_source_tree(tree: &str) -> bool {
@@ -207,6 +228,7 @@ impl Store {
             bundles_stored: tokio::sync::broadcast::channel(4096).0,
             flush_lock: std::sync::Arc::default(),
             sources_changed: std::sync::Arc::default(),
+            space: space::Space::new(),
         };
         store.check_schema()?;
         Ok(store)
@@ -244,7 +266,13 @@ impl Store {
     }
 
     /// Writes `value` under `key` in `tree`, and flushes before returning.
+    /// While the disk is nearly full it refuses new state ([`Error::DiskFull`]),
+    /// but not the small writes that let work under way finish and be watched
+    /// ([`WRITTEN_WHEN_LOW`]).
     pub async fn put<T: Serialize>(&self, tree: &'static str, key: &Key, value: &T) -> Result<()> {
+        if !WRITTEN_WHEN_LOW.contains(&tree) {
+            self.ensure_space()?;
+        }
         let bytes = serde_json::to_vec(value).map_err(|source| Error::Decode { tree, source })?;
         self.tree(tree)?
             .insert(key.as_bytes(), bytes)

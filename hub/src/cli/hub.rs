@@ -65,6 +65,11 @@ pub struct HubArgs {
     /// disconnected, in seconds (the QUIC idle timeout).
     #[arg(long, env = "FLOTILLA_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     idle_timeout_secs: u64,
+    /// Free space, in MiB, kept on the data folder's disk: below it the hub
+    /// refuses new work with an error that says so, and takes it again once
+    /// space returns (0 turns the check off).
+    #[arg(long, env = "FLOTILLA_MIN_FREE_MIB", default_value_t = flotilla_hub::store::DEFAULT_MIN_FREE_MIB)]
+    min_free_mib: u64,
 }
 
 /// What the flags ask of the hub, checked before anything is opened or started.
@@ -152,6 +157,7 @@ pub async fn run(args: HubArgs) -> anyhow::Result<()> {
     } = settings(&args)?;
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let store = Store::open(&data_dir.join("db")).context("opening the hub's store")?;
+    store.set_min_free_mib(args.min_free_mib);
     let cache = RepoCache::new(data_dir.join("repos"))?;
     let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env())).await?;
     let mut link_config = LinkConfig::new(args.agent_listen);

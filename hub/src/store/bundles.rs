@@ -88,6 +88,7 @@ impl Store {
     ) -> Result<Unflushed> {
         use sled::Transactional as _;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
+        self.ensure_space()?;
         let key = app_key(project, app).str(cluster).u64(generation);
         // Index by cluster, so an agent's connection finds its bundles without
         // scanning every cluster's. One transaction with the bundle: a bundle

@@ -576,3 +576,45 @@ async fn the_index_keeps_each_bundles_expiry_and_reads_entries_written_without_o
         "{taken}"
     );
 }
+
+#[tokio::test]
+async fn under_the_free_space_kept_new_state_is_refused_and_work_under_way_still_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // More free space than any disk has: the disk counts as nearly full.
+    store.set_min_free_mib(u64::MAX >> 21);
+    let refused = store
+        .put_app(&AppRecord::new(app("web"), AppOrigin::Store))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::DiskFull { .. }), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("new work is refused until space returns"),
+        "{refused}"
+    );
+    let bundle = store
+        .write_bundle("web", "shop", "east", 1, None, b"signed")
+        .unwrap_err();
+    assert!(matches!(bundle, Error::DiskFull { .. }), "{bundle}");
+    assert_eq!(store.apps().unwrap().len(), 0);
+    assert!(
+        store
+            .latest_bundle("web", "shop", "east")
+            .unwrap()
+            .is_none()
+    );
+    // What records work under way, and logging in, still goes through.
+    store
+        .put("operations", &Key::new().str("web"), &"running")
+        .await
+        .unwrap();
+    // Space returns: new state is taken again.
+    store.set_min_free_mib(0);
+    store
+        .put_app(&AppRecord::new(app("web"), AppOrigin::Store))
+        .await
+        .unwrap();
+    assert_eq!(store.apps().unwrap().len(), 1);
+}
