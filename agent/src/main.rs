@@ -71,6 +71,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a log file or a pod's log gets text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let hub: SocketAddr = match std::net::ToSocketAddrs::to_socket_addrs(&cli.hub)
         .ok()

@@ -72,6 +72,15 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
     (status, Json(error::body(status, &message.to_string())))
 }
 
+/// A 500 that names the failure with its causes: "store apps: writing" alone
+/// does not tell an operator that the disk is full.
+fn failed(e: &dyn std::error::Error) -> Reply {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        crate::refresh::describe(e),
+    )
+}
+
 fn ok(value: Value) -> Reply {
     (StatusCode::OK, Json(value))
 }
@@ -138,12 +147,12 @@ impl ApiState {
             return crate::token::authenticate(&self.store, token, std::time::SystemTime::now())
                 .map_err(|e| match e {
                     crate::token::Error::Invalid => error(StatusCode::UNAUTHORIZED, e),
-                    e => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    e => failed(&e),
                 });
         }
         account::authenticate(&self.store, token).map_err(|e| match e {
             account::Error::BadToken => error(StatusCode::UNAUTHORIZED, e),
-            e => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            e => failed(&e),
         })
     }
 
@@ -253,7 +262,7 @@ async fn login(
     let reply = match account::login(&state.store, &req.username, &req.password).await {
         Ok(token) => ok(json!({ "token": token })),
         Err(account::Error::BadLogin) => error(StatusCode::UNAUTHORIZED, account::Error::BadLogin),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     };
     reply.into_response()
 }
@@ -306,7 +315,7 @@ async fn list_apps(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
     };
     let apps = match state.store.apps() {
         Ok(apps) => apps,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return failed(&e),
     };
     // A list shows only what the caller may get, as Argo CD's does.
     let policy = state.effective_policy();
@@ -340,7 +349,7 @@ async fn get_app(
             StatusCode::NOT_FOUND,
             format!("application {project}/{name} not found"),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
@@ -358,7 +367,7 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
     match state.store.app(&app.spec.project, app.name()) {
         Ok(Some(_)) => return error(StatusCode::CONFLICT, format!("application {object} exists")),
         Ok(None) => {}
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return failed(&e),
     }
     // The project decides at once: an app whose repository or destination its
     // project does not allow is never stored, fetched or rendered. An app may
@@ -368,7 +377,7 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
         Ok(Some(project)) => Some(project),
         Ok(None) if app.spec.project == "default" => Some(crate::app::project::built_in_default()),
         Ok(None) => None,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return failed(&e),
     };
     if let Some(Err(violation)) = project.map(|p| p.permits(&app, &[])) {
         return error(
@@ -379,7 +388,7 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
     let repo = app.source().repo_url.clone();
     let record = AppRecord::new(app, AppOrigin::Store);
     if let Err(e) = state.store.put_app(&record).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        return failed(&e);
     }
     state
         .audit(&who, "create", format!("application/{object}"))
@@ -413,7 +422,7 @@ async fn delete_app(
                 format!("application {object} not found"),
             );
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return failed(&e),
     };
     let cascade = options.cascade.unwrap_or(true);
     if cascade {
@@ -452,7 +461,7 @@ async fn delete_app(
             StatusCode::NOT_FOUND,
             format!("application {object} not found"),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
@@ -580,7 +589,7 @@ async fn create_repo(
     }
     record.webhook_secret = req.webhook_secret;
     if let Err(e) = state.store.put_repo(&record).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        return failed(&e);
     }
     state
         .audit(&who, "create", format!("repository/{shown}"))
@@ -636,6 +645,6 @@ async fn create_account(
         Err(account::Error::Exists(name)) => {
             error(StatusCode::CONFLICT, format!("account {name:?} exists"))
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }

@@ -12,7 +12,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiState, Reply, error, ok};
+use super::{ApiState, Reply, error, failed, ok};
 use crate::ca::Ca;
 use crate::cluster::{self, JoinInfo};
 use crate::store::{ClusterRecord, TokenRecord};
@@ -84,7 +84,7 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
     };
     let records = match state.store.clusters() {
         Ok(records) => records,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return failed(&e),
     };
     let pending = state.store.tokens().unwrap_or_default();
     let policy = state.effective_policy();
@@ -113,7 +113,7 @@ async fn show(
             Some(token) => ok(view(&state, &name, None, Some(&token), true)),
             None => error(StatusCode::NOT_FOUND, format!("cluster {name:?} not found")),
         },
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
@@ -215,7 +215,7 @@ async fn add(
         Some(link) => link.ca_fingerprint(),
         None => match Ca::load_or_create(&state.store, SystemTime::now()).await {
             Ok(ca) => ca.fingerprint(),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => return failed(&e),
         },
     };
     let added = cluster::add_with_server(
@@ -269,7 +269,7 @@ fn cluster_error(e: cluster::Error) -> Reply {
             error(StatusCode::CONFLICT, e)
         }
         e @ cluster::Error::NotFound(_) => error(StatusCode::NOT_FOUND, e),
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        e => failed(&e),
     }
 }
 

@@ -30,7 +30,7 @@ use flotilla_common::model::AppRef;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ApiState, Reply, error, ok};
+use super::{ApiState, Reply, error, failed, ok};
 use crate::operation::{self, Operations, SyncRequest};
 use crate::secret_mask;
 use crate::status;
@@ -162,7 +162,7 @@ async fn history(
     try_operation!(state.operations().app(&AppRef::new(&project, &name)));
     match state.store.history(&project, &name) {
         Ok(entries) => ok(json!({ "app": object, "items": entries })),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{ApiState, Reply, error, ok};
+use super::{ApiState, Reply, error, failed, ok};
 use crate::app::project::built_in_default;
 use crate::app::{AppProject, Manifest, parse_manifests};
 use crate::rbac::check_project_roles;
@@ -76,7 +76,7 @@ async fn show(
             ok(json!({ "summary": summary(&project), "manifest": project }))
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("project {name:?} not found")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
@@ -120,10 +120,10 @@ async fn create(State(state): State<ApiState>, headers: HeaderMap, body: String)
     match state.store.project(&name) {
         Ok(Some(_)) => return error(StatusCode::CONFLICT, format!("project {name:?} exists")),
         Ok(None) => {}
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return failed(&e),
     }
     if let Err(e) = state.store.put_project(project).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        return failed(&e);
     }
     state.audit(&who, "create", format!("project/{name}")).await;
     (StatusCode::CREATED, Json(summary(project)))

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::delete;
 use serde_json::json;
 
-use super::{ApiState, Reply, error, ok};
+use super::{ApiState, Reply, error, failed, ok};
 use crate::store::Key;
 
 pub(super) fn routes() -> axum::Router<ApiState> {
@@ -51,6 +51,6 @@ async fn remove(
                 .await;
             ok(json!({ "deleted": shown }))
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }

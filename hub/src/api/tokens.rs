@@ -12,7 +12,7 @@ use axum::routing::{delete, get};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiState, Reply, error, ok};
+use super::{ApiState, Reply, error, failed, ok};
 use crate::account::Principal;
 use crate::token::{self, Owner};
 
@@ -58,7 +58,7 @@ async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
         .trim();
     match crate::account::logout(&state.store, token).await {
         Ok(_) => ok(json!({ "loggedOut": who.user })),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
@@ -146,14 +146,14 @@ async fn issue(state: &ApiState, who: Principal, owner: Owner, body: &str) -> Re
             StatusCode::BAD_REQUEST,
             format!("request body: expiresIn: {e}"),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
 fn listing(state: &ApiState, owner: &Owner) -> Reply {
     match token::list(&state.store, owner) {
         Ok(tokens) => ok(json!({ "items": tokens })),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
@@ -173,7 +173,7 @@ async fn revoke(state: &ApiState, who: Principal, owner: Owner, id: &str) -> Rep
             StatusCode::NOT_FOUND,
             format!("{} has no token {id:?}", owner.subject()),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => failed(&e),
     }
 }
 
