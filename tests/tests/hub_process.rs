@@ -9,8 +9,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/processes.rs"]
+mod processes;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_hub::client::Client;
@@ -19,90 +22,14 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use serde_json::Value;
 
-const PASSWORD: &str = "done-when-admin-password";
-const IDLE_TIMEOUT_SECS: &str = "30";
-
-/// A child process that is SIGKILLed and reaped when dropped, so a failing test
-/// leaves nothing running. Only this pid is ever signalled.
-struct Child {
-    name: String,
-    child: std::process::Child,
-}
-
-impl Child {
-    fn spawn(name: &str, command: &mut Command, logs: &Path) -> Child {
-        let log = std::fs::File::create(logs.join(format!("{name}.log"))).unwrap();
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Child {
-            name: name.to_owned(),
-            child,
-        }
-    }
-
-    /// SIGKILL, as a crash: no shutdown code runs.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited early with {status}", self.name);
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The workspace's debug binaries, next to this test's own folder.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing; build it first with `cargo build -p flotilla-hub -p flotilla-agent`",
-        path.display()
-    );
-    path
-}
+use processes::{Child, binary, flag, log_tails, run};
 
 fn free_port() -> u16 {
-    // A port free for both TCP (the API) and UDP (the agents' QUIC).
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    processes::free_port("127.0.0.1")
 }
 
-fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// The value after `--flag` in a command line.
-fn flag(command: &str, name: &str) -> String {
-    let mut words = command.split_whitespace();
-    words.find(|w| *w == format!("--{name}"));
-    words.next().unwrap().to_owned()
-}
+const PASSWORD: &str = "done-when-admin-password";
+const IDLE_TIMEOUT_SECS: &str = "30";
 
 /// A Git repository with one plain-directory app of a single ConfigMap.
 fn fleet_repo(dir: &Path, configmap: &str) -> PathBuf {
@@ -167,21 +94,6 @@ async fn clusters(server: &str) -> Option<serde_json::Map<String, Value>> {
             .map(|c| (c["name"].as_str().unwrap_or("").to_owned(), c.clone()))
             .collect(),
     )
-}
-
-/// The last lines of every log, for a failure message.
-fn log_tails(logs: &Path) -> String {
-    let mut out = String::new();
-    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-        out.push_str(&format!(
-            "\n--- {} ---\n{tail}",
-            entry.file_name().to_string_lossy()
-        ));
-    }
-    out
 }
 
 /// Polls the cluster list until `ready` holds for it, or fails after `timeout`.

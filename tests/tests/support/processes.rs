@@ -166,8 +166,11 @@ pub struct Hub {
     pub data: PathBuf,
     /// Where every process's log goes.
     pub logs: PathBuf,
-    /// The network namespace the hub runs in, if not this one.
+    /// The network namespace the hub runs in, if not this one. Its API is then
+    /// served over HTTPS (plain HTTP is for loopback only), trusted through the
+    /// hub's CA fingerprint.
     pub netns: Option<String>,
+    ca_fingerprint: std::sync::Mutex<Option<String>>,
     starts: u32,
     child: Option<Child>,
 }
@@ -191,6 +194,7 @@ impl Hub {
             data: dir.join("hub"),
             logs,
             netns: netns.map(str::to_owned),
+            ca_fingerprint: std::sync::Mutex::new(None),
             starts: 0,
             child: None,
         }
@@ -198,17 +202,33 @@ impl Hub {
 
     /// The API's base URL.
     pub fn server(&self) -> String {
-        format!("http://{}:{}", self.ip, self.api)
+        let scheme = if self.netns.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}:{}", self.ip, self.api)
+    }
+
+    fn trust(&self) -> flotilla_hub::client::Trust {
+        match (&self.netns, self.ca_fingerprint.lock().unwrap().as_deref()) {
+            (Some(_), Some(fingerprint)) => {
+                flotilla_hub::client::Trust::pinned(fingerprint).unwrap()
+            }
+            _ => flotilla_hub::client::Trust::default(),
+        }
     }
 
     /// Registers `cluster` on the data folder (the hub need not run) and returns
     /// the agent's join command line.
     pub fn add_cluster(&self, cluster: &str) -> String {
-        run(Command::new(binary("flotilla"))
+        let join = run(Command::new(binary("flotilla"))
             .args(["cluster", "add", cluster, "--data-dir"])
             .arg(&self.data)
             .args(["--hub-address", &format!("{}:{}", self.ip, self.quic)])
-            .arg("--print-command"))
+            .arg("--print-command"));
+        *self.ca_fingerprint.lock().unwrap() = Some(flag(&join, "ca-fingerprint"));
+        join
     }
 
     /// Starts the hub, or starts it again after [`Hub::kill`].
@@ -228,10 +248,14 @@ impl Hub {
             .args(["serve", "--data-dir"])
             .arg(&self.data)
             .args(["--listen", &format!("{}:{}", self.ip, self.api)])
-            .arg("--plain-http")
             .args(["--agent-listen", &format!("{}:{}", self.ip, self.quic)])
             .args(["--keep-alive-secs", "1", "--idle-timeout-secs", "10"])
             .env("FLOTILLA_ADMIN_PASSWORD", PASSWORD);
+        if self.netns.is_some() {
+            command.args(["--tls-san", &self.ip]);
+        } else {
+            command.arg("--plain-http");
+        }
         let name = format!("hub-{}", self.starts);
         self.child = Some(Child::spawn(&name, &mut command, &self.logs));
     }
@@ -253,7 +277,7 @@ impl Hub {
     /// An API client logged in as admin, once the API answers.
     pub async fn client(&mut self, timeout: Duration) -> flotilla_hub::client::Client {
         let start = Instant::now();
-        let trust = flotilla_hub::client::Trust::default();
+        let trust = self.trust();
         loop {
             self.assert_running();
             if let Ok(session) = flotilla_hub::client::Client::login(
