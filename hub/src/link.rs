@@ -477,6 +477,12 @@ impl Link {
     }
 }
 
+impl crate::status::Connections for Link {
+    fn is_connected(&self, cluster: &str) -> bool {
+        Link::is_connected(self, cluster)
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
