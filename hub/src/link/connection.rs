@@ -8,17 +8,13 @@ use flotilla_common::bundle::Envelope;
 use flotilla_common::frame::{self, FrameDecoder, Limits};
 use flotilla_common::message::{Channel, GoodbyeReason, Message};
 use flotilla_common::model::AppRef;
-use flotilla_common::protocol::{HubEvent, HubSession, Timing};
+use flotilla_common::protocol::{Error as ProtocolError, HubEvent, HubSession, Timing};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{Shared, ToConnection, close_code, events, lock};
 use crate::cluster;
 use crate::store::Store;
-
-/// How many status reports may arrive ahead of the Hello before the agent is
-/// taken to be misbehaving.
-const MAX_EARLY: usize = 64;
 
 /// Input to one agent connection's loop.
 enum Input {
@@ -133,10 +129,12 @@ pub(super) async fn serve_agent(
     };
     let mut session = HubSession::new(timing);
     session.handle_connected(Instant::now());
+    if let Ok(Some(link)) = shared.store.link(&cluster) {
+        session.resume_after_status(link.last_status_sequence);
+    }
     publish_stored(&shared.store, &cluster, &mut session);
 
     let mut close = (close_code::DONE, "session ended".to_owned());
-    let mut early: Vec<Message> = Vec::new();
     // Commands sent on this connection: their waiters learn it ended.
     let mut sent_commands: Vec<u64> = Vec::new();
     let mut established = false;
@@ -200,28 +198,18 @@ pub(super) async fn serve_agent(
             input = inputs.recv() => match input {
                 Some(Input::Message(message)) => {
                     let message = *message;
-                    // Status streams and the control stream race: a report can
-                    // arrive before the Hello sent ahead of it. Hold it until the
-                    // session is established.
-                    if matches!(message, Message::Status(_)) && session.version().is_none() {
-                        if early.len() >= MAX_EARLY {
-                            close = (close_code::PROTOCOL, "status reports before hello".to_owned());
-                            break;
-                        }
-                        early.push(message);
-                        continue;
-                    }
-                    let hello = matches!(message, Message::Hello(_));
                     if let Message::Hello(hello) = &message {
                         events::hello_received(&shared, &cluster, &hello.agent_version).await;
                     }
-                    if let Err(e) = session.handle_message(Instant::now(), message) {
-                        info!(error = %e, "agent broke the protocol");
-                        close = (close_code::PROTOCOL, e.to_string());
-                    }
-                    if hello && session.version().is_some() {
-                        for message in early.drain(..) {
-                            let _ = session.handle_message(Instant::now(), message);
+                    match session.handle_message(Instant::now(), message) {
+                        Ok(()) => {}
+                        Err(e @ ProtocolError::StatusBeforeHello) => {
+                            close = (close_code::PROTOCOL, e.to_string());
+                            break;
+                        }
+                        Err(e) => {
+                            info!(error = %e, "agent broke the protocol");
+                            close = (close_code::PROTOCOL, e.to_string());
                         }
                     }
                 }

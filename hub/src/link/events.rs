@@ -164,32 +164,23 @@ pub(super) async fn handle_event(
             false
         }
         HubEvent::Status(status) => {
+            // The session hands over only reports newer than any stored. One
+            // about an app the cluster was never sent is acknowledged (so the
+            // agent stops resending it) but nothing of it is stored.
             let sequence = status.sequence;
-            let seen = shared
-                .store
-                .link(cluster)
-                .ok()
-                .flatten()
-                .map_or(0, |l| l.last_status_sequence);
-            // A report about an app the cluster was never sent is acknowledged
-            // (so the agent stops resending it) but nothing of it is stored.
-            let allowed = if sequence > seen {
-                match speaks_for(
-                    shared,
-                    cluster,
-                    &status.app,
-                    status.generation,
-                    RefusedMessage::Status,
-                ) {
-                    Ok(allowed) => allowed,
-                    Err(e) => {
-                        // Not acknowledged, so the agent sends it again.
-                        warn!(error = %e, "checking a status report's app failed");
-                        return false;
-                    }
+            let allowed = match speaks_for(
+                shared,
+                cluster,
+                &status.app,
+                status.generation,
+                RefusedMessage::Status,
+            ) {
+                Ok(allowed) => allowed,
+                Err(e) => {
+                    // Not acknowledged, so the agent sends it again.
+                    warn!(error = %e, "checking a status report's app failed");
+                    return false;
                 }
-            } else {
-                false
             };
             if allowed {
                 let record = StatusRecord { at_ms: now, status };
@@ -208,13 +199,12 @@ pub(super) async fn handle_event(
                     warn!(error = %e, "recording the operation in the history failed");
                 }
             }
-            if sequence > seen {
-                update_link(&shared.store, cluster, |link| {
-                    link.last_seen_ms = Some(now);
-                    link.last_status_sequence = sequence;
-                })
-                .await;
-            }
+            // The mark the next connection's session resumes after.
+            update_link(&shared.store, cluster, |link| {
+                link.last_seen_ms = Some(now);
+                link.last_status_sequence = sequence;
+            })
+            .await;
             session.ack_status(sequence);
             false
         }

@@ -2,16 +2,18 @@
 
 use std::time::SystemTime;
 
-use flotilla_common::message::{GoodbyeReason, Renew};
+use flotilla_common::message::Renew;
 use flotilla_common::protocol::HubSession;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Shared;
 use crate::cluster;
 
 /// Issues a new client certificate to the agent of `cluster`, which presented
-/// the certificate `presented`, and answers it; returns whether the connection
-/// should end (the cluster was removed meanwhile).
+/// the certificate `presented`, and has the session answer it; returns whether
+/// the connection should end (the session ends it when the cluster was removed
+/// meanwhile). When a renewal is due, and what it checks, is
+/// [`cluster::renew`]'s to decide, with the store and the CA.
 pub(super) async fn renew(
     shared: &Shared,
     cluster: &str,
@@ -29,21 +31,22 @@ pub(super) async fn renew(
         shared.config.cert_lifetime,
     )
     .await;
-    match renewed {
+    let answered = match renewed {
         Ok(renewal) => {
             info!(lifetime = ?shared.config.cert_lifetime, "client certificate renewed");
-            let _ = session.accept_renewal(renewal.certificate);
-            false
+            session.accept_renewal(renewal.certificate)
         }
         Err(e @ cluster::RenewError::Revoked { .. }) => {
             info!(error = %e, "refused a renewal");
-            session.close(GoodbyeReason::Revoked, e.to_string());
-            true
+            session.refuse_renewal_of_removed_cluster(e.to_string())
         }
         Err(e) => {
             warn!(error = %e, "renewing a client certificate failed");
-            let _ = session.refuse_renewal(e.to_string());
-            false
+            session.refuse_renewal(e.to_string())
         }
+    };
+    if let Err(e) = answered {
+        debug!(error = %e, "a renewal could not be answered");
     }
+    session.is_closing()
 }
