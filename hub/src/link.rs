@@ -179,7 +179,8 @@ enum ToConnection {
     /// Boxed whole: tokio allocates a channel's slots 32 at a time, up front, on
     /// every connection.
     Publish(Box<(AppRef, Envelope)>),
-    Command(Command),
+    /// Boxed for the same reason.
+    Command(Box<Command>),
     /// Re-read every bundle of the cluster from the store.
     Resync,
     Revoke,
@@ -381,7 +382,7 @@ impl Link {
                     reply: tx,
                 },
             );
-            if conn.send(ToConnection::Command(command)).is_err() {
+            if conn.send(ToConnection::Command(Box::new(command))).is_err() {
                 lock(&self.shared.pending).remove(&request_id);
                 return Err(CommandError::NotConnected {
                     cluster: cluster.to_owned(),

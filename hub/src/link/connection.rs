@@ -16,67 +16,57 @@ use super::{Shared, ToConnection, close_code, events, lock};
 use crate::cluster;
 use crate::store::Store;
 
-/// Input to one agent connection's loop.
+/// Input to one agent connection's loop, from its control stream or its status
+/// streams.
 enum Input {
-    /// Boxed: a tokio channel allocates its slots 32 at a time, up front, and a
-    /// `Message` is a few hundred bytes, which made the channel alone several KiB
-    /// of every idle connection.
-    Message(Box<Message>),
+    Message(Message),
     BadFrame(String),
     StreamEnded,
-}
-
-async fn control_reader(mut recv: quinn::RecvStream, limits: Limits, tx: mpsc::Sender<Input>) {
-    // read_chunk hands over quinn's own buffers, so an idle connection holds no
-    // read buffer of ours.
-    let mut decoder = FrameDecoder::new(Channel::Control, &limits);
-    loop {
-        let chunk = match recv.read_chunk(CONTROL_LIMIT_CHUNK, true).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) | Err(_) => {
-                let _ = tx.send(Input::StreamEnded).await;
-                return;
-            }
-        };
-        let mut input: &[u8] = &chunk.bytes;
-        loop {
-            match decoder.decode_next(&mut input) {
-                Ok(Some(message)) => {
-                    if tx.send(Input::Message(Box::new(message))).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx
-                        .send(Input::BadFrame(format!("control stream: {e}")))
-                        .await;
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// The most bytes taken from the control stream at once.
 const CONTROL_LIMIT_CHUNK: usize = 64 * 1024;
 
-/// Reads status streams one at a time, in the order the agent opened them.
-async fn status_reader(connection: quinn::Connection, limits: Limits, tx: mpsc::Sender<Input>) {
-    let limit = limits.for_channel(Channel::Status) + frame::PREFIX_LEN;
-    while let Ok(mut stream) = connection.accept_uni().await {
-        let input = match stream.read_to_end(limit).await {
-            Ok(bytes) => match frame::decode(&bytes, Channel::Status, &limits) {
-                Ok(message) => Input::Message(Box::new(message)),
-                Err(e) => Input::BadFrame(format!("status stream: {e}")),
-            },
-            Err(e) => Input::BadFrame(format!("status stream: {e}")),
-        };
-        let bad = matches!(input, Input::BadFrame(_));
-        if tx.send(input).await.is_err() || bad {
-            return;
+/// The next message in what was read of the control stream, if it holds a whole
+/// one. `read_chunk` hands over quinn's own buffers, so an idle connection holds
+/// no read buffer of ours.
+fn next_control_message(
+    decoder: &mut FrameDecoder,
+    read: &mut Option<quinn::Chunk>,
+) -> Option<Input> {
+    let chunk = read.as_mut()?;
+    let mut input: &[u8] = &chunk.bytes;
+    let decoded = decoder.decode_next(&mut input);
+    let consumed = chunk.bytes.len() - input.len();
+    match decoded {
+        Ok(Some(message)) => {
+            chunk.bytes = chunk.bytes.slice(consumed..);
+            if chunk.bytes.is_empty() {
+                *read = None;
+            }
+            Some(Input::Message(message))
         }
+        // The decoder keeps a partial frame itself.
+        Ok(None) => {
+            *read = None;
+            None
+        }
+        Err(e) => Some(Input::BadFrame(format!("control stream: {e}"))),
     }
+}
+
+/// The next status report: status streams are read one at a time, in the order
+/// the agent opened them. `None` once the connection accepts no more streams.
+async fn next_status(connection: &quinn::Connection, limits: &Limits) -> Option<Input> {
+    let mut stream = connection.accept_uni().await.ok()?;
+    let limit = limits.for_channel(Channel::Status) + frame::PREFIX_LEN;
+    Some(match stream.read_to_end(limit).await {
+        Ok(bytes) => match frame::decode(&bytes, Channel::Status, limits) {
+            Ok(message) => Input::Message(message),
+            Err(e) => Input::BadFrame(format!("status stream: {e}")),
+        },
+        Err(e) => Input::BadFrame(format!("status stream: {e}")),
+    })
 }
 
 async fn send_bundle(connection: quinn::Connection, bytes: Vec<u8>) {
@@ -100,7 +90,15 @@ pub(super) async fn serve_agent(
     cluster: String,
     presented: String,
 ) {
-    match cluster::confirm_certificate(&shared.store, &cluster, &presented).await {
+    // Store work is boxed where it is awaited: a task's future is as large as
+    // its largest state, and these would otherwise size every idle agent's task.
+    match Box::pin(cluster::confirm_certificate(
+        &shared.store,
+        &cluster,
+        &presented,
+    ))
+    .await
+    {
         Ok(true) => info!("agent uses its renewed certificate; the previous one no longer works"),
         Ok(false) => {}
         Err(e) => warn!(error = %e, "retiring the previous client certificate failed"),
@@ -114,14 +112,18 @@ pub(super) async fn serve_agent(
         drop(older);
     }
     let accepted = tokio::time::timeout(shared.config.idle_timeout, connection.accept_bi()).await;
-    let Ok(Ok((mut control, recv))) = accepted else {
+    let Ok(Ok((mut control, mut control_recv))) = accepted else {
         forget_connection(&shared, &cluster, id);
         return;
     };
     let limits = shared.config.limits;
-    let (input_tx, mut inputs) = mpsc::channel(64);
-    let reader = tokio::spawn(control_reader(recv, limits, input_tx.clone()));
-    let statuses = tokio::spawn(status_reader(connection.clone(), limits, input_tx));
+    // One task per connection: the control stream and the status streams are
+    // read here, in the same select as everything else, so an idle agent costs
+    // one task and no channel between readers.
+    let mut decoder = FrameDecoder::new(Channel::Control, &limits);
+    let mut control_read: Option<quinn::Chunk> = None;
+    let mut status = std::pin::pin!(next_status(&connection, &limits));
+    let mut statuses_ended = false;
 
     let timing = Timing {
         heartbeat_interval: shared.config.keep_alive,
@@ -176,7 +178,14 @@ pub(super) async fn serve_agent(
                     .established
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            ended |= events::handle_event(&shared, &cluster, &presented, &mut session, event).await;
+            ended |= Box::pin(events::handle_event(
+                &shared,
+                &cluster,
+                &presented,
+                &mut session,
+                event,
+            ))
+            .await;
         }
         if ended {
             // Send whatever the event queued (a Goodbye) before closing.
@@ -194,48 +203,47 @@ pub(super) async fn serve_agent(
         let deadline = session
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            input = inputs.recv() => match input {
-                Some(Input::Message(message)) => {
-                    let message = *message;
-                    if let Message::Hello(hello) = &message {
-                        events::hello_received(&shared, &cluster, &hello.agent_version).await;
+        let input = match next_control_message(&mut decoder, &mut control_read) {
+            Some(input) => input,
+            None => tokio::select! {
+                read = control_recv.read_chunk(CONTROL_LIMIT_CHUNK, true) => match read {
+                    Ok(Some(chunk)) => {
+                        control_read = Some(chunk);
+                        continue;
                     }
-                    match session.handle_message(Instant::now(), message) {
-                        Ok(()) => {}
-                        Err(e @ ProtocolError::StatusBeforeHello) => {
-                            close = (close_code::PROTOCOL, e.to_string());
-                            break;
-                        }
-                        Err(e) => {
-                            info!(error = %e, "agent broke the protocol");
-                            close = (close_code::PROTOCOL, e.to_string());
+                    Ok(None) | Err(_) => Input::StreamEnded,
+                },
+                read = &mut status, if !statuses_ended => {
+                    status.set(next_status(&connection, &limits));
+                    match read {
+                        Some(input) => input,
+                        None => {
+                            statuses_ended = true;
+                            continue;
                         }
                     }
                 }
-                Some(Input::BadFrame(e)) => {
-                    info!(error = %e, "agent sent a bad frame; closing");
-                    close = (close_code::PROTOCOL, e);
-                    break;
-                }
-                Some(Input::StreamEnded) | None => break,
-            },
             command = from_hub.recv() => match command {
                 Some(ToConnection::Publish(published)) => {
                     let (app, envelope) = *published;
                     session.publish(app, envelope);
+                    continue;
                 }
                 Some(ToConnection::Command(command)) => {
                     let request_id = command.request_id;
                     sent_commands.retain(|id| lock(&shared.pending).contains_key(id));
                     sent_commands.push(request_id);
-                    if let Err(e) = session.send_command(command) {
+                    if let Err(e) = session.send_command(*command) {
                         // Dropping the waiter tells the caller the command was not sent.
                         info!(error = %e, request_id, "a command could not be sent");
                         lock(&shared.pending).remove(&request_id);
                     }
+                    continue;
                 }
-                Some(ToConnection::Resync) => publish_stored(&shared.store, &cluster, &mut session),
+                Some(ToConnection::Resync) => {
+                    publish_stored(&shared.store, &cluster, &mut session);
+                    continue;
+                }
                 Some(ToConnection::Revoke) => {
                     session.close(GoodbyeReason::Revoked, "the cluster was removed from the hub");
                     while let Some(transmit) = session.poll_transmit() {
@@ -251,10 +259,41 @@ pub(super) async fn serve_agent(
                     break;
                 }
             },
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                session.handle_timeout(Instant::now());
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    session.handle_timeout(Instant::now());
+                    continue;
+                }
+                _ = connection.closed() => break,
+            },
+        };
+        match input {
+            Input::Message(message) => {
+                if let Message::Hello(hello) = &message {
+                    Box::pin(events::hello_received(
+                        &shared,
+                        &cluster,
+                        &hello.agent_version,
+                    ))
+                    .await;
+                }
+                match session.handle_message(Instant::now(), message) {
+                    Ok(()) => {}
+                    Err(e @ ProtocolError::StatusBeforeHello) => {
+                        close = (close_code::PROTOCOL, e.to_string());
+                        break;
+                    }
+                    Err(e) => {
+                        info!(error = %e, "agent broke the protocol");
+                        close = (close_code::PROTOCOL, e.to_string());
+                    }
+                }
             }
-            _ = connection.closed() => break,
+            Input::BadFrame(e) => {
+                info!(error = %e, "agent sent a bad frame; closing");
+                close = (close_code::PROTOCOL, e);
+                break;
+            }
+            Input::StreamEnded => break,
         }
     }
     let _ = control.finish();
@@ -263,8 +302,6 @@ pub(super) async fn serve_agent(
         let _ = tokio::time::timeout(Duration::from_millis(200), connection.closed()).await;
     }
     connection.close(close.0.into(), close.1.as_bytes());
-    reader.abort();
-    statuses.abort();
     {
         let mut pending = lock(&shared.pending);
         for request_id in sent_commands {
@@ -278,7 +315,7 @@ pub(super) async fn serve_agent(
     }
     session.handle_disconnected(Instant::now());
     if forget_connection(&shared, &cluster, id) {
-        events::disconnected(&shared, &cluster).await;
+        Box::pin(events::disconnected(&shared, &cluster)).await;
     }
     info!(reason = %close.1, "agent disconnected");
 }
