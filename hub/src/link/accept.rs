@@ -41,13 +41,17 @@ pub(super) async fn accept_loop(
         let Ok(permit) = permit else { return };
         let shared = shared.clone();
         let mut stopping = stop.clone();
+        let remote = incoming.remote_address();
+        let limit = shared.config.handshake_timeout;
+        // Boxed, and made before the task: the task lives as long as the
+        // connection, and its future is as large as its largest state, so a
+        // handshake held inline would size every idle agent's task.
+        let handshake = Box::pin(tokio::time::timeout(limit, incoming.into_future()));
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let limit = shared.config.handshake_timeout;
             // A handshake still under way when the hub stops is dropped at once: it
             // holds the store, which `Link::stop` must release for a restart.
             let handshake = tokio::select! {
-                handshake = tokio::time::timeout(limit, incoming) => handshake,
+                handshake = handshake => handshake,
                 _ = stopping.wait_for(|s| *s) => return,
             };
             drop(permit);
@@ -93,9 +97,10 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
             };
             let timeout = shared.config.register_timeout;
             let span = info_span!("register", %remote);
+            // Boxed so that registering does not size every agent's task.
             let served = tokio::time::timeout(
                 timeout,
-                registration::serve_registration(&shared, &connection),
+                Box::pin(registration::serve_registration(&shared, &connection)),
             )
             .instrument(span)
             .await;
