@@ -649,6 +649,16 @@ fn numbered(app: &str, sequence: u64) -> Message {
     })
 }
 
+/// A connected hub session that has stored the agent's reports up to `stored`,
+/// waiting for the agent's Hello.
+fn connected_hub(stored: u64) -> (Instant, HubSession) {
+    let now = Instant::now();
+    let mut hub = HubSession::new(Timing::default());
+    hub.resume_after_status(stored);
+    hub.handle_connected(now);
+    (now, hub)
+}
+
 /// The sequences of the status reports `hub` hands over, in order.
 fn handed_over(hub: &mut HubSession) -> Vec<u64> {
     std::iter::from_fn(|| hub.poll_event())
@@ -671,9 +681,7 @@ fn acknowledged(hub: &mut HubSession) -> Vec<u64> {
 
 #[test]
 fn status_reports_that_overtake_the_hello_are_handed_over_once_established() {
-    let now = Instant::now();
-    let mut hub = HubSession::new(Timing::default());
-    hub.handle_connected(now);
+    let (now, mut hub) = connected_hub(0);
     hub.handle_message(now, numbered("web", 1)).unwrap();
     hub.handle_message(now, numbered("api", 2)).unwrap();
     assert_eq!(hub.poll_event(), None);
@@ -689,9 +697,7 @@ fn status_reports_that_overtake_the_hello_are_handed_over_once_established() {
 
 #[test]
 fn too_many_status_reports_before_the_hello_close_the_session() {
-    let now = Instant::now();
-    let mut hub = HubSession::new(Timing::default());
-    hub.handle_connected(now);
+    let (now, mut hub) = connected_hub(0);
     for sequence in 1..=MAX_EARLY_STATUS as u64 {
         hub.handle_message(now, numbered("web", sequence)).unwrap();
     }
@@ -758,10 +764,7 @@ fn a_stored_status_whose_ack_was_lost_is_acknowledged_again_not_handed_over() {
 
 #[test]
 fn a_restarted_hub_resumes_after_the_last_stored_status() {
-    let now = Instant::now();
-    let mut hub = HubSession::new(Timing::default());
-    hub.resume_after_status(5);
-    hub.handle_connected(now);
+    let (now, mut hub) = connected_hub(5);
     hub.handle_message(now, hello()).unwrap();
     while hub.poll_transmit().is_some() {}
     while hub.poll_event().is_some() {}
@@ -780,10 +783,7 @@ fn a_restarted_hub_resumes_after_the_last_stored_status() {
 
 #[test]
 fn early_copies_of_one_report_are_handed_over_once() {
-    let now = Instant::now();
-    let mut hub = HubSession::new(Timing::default());
-    hub.resume_after_status(1);
-    hub.handle_connected(now);
+    let (now, mut hub) = connected_hub(1);
     hub.handle_message(now, numbered("web", 1)).unwrap();
     hub.handle_message(now, numbered("web", 2)).unwrap();
     hub.handle_message(now, numbered("web", 2)).unwrap();
