@@ -37,7 +37,7 @@ mod hub;
 mod tests;
 
 pub use agent::{AgentEvent, AgentSession};
-pub use hub::{HubEvent, HubSession};
+pub use hub::{HubEvent, HubSession, MAX_EARLY_STATUS};
 
 /// Errors a session reports for input it cannot accept.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,10 @@ pub enum Error {
         /// The session's state.
         state: &'static str,
     },
+    /// More status reports came ahead of the agent's `Hello` than
+    /// [`MAX_EARLY_STATUS`]. The session has queued a `Goodbye` and closed.
+    #[error("status reports before hello")]
+    StatusBeforeHello,
     /// A call the session cannot honour in its current state.
     #[error("cannot {action} while {state}")]
     NotReady {

@@ -223,7 +223,11 @@ pub struct FleetSnapshot {
 pub fn app_status_counts(store: &Store, link: Option<&Link>) -> BTreeMap<(String, String), u64> {
     let mut counts = BTreeMap::new();
     for app in store.apps().unwrap_or_default() {
-        let Ok(state) = crate::status::derive(store, link, &app) else {
+        let Ok(state) = crate::status::derive(
+            store,
+            link.map(|l| l as &dyn crate::status::Connections),
+            &app,
+        ) else {
             continue;
         };
         for cluster in state.clusters {

@@ -19,8 +19,21 @@ use flotilla_common::message::BundleOutcome;
 use flotilla_common::model::{Health, SyncStatus};
 use serde::Serialize;
 
-use crate::link::Link;
 use crate::store::{self, AppRecord, OperationRecord, Store};
+
+/// Who knows which clusters have an agent connected now (the running link).
+/// Status asks only this, so it depends on no transport.
+pub trait Connections {
+    /// Whether an agent connection of `cluster` is up.
+    fn is_connected(&self, cluster: &str) -> bool;
+}
+
+/// A fixed set of connected clusters.
+impl Connections for std::collections::BTreeSet<String> {
+    fn is_connected(&self, cluster: &str) -> bool {
+        self.contains(cluster)
+    }
+}
 
 /// The derived state of an app.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -108,9 +121,14 @@ pub mod condition {
     pub const CHILD_REFUSED: &str = "ChildRefusedError";
 }
 
-/// Derives the state of `record`. With a `link`, connection state is the link's;
-/// without (a CLI reading a stopped hub's store), the last recorded one.
-pub fn derive(store: &Store, link: Option<&Link>, record: &AppRecord) -> store::Result<AppState> {
+/// Derives the state of `record`. With `live` connections (a running link),
+/// connection state is theirs; without (a CLI reading a stopped hub's store),
+/// the last recorded one.
+pub fn derive(
+    store: &Store,
+    live: Option<&dyn Connections>,
+    record: &AppRecord,
+) -> store::Result<AppState> {
     let (project, name) = (record.project(), record.name());
     let mut conditions = Vec::new();
     if let Some(error) = &record.render_error {
@@ -148,7 +166,7 @@ pub fn derive(store: &Store, link: Option<&Link>, record: &AppRecord) -> store::
     }
     let mut clusters = Vec::with_capacity(destinations.len());
     for cluster in destinations {
-        let state = derive_cluster(store, link, &project, &name, &cluster, &mut conditions)?;
+        let state = derive_cluster(store, live, &project, &name, &cluster, &mut conditions)?;
         clusters.push(state);
     }
     let sync = if clusters.is_empty() {
@@ -209,15 +227,15 @@ fn no_destination_message(
 
 fn derive_cluster(
     store: &Store,
-    link: Option<&Link>,
+    live: Option<&dyn Connections>,
     project: &str,
     name: &str,
     cluster: &str,
     conditions: &mut Vec<Condition>,
 ) -> store::Result<ClusterState> {
     let link_record = store.link(cluster)?;
-    let connected = match link {
-        Some(link) => link.is_connected(cluster),
+    let connected = match live {
+        Some(live) => live.is_connected(cluster),
         None => link_record.as_ref().is_some_and(|l| l.connected),
     };
     let bundle = store

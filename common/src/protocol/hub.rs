@@ -49,13 +49,15 @@ pub enum HubEvent {
     },
     /// What became of a bundle.
     BundleAck(BundleAck),
-    /// A status report: store it, then call [`HubSession::ack_status`].
+    /// A status report the hub has not stored yet: store it, then call
+    /// [`HubSession::ack_status`]. Copies of reports already acknowledged are
+    /// acknowledged again by the session and never show up here.
     Status(Status),
     /// What became of a command.
     CommandResult(CommandResult),
     /// The agent asks for a new client certificate; answer with
-    /// [`HubSession::accept_renewal`] or [`HubSession::refuse_renewal`] (or close
-    /// the session if the cluster is gone).
+    /// [`HubSession::accept_renewal`], [`HubSession::refuse_renewal`] or, if the
+    /// cluster is gone, [`HubSession::refuse_renewal_of_removed_cluster`].
     Renew(Renew),
     /// The agent's cluster as it is now: record it in place of what it reported
     /// before. It speaks only for its own cluster, which its certificate names.
@@ -65,6 +67,10 @@ pub enum HubEvent {
     /// Nothing heard from the agent for too long; drop the connection.
     PeerSilent,
 }
+
+/// How many status reports may arrive ahead of the `Hello` before the agent is
+/// taken to be misbehaving.
+pub const MAX_EARLY_STATUS: usize = 64;
 
 /// The newest bundle of one app. Its envelope is kept only while the agent may
 /// still need it: once the agent has applied that generation only the
@@ -92,6 +98,14 @@ pub struct HubSession {
     peer_applied: BTreeMap<AppRef, (u64, Digest)>,
     /// Generations sent on this connection and not yet acknowledged.
     in_flight: BTreeMap<AppRef, u64>,
+    /// Status reports that came before the `Hello`: status streams and the
+    /// control stream race, so a report can overtake the `Hello` sent ahead of
+    /// it. Handed over once the session is established.
+    early_status: Vec<Status>,
+    /// The highest status sequence the driver has stored and acknowledged.
+    status_stored: u64,
+    /// `Renew` requests handed to the driver and not answered yet.
+    renewals_asked: usize,
     transmits: VecDeque<Transmit>,
     events: VecDeque<HubEvent>,
 }
@@ -106,6 +120,9 @@ impl HubSession {
             latest: BTreeMap::new(),
             peer_applied: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            early_status: Vec::new(),
+            status_stored: 0,
+            renewals_asked: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -115,8 +132,7 @@ impl HubSession {
     pub fn handle_connected(&mut self, now: Instant) {
         self.state = State::Opening;
         self.liveness = Some(Liveness::new(now, self.timing.silence_limit));
-        self.in_flight.clear();
-        self.transmits.clear();
+        self.forget_connection();
     }
 
     /// The connection is gone. Anything unsent is dropped; what the agent still
@@ -124,8 +140,22 @@ impl HubSession {
     pub fn handle_disconnected(&mut self, _now: Instant) {
         self.state = State::Down;
         self.liveness = None;
+        self.forget_connection();
+    }
+
+    /// Drops what belongs to one connection only.
+    fn forget_connection(&mut self) {
         self.in_flight.clear();
         self.transmits.clear();
+        self.early_status = Vec::new();
+        self.renewals_asked = 0;
+    }
+
+    /// The agent's status reports up to `sequence` are stored already (the
+    /// driver keeps this mark across restarts): copies of them that the agent
+    /// sends again are acknowledged at once and not handed over.
+    pub fn resume_after_status(&mut self, sequence: u64) {
+        self.status_stored = self.status_stored.max(sequence);
     }
 
     /// A message from the agent.
@@ -145,6 +175,17 @@ impl HubSession {
                 self.events.push_back(HubEvent::Registering(register));
                 Ok(())
             }
+            (State::Opening | State::Registering, Message::Status(status)) => {
+                if self.early_status.len() >= MAX_EARLY_STATUS {
+                    self.close(
+                        GoodbyeReason::ProtocolViolation,
+                        Error::StatusBeforeHello.to_string(),
+                    );
+                    return Err(Error::StatusBeforeHello);
+                }
+                self.early_status.push(status);
+                Ok(())
+            }
             (State::Opening, Message::Hello(hello)) => {
                 self.handle_hello(hello);
                 Ok(())
@@ -160,7 +201,7 @@ impl HubSession {
                 Ok(())
             }
             (State::Up(_), Message::Status(status)) => {
-                self.events.push_back(HubEvent::Status(status));
+                self.handle_status(status);
                 Ok(())
             }
             (State::Up(_), Message::CommandResult(result)) => {
@@ -168,6 +209,7 @@ impl HubSession {
                 Ok(())
             }
             (State::Up(_), Message::Renew(renew)) => {
+                self.renewals_asked += 1;
                 self.events.push_back(HubEvent::Renew(renew));
                 Ok(())
             }
@@ -231,6 +273,27 @@ impl HubSession {
         let apps: Vec<AppRef> = self.latest.keys().cloned().collect();
         for app in apps {
             self.release_if_applied(&app);
+        }
+        let mut replayed = self.status_stored;
+        for status in std::mem::take(&mut self.early_status) {
+            // Two copies of one report, both ahead of the Hello: the driver
+            // gets the first; the second is neither handed over nor
+            // acknowledged, so nothing unstored is ever acknowledged.
+            if status.sequence > self.status_stored && status.sequence <= replayed {
+                continue;
+            }
+            replayed = replayed.max(status.sequence);
+            self.handle_status(status);
+        }
+    }
+
+    /// Hands a report the driver has not stored yet over; acknowledges a copy
+    /// of one it has.
+    fn handle_status(&mut self, status: Status) {
+        if status.sequence <= self.status_stored {
+            self.ack_status(status.sequence);
+        } else {
+            self.events.push_back(HubEvent::Status(status));
         }
     }
 
@@ -377,8 +440,11 @@ impl HubSession {
         self.close(GoodbyeReason::RegistrationRefused, message);
     }
 
-    /// Acknowledges a status report, once the driver has stored it.
+    /// Acknowledges a status report, once the driver has stored it (or decided
+    /// to keep nothing of it): the agent stops sending it, and a copy that comes
+    /// again is acknowledged without being handed over.
     pub fn ack_status(&mut self, sequence: u64) {
+        self.status_stored = self.status_stored.max(sequence);
         if matches!(self.state, State::Up(_)) {
             self.transmits
                 .push_back(Transmit::new(Message::StatusAck(StatusAck { sequence })));
@@ -390,22 +456,51 @@ impl HubSession {
         self.send_when_up("send a command", Message::Command(command))
     }
 
-    /// Sends the renewed client certificate, DER.
+    /// Sends the renewed client certificate, DER, in answer to a `Renew`.
     pub fn accept_renewal(&mut self, certificate: Vec<u8>) -> Result<()> {
-        self.send_when_up(
-            "send a renewed certificate",
-            Message::Renewed(Renewed { certificate }),
-        )
+        self.answer_renewal("send a renewed certificate")?;
+        self.transmits
+            .push_back(Transmit::new(Message::Renewed(Renewed { certificate })));
+        Ok(())
     }
 
-    /// Tells the agent its certificate was not renewed; the session stays up.
+    /// Tells the agent its certificate was not renewed this time (the request
+    /// was early, the CA failed); the session stays up and the agent asks again
+    /// later.
     pub fn refuse_renewal(&mut self, reason: impl Into<String>) -> Result<()> {
-        self.send_when_up(
-            "refuse a renewal",
-            Message::RenewalRefused(RenewalRefused {
+        self.answer_renewal("refuse a renewal")?;
+        self.transmits
+            .push_back(Transmit::new(Message::RenewalRefused(RenewalRefused {
                 reason: reason.into(),
-            }),
-        )
+            })));
+        Ok(())
+    }
+
+    /// Answers a `Renew` from a cluster that is no longer registered: the
+    /// session ends with a `Goodbye` saying it was revoked.
+    pub fn refuse_renewal_of_removed_cluster(&mut self, reason: impl Into<String>) -> Result<()> {
+        self.answer_renewal("refuse a renewal")?;
+        self.close(GoodbyeReason::Revoked, reason);
+        Ok(())
+    }
+
+    /// Takes one `Renew` as answered: only an established session that was
+    /// asked may answer.
+    fn answer_renewal(&mut self, action: &'static str) -> Result<()> {
+        if !matches!(self.state, State::Up(_)) {
+            return Err(Error::NotReady {
+                action,
+                state: self.state.name(),
+            });
+        }
+        if self.renewals_asked == 0 {
+            return Err(Error::NotReady {
+                action,
+                state: "no renewal was asked for",
+            });
+        }
+        self.renewals_asked -= 1;
+        Ok(())
     }
 
     /// Sends a new key set.
@@ -477,6 +572,12 @@ impl HubSession {
             self.events = VecDeque::new();
         }
         event
+    }
+
+    /// Whether the session has said goodbye (or heard one) and waits for the
+    /// driver to drop the connection.
+    pub fn is_closing(&self) -> bool {
+        self.state == State::Closing
     }
 
     /// The negotiated version, once established.

@@ -771,3 +771,199 @@ fn only_a_certificate_that_was_asked_for_is_raised() {
     pair.drive();
     assert!(!pair.agent_events.contains(&AgentEvent::Renewed(renewed)));
 }
+
+fn hello() -> Message {
+    Message::Hello(Hello {
+        versions: SUPPORTED_VERSIONS.to_vec(),
+        applied: Vec::new(),
+        agent_version: "0.1.0".to_owned(),
+    })
+}
+
+fn numbered(app: &str, sequence: u64) -> Message {
+    Message::Status(Status {
+        sequence,
+        ..status(app)
+    })
+}
+
+/// A connected hub session that has stored the agent's reports up to `stored`,
+/// waiting for the agent's Hello.
+fn connected_hub(stored: u64) -> (Instant, HubSession) {
+    let now = Instant::now();
+    let mut hub = HubSession::new(Timing::default());
+    hub.resume_after_status(stored);
+    hub.handle_connected(now);
+    (now, hub)
+}
+
+/// The sequences of the status reports `hub` hands over, in order.
+fn handed_over(hub: &mut HubSession) -> Vec<u64> {
+    std::iter::from_fn(|| hub.poll_event())
+        .filter_map(|event| match event {
+            HubEvent::Status(status) => Some(status.sequence),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The sequences `hub` acknowledges, in order.
+fn acknowledged(hub: &mut HubSession) -> Vec<u64> {
+    std::iter::from_fn(|| hub.poll_transmit())
+        .filter_map(|transmit| match transmit.message {
+            Message::StatusAck(ack) => Some(ack.sequence),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn status_reports_that_overtake_the_hello_are_handed_over_once_established() {
+    let (now, mut hub) = connected_hub(0);
+    hub.handle_message(now, numbered("web", 1)).unwrap();
+    hub.handle_message(now, numbered("api", 2)).unwrap();
+    assert_eq!(hub.poll_event(), None);
+    assert!(hub.poll_transmit().is_none());
+
+    hub.handle_message(now, hello()).unwrap();
+    assert!(matches!(
+        hub.poll_event(),
+        Some(HubEvent::Established { .. })
+    ));
+    assert_eq!(handed_over(&mut hub), vec![1, 2]);
+}
+
+#[test]
+fn too_many_status_reports_before_the_hello_close_the_session() {
+    let (now, mut hub) = connected_hub(0);
+    for sequence in 1..=MAX_EARLY_STATUS as u64 {
+        hub.handle_message(now, numbered("web", sequence)).unwrap();
+    }
+    let result = hub.handle_message(now, numbered("web", 100));
+    assert!(
+        matches!(result, Err(Error::StatusBeforeHello)),
+        "{result:?}"
+    );
+    assert!(hub.is_closing());
+    let Some(Transmit {
+        message: Message::Goodbye(goodbye),
+        ..
+    }) = hub.poll_transmit()
+    else {
+        panic!("expected a goodbye");
+    };
+    assert_eq!(goodbye.reason, GoodbyeReason::ProtocolViolation);
+    // The Hello that comes too late establishes nothing.
+    hub.handle_message(now, hello()).unwrap();
+    assert_eq!(hub.version(), None);
+    assert_eq!(hub.poll_event(), None);
+}
+
+#[test]
+fn a_stored_status_whose_ack_was_lost_is_acknowledged_again_not_handed_over() {
+    let mut pair = Pair::new();
+    pair.connect();
+    let sequence = pair.agent.report_status(status("web"));
+    // The report reaches the hub, which stores and acknowledges it; the link
+    // drops before the ack reaches the agent.
+    let transmit = pair.agent.poll_transmit().unwrap();
+    let message = pair.wire(&transmit);
+    pair.hub.handle_message(pair.now, message).unwrap();
+    let Some(HubEvent::Status(stored)) = pair.hub.poll_event() else {
+        panic!("expected the status");
+    };
+    pair.hub.ack_status(stored.sequence);
+    assert!(pair.hub.poll_transmit().is_some());
+    pair.disconnect();
+    assert_eq!(pair.agent.unacknowledged().count(), 1);
+
+    pair.connect();
+    // The agent sent it again and got its ack, but the hub's driver never saw
+    // it a second time.
+    assert_eq!(pair.statuses_delivered, vec![sequence]);
+    assert_eq!(pair.agent.unacknowledged().count(), 0);
+    assert!(
+        !pair
+            .hub_events
+            .iter()
+            .any(|e| matches!(e, HubEvent::Status(_))),
+        "{:?}",
+        pair.hub_events
+    );
+    // A new report still goes through.
+    let next = pair.agent.report_status(status("web"));
+    pair.drive();
+    assert!(
+        pair.hub_events
+            .iter()
+            .any(|e| matches!(e, HubEvent::Status(s) if s.sequence == next))
+    );
+}
+
+#[test]
+fn a_restarted_hub_resumes_after_the_last_stored_status() {
+    let (now, mut hub) = connected_hub(5);
+    hub.handle_message(now, hello()).unwrap();
+    while hub.poll_transmit().is_some() {}
+    while hub.poll_event().is_some() {}
+
+    hub.handle_message(now, numbered("web", 5)).unwrap();
+    assert!(handed_over(&mut hub).is_empty());
+    assert_eq!(acknowledged(&mut hub), vec![5]);
+    hub.handle_message(now, numbered("web", 6)).unwrap();
+    assert_eq!(handed_over(&mut hub), vec![6]);
+    // Not acknowledged (the driver failed to store it): a copy is handed over
+    // again rather than acknowledged unstored.
+    hub.handle_message(now, numbered("web", 6)).unwrap();
+    assert_eq!(handed_over(&mut hub), vec![6]);
+    assert!(acknowledged(&mut hub).is_empty());
+}
+
+#[test]
+fn early_copies_of_one_report_are_handed_over_once() {
+    let (now, mut hub) = connected_hub(1);
+    hub.handle_message(now, numbered("web", 1)).unwrap();
+    hub.handle_message(now, numbered("web", 2)).unwrap();
+    hub.handle_message(now, numbered("web", 2)).unwrap();
+    hub.handle_message(now, hello()).unwrap();
+    assert_eq!(handed_over(&mut hub), vec![2]);
+    // Report 1 was stored before: acknowledged again at once.
+    assert_eq!(acknowledged(&mut hub), vec![1]);
+}
+
+#[test]
+fn a_renewal_for_a_removed_cluster_ends_the_session_as_revoked() {
+    let mut pair = Pair::new();
+    pair.connect();
+    pair.agent.request_renewal([7; 32]).unwrap();
+    pair.drive();
+    pair.hub
+        .refuse_renewal_of_removed_cluster("cluster east is not registered")
+        .unwrap();
+    assert!(pair.hub.is_closing());
+    pair.drive();
+    assert!(pair.agent_events.iter().any(|e| matches!(
+        e,
+        AgentEvent::Goodbye(Goodbye {
+            reason: GoodbyeReason::Revoked,
+            ..
+        })
+    )));
+}
+
+#[test]
+fn a_renewal_is_answered_only_when_asked_for_and_once() {
+    let mut pair = Pair::new();
+    pair.connect();
+    assert!(matches!(
+        pair.hub.accept_renewal(vec![1]),
+        Err(Error::NotReady { .. })
+    ));
+    pair.agent.request_renewal([7; 32]).unwrap();
+    pair.drive();
+    pair.hub.accept_renewal(vec![1]).unwrap();
+    assert!(matches!(
+        pair.hub.refuse_renewal("twice"),
+        Err(Error::NotReady { .. })
+    ));
+}

@@ -56,7 +56,11 @@ pub(super) fn routes() -> Router<ApiState> {
 
 /// The derived state of an app, for the app summaries.
 pub(super) fn derived_state(state: &ApiState, record: &AppRecord) -> Value {
-    match status::derive(&state.store, state.link.as_deref(), record) {
+    match status::derive(
+        &state.store,
+        state.link.as_deref().map(|l| l as &dyn status::Connections),
+        record,
+    ) {
         Ok(derived) => serde_json::to_value(derived).unwrap_or(Value::Null),
         Err(e) => json!({ "error": e.to_string() }),
     }

@@ -248,3 +248,25 @@ async fn an_app_without_a_registered_destination_is_unknown_with_a_condition() {
     assert_eq!(kinds(&state), [condition::INVALID_SPEC_ERROR]);
     assert!(state.clusters.is_empty());
 }
+
+#[tokio::test]
+async fn live_connections_override_the_connection_state_the_store_recorded() {
+    // The store says connected (a hub killed without marking it), but no agent
+    // connection is up: the live view wins.
+    let f = fixture(true).await;
+    put_bundle(&f.store, 1).await;
+    report(&f.store, 1, SyncStatus::Synced, Health::Healthy).await;
+    let nobody = std::collections::BTreeSet::new();
+    let state = derive(&f.store, Some(&nobody), &f.record).unwrap();
+    assert_eq!(state.sync, SyncStatus::Unknown);
+    assert!(kinds(&state).contains(&condition::CLUSTER_DISCONNECTED));
+
+    // The store says disconnected, but the agent is connected now.
+    let f = fixture(false).await;
+    put_bundle(&f.store, 1).await;
+    report(&f.store, 1, SyncStatus::Synced, Health::Healthy).await;
+    let east = std::collections::BTreeSet::from(["east".to_owned()]);
+    let state = derive(&f.store, Some(&east), &f.record).unwrap();
+    assert_eq!(state.sync, SyncStatus::Synced);
+    assert!(kinds(&state).is_empty(), "{:?}", state.conditions);
+}
