@@ -33,15 +33,18 @@ impl Drop for ClusterGuard {
     }
 }
 
-/// Stops this cluster's kube-apiserver (a process `tests/cluster up`, run by this
+/// Stops this cluster's `component` (a process `tests/cluster up`, run by this
 /// test, started and recorded) and returns its command line.
-fn stop_apiserver(dir: &Path) -> Vec<String> {
-    let pid = std::fs::read_to_string(dir.join("pids/kube-apiserver")).unwrap();
+fn stop_component(dir: &Path, component: &str) -> Vec<String> {
+    let pid = std::fs::read_to_string(dir.join(format!("pids/{component}"))).unwrap();
     let pid = pid.trim().to_owned();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    // NUL-terminated arguments; an empty one (etcd's `--listen-metrics-urls ""`)
+    // is an argument too.
     let args: Vec<String> = cmdline
+        .strip_suffix(&[0])
+        .unwrap_or(&cmdline)
         .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     assert!(
@@ -58,21 +61,26 @@ fn stop_apiserver(dir: &Path) -> Vec<String> {
     args
 }
 
-/// Starts the apiserver again with the same command line and records its pid, so
-/// `tests/cluster down` stops the new process.
-fn start_apiserver(dir: &Path, args: &[String]) {
+/// Starts `component` again with the same command line (and working folder) and
+/// records its pid, so `tests/cluster down` stops the new process.
+fn start_component(dir: &Path, component: &str, args: &[String], cwd: &Path) {
     let log = std::fs::OpenOptions::new()
         .append(true)
-        .open(dir.join("logs/kube-apiserver.log"))
+        .open(dir.join(format!("logs/{component}.log")))
         .unwrap();
     let child = Command::new(&args[0])
         .args(&args[1..])
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .unwrap();
-    std::fs::write(dir.join("pids/kube-apiserver"), child.id().to_string()).unwrap();
+    std::fs::write(
+        dir.join(format!("pids/{component}")),
+        child.id().to_string(),
+    )
+    .unwrap();
     // Reap it when `tests/cluster down` stops it.
     let mut child = child;
     std::thread::spawn(move || child.wait());
@@ -80,6 +88,18 @@ fn start_apiserver(dir: &Path, args: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
+    restart_mid_sync("kube-apiserver").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
+    restart_mid_sync("etcd").await;
+}
+
+/// Restarts `component` of the test's own cluster once the sync's PreSync hook
+/// has run, then checks that the sync ends (failed or not, never hung), and a
+/// retry converges without running the hook again.
+async fn restart_mid_sync(component: &str) {
     let name = unique("restart");
     let up = Command::new(cluster_script())
         .args(["up", &name])
@@ -141,15 +161,24 @@ async fn apiserver_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
                 .flatten()
                 .is_some_and(|j| j.status.and_then(|s| s.succeeded).unwrap_or(0) > 0);
             if done {
-                let args = stop_apiserver(cluster.dir());
+                let pid = std::fs::read_to_string(cluster.dir().join(format!("pids/{component}")))
+                    .unwrap();
+                let cwd = std::fs::read_link(format!("/proc/{}/cwd", pid.trim())).unwrap();
+                let args = stop_component(cluster.dir(), component);
+                let stopped = Instant::now();
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                start_apiserver(cluster.dir(), &args);
-                break sync.await;
+                start_component(cluster.dir(), component, &args, &cwd);
+                let report = sync.await;
+                eprintln!(
+                    "{component} restart: the sync ended {:?} after the stop",
+                    stopped.elapsed()
+                );
+                break report;
             }
             assert!(Instant::now() < deadline, "the hook never completed");
         }
     };
-    eprintln!("sync across the restart: {:?}", first.outcome);
+    eprintln!("sync across the {component} restart: {:?}", first.outcome);
     assert_eq!(
         first.hook("migrate").unwrap().outcome,
         HookOutcome::Succeeded
@@ -159,7 +188,10 @@ async fn apiserver_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + Duration::from_secs(60);
     while maps.list(&ListParams::default().limit(1)).await.is_err() {
-        assert!(Instant::now() < deadline, "the apiserver did not come back");
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not serve again after the {component} restart"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let applier = Applier::new(
@@ -168,8 +200,13 @@ async fn apiserver_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
         Store::open(&store_dir).unwrap(),
         options,
     );
+    let retried = Instant::now();
     let retry = applier.sync(&b).await;
     assert!(retry.succeeded(), "{:?}", retry.outcome);
+    eprintln!(
+        "{component} restart: the retry converged in {:?}",
+        retried.elapsed()
+    );
     assert_eq!(
         retry.hook("migrate").unwrap().outcome,
         HookOutcome::AlreadyRan
