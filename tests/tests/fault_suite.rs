@@ -547,15 +547,20 @@ async fn thirty_percent_loss_and_half_a_second_of_latency_slow_the_fleet_but_los
 /// `FAKETIME` for an agent whose clock is `offset` from the hub's; libfaketime
 /// comes from `tests/install-prereqs`, which `tests/run` names in
 /// `FLOTILLA_FAKETIME_LIB`.
-fn skewed(agent: Agent, offset: &str) -> Agent {
+fn skewed(mut agent: Agent, offset: &str) -> Agent {
+    skew(&mut agent, offset);
+    agent
+}
+
+/// Sets the agent's clock `offset` from ours for its next start.
+fn skew(agent: &mut Agent, offset: &str) {
     let library = std::env::var("FLOTILLA_FAKETIME_LIB").expect(
         "FLOTILLA_FAKETIME_LIB names libfaketime (tests/run sets it from tests/install-prereqs)",
     );
-    agent
-        .env("LD_PRELOAD", &library)
-        .env("FAKETIME", offset)
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .env("FAKETIME_DONT_RESET", "1")
+    agent.set_env("LD_PRELOAD", &library);
+    agent.set_env("FAKETIME", offset);
+    agent.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    agent.set_env("FAKETIME_DONT_RESET", "1");
 }
 
 async fn with_agent_clock(offset: &'static str) {
@@ -704,4 +709,102 @@ async fn a_sixty_second_partition_between_hub_and_agents_heals_and_every_app_con
     );
     drop(fleet);
     drop(netns);
+}
+
+/// The soak: random faults from the suite's list over 20 apps on the two local
+/// clusters for `FLOTILLA_SOAK_SECS` (1800 by default), each followed by a new
+/// revision or a hand edit, then every invariant. Bounded: each fault lasts at
+/// most 20 s, and the fleet must converge within [`CONVERGE`] after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the soak (30 min): FLOTILLA_SOAK_SECS=1800 tests/run --test fault_suite -- --ignored soak"]
+async fn soak_random_faults_over_twenty_apps_then_every_invariant_holds() {
+    let length = Duration::from_secs(
+        std::env::var("FLOTILLA_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1800),
+    );
+    let netns = Netns::new();
+    let mut fleet = Fleet::new("soak", 20, true).await;
+    fleet.hub = Hub::new(
+        &fleet.dir.path().join("in-netns"),
+        &netns.inside_ip,
+        Some(&netns.name),
+    );
+    fleet.agents(|a| a).await;
+    fleet.start().await;
+    fleet.converged(CONVERGE).await;
+
+    let mut dice = 0x50a4_u64 ^ u64::from(std::process::id());
+    let mut roll = |n: u64| {
+        dice ^= dice << 13;
+        dice ^= dice >> 7;
+        dice ^= dice << 17;
+        dice % n
+    };
+    let started = Instant::now();
+    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
+    while started.elapsed() < length {
+        let fault = match roll(6) {
+            0 => {
+                fleet.hub.kill();
+                tokio::time::sleep(Duration::from_secs(roll(5))).await;
+                fleet.hub.start();
+                "hub kill -9"
+            }
+            1 => {
+                let agent = &mut fleet.agents[roll(2) as usize];
+                agent.kill();
+                tokio::time::sleep(Duration::from_secs(roll(5))).await;
+                agent.start();
+                "agent kill -9"
+            }
+            2 => {
+                netns.partition();
+                tokio::time::sleep(Duration::from_secs(5 + roll(16))).await;
+                netns.heal();
+                "partition"
+            }
+            3 => {
+                let i = roll(20) as usize;
+                let configmaps = Api::<ConfigMap>::namespaced(
+                    fleet.cluster_of(i).client().await.unwrap(),
+                    &fleet.namespace,
+                );
+                if let Ok(Some(mut edited)) = configmaps.get_opt(&format!("app-{i}")).await {
+                    edited
+                        .data
+                        .get_or_insert_with(Default::default)
+                        .insert("revision".to_owned(), "by hand".to_owned());
+                    let _ = configmaps
+                        .replace(&format!("app-{i}"), &PostParams::default(), &edited)
+                        .await;
+                }
+                "hand edit"
+            }
+            4 => {
+                let offset = if roll(2) == 0 { "+10m" } else { "-10m" };
+                let i = roll(2) as usize;
+                let agent = &mut fleet.agents[i];
+                agent.kill();
+                skew(agent, offset);
+                agent.start();
+                "agent restarted with a skewed clock"
+            }
+            _ => {
+                fleet.commit();
+                "new revision"
+            }
+        };
+        *counts.entry(fault).or_default() += 1;
+        tokio::time::sleep(Duration::from_secs(1 + roll(10))).await;
+    }
+    // After the last fault: one more revision, and everything converges.
+    fleet.commit();
+    let took = fleet.converged(CONVERGE).await;
+    eprintln!(
+        "soak of {:?}: faults {counts:?}; converged {took:?} after the last; revision {}",
+        started.elapsed(),
+        fleet.revision
+    );
 }

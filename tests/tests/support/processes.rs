@@ -378,8 +378,14 @@ impl Agent {
 
     /// Runs the agent with `key=value` in its environment.
     pub fn env(mut self, key: &str, value: &str) -> Agent {
-        self.env.push((key.to_owned(), value.to_owned()));
+        self.set_env(key, value);
         self
+    }
+
+    /// Sets `key=value` for the agent's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Starts the agent, or starts it again after [`Agent::kill`].
