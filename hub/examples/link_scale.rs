@@ -418,8 +418,8 @@ async fn hub(n: usize, procs: usize) {
     }
 
     // Fan-out: one thread signs the N bundles (hub::refresh's work, not the
-    // link's) a few ahead of the loop that stores them one by one, flushed, as
-    // refresh does; the link pushes each as it lands. Signing all of them first
+    // link's) a few ahead of the loop that writes them, and one flush makes them
+    // all durable, as a refresh's batch does; the link pushes them once flushed. Signing all of them first
     // would leave 1 GB of freed envelopes in this process's heap at N = 10,000;
     // the signing thread's own CPU time is taken out of the hub's.
     let (signed_tx, mut signed_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
@@ -435,16 +435,33 @@ async fn hub(n: usize, procs: usize) {
     });
     let phase = Phase::start();
     let first_stored_ms = cluster::epoch_ms(SystemTime::now());
-    let mut stored_at = Vec::with_capacity(n);
     let mut envelope_len = 0;
+    let mut written = Vec::with_capacity(n);
+    // LINK_SCALE_STORE=each stores and flushes them one by one instead, as the
+    // hub did before batches, for a comparison in the same run.
+    let each = std::env::var("LINK_SCALE_STORE").is_ok_and(|v| v == "each");
+    let mut stored_at = Vec::with_capacity(n);
     for i in 0..n {
         let bytes = signed_rx.recv().await.unwrap();
         envelope_len = bytes.len();
-        store
-            .put_bundle("default", "web", &format!("c{i}"), 1, &bytes)
-            .await
-            .unwrap();
-        stored_at.push(cluster::epoch_ms(SystemTime::now()));
+        let cluster = format!("c{i}");
+        if each {
+            store
+                .put_bundle("default", "web", &cluster, 1, &bytes)
+                .await
+                .unwrap();
+            stored_at.push(cluster::epoch_ms(SystemTime::now()));
+        } else {
+            written.push(
+                store
+                    .write_bundle("default", "web", &cluster, 1, None, &bytes)
+                    .unwrap(),
+            );
+        }
+    }
+    if !each {
+        store.commit_bundles(written).await.unwrap();
+        stored_at = vec![cluster::epoch_ms(SystemTime::now()); n];
     }
     let stored = phase.wall.elapsed();
     let signing_cpu = signing.join().unwrap();
