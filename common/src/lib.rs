@@ -46,6 +46,8 @@ pub mod model;
 pub mod project;
 pub mod protocol;
 pub mod signing;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// The version of Flotilla that built this crate, as reported by both binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use sha2::{Digest as _, Sha256};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -175,10 +174,9 @@ pub fn http_client_builder(trust: &Trust) -> Result<reqwest::ClientBuilder> {
         let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if trust.insecure {
             Arc::new(AnyCertificate(provider.clone()))
         } else {
-            Arc::new(PinnedFingerprint {
-                fingerprint: trust.ca_fingerprint.clone().unwrap_or_default(),
-                provider: provider.clone(),
-            })
+            Arc::new(flotilla_common::tls::PinnedCa::new(
+                trust.ca_fingerprint.as_deref().unwrap_or_default(),
+            ))
         };
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -290,91 +288,6 @@ impl Client {
             403 => Err(Error::PermissionDenied(message)),
             _ => Err(Error::Api { status, message }),
         }
-    }
-}
-
-/// Trusts a server whose chain holds a certificate with the pinned SHA-256: the
-/// hub's CA (then the leaf must chain to it and name the host dialled), or the
-/// leaf itself (a self-signed certificate the operator provided).
-#[derive(Debug)]
-struct PinnedFingerprint {
-    fingerprint: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    crate::ca::hex(&Sha256::digest(bytes))
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedFingerprint {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if sha256_hex(end_entity) == self.fingerprint {
-            return Ok(rustls::client::danger::ServerCertVerified::assertion());
-        }
-        let anchor = intermediates
-            .iter()
-            .find(|cert| sha256_hex(cert) == self.fingerprint)
-            .ok_or_else(|| {
-                rustls::Error::General(format!(
-                    "the hub's certificate chain has no certificate with the pinned fingerprint {}",
-                    self.fingerprint
-                ))
-            })?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(anchor.clone().into_owned())?;
-        let others: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .filter(|cert| sha256_hex(cert) != self.fingerprint)
-            .cloned()
-            .collect();
-        rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(format!("building the pinned verifier: {e}")))?
-        .verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

@@ -5,95 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use sha2::{Digest as _, Sha256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::{ALPN, Error, Result};
 
-/// Trusts a server certificate only if it chains to the CA whose SHA-256 is
-/// pinned; the hub sends that CA in its chain.
-#[derive(Debug)]
-pub struct PinnedCa {
-    fingerprint: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl PinnedCa {
-    /// Pins `fingerprint` (lowercase hex SHA-256 of the CA's DER).
-    pub fn new(fingerprint: &str) -> Self {
-        Self {
-            fingerprint: fingerprint.to_ascii_lowercase().replace(':', ""),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedCa {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|cert| hex(&Sha256::digest(cert.as_ref())) == self.fingerprint)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the hub's certificate chain has no CA with the pinned fingerprint".to_owned(),
-                )
-            })?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(format!("building the pinned verifier: {e}")))?;
-        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
+pub use flotilla_common::tls::PinnedCa;
 
 /// The QUIC client configuration: pinned CA, and the client certificate if the
 /// agent has one.
