@@ -418,8 +418,9 @@ async fn hub(n: usize, procs: usize) {
     }
 
     // Fan-out: one thread signs the N bundles (hub::refresh's work, not the
-    // link's) a few ahead of the loop that writes them, and one flush makes them
-    // all durable, as a refresh's batch does; the link pushes them once flushed. Signing all of them first
+    // link's) a few ahead of the loop that writes them and commits every
+    // COMMIT_EVERY (one flush each), as a refresh's batch does; the link pushes
+    // each chunk once it is flushed. Signing all of them first
     // would leave 1 GB of freed envelopes in this process's heap at N = 10,000;
     // the signing thread's own CPU time is taken out of the hub's.
     let (signed_tx, mut signed_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
@@ -439,7 +440,12 @@ async fn hub(n: usize, procs: usize) {
     let mut written = Vec::with_capacity(n);
     // LINK_SCALE_STORE=each stores and flushes them one by one instead, as the
     // hub did before batches, for a comparison in the same run.
+    // LINK_SCALE_STORE=all commits all of them with one flush at the end.
     let each = std::env::var("LINK_SCALE_STORE").is_ok_and(|v| v == "each");
+    let commit_every = match std::env::var("LINK_SCALE_STORE").as_deref() {
+        Ok("all") => usize::MAX,
+        _ => flotilla_hub::bundles::COMMIT_EVERY,
+    };
     let mut stored_at = Vec::with_capacity(n);
     for i in 0..n {
         let bytes = signed_rx.recv().await.unwrap();
@@ -457,11 +463,18 @@ async fn hub(n: usize, procs: usize) {
                     .write_bundle("default", "web", &cluster, 1, None, &bytes)
                     .unwrap(),
             );
+            if written.len() >= commit_every || i + 1 == n {
+                let chunk = written.len();
+                store
+                    .commit_bundles(std::mem::take(&mut written))
+                    .await
+                    .unwrap();
+                stored_at.extend(std::iter::repeat_n(
+                    cluster::epoch_ms(SystemTime::now()),
+                    chunk,
+                ));
+            }
         }
-    }
-    if !each {
-        store.commit_bundles(written).await.unwrap();
-        stored_at = vec![cluster::epoch_ms(SystemTime::now()); n];
     }
     let stored = phase.wall.elapsed();
     let signing_cpu = signing.join().unwrap();

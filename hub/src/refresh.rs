@@ -625,15 +625,23 @@ impl Refresher {
             Ok(children) => children,
             Err(e) => return self.fail(record, e).await,
         };
-        // One flush for every cluster's bundle: a fan-out to thousands of clusters
-        // would otherwise spend its time flushing.
+        // One flush per COMMIT_EVERY clusters' bundles, not one each: a fan-out to
+        // thousands of clusters would otherwise spend its time flushing.
         let mut batch = self.issuer.batch();
         let mut stored = Ok(());
         for (cluster, objects) in checked {
             match self.store_bundle(
                 &mut batch, &record, &app, &project, cluster, &commit, objects, now,
             ) {
-                Ok(Some(generation)) => generations.push((cluster.name.clone(), generation)),
+                Ok(Some(generation)) => {
+                    generations.push((cluster.name.clone(), generation));
+                    if batch.pending() >= bundles::COMMIT_EVERY
+                        && let Err(e) = batch.commit_pending().await
+                    {
+                        stored = Err(e.into());
+                        break;
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
                     stored = Err(e);

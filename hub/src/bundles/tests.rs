@@ -139,3 +139,38 @@ async fn the_store_refuses_a_generation_that_is_not_newer() {
         Some((2, b"two".to_vec()))
     );
 }
+
+#[tokio::test]
+async fn a_batch_announces_each_committed_chunk_and_nothing_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let issuer = Issuer::new(store.clone()).await.unwrap();
+    let mut announced = store.subscribe_bundles();
+    let mut batch = issuer.batch();
+    for cluster in ["east", "west", "north"] {
+        let app = AppRef::new("default", "web");
+        let issued = batch
+            .issue(&app, cluster, |generation, _| {
+                Ok::<_, DraftFailed>(Some(testing::bundle(
+                    "web",
+                    cluster,
+                    generation,
+                    "r1",
+                    Vec::new(),
+                )))
+            })
+            .unwrap();
+        assert_eq!(issued, Some(1));
+        if cluster == "west" {
+            assert_eq!(batch.pending(), 2);
+            assert!(announced.try_recv().is_err(), "announced before a commit");
+            batch.commit_pending().await.unwrap();
+            assert_eq!(batch.pending(), 0);
+            assert_eq!(announced.try_recv().unwrap().cluster, "east");
+            assert_eq!(announced.try_recv().unwrap().cluster, "west");
+        }
+    }
+    assert!(announced.try_recv().is_err());
+    batch.commit().await.unwrap();
+    assert_eq!(announced.try_recv().unwrap().cluster, "north");
+}
