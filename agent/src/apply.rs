@@ -87,6 +87,21 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// Asking the cluster about the object's kind failed for another reason than
+    /// the kind not being served: the apiserver was unreachable or answered with
+    /// an error.
+    #[error("{resource}: could not ask the cluster about kind {kind}: {message}")]
+    Discovery {
+        /// The object.
+        resource: String,
+        /// `group/version/kind`.
+        kind: String,
+        /// The apiserver's message, or the connection's error.
+        message: String,
+        /// The discovery error.
+        #[source]
+        source: Box<kube::Error>,
+    },
     /// The bundle places an object of a cluster-scoped kind in a namespace: the
     /// hub's idea of the kind's scope (stale cluster facts, or a CRD in the render
     /// that claims a scope) is not the cluster's, and the project check it passed
@@ -346,7 +361,21 @@ fn option_value<'a>(bundle: &'a Bundle, key: &str) -> Option<&'a str> {
 fn api_message(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
+        // "client error (Connect)" says little; its causes say what happened
+        // ("Connection refused").
+        other => {
+            let mut out = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(inner) = cause {
+                let text = inner.to_string();
+                if !out.contains(&text) {
+                    out.push_str(": ");
+                    out.push_str(&text);
+                }
+                cause = inner.source();
+            }
+            out
+        }
     }
 }
 

@@ -258,6 +258,16 @@ impl Applier {
                 Promise::GaveUp(earlier) => Some(Some(earlier)),
                 Promise::None => Some(None),
             };
+            if gave_up.is_some() && !is_not_served(&source) {
+                // Not an answer about the kind: a dead apiserver is not "does not
+                // serve kind".
+                return Err(Error::Discovery {
+                    resource: describe(resource),
+                    kind,
+                    message: api_message(&source),
+                    source: Box::new(source),
+                });
+            }
             if let Some(waited) = gave_up {
                 return Err(Error::UnknownKind {
                     resource: describe(resource),
