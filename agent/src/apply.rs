@@ -363,19 +363,7 @@ fn api_message(error: &kube::Error) -> String {
         kube::Error::Api(status) => status.message.clone(),
         // "client error (Connect)" says little; its causes say what happened
         // ("Connection refused").
-        other => {
-            let mut out = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(inner) = cause {
-                let text = inner.to_string();
-                if !out.contains(&text) {
-                    out.push_str(": ");
-                    out.push_str(&text);
-                }
-                cause = inner.source();
-            }
-            out
-        }
+        other => flotilla_common::error::describe(other),
     }
 }
 

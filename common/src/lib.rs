@@ -38,6 +38,7 @@
 
 pub mod bundle;
 pub mod codec;
+pub mod error;
 #[cfg(test)]
 mod fixture;
 pub mod frame;

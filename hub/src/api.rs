@@ -73,11 +73,12 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
 }
 
 /// A 500 that names the failure with its causes: "store apps: writing" alone
-/// does not tell an operator that the disk is full.
+/// does not tell an operator that the disk is full. A cause may quote a
+/// repository URL, so credentials in one are taken out.
 fn failed(e: &dyn std::error::Error) -> Reply {
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
-        crate::refresh::describe(e),
+        crate::render::redact_urls(&flotilla_common::error::describe(e)),
     )
 }
 

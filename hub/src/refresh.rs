@@ -352,7 +352,7 @@ impl Refresher {
     /// fetch that works clears it. Written only when the message changes, so a
     /// repository that stays unreachable does not write on every poll.
     async fn record_fetch_failure(&self, url: &str, error: &Error) -> Result<()> {
-        let message = crate::render::redact_urls(&describe(error));
+        let message = crate::render::redact_urls(&flotilla_common::error::describe(error));
         for record in self.store.apps()? {
             if !source::webhook::same_repository(&record.application.source().repo_url, url)
                 || record.render_error.as_deref() == Some(message.as_str())
@@ -1014,23 +1014,6 @@ impl Refresher {
             .await?;
         Ok(())
     }
-}
-
-/// An error and its causes, outermost first: "failed to fetch URL: ...: No space
-/// left on device". A message that stops at the outermost error hides what the
-/// user must fix.
-pub fn describe(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        let text = inner.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = inner.source();
-    }
-    out
 }
 
 /// A failure of the bundle issuer as a refresh reports it.

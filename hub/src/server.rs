@@ -349,7 +349,8 @@ async fn poll_loop(
                 match refresher.refresh_repo(&task_url, SystemTime::now()).await {
                     Ok(outcomes) => info!(repo = %shown, apps = outcomes.len(), "refreshed"),
                     Err(e) => {
-                        let error = crate::render::redact_urls(&crate::refresh::describe(&e));
+                        let error =
+                            crate::render::redact_urls(&flotilla_common::error::describe(&e));
                         warn!(repo = %shown, %error, "refresh failed")
                     }
                 }
