@@ -65,15 +65,7 @@ const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: a log file or a pod's log gets text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    flotilla_common::logging::init();
     let hub: SocketAddr = match std::net::ToSocketAddrs::to_socket_addrs(&cli.hub)
         .ok()
         .and_then(|mut addrs| addrs.next())

@@ -167,32 +167,15 @@ pub(crate) fn open_sled(dir: &Path) -> Result<sled::Db> {
         source,
     })?;
     // A database just closed (a restart in the same process, a test reopening
-    // it) can still be locked for a moment while sled's flusher thread lets go
-    // of it. Wait for the lock a little, as the hub does, then fail clearly: two
-    // live agents on one folder must never both open it.
-    let locked_until = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-        {
-            Ok(db) => return Ok(db),
-            // sled reports a held lock only as an I/O error with this text.
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < locked_until =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(source) => {
-                return Err(Error::Open {
-                    path: dir.to_owned(),
-                    source,
-                });
-            }
+    // it) can still be locked for a moment: wait for the lock a little, as the
+    // hub does.
+    let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+    flotilla_common::sled_open::open_waiting_for_lock(&config, LOCK_WAIT).map_err(|source| {
+        Error::Open {
+            path: dir.to_owned(),
+            source,
         }
-    }
+    })
 }
 
 /// How long opening waits for a lock a closing database still holds.

@@ -42,11 +42,15 @@ pub mod error;
 #[cfg(test)]
 mod fixture;
 pub mod frame;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod message;
 pub mod model;
 pub mod project;
 pub mod protocol;
 pub mod signing;
+#[cfg(feature = "sled")]
+pub mod sled_open;
 #[cfg(feature = "tls")]
 pub mod tls;
 

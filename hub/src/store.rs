@@ -199,29 +199,13 @@ impl Store {
         // before it while that one lets go of the database (its last handles are
         // dropped by tasks that are ending). Wait for the lock a little, then fail
         // clearly: two live hubs on one folder must never both open it.
-        let locked_until = std::time::Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match sled::Config::new()
-                .path(dir)
-                .cache_capacity(CACHE_BYTES)
-                .open()
-            {
-                Ok(db) => break db,
-                // sled reports a held lock only as an I/O error with this text.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < locked_until =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(source) => {
-                    return Err(Error::Open {
-                        path: dir.to_owned(),
-                        source,
-                    });
-                }
-            }
-        };
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+        let db = flotilla_common::sled_open::open_waiting_for_lock(&config, LOCK_WAIT).map_err(
+            |source| Error::Open {
+                path: dir.to_owned(),
+                source,
+            },
+        )?;
         let store = Self {
             db,
             path: dir.to_owned(),

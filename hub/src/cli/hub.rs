@@ -140,14 +140,7 @@ fn settings(args: &HubArgs) -> Result<Settings, ConfigError> {
 }
 
 pub async fn run(args: HubArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    flotilla_common::logging::init();
     let Settings {
         tls,
         policy,
