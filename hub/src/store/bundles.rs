@@ -48,10 +48,13 @@ impl Indexed {
         })
     }
 
-    fn encode(self) -> [u8; 16] {
-        let mut out = [0; 16];
-        out[..8].copy_from_slice(&self.generation.to_be_bytes());
-        out[8..].copy_from_slice(&self.not_after.unwrap_or_default().0.to_be_bytes());
+    /// The generation, then the expiry when there is one: an entry without one
+    /// reads back as without one, not as expired at the epoch.
+    fn encode(self) -> Vec<u8> {
+        let mut out = self.generation.to_be_bytes().to_vec();
+        if let Some(not_after) = self.not_after {
+            out.extend_from_slice(&not_after.0.to_be_bytes());
+        }
         out
     }
 }
@@ -111,7 +114,7 @@ impl Store {
                 return Err(ConflictableTransactionError::Abort(stored));
             }
             bundles.insert(key.as_bytes(), envelope)?;
-            cluster_bundles.insert(index.as_bytes(), &entry.encode())?;
+            cluster_bundles.insert(index.as_bytes(), entry.encode())?;
             Ok(())
         });
         match written {

@@ -618,3 +618,20 @@ async fn under_the_free_space_kept_new_state_is_refused_and_work_under_way_still
         .unwrap();
     assert_eq!(store.apps().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_bundle_written_without_an_expiry_is_indexed_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let written = store
+        .write_bundle("web", "shop", "east", 2, None, b"not an envelope")
+        .unwrap();
+    store.commit_bundles(vec![written]).await.unwrap();
+    assert_eq!(
+        store.indexed_bundle("web", "shop", "east").unwrap(),
+        Some(Indexed {
+            generation: 2,
+            not_after: None,
+        })
+    );
+}
