@@ -159,6 +159,8 @@ pub struct Store {
     sources_changed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The free space kept on the data folder's disk.
     space: std::sync::Arc<space::Space>,
+    /// How many renders the `renders` tree holds, counted on first use.
+    renders: std::sync::Arc<std::sync::OnceLock<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Trees still written while the disk is under the free space the store keeps:
@@ -213,6 +215,7 @@ impl Store {
             flush_lock: std::sync::Arc::default(),
             sources_changed: std::sync::Arc::default(),
             space: space::Space::new(),
+            renders: std::sync::Arc::default(),
         };
         store.check_schema()?;
         Ok(store)

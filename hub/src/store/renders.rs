@@ -3,6 +3,8 @@
 //! the newest entries in a crash costs a render), and a value that does not
 //! decode is a miss, not an error.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::debug;
@@ -36,12 +38,19 @@ impl Store {
         let bytes =
             serde_json::to_vec(value).map_err(|source| Error::Decode { tree: TREE, source })?;
         let tree = self.tree(TREE)?;
-        if tree.len() >= keep {
+        // Counted once per process (sled's len() reads every key), then kept.
+        let count = self.renders.get_or_init(|| AtomicUsize::new(tree.len()));
+        if count.load(Ordering::Relaxed) >= keep {
             tree.clear()
                 .map_err(|source| db(TREE, "clearing", source))?;
+            count.store(0, Ordering::Relaxed);
         }
-        tree.insert(key, bytes)
+        let replaced = tree
+            .insert(key, bytes)
             .map_err(|source| db(TREE, "writing", source))?;
+        if replaced.is_none() {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 }

@@ -635,3 +635,28 @@ async fn a_bundle_written_without_an_expiry_is_indexed_without_one() {
         })
     );
 }
+
+#[test]
+fn the_render_cache_starts_over_when_full_and_counts_what_it_already_held() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..3u8 {
+            store.cache_render(&[i; 32], &i, 4).unwrap();
+        }
+        // The same key again replaces, and is not counted twice.
+        store.cache_render(&[0; 32], &0u8, 4).unwrap();
+        assert_eq!(store.cached_render::<u8>(&[2; 32]).unwrap(), Some(2));
+    }
+    // Reopened: the three it holds count toward the limit.
+    let store = Store::open(dir.path()).unwrap();
+    store.cache_render(&[3; 32], &3u8, 4).unwrap();
+    assert_eq!(store.cached_render::<u8>(&[0; 32]).unwrap(), Some(0));
+    store.cache_render(&[4; 32], &4u8, 4).unwrap();
+    assert_eq!(
+        store.cached_render::<u8>(&[0; 32]).unwrap(),
+        None,
+        "not started over"
+    );
+    assert_eq!(store.cached_render::<u8>(&[4; 32]).unwrap(), Some(4));
+}
