@@ -275,6 +275,20 @@ impl Fleet {
         }
     }
 
+    /// A fleet whose hub runs in `netns`, started and converged.
+    async fn converged_in(netns: &Netns, case: &str, apps: usize, hooks: bool) -> Fleet {
+        let mut fleet = Fleet::new(case, apps, hooks).await;
+        fleet.hub = Hub::new(
+            &fleet.dir.path().join("in-netns"),
+            &netns.inside_ip,
+            Some(&netns.name),
+        );
+        fleet.agents(|a| a).await;
+        fleet.start().await;
+        fleet.converged(CONVERGE).await;
+        fleet
+    }
+
     /// Checks every invariant, waiting up to `timeout` for the fleet to converge.
     /// Returns how long it took.
     async fn converged(&mut self, timeout: Duration) -> Duration {
@@ -672,15 +686,7 @@ async fn a_full_disk_refuses_new_work_clearly_and_the_hub_recovers_when_space_re
 #[ignore = "long fault case (60 s partition): tests/run --test fault_suite -- --ignored"]
 async fn a_sixty_second_partition_between_hub_and_agents_heals_and_every_app_converges() {
     let netns = Netns::new();
-    let mut fleet = Fleet::new("partition", 4, false).await;
-    fleet.hub = Hub::new(
-        &fleet.dir.path().join("in-netns"),
-        &netns.inside_ip,
-        Some(&netns.name),
-    );
-    fleet.agents(|a| a).await;
-    fleet.start().await;
-    fleet.converged(CONVERGE).await;
+    let mut fleet = Fleet::converged_in(&netns, "partition", 4, false).await;
 
     netns.partition();
     let cut = Instant::now();
@@ -725,15 +731,7 @@ async fn soak_random_faults_over_twenty_apps_then_every_invariant_holds() {
             .unwrap_or(1800),
     );
     let netns = Netns::new();
-    let mut fleet = Fleet::new("soak", 20, true).await;
-    fleet.hub = Hub::new(
-        &fleet.dir.path().join("in-netns"),
-        &netns.inside_ip,
-        Some(&netns.name),
-    );
-    fleet.agents(|a| a).await;
-    fleet.start().await;
-    fleet.converged(CONVERGE).await;
+    let mut fleet = Fleet::converged_in(&netns, "soak", 20, true).await;
 
     let mut dice = 0x50a4_u64 ^ u64::from(std::process::id());
     let mut roll = |n: u64| {

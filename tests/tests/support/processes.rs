@@ -64,6 +64,28 @@ impl Drop for Child {
     }
 }
 
+/// A process that may be running, and can be started again after a kill.
+#[derive(Debug, Default)]
+struct Slot(Option<Child>);
+
+impl Slot {
+    fn start(&mut self, name: &str, command: &mut Command, logs: &Path) {
+        self.0 = Some(Child::spawn(name, command, logs));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill();
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(child) = &mut self.0 {
+            child.assert_running();
+        }
+    }
+}
+
 /// The workspace's debug binary `name`, next to the running test's own folder.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -171,8 +193,10 @@ pub struct Hub {
     /// hub's CA fingerprint.
     pub netns: Option<String>,
     ca_fingerprint: std::sync::Mutex<Option<String>>,
+    /// The admin session, kept across polls and restarts (the hub stores it).
+    token: Option<String>,
     starts: u32,
-    child: Option<Child>,
+    process: Slot,
 }
 
 impl Hub {
@@ -195,8 +219,9 @@ impl Hub {
             logs,
             netns: netns.map(str::to_owned),
             ca_fingerprint: std::sync::Mutex::new(None),
+            token: None,
             starts: 0,
-            child: None,
+            process: Slot::default(),
         }
     }
 
@@ -257,27 +282,28 @@ impl Hub {
             command.arg("--plain-http");
         }
         let name = format!("hub-{}", self.starts);
-        self.child = Some(Child::spawn(&name, &mut command, &self.logs));
+        self.process.start(&name, &mut command, &self.logs);
     }
 
     /// SIGKILLs the hub.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill();
-        }
+        self.process.kill();
     }
 
     /// Panics if the hub exited.
     pub fn assert_running(&mut self) {
-        if let Some(child) = &mut self.child {
-            child.assert_running();
-        }
+        self.process.assert_running();
     }
 
-    /// An API client logged in as admin, once the API answers.
+    /// An API client logged in as admin, once the API answers; the session is
+    /// kept, so polling logs in once.
     pub async fn client(&mut self, timeout: Duration) -> flotilla_hub::client::Client {
         let start = Instant::now();
         let trust = self.trust();
+        if let Some(token) = &self.token {
+            return flotilla_hub::client::Client::new(&self.server(), Some(token.clone()), &trust)
+                .unwrap();
+        }
         loop {
             self.assert_running();
             if let Ok(session) = flotilla_hub::client::Client::login(
@@ -288,6 +314,7 @@ impl Hub {
             )
             .await
             {
+                self.token = Some(session.token.clone());
                 return flotilla_hub::client::Client::new(
                     &self.server(),
                     Some(session.token),
@@ -319,11 +346,12 @@ impl Hub {
         loop {
             self.assert_running();
             let client = self.client(timeout).await;
-            if let Ok(answer) = client.get(path).await {
-                if ready(&answer) {
-                    return answer;
-                }
-                last = Some(answer);
+            match client.get(path).await {
+                Ok(answer) if ready(&answer) => return answer,
+                Ok(answer) => last = Some(answer),
+                // Logged in again next time: the hub may have restarted on a
+                // new data folder, or not be up yet.
+                Err(_) => self.token = None,
             }
             assert!(
                 start.elapsed() < timeout,
@@ -348,7 +376,7 @@ pub struct Agent {
     starts: u32,
     /// When each start happened, by this machine's clock.
     pub started_ms: Vec<u64>,
-    child: Option<Child>,
+    process: Slot,
 }
 
 impl Agent {
@@ -366,7 +394,7 @@ impl Agent {
             env: Vec::new(),
             starts: 0,
             started_ms: Vec::new(),
-            child: None,
+            process: Slot::default(),
         }
     }
 
@@ -407,21 +435,17 @@ impl Agent {
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let name = format!("agent-{}-{}", self.cluster.name(), self.starts);
         self.started_ms.push(now_ms());
-        self.child = Some(Child::spawn(&name, &mut command, &self.logs));
+        self.process.start(&name, &mut command, &self.logs);
     }
 
     /// SIGKILLs the agent.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill();
-        }
+        self.process.kill();
     }
 
     /// Panics if the agent exited.
     pub fn assert_running(&mut self) {
-        if let Some(child) = &mut self.child {
-            child.assert_running();
-        }
+        self.process.assert_running();
     }
 
     /// Everything this agent logged, over all its starts.
