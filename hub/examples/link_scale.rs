@@ -83,6 +83,23 @@ fn main() {
     }
 }
 
+/// The link's settings: the defaults, except that LINK_SCALE_IN_FLIGHT=MIB
+/// sets the push budget (`none` for no bound, as before it existed), for a
+/// comparison in the same session.
+fn link_config(listen: SocketAddr) -> LinkConfig {
+    let mut config = LinkConfig::new(listen);
+    match std::env::var("LINK_SCALE_IN_FLIGHT").as_deref() {
+        Ok("none") => config.bundle_bytes_in_flight = usize::MAX,
+        Ok(mib) => config.bundle_bytes_in_flight = mib.parse::<usize>().unwrap() << 20,
+        Err(_) => {}
+    }
+    println!(
+        "push budget: {} bytes in flight",
+        config.bundle_bytes_in_flight
+    );
+    config
+}
+
 fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -378,12 +395,9 @@ async fn hub(n: usize, procs: usize) {
 
     let store = Store::open(&hub_dir.join("db")).unwrap();
     let signer = store.bundle_signer().await.unwrap();
-    let link = Link::start(
-        store.clone(),
-        LinkConfig::new("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let link = Link::start(store.clone(), link_config("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
     let addr = link.local_addr().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib();
@@ -550,9 +564,7 @@ async fn hub(n: usize, procs: usize) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let store = Store::open(&hub_dir.join("db")).unwrap();
     let phase = Phase::start();
-    let link = Link::start(store.clone(), LinkConfig::new(addr))
-        .await
-        .unwrap();
+    let link = Link::start(store.clone(), link_config(addr)).await.unwrap();
     let back = wait_connected(&link, n, Duration::from_secs(600)).await;
     println!(
         "all {n} back {back:?} after the hub restarted (its link was down 1 s before); {}",

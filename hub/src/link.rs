@@ -44,7 +44,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use flotilla_common::bundle::Envelope;
 use flotilla_common::frame::Limits;
 use flotilla_common::message::{BundleOutcome, Command, CommandResult};
 use flotilla_common::model::AppRef;
@@ -154,6 +153,10 @@ pub struct LinkConfig {
     /// How long one handshake may take before the hub gives up on it, so
     /// stalled handshakes cannot hold every slot.
     pub handshake_timeout: Duration,
+    /// How many bytes of newly stored bundles are on their way to agents at
+    /// once, 16 MiB by default; the rest wait as names in a queue, not read
+    /// from the store (see [`push`]).
+    pub bundle_bytes_in_flight: usize,
 }
 
 impl LinkConfig {
@@ -170,6 +173,7 @@ impl LinkConfig {
             metrics: Arc::default(),
             max_handshakes: 128,
             handshake_timeout: Duration::from_secs(10),
+            bundle_bytes_in_flight: 16 * 1024 * 1024,
         }
     }
 }
@@ -178,7 +182,7 @@ impl LinkConfig {
 enum ToConnection {
     /// Boxed whole: tokio allocates a channel's slots 32 at a time, up front, on
     /// every connection.
-    Publish(Box<(AppRef, Envelope)>),
+    Publish(Box<push::Push>),
     /// Boxed for the same reason.
     Command(Box<Command>),
     /// Re-read every bundle of the cluster from the store.

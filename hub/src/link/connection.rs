@@ -9,10 +9,10 @@ use flotilla_common::frame::{self, FrameDecoder, Limits};
 use flotilla_common::message::{Channel, GoodbyeReason, Message};
 use flotilla_common::model::AppRef;
 use flotilla_common::protocol::{Error as ProtocolError, HubEvent, HubSession, Timing};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
-use super::{Shared, ToConnection, close_code, events, lock};
+use super::{Shared, ToConnection, close_code, events, lock, push};
 use crate::cluster;
 use crate::store::Store;
 
@@ -69,13 +69,26 @@ async fn next_status(connection: &quinn::Connection, limits: &Limits) -> Option<
     })
 }
 
-async fn send_bundle(connection: quinn::Connection, bytes: Vec<u8>) {
+/// Sends one bundle on a stream of its own. `permit`, the bundle's share of the
+/// push budget, is held until the agent has acknowledged every byte (or for
+/// [`push::HOLD_AT_MOST`]).
+async fn send_bundle(
+    connection: quinn::Connection,
+    bytes: Vec<u8>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     let result = async {
         let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
         stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
-        stream.finish().map_err(|e| e.to_string())
+        drop(bytes);
+        stream.finish().map_err(|e| e.to_string())?;
+        if permit.is_some() {
+            let _ = tokio::time::timeout(push::HOLD_AT_MOST, stream.stopped()).await;
+        }
+        Ok::<_, String>(())
     }
     .await;
+    drop(permit);
     if let Err(e) = result {
         debug!(error = %e, "sending a bundle failed; the agent's next hello asks again");
     }
@@ -140,6 +153,9 @@ pub(super) async fn serve_agent(
     // Commands sent on this connection: their waiters learn it ended.
     let mut sent_commands: Vec<u64> = Vec::new();
     let mut established = false;
+    // Budget shares of bundles just handed to the session, for the pushes it
+    // makes of them; what it did not send (the agent has it) frees its share.
+    let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
     'conn: loop {
         while let Some(transmit) = session.poll_transmit() {
             let bytes = match transmit.encode(&limits) {
@@ -159,7 +175,7 @@ pub(super) async fn serve_agent(
                         );
                     }
                     events::bundle_pushed(&shared, &cluster);
-                    tokio::spawn(send_bundle(connection.clone(), bytes));
+                    tokio::spawn(send_bundle(connection.clone(), bytes, permits.pop()));
                 }
                 _ => {
                     if control.write_all(&bytes).await.is_err() {
@@ -168,6 +184,7 @@ pub(super) async fn serve_agent(
                 }
             }
         }
+        permits.clear();
         let mut ended = false;
         let mut handled = false;
         while let Some(event) = session.poll_event() {
@@ -224,9 +241,10 @@ pub(super) async fn serve_agent(
                     }
                 }
             command = from_hub.recv() => match command {
-                Some(ToConnection::Publish(published)) => {
-                    let (app, envelope) = *published;
+                Some(ToConnection::Publish(push)) => {
+                    let push::Push { app, envelope, permit } = *push;
                     session.publish(app, envelope);
+                    permits.push(permit);
                     continue;
                 }
                 Some(ToConnection::Command(command)) => {
