@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../hub/tests/link/fixture.rs"]
+#[path = "../../hub/tests/suite/support/link.rs"]
 mod fixture;
 
 use std::time::Duration;

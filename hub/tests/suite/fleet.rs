@@ -9,10 +9,6 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-#[path = "source/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::SystemTime;
@@ -28,6 +24,8 @@ use flotilla_hub::store::{AppOrigin, AppRecord, ClusterRecord, Store};
 use serde_json::Value;
 
 use fixture::WorkRepo;
+
+use crate::support::source as fixture;
 
 /// The repository URL the fleet's manifests name; the quickstart points it at its
 /// local copy, and so does this test.

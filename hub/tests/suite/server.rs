@@ -4,10 +4,6 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-#[path = "source/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-
 use std::time::{Duration, Instant};
 
 use flotilla_hub::app::Application;
@@ -20,6 +16,8 @@ use hmac::{KeyInit as _, Mac as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use fixture::WorkRepo;
+
+use crate::support::source as fixture;
 
 const SECRET: &str = "push-secret";
 const ADMIN_PASSWORD: &str = "correct horse battery staple";

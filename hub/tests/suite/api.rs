@@ -6,15 +6,7 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-#[path = "link/fixture.rs"]
-mod link_fixture;
-
-#[path = "api/login_flood.rs"]
 mod login_flood;
-
-#[path = "source/fixture.rs"]
-#[allow(dead_code)]
-mod source_fixture;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -34,6 +26,12 @@ use flotilla_hub::source::RepoCache;
 use flotilla_hub::store::{ClusterRecord, Store};
 use link_fixture::{RunningAgent, crypto, facts};
 use serde_json::{Value, json};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{Registry, reload};
+
+use crate::support::link as link_fixture;
+use crate::support::source as source_fixture;
 
 const ADMIN_PASSWORD: &str = "admin-pw-7c1d9e";
 
@@ -1143,18 +1141,31 @@ impl std::io::Write for CapturedLog {
     }
 }
 
+/// Turns the captured log's level to OFF when dropped, pass or fail.
+struct Capturing(reload::Handle<LevelFilter, Registry>);
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        let _ = self.0.modify(|level| *level = LevelFilter::OFF);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_response_or_log_line_holds_a_password_token_or_repo_credential() {
+    let _alone = crate::support::alone().await;
     let log = CapturedLog::default();
     let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let (level, level_handle) = reload::Layer::new(LevelFilter::TRACE);
+    let subscriber = tracing_subscriber::registry().with(level).with(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || writer.clone()),
+    );
     // Global, since the hub logs from its runtime's worker threads; this is the
-    // only test in this binary that sets one.
+    // only test in this binary that sets one. It captures only while this test
+    // runs, so the other tests of the binary do not log at TRACE into memory.
     tracing::subscriber::set_global_default(subscriber).unwrap();
+    let _capturing = Capturing(level_handle);
 
     let hub = start().await;
     let mut secrets: Vec<String> = vec![ADMIN_PASSWORD.to_owned()];

@@ -2,13 +2,8 @@
 //! agent and its apply engine per local cluster, for tests and benchmarks that
 //! drive it through the API and the `flotilla` binary as a user does.
 
-#![allow(dead_code)]
-
-#[path = "../link/fixture.rs"]
-pub mod link_fixture;
-#[path = "../source/fixture.rs"]
-#[allow(dead_code)]
-pub mod source_fixture;
+// Test support: a panic is the failure report.
+#![allow(clippy::unwrap_used, dead_code)]
 
 use std::process::Output;
 use std::sync::Arc;
@@ -24,9 +19,10 @@ use flotilla_hub::source::RepoCache;
 use flotilla_hub::store::Store;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use link_fixture::RunningAgent;
 use serde_json::{Value, json};
-use source_fixture::WorkRepo;
+
+use super::link::RunningAgent;
+use super::source::WorkRepo;
 
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 pub const VIEWER_PASSWORD: &str = "viewer-password-for-tests";
@@ -100,7 +96,7 @@ impl Fleet {
     /// The hub alone: store, link, API server and refresher, with `admin` and a
     /// read-only `viewer` logged in.
     async fn hub(cluster: &str) -> Fleet {
-        link_fixture::crypto();
+        super::link::crypto();
         let hub_dir = tempfile::tempdir().unwrap();
         let store = Store::open(&hub_dir.path().join("db")).unwrap();
         let link = Arc::new(

@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! FLOTILLA_TEST_CLUSTERS=east,west cargo test --release -p flotilla-hub \
-//!     --test sync_latency -- --ignored --nocapture
+//!     --test suite -- --ignored --nocapture sync_latency::
 //! ```
 //!
 //! `FLOTILLA_BENCH_ROUNDS` sets the number of commits (30 by default). Each round
@@ -16,14 +16,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "ops/fixture.rs"]
-mod fixture;
-
 use std::time::{Duration, Instant};
 
-use fixture::source_fixture::WorkRepo;
 use fixture::*;
 use serde_json::{Value, json};
+
+use crate::support::ops as fixture;
+use crate::support::source::WorkRepo;
 
 const DEPLOYMENTS: usize = 10;
 const SERVICES: usize = 10;
@@ -146,6 +145,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn commit_to_synced_and_healthy_on_two_clusters() {
+    let _alone = crate::support::alone().await;
     let rounds: usize = std::env::var("FLOTILLA_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())

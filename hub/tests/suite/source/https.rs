@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::fixture::{cache, fleet_repo};
+use crate::support::source::{cache, fleet_repo};
 
 const USER: &str = "deploy-bot";
 const TOKEN: &str = "glpat-very-secret-token-123";
@@ -210,7 +210,11 @@ fn find_blank_line(out: &[u8]) -> Option<(usize, usize)> {
         .map(|i| (i, i + 2))
 }
 
-fn served_fleet() -> (tempfile::TempDir, crate::fixture::WorkRepo, GitHttpsServer) {
+fn served_fleet() -> (
+    tempfile::TempDir,
+    crate::support::source::WorkRepo,
+    GitHttpsServer,
+) {
     let work = fleet_repo();
     let root = tempfile::tempdir().expect("tempdir");
     work.bare_copy(root.path(), "fleet.git");

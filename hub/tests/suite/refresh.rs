@@ -4,10 +4,6 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-#[path = "source/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-
 use std::time::{Duration, SystemTime};
 
 use flotilla_common::bundle::{Bundle, Envelope};
@@ -20,6 +16,8 @@ use flotilla_hub::source::RepoCache;
 use flotilla_hub::store::{AppOrigin, AppRecord, ClusterRecord, Store};
 
 use fixture::WorkRepo;
+
+use crate::support::source as fixture;
 
 fn configmap(name: &str, value: &str) -> String {
     format!(
@@ -991,6 +989,7 @@ async fn a_destination_the_project_refuses_is_refused_before_rendering() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fetch_that_stalls_fails_after_the_fetch_timeout() {
+    let _alone = crate::support::alone().await;
     // As the hub's main does: fetching over https needs a crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

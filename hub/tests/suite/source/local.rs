@@ -2,7 +2,7 @@
 
 use flotilla_hub::source::{CommitId, Error, Limits, RepoSpec};
 
-use crate::fixture::{cache, fleet_repo};
+use crate::support::source::{cache, fleet_repo};
 
 fn commit(hex: &str) -> CommitId {
     CommitId::parse(hex).expect("commit id")
@@ -276,6 +276,7 @@ fn peak_rss() -> Option<u64> {
 
 #[test]
 fn a_file_over_the_size_limit_is_refused_before_reading() {
+    let _alone = crate::support::alone_blocking();
     let work = fleet_repo();
     let big = work.path().join("apps/big/blob.bin");
     std::fs::create_dir_all(big.parent().expect("parent")).expect("mkdir");

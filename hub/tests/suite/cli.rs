@@ -3,13 +3,11 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-#[path = "source/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-
 use std::process::{Command, Output};
 
 use fixture::WorkRepo;
+
+use crate::support::source as fixture;
 
 fn flotilla(args: &[&str], cache: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))

@@ -3,15 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "link/attacks.rs"]
 mod attacks;
-#[path = "link/fixture.rs"]
-mod fixture;
-#[path = "link/handshake_flood.rs"]
 mod handshake_flood;
-#[path = "link/relay.rs"]
 mod relay;
-#[path = "link/trust.rs"]
 mod trust;
 
 use std::time::{Duration, SystemTime};
@@ -24,6 +18,8 @@ use flotilla_hub::ca::{self, Ca};
 use flotilla_hub::cluster::{self, RenewError};
 use flotilla_hub::link::LinkConfig;
 use relay::Relay;
+
+use crate::support::link as fixture;
 
 fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -535,6 +531,7 @@ async fn renewal_keeps_only_the_presented_certificate_as_previous_and_removal_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_network_drop_marks_the_cluster_disconnected_and_the_agent_comes_back() {
+    let _alone = crate::support::alone().await;
     // Production keeps QUIC keep-alive at 15 s and the idle timeout at 60 s on
     // both ends; this test shortens both.
     let defaults = LinkConfig::new(loopback());

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_hub::link::LinkConfig;
 
-use crate::fixture::{Hub, RunningAgent, agent_config};
+use super::fixture::{Hub, RunningAgent, agent_config};
 
 /// A real client Initial (a TLS ClientHello under a fresh connection id), from a
 /// sans-IO endpoint nobody drives further.
@@ -36,6 +36,7 @@ fn initial(hub: &Hub, endpoint: &mut quinn_proto::Endpoint) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initials_that_never_complete_take_no_handshake_slot_and_agents_still_connect() {
+    let _alone = crate::support::alone().await;
     let hub_dir = tempfile::tempdir().unwrap();
     let mut config = LinkConfig::new("127.0.0.1:0".parse().unwrap());
     // Few slots, held long: what a flood would need to lock agents out.

@@ -9,7 +9,7 @@ use std::{
 
 use flotilla_hub::source::{Credentials, Error, RepoSpec};
 
-use crate::fixture::{cache, fleet_repo};
+use crate::support::source::{cache, fleet_repo};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -128,7 +128,7 @@ fn whoami() -> String {
         .to_owned()
 }
 
-fn served_fleet() -> (tempfile::TempDir, PathBuf, crate::fixture::WorkRepo) {
+fn served_fleet() -> (tempfile::TempDir, PathBuf, crate::support::source::WorkRepo) {
     let work = fleet_repo();
     let root = tempfile::tempdir().expect("tempdir");
     let bare = work.bare_copy(root.path(), "fleet.git");

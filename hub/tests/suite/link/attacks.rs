@@ -15,7 +15,7 @@ use flotilla_hub::ca::Ca;
 use flotilla_hub::link::{self, LinkConfig};
 use flotilla_hub::store::Store;
 
-use crate::fixture::{self, Hub, RunningAgent, agent_config, eventually, registered};
+use super::fixture::{self, Hub, RunningAgent, agent_config, eventually, registered};
 
 fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -414,6 +414,7 @@ async fn a_bundle_older_than_one_still_being_applied_is_refused_and_never_applie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_connections_without_a_certificate_leaves_agents_served() {
+    let _alone = crate::support::alone().await;
     let hub_dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(hub_dir.path(), loopback()).await;
     let dir = tempfile::tempdir().unwrap();

@@ -8,17 +8,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "ops/fixture.rs"]
-mod fixture;
-
 use std::time::Duration;
 
-use fixture::link_fixture::eventually;
-use fixture::source_fixture::WorkRepo;
 use fixture::*;
 use flotilla_hub::store::OperationRecord;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{Value, json};
+
+use crate::support::link::eventually;
+use crate::support::ops as fixture;
+use crate::support::source::WorkRepo;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_app_is_out_of_sync_and_a_denied_sync_and_a_wait_that_runs_out_fail() {
@@ -940,6 +939,7 @@ spec:
 /// poll (three minutes later by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_waiting_for_its_cluster_renders_as_soon_as_the_cluster_registers() {
+    let _alone = crate::support::alone().await;
     let mut fleet = Fleet::start_on(1).await;
     let late = flotilla_tests::fleet()
         .unwrap()

@@ -5,10 +5,6 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-#[path = "source/fixture.rs"]
-#[allow(dead_code)]
-mod fixture;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +17,8 @@ use flotilla_hub::source::{CommitId, Repo, RepoSpec};
 use serde_json::Value;
 
 use fixture::{WorkRepo, cache};
+
+use crate::support::source as fixture;
 
 const DEPLOYMENT: &str = r#"apiVersion: apps/v1
 kind: Deployment

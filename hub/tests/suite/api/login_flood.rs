@@ -62,6 +62,7 @@ async fn login(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_is_refused_early_while_an_agent_keeps_getting_bundles() {
+    let _alone = crate::support::alone().await;
     let hub = start().await;
     let admin = hub.admin().await;
     let token = add_cluster(&hub, &admin, "east").await;

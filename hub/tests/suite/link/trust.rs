@@ -17,8 +17,8 @@ use flotilla_hub::link::LinkConfig;
 use flotilla_hub::metrics::{Metrics, RefusedMessage};
 use flotilla_hub::store::HistoryEntry;
 
-use crate::attacks::raw_connection;
-use crate::fixture::{Hub, RunningAgent, agent_config, eventually, registered};
+use super::attacks::raw_connection;
+use super::fixture::{Hub, RunningAgent, agent_config, eventually, registered};
 
 fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -392,7 +392,7 @@ async fn cluster_facts_are_refreshed_on_every_connection_and_never_move_the_serv
 
     // A cluster-scoped CRD installed after registration: the hub must learn that
     // its kind is cluster-scoped, or a namespace-only project would let it through.
-    let mut now = crate::fixture::facts("uid-east");
+    let mut now = super::fixture::facts("uid-east");
     now.api_resources.push(flotilla_common::model::ApiResource {
         group_version: "example.com/v1".to_owned(),
         kind: "Widget".to_owned(),

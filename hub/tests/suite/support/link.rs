@@ -1,7 +1,8 @@
 //! A real hub link and real agents on loopback, for the link tests, the
 //! end-to-end test and the benchmark.
 
-#![allow(dead_code)]
+// Test support: a panic is the failure report.
+#![allow(clippy::unwrap_used, dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -6,9 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "link/fixture.rs"]
-mod fixture;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,6 +25,8 @@ use flotilla_hub::link::{LinkConfig, server_config};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams};
 use tokio::sync::mpsc;
+
+use crate::support::link as fixture;
 
 /// A hub reduced to its session: sends what the session queues on the control
 /// stream, and feeds it everything the agent sends.
