@@ -3,9 +3,6 @@
 //! finishes, a retry converges, and the PreSync hook does not run twice.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/cluster.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +14,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use support::{bundle, config_map, deployment, unique};
+
+use crate::support;
 
 fn cluster_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/cluster")
@@ -88,11 +87,13 @@ fn start_component(dir: &Path, component: &str, args: &[String], cwd: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
+    let _alone = support::alone().await;
     restart_mid_sync("kube-apiserver").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restart_mid_sync_fails_cleanly_and_a_retry_converges() {
+    let _alone = support::alone().await;
     restart_mid_sync("etcd").await;
 }
 

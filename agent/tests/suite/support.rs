@@ -1,6 +1,8 @@
 //! Helpers shared by the agent's cluster tests: which local cluster to use, unique
-//! names, and bundles built the way the hub renders them.
-#![allow(dead_code)]
+//! names, bundles built the way the hub renders them, and a turn for the tests
+//! that must run alone.
+// Test support: a panic is the failure report.
+#![allow(clippy::unwrap_used, dead_code)]
 
 use std::time::Duration;
 
@@ -15,6 +17,18 @@ use flotilla_tests::LocalCluster;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
+
+/// Held by the tests that must not share the machine with each other: those that
+/// assert on how long something took and those that start a control plane of
+/// their own. When each area was its own test binary they never met a test of
+/// another area; in one binary they would, so they take turns instead. Tests
+/// that take it hold the guard to their end.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the other tests that run alone to finish.
+pub async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    ALONE.lock().await
+}
 
 /// One cluster of the fleet, chosen by `key` so tests spread over the fleet.
 pub fn cluster_for(key: &str) -> LocalCluster {

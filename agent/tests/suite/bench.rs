@@ -1,16 +1,13 @@
 //! The issue's speed benchmark, run by hand on a fresh cluster of its own:
 //!
 //! ```sh
-//! cargo test -p flotilla-agent --release --test bench -- --ignored --nocapture
+//! cargo test -p flotilla-agent --release --test suite -- --ignored --nocapture bench::
 //! ```
 //!
 //! 1,000 objects (500 ConfigMaps in wave 0, 250 Deployments of 0 replicas in
 //! wave 1, 250 Services in wave 2) are applied with `kubectl apply --server-side` into one
 //! namespace and by Flotilla into another, then re-synced unchanged, then drifted.
 #![allow(clippy::unwrap_used)]
-
-#[path = "support/cluster.rs"]
-mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,6 +18,8 @@ use flotilla_agent::drift::{self, Change, Monitor};
 use flotilla_common::bundle::Object;
 use flotilla_tests::LocalCluster;
 use support::{bundle, config_map, deployment};
+
+use crate::support;
 
 /// Stops the benchmark's own cluster however the test ends.
 struct ClusterGuard(String);
@@ -75,6 +74,7 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: starts its own cluster; run by hand with --ignored --nocapture"]
 async fn bench_thousand_objects_against_kubectl_server_side() {
+    let _alone = support::alone().await;
     let name = support::unique("bench");
     let up = Command::new(cluster_script())
         .args(["up", &name])

@@ -3,9 +3,6 @@
 //! no-change re-sync.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/cluster.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use flotilla_agent::apply::{self, Action, HookOutcome, Outcome};
@@ -18,6 +15,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use support::{applier, bundle, cluster_for, config_map, deployment, object, unique};
+
+use crate::support;
 
 /// The recipe's "Sync Waves" example: namespace (-1) → configmap (0) → deployment
 /// (1) → service (2), and the service is created only once the deployment is
@@ -608,6 +607,7 @@ async fn custom_resources_wait_for_discovery_to_serve_the_kind_of_a_crd_just_app
 /// Flotilla waited and for what.
 #[tokio::test]
 async fn a_kind_that_is_never_served_fails_after_the_bounded_wait() {
+    let _alone = support::alone().await;
     let cluster = cluster_for("crdnever");
     let client = cluster.client().await.unwrap();
     let ns = unique("crdnever");
@@ -657,6 +657,7 @@ async fn a_kind_that_is_never_served_fails_after_the_bounded_wait() {
 /// fails at once with the clear error, not after the wait for a provider.
 #[tokio::test]
 async fn a_kind_nothing_provides_fails_at_once() {
+    let _alone = support::alone().await;
     let cluster = cluster_for("nokind");
     let client = cluster.client().await.unwrap();
     let ns = unique("nokind");

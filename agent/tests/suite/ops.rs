@@ -4,9 +4,6 @@
 //! enforced before anything is applied.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/cluster.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,6 +20,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use support::{applier, bundle, cluster_for, config_map, deployment, job, kubectl, unique};
 use tokio::sync::mpsc;
+
+use crate::support;
 
 fn engine(client: &kube::Client) -> Engine {
     Engine::with_options(

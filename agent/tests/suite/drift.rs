@@ -3,9 +3,6 @@
 //! when selfHeal is on.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/cluster.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +14,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use support::{applier, bundle, cluster_for, config_map, deployment, kubectl, unique};
 use tokio::sync::mpsc;
+
+use crate::support;
 
 /// Waits for the first report that `accept` takes, failing after 20 s.
 async fn next_report(
@@ -31,6 +30,7 @@ async fn next_report(
 /// selfHeal nothing is reverted.
 #[tokio::test]
 async fn kubectl_edit_is_reported_with_path_values_and_field_manager() {
+    let _alone = support::alone().await;
     let cluster = cluster_for("drift-report");
     let client = cluster.client().await.unwrap();
     let ns = unique("drift");
