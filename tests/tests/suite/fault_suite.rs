@@ -11,15 +11,10 @@
 //!   the apps' namespace is still there.
 //!
 //! The fast cases run in `tests/run`. The long ones (a 60 s partition, the soak)
-//! are ignored there; run them with `tests/run --test fault_suite -- --ignored`
+//! are ignored there; run them with `tests/run -- --ignored fault_suite::`
 //! (`FLOTILLA_SOAK_SECS` sets the soak's length, 1800 by default).
 
 #![allow(clippy::unwrap_used)]
-
-#[path = "support/lossy.rs"]
-mod lossy;
-#[path = "support/processes.rs"]
-mod processes;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,6 +28,8 @@ use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 use processes::{Agent, Hub, run};
+
+use crate::support::{lossy, processes};
 
 /// How long a fleet may take to converge after a fault has ended.
 const CONVERGE: Duration = Duration::from_secs(120);
@@ -443,6 +440,7 @@ fn items(list: &Value) -> &[Value] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_killed_in_the_middle_of_a_fan_out_comes_back_and_every_app_converges() {
+    let _alone = crate::support::alone().await;
     let mut fleet = Fleet::new("hubkill", 8, false).await;
     fleet.agents(|a| a).await;
     fleet.start().await;
@@ -477,6 +475,7 @@ async fn the_hub_killed_in_the_middle_of_a_fan_out_comes_back_and_every_app_conv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_in_the_middle_of_a_wave_with_hooks_runs_no_hook_twice() {
+    let _alone = crate::support::alone().await;
     let mut fleet = Fleet::new("agentkill", 2, true).await;
     fleet.agents(|a| a).await;
     fleet.start().await;
@@ -524,6 +523,7 @@ async fn an_agent_killed_in_the_middle_of_a_wave_with_hooks_runs_no_hook_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_loss_and_half_a_second_of_latency_slow_the_fleet_but_lose_nothing() {
+    let _alone = crate::support::alone().await;
     let mut fleet = Fleet::new("lossy", 4, false).await;
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", fleet.hub.quic).parse().unwrap();
     let mut relays = Vec::new();
@@ -605,16 +605,19 @@ async fn with_agent_clock(offset: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_clock_is_ten_minutes_ahead_keeps_its_cluster_in_sync() {
+    let _alone = crate::support::alone().await;
     with_agent_clock("+10m").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_clock_is_ten_minutes_behind_keeps_its_cluster_in_sync() {
+    let _alone = crate::support::alone().await;
     with_agent_clock("-10m").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_work_clearly_and_the_hub_recovers_when_space_returns() {
+    let _alone = crate::support::alone().await;
     let mut fleet = Fleet::new("disk", 2, false).await;
     // The hub's data folder on a small filesystem of its own.
     let data = fleet.hub.data.clone();
@@ -683,8 +686,9 @@ async fn a_full_disk_refuses_new_work_clearly_and_the_hub_recovers_when_space_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long fault case (60 s partition): tests/run --test fault_suite -- --ignored"]
+#[ignore = "long fault case (60 s partition): tests/run -- --ignored fault_suite::"]
 async fn a_sixty_second_partition_between_hub_and_agents_heals_and_every_app_converges() {
+    let _alone = crate::support::alone().await;
     let netns = Netns::new();
     let mut fleet = Fleet::converged_in(&netns, "partition", 4, false).await;
 
@@ -722,8 +726,9 @@ async fn a_sixty_second_partition_between_hub_and_agents_heals_and_every_app_con
 /// revision or a hand edit, then every invariant. Bounded: each fault lasts at
 /// most 20 s, and the fleet must converge within [`CONVERGE`] after the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the soak (30 min): FLOTILLA_SOAK_SECS=1800 tests/run --test fault_suite -- --ignored soak"]
+#[ignore = "the soak (30 min): FLOTILLA_SOAK_SECS=1800 tests/run -- --ignored fault_suite::soak"]
 async fn soak_random_faults_over_twenty_apps_then_every_invariant_holds() {
+    let _alone = crate::support::alone().await;
     let length = Duration::from_secs(
         std::env::var("FLOTILLA_SOAK_SECS")
             .ok()

@@ -5,9 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../hub/tests/suite/support/link.rs"]
-mod fixture;
-
 use std::time::Duration;
 
 use fixture::{Hub, RunningAgent, eventually};
@@ -15,6 +12,8 @@ use flotilla_agent::link::AgentConfig;
 use flotilla_tests::fleet;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
+
+use crate::support::link as fixture;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_register_receive_a_bundle_and_return_after_a_hub_restart_without_resends() {

@@ -4,9 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../hub/tests/suite/support/link.rs"]
-mod fixture;
-
 use std::error::Error as _;
 use std::time::Duration;
 
@@ -18,6 +15,8 @@ use flotilla_tests::{LocalCluster, fleet};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+
+use crate::support::link as fixture;
 
 const SECRET: &str = "flotilla-agent-identity";
 

@@ -9,9 +9,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/processes.rs"]
-mod processes;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,6 +20,8 @@ use kube::Api;
 use serde_json::Value;
 
 use processes::{Child, binary, flag, log_tails, run};
+
+use crate::support::processes;
 
 fn free_port() -> u16 {
     processes::free_port("127.0.0.1")
@@ -126,6 +125,7 @@ async fn wait_for_clusters(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agent_processes_come_back_after_the_hub_process_is_killed_without_resends() {
+    let _alone = crate::support::alone().await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fleet: Vec<LocalCluster> = fleet().expect("the local fleet is running");
     assert!(fleet.len() >= 2, "needs two clusters");

@@ -53,6 +53,7 @@ fn stderr(output: &Output) -> String {
 
 #[tokio::test]
 async fn a_cluster_asked_for_a_port_in_use_starts_on_another_port() {
+    let _alone = crate::support::alone().await;
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
 
@@ -83,6 +84,7 @@ async fn a_cluster_asked_for_a_port_in_use_starts_on_another_port() {
 
 #[test]
 fn a_crashed_component_is_reported_by_status_with_its_log() {
+    let _alone = crate::support::alone_blocking();
     let (cluster, output) = Started::up("fault-crash", &[]);
     assert!(output.status.success(), "up failed: {}", stderr(&output));
 
@@ -108,6 +110,7 @@ fn a_crashed_component_is_reported_by_status_with_its_log() {
 
 #[test]
 fn a_component_that_dies_on_start_is_named_with_its_log_and_nothing_is_left_running() {
+    let _alone = crate::support::alone_blocking();
     let (cluster, output) = Started::up(
         "fault-start",
         &[("FLOTILLA_APISERVER_ARGS", "--no-such-flag")],
@@ -131,6 +134,7 @@ fn a_component_that_dies_on_start_is_named_with_its_log_and_nothing_is_left_runn
 
 #[test]
 fn a_cluster_not_ready_in_time_fails_naming_the_component() {
+    let _alone = crate::support::alone_blocking();
     let (cluster, output) = Started::up("fault-slow", &[("FLOTILLA_CLUSTER_READY_TIMEOUT", "1")]);
     let err = stderr(&output);
     assert!(!output.status.success(), "up should fail: {err}");
