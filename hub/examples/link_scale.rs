@@ -24,7 +24,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/link/fixture.rs"]
+#[path = "../tests/suite/support/link.rs"]
 mod fixture;
 
 use std::io::{BufRead as _, BufReader, Write as _};
