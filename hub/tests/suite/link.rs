@@ -775,3 +775,59 @@ async fn an_agent_refuses_a_bundle_its_project_does_not_permit() {
     east.stop().await.unwrap();
     hub.stop().await;
 }
+
+/// With a push budget smaller than one bundle, bundles leave one at a time:
+/// every agent still gets the newest generation of every app, whether it was
+/// stored before or while the others were on their way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_smaller_than_one_bundle_still_delivers_every_newest_bundle() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut config = LinkConfig::new(loopback());
+    config.bundle_bytes_in_flight = 1;
+    let hub = Hub::start_with(hub_dir.path(), config).await;
+    let clusters = ["east", "west", "north"];
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for name in clusters {
+        let token = hub.add(name).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = RunningAgent::start(agent_config(&hub, name, Some(token), dir.path()));
+        agent.wait("connected", |s| s.connected).await;
+        agents.push(agent);
+        dirs.push(dir);
+    }
+    // Two generations of two apps per cluster, stored back to back: the second
+    // generation of each is announced while the first is still queued or in
+    // flight.
+    for generation in 1..=2 {
+        for name in clusters {
+            for app in ["web", "api"] {
+                hub.publish_sized(name, app, generation, 4, 8 * 1024).await;
+            }
+        }
+    }
+    for agent in &mut agents {
+        agent
+            .wait("generation 2 of both apps applied", |s| {
+                ["web", "api"].iter().all(|app| {
+                    s.applied
+                        .iter()
+                        .any(|a| a.app.name == *app && a.generation == 2)
+                })
+            })
+            .await;
+    }
+    for name in clusters {
+        eventually("the hub records both acks", Duration::from_secs(10), || {
+            let link = hub.store.link(name).unwrap().unwrap();
+            ["default/web", "default/api"]
+                .iter()
+                .all(|app| link.acks.get(*app).is_some_and(|a| a.generation == 2))
+        })
+        .await;
+    }
+    for agent in agents {
+        assert!(agent.stop().await.is_ok());
+    }
+    hub.stop().await;
+}
