@@ -1,5 +1,5 @@
-//! Clusters joining and leaving: bootstrap tokens, the agent install manifest,
-//! registration, and removal.
+//! Clusters joining and leaving: bootstrap tokens, the agent's install (in
+//! `install`: manifest, `helm install`, cleanup), registration, and removal.
 //!
 //! `flotilla cluster add` makes a single-use token and prints what installs an
 //! agent holding it. The agent presents the token once, in `Register`, over a
@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use flotilla_common::message::Register;
-use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::ca::{self, Ca};
@@ -19,6 +18,9 @@ use crate::ca::{self, Ca};
 // the link_scale example and the ops tests.
 pub use crate::clock::epoch_ms;
 use crate::store::{self, ClusterRecord, LinkRecord, Store, TokenRecord};
+
+mod install;
+pub use install::{AGENT_NAMESPACE, helm_command, helm_values, manifest, uninstall_commands};
 
 /// How long a bootstrap token works by default.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -30,7 +32,7 @@ pub const MAX_TOKEN_TTL_MINUTES: u64 = 365 * 24 * 60;
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The agent image the manifest names by default.
-pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/flotilla-gitops/flotilla-agent";
+pub const DEFAULT_AGENT_IMAGE: &str = "localhost/flotilla-agent";
 
 /// Errors from adding and removing clusters.
 #[derive(Debug, thiserror::Error)]
@@ -523,194 +525,6 @@ pub fn parse_namespaces(lists: &[String]) -> Result<Vec<String>> {
     Ok(namespaces.into_iter().collect())
 }
 
-/// The namespace the agent runs in.
-const AGENT_NAMESPACE: &str = "flotilla-system";
-
-/// The agent's install manifest: Namespace, ServiceAccount, RBAC, the bootstrap
-/// Secret, and the Deployment. Every value is serialized, never pasted into YAML.
-///
-/// By default the agent may do anything anywhere: it applies whatever the hub's
-/// AppProjects allow, and those, checked on the agent, narrow it. With namespaces
-/// it gets full rights in those namespaces only (RoleBindings), read-only
-/// discovery of the rest (namespaces, CRDs, APIServices, the discovery
-/// endpoints), and its identity Secret in its own namespace; the agent refuses any
-/// bundle that reaches outside them.
-pub fn manifest(join: &JoinInfo<'_>) -> String {
-    let JoinInfo {
-        cluster,
-        hub_address,
-        ca_fingerprint,
-        token,
-        image,
-        namespaces,
-    } = join;
-    let agent = "flotilla-agent";
-    let subject = json!([{"kind": "ServiceAccount", "name": agent, "namespace": AGENT_NAMESPACE}]);
-    let role_ref = |kind: &str, name: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
-    let mut documents: Vec<(Option<String>, Value)> = vec![
-        (
-            Some(format!(
-                "Flotilla agent for cluster {cluster}. The token works once and expires; apply soon."
-            )),
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NAMESPACE}}),
-        ),
-        (
-            None,
-            json!({"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": agent, "namespace": AGENT_NAMESPACE}}),
-        ),
-    ];
-    let mut bootstrap = json!({
-        "FLOTILLA_HUB": hub_address,
-        "FLOTILLA_CA_FINGERPRINT": ca_fingerprint,
-        "FLOTILLA_TOKEN": token,
-        "FLOTILLA_CLUSTER": cluster,
-    });
-    if namespaces.is_empty() {
-        documents.extend([
-            (
-                Some(
-                    "The agent applies whatever the hub's AppProjects allow, so it needs broad \
-                     rights;\nAppProjects, checked on the agent, are what narrow them. \
-                     `flotilla cluster add --namespaces` grants less."
-                        .to_owned(),
-                ),
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": agent},
-                "rules": [
-                    {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
-                    {"nonResourceURLs": ["*"], "verbs": ["get"]},
-                ]}),
-            ),
-            (
-                None,
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                    "metadata": {"name": agent},
-                    "roleRef": role_ref("ClusterRole", agent),
-                    "subjects": subject}),
-            ),
-        ]);
-    } else {
-        let read = "flotilla-agent-read";
-        let namespaced = "flotilla-agent-namespaced";
-        documents.extend([
-            (
-                Some(format!(
-                    "Least privilege: the agent acts only in {}, and reads what it needs to \
-                     discover kinds.",
-                    namespaces.join(", ")
-                )),
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                    "metadata": {"name": read},
-                    "rules": [
-                        {"apiGroups": [""], "resources": ["namespaces"],
-                            "verbs": ["get", "list", "watch"]},
-                        {"apiGroups": ["apiextensions.k8s.io"],
-                            "resources": ["customresourcedefinitions"],
-                            "verbs": ["get", "list", "watch"]},
-                        {"apiGroups": ["apiregistration.k8s.io"], "resources": ["apiservices"],
-                            "verbs": ["get", "list", "watch"]},
-                        {"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/version"],
-                            "verbs": ["get"]},
-                    ]}),
-            ),
-            (
-                None,
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                    "metadata": {"name": read},
-                    "roleRef": role_ref("ClusterRole", read),
-                    "subjects": subject}),
-            ),
-            (
-                Some(
-                    "Full rights, but only where a RoleBinding below grants them: one per namespace."
-                        .to_owned(),
-                ),
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                    "metadata": {"name": namespaced},
-                    "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
-            ),
-        ]);
-        for namespace in namespaces.iter() {
-            documents.push((
-                None,
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": {"name": agent, "namespace": namespace},
-                    "roleRef": role_ref("ClusterRole", namespaced),
-                    "subjects": subject}),
-            ));
-        }
-        documents.extend([
-            (
-                Some("The agent keeps its identity in a Secret of its own namespace.".to_owned()),
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                    "metadata": {"name": agent, "namespace": AGENT_NAMESPACE},
-                    "rules": [{"apiGroups": [""], "resources": ["secrets"],
-                        "verbs": ["get", "create", "update", "patch"]}]}),
-            ),
-            (
-                None,
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": {"name": agent, "namespace": AGENT_NAMESPACE},
-                    "roleRef": role_ref("Role", agent),
-                    "subjects": subject}),
-            ),
-        ]);
-        bootstrap["FLOTILLA_NAMESPACES"] = json!(namespaces.join(","));
-    }
-    let labels = json!({"app.kubernetes.io/name": agent});
-    documents.extend([
-        (
-            None,
-            json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "flotilla-agent-bootstrap", "namespace": AGENT_NAMESPACE},
-                "type": "Opaque",
-                "stringData": bootstrap}),
-        ),
-        (
-            None,
-            json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": agent, "namespace": AGENT_NAMESPACE},
-            "spec": {
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": agent,
-                        "containers": [{
-                            "name": "agent",
-                            "image": format!("{image}:{}", flotilla_common::VERSION),
-                            "args": ["--state-dir", "/var/lib/flotilla-agent",
-                                "--identity-secret",
-                                format!("{AGENT_NAMESPACE}/flotilla-agent-identity")],
-                            "envFrom": [{"secretRef": {"name": "flotilla-agent-bootstrap"}}],
-                            "volumeMounts": [{"name": "state",
-                                "mountPath": "/var/lib/flotilla-agent"}],
-                        }],
-                        "volumes": [{"name": "state", "emptyDir": {}}],
-                    },
-                },
-            }}),
-        ),
-    ]);
-    let mut text = String::new();
-    for (comment, document) in documents {
-        if !text.is_empty() {
-            text.push_str("---\n");
-        }
-        for line in comment.iter().flat_map(|c| c.lines()) {
-            text.push_str("# ");
-            text.push_str(line);
-            text.push('\n');
-        }
-        // Serializing a JSON value cannot fail.
-        text.push_str(&serde_saphyr::to_string(&document).unwrap_or_default());
-    }
-    text
-}
-
 /// `HOST:PORT` with a DNS name, an IPv4 address or a bracketed IPv6 address.
 pub fn is_host_port(address: &str) -> bool {
     if address.parse::<std::net::SocketAddr>().is_ok() {
@@ -938,121 +752,5 @@ mod tests {
         let labels = parse_labels(&["env=prod".to_owned()]).unwrap();
         assert_eq!(labels.get("env").map(String::as_str), Some("prod"));
         assert!(parse_labels(&["novalue".to_owned()]).is_err());
-    }
-
-    fn join(namespaces: &[String]) -> JoinInfo<'_> {
-        JoinInfo {
-            cluster: "east",
-            hub_address: "hub.example:7443",
-            ca_fingerprint: "ab12",
-            token: "flt_secret",
-            image: DEFAULT_AGENT_IMAGE,
-            namespaces,
-        }
-    }
-
-    #[test]
-    fn the_manifest_carries_hub_fingerprint_and_token() {
-        let join = join(&[]);
-        let text = manifest(&join);
-        for kind in [
-            "kind: Namespace",
-            "kind: ServiceAccount",
-            "kind: ClusterRole",
-            "kind: ClusterRoleBinding",
-            "kind: Secret",
-            "kind: Deployment",
-        ] {
-            assert!(text.contains(kind), "{kind} missing");
-        }
-        assert!(text.contains("hub.example:7443"));
-        assert!(text.contains("ab12"));
-        assert!(text.contains("flt_secret"));
-        assert!(command_line(&join).contains("--token flt_secret"));
-        let documents = parse_manifest(&text);
-        let role = documents
-            .iter()
-            .find(|d| d["kind"] == "ClusterRole")
-            .unwrap();
-        assert_eq!(role["rules"][0]["verbs"], json!(["*"]));
-        assert!(!text.contains("FLOTILLA_NAMESPACES"));
-    }
-
-    fn parse_manifest(text: &str) -> Vec<Value> {
-        serde_saphyr::from_multiple(text).unwrap()
-    }
-
-    #[test]
-    fn a_namespaced_manifest_grants_rights_only_in_its_namespaces() {
-        let namespaces =
-            parse_namespaces(&["team-b,team-a".to_owned(), "team-a".to_owned()]).unwrap();
-        assert_eq!(namespaces, ["team-a", "team-b"]);
-        let join = join(&namespaces);
-        let documents = parse_manifest(&manifest(&join));
-        // Nothing grants a write outside the namespaces: every cluster-wide binding
-        // points at a role that only reads.
-        for binding in documents
-            .iter()
-            .filter(|d| d["kind"] == "ClusterRoleBinding")
-        {
-            let role = documents
-                .iter()
-                .find(|d| {
-                    d["kind"] == "ClusterRole"
-                        && d["metadata"]["name"] == binding["roleRef"]["name"]
-                })
-                .unwrap();
-            for rule in role["rules"].as_array().unwrap() {
-                for verb in rule["verbs"].as_array().unwrap() {
-                    assert!(
-                        ["get", "list", "watch"].contains(&verb.as_str().unwrap()),
-                        "cluster-wide {verb} in {rule}"
-                    );
-                }
-            }
-        }
-        let bound: Vec<&str> = documents
-            .iter()
-            .filter(|d| {
-                d["kind"] == "RoleBinding" && d["roleRef"]["name"] == "flotilla-agent-namespaced"
-            })
-            .map(|d| d["metadata"]["namespace"].as_str().unwrap())
-            .collect();
-        assert_eq!(bound, ["team-a", "team-b"]);
-        let secret = documents.iter().find(|d| d["kind"] == "Secret").unwrap();
-        assert_eq!(secret["stringData"]["FLOTILLA_NAMESPACES"], "team-a,team-b");
-        assert!(command_line(&join).contains("--namespaces team-a,team-b"));
-        for bad in ["Team", "a/b", "-a", "x;y", "a b"] {
-            assert!(
-                matches!(
-                    parse_namespaces(&[bad.to_owned()]),
-                    Err(Error::InvalidNamespace(_))
-                ),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn manifest_values_are_serialized_not_pasted() {
-        // The values are validated where they come in; even so, a value with YAML
-        // syntax in it stays one string.
-        let join = JoinInfo {
-            cluster: "east",
-            hub_address: "hub.example:7443\n  evil: true",
-            ca_fingerprint: "ab12\"",
-            token: "flt: x",
-            image: DEFAULT_AGENT_IMAGE,
-            namespaces: &[],
-        };
-        let documents = parse_manifest(&manifest(&join));
-        let secret = documents.iter().find(|d| d["kind"] == "Secret").unwrap();
-        assert_eq!(
-            secret["stringData"]["FLOTILLA_HUB"],
-            "hub.example:7443\n  evil: true"
-        );
-        assert_eq!(secret["stringData"]["FLOTILLA_CA_FINGERPRINT"], "ab12\"");
-        assert_eq!(secret["stringData"]["FLOTILLA_TOKEN"], "flt: x");
-        assert_eq!(secret["stringData"].as_object().unwrap().len(), 4);
     }
 }

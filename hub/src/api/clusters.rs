@@ -254,6 +254,7 @@ async fn add(
             "tokenExpiresAtMs": added.expires_at_ms,
             "manifest": cluster::manifest(&join),
             "command": cluster::command_line(&join),
+            "helm": cluster::helm_command(&join),
         })),
     )
 }

@@ -16,11 +16,13 @@ use super::{ConfigError, Connection, UsageError};
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {
     /// Make a single-use bootstrap token for a new cluster and print the agent's
-    /// install manifest (or, with --print-command, a local command line).
+    /// install manifest (or, with --helm, the equivalent `helm install`; with
+    /// --print-command, a local command line).
     Add(AddArgs),
     /// Change what the admin decides about a cluster: its API server URL.
     Set(SetArgs),
     /// Remove a cluster and revoke its certificate; its open connection closes.
+    /// Prints the commands that remove the agent from the cluster.
     Rm(NameArgs),
     /// List clusters with their connection state, last-seen time and agent version.
     List(ListArgs),
@@ -67,8 +69,12 @@ pub struct AddArgs {
     #[arg(long, value_name = "NS,...")]
     namespaces: Vec<String>,
     /// Print a command line that runs the agent locally instead of a manifest.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "helm")]
     print_command: bool,
+    /// Print the `helm install` of deploy/charts/flotilla-agent with the same
+    /// values instead of a manifest.
+    #[arg(long)]
+    helm: bool,
     #[command(flatten)]
     data: DataDirArgs,
 }
@@ -153,6 +159,7 @@ pub async fn run(command: ClusterCommand, connection: &Connection) -> anyhow::Re
                 "removed cluster {:?}; its certificate no longer works",
                 args.name
             );
+            print!("{}", cluster::uninstall_commands());
             Ok(())
         }
         ClusterCommand::List(args) => {
@@ -279,7 +286,7 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
         .into());
     }
     let namespaces = cluster::parse_namespaces(&args.namespaces).map_err(usage)?;
-    let (manifest, command) = match data_dir_mode(connection, &args.data) {
+    let (manifest, command, helm) = match data_dir_mode(connection, &args.data) {
         Some(dir) => {
             let hub_address = args
                 .hub_address
@@ -305,7 +312,11 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
                 image: &args.image,
                 namespaces: &namespaces,
             };
-            (cluster::manifest(&join), cluster::command_line(&join))
+            (
+                cluster::manifest(&join),
+                cluster::command_line(&join),
+                cluster::helm_command(&join),
+            )
         }
         None => {
             let body = json!({
@@ -321,14 +332,14 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
                 .client()?
                 .post("/api/v1/clusters", body.to_string())
                 .await?;
-            (
-                added["manifest"].as_str().unwrap_or_default().to_owned(),
-                added["command"].as_str().unwrap_or_default().to_owned(),
-            )
+            let text = |key: &str| added[key].as_str().unwrap_or_default().to_owned();
+            (text("manifest"), text("command"), text("helm"))
         }
     };
     if args.print_command {
         print!("{command}");
+    } else if args.helm {
+        print!("{helm}");
     } else {
         print!("{manifest}");
     }
