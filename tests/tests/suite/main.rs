@@ -12,6 +12,7 @@ mod clusters;
 mod fault_suite;
 mod hub_process;
 mod identity_secret;
+mod install;
 mod least_privilege;
 mod link;
 mod support;

@@ -758,5 +758,4 @@ fn build_images_refuses_bad_arguments_before_building_anything() {
     assert!(help.contains("--repository"), "{help}");
 }
 
-#[path = "install/images.rs"]
 mod images;
