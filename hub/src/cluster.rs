@@ -331,7 +331,17 @@ pub async fn register(
     cert_lifetime: Duration,
 ) -> Result<Registration, RegisterError> {
     let hash = token_hash(&register.token);
-    let token = store.token(&hash)?.ok_or(RegisterError::UnknownToken)?;
+    let Some(token) = store.token(&hash)? else {
+        return Box::pin(register_again(
+            store,
+            ca,
+            register,
+            &hash,
+            now,
+            cert_lifetime,
+        ))
+        .await;
+    };
     if token.expires_at_ms <= epoch_ms(now) {
         return Err(RegisterError::ExpiredToken {
             cluster: token.cluster,
@@ -373,8 +383,67 @@ pub async fn register(
             ..LinkRecord::default()
         })
         .await?;
+    store
+        .put_used_token(
+            &hash,
+            &store::UsedTokenRecord {
+                cluster: token.cluster.clone(),
+                kube_system_uid: uid.clone(),
+                expires_at_ms: token.expires_at_ms,
+            },
+        )
+        .await?;
     Ok(Registration {
         cluster: token.cluster,
+        certificate,
+    })
+}
+
+/// A `Register` with a token that was used already. The agent that used it may
+/// never have had its certificate (the reply was lost on the way, or it died
+/// before saving it) and tries again, with a new key. It gets a new certificate
+/// and the one issued before stops working, but only from the same cluster (the
+/// same `kube-system` uid), while the token would still be valid, and until the
+/// cluster first connects: from then on the token is spent for good. Anyone else
+/// hears that the token is unknown, as before.
+async fn register_again(
+    store: &Store,
+    ca: &Ca,
+    register: &Register,
+    hash: &str,
+    now: SystemTime,
+    cert_lifetime: Duration,
+) -> Result<Registration, RegisterError> {
+    let used = store.used_token(hash)?.ok_or(RegisterError::UnknownToken)?;
+    if used.expires_at_ms <= epoch_ms(now)
+        || register.facts.kube_system_uid.trim().is_empty()
+        || used.kube_system_uid != register.facts.kube_system_uid
+        || store.cluster(&used.cluster)?.is_none()
+    {
+        return Err(RegisterError::UnknownToken);
+    }
+    // A removed cluster has no link record, and stays removed.
+    let before = store
+        .link(&used.cluster)?
+        .ok_or(RegisterError::UnknownToken)?;
+    if before.connected || before.last_seen_ms.is_some() {
+        return Err(RegisterError::UnknownToken);
+    }
+    let certificate =
+        ca.issue_client_cert(&used.cluster, &register.public_key, now, cert_lifetime)?;
+    let mut link = before.clone();
+    let superseded: Vec<String> = std::iter::once(link.cert_sha256.clone())
+        .chain(link.previous_cert_sha256.take())
+        .collect();
+    link.previous_cert_not_after_ms = 0;
+    link.cert_sha256 = ca::fingerprint(&certificate);
+    link.cert_not_after_ms = epoch_ms(now + cert_lifetime);
+    // Of two racing retries one wins; a removal meanwhile wins over both.
+    if !store.put_renewed_link(&before, &link, &superseded).await? {
+        return Err(RegisterError::UnknownToken);
+    }
+    Ok(Registration {
+        cluster: used.cluster,
         certificate,
     })
 }
@@ -616,6 +685,79 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    /// An agent whose registration reply was lost tries again with the same
+    /// token and a new key: it gets a new certificate and the first stops
+    /// working. Another cluster, a connected cluster and a removed one cannot.
+    #[tokio::test]
+    async fn a_registration_retried_before_the_first_connection_gets_a_new_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ca = Ca::load_or_create(&store, SystemTime::now()).await.unwrap();
+        let now = SystemTime::now();
+        let lifetime = DEFAULT_CERT_LIFETIME;
+        let east = add(&store, "east", BTreeMap::new(), DEFAULT_TOKEN_TTL, now)
+            .await
+            .unwrap();
+        let first_message = register_message(east.token.clone(), "uid-east", "https://10.0.0.1");
+        let first = register(&store, &ca, &first_message, now, lifetime)
+            .await
+            .unwrap();
+        let mut retry = first_message.clone();
+        retry.public_key = [8; 32];
+        let second = register(&store, &ca, &retry, now, lifetime).await.unwrap();
+        assert_eq!(second.cluster, "east");
+        assert_ne!(second.certificate, first.certificate);
+        assert_eq!(
+            store
+                .cluster_by_cert(&ca::fingerprint(&second.certificate))
+                .unwrap()
+                .as_deref(),
+            Some("east")
+        );
+        assert_eq!(
+            store
+                .cluster_by_cert(&ca::fingerprint(&first.certificate))
+                .unwrap(),
+            None,
+            "the certificate issued first stops working"
+        );
+        // Another cluster's agent holding the same token is refused.
+        let mut other = retry.clone();
+        other.facts.kube_system_uid = "uid-other".to_owned();
+        assert!(matches!(
+            register(&store, &ca, &other, now, lifetime).await,
+            Err(RegisterError::UnknownToken)
+        ));
+        // Past the token's life it is spent.
+        let later = now + DEFAULT_TOKEN_TTL + Duration::from_secs(1);
+        assert!(matches!(
+            register(&store, &ca, &retry, later, lifetime).await,
+            Err(RegisterError::UnknownToken)
+        ));
+        // Once the cluster has connected, it is spent for good.
+        store
+            .update_link_lazily("east", |link| link.last_seen_ms = Some(1))
+            .unwrap();
+        assert!(matches!(
+            register(&store, &ca, &retry, now, lifetime).await,
+            Err(RegisterError::UnknownToken)
+        ));
+        // A removed cluster stays removed.
+        let west = add(&store, "west", BTreeMap::new(), DEFAULT_TOKEN_TTL, now)
+            .await
+            .unwrap();
+        let west_message = register_message(west.token, "uid-west", "https://10.0.0.2");
+        register(&store, &ca, &west_message, now, lifetime)
+            .await
+            .unwrap();
+        assert!(store.remove_cluster("west").await.unwrap());
+        assert!(matches!(
+            register(&store, &ca, &west_message, now, lifetime).await,
+            Err(RegisterError::UnknownToken)
+        ));
+        assert!(store.cluster("west").unwrap().is_none());
     }
 
     #[tokio::test]

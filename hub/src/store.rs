@@ -27,7 +27,8 @@ mod tests;
 pub use bundles::{Indexed, Unflushed};
 pub use key::Key;
 pub use link::{
-    AckRecord, LinkRecord, STATUS_HISTORY, StatusRecord, TokenRecord, parse_bundle_key,
+    AckRecord, LinkRecord, STATUS_HISTORY, StatusRecord, TokenRecord, UsedTokenRecord,
+    parse_bundle_key,
 };
 pub use ops::{DEFAULT_HISTORY_LIMIT, OperationRecord, Phase};
 pub use records::{

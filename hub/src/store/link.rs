@@ -30,6 +30,19 @@ pub struct TokenRecord {
     pub expires_at_ms: u64,
 }
 
+/// A bootstrap token that has been used, kept until it would have expired: an
+/// agent whose registration reply never arrived tries again with the same token
+/// (see `cluster::register`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsedTokenRecord {
+    /// The cluster it registered.
+    pub cluster: String,
+    /// The `kube-system` namespace uid the registering agent reported.
+    pub kube_system_uid: String,
+    /// When the token would have stopped working, in ms since the epoch.
+    pub expires_at_ms: u64,
+}
+
 /// The acknowledgement of one bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckRecord {
@@ -157,6 +170,17 @@ impl Store {
     /// removed it, so two racing registrations cannot both use it.
     pub async fn take_token(&self, token_sha256: &str) -> Result<bool> {
         self.remove("tokens", &Key::new().str(token_sha256)).await
+    }
+
+    /// Records a token as used, flushed.
+    pub async fn put_used_token(&self, token_sha256: &str, used: &UsedTokenRecord) -> Result<()> {
+        self.put("used_tokens", &Key::new().str(token_sha256), used)
+            .await
+    }
+
+    /// The used token stored under this hash, if any.
+    pub fn used_token(&self, token_sha256: &str) -> Result<Option<UsedTokenRecord>> {
+        self.get("used_tokens", &Key::new().str(token_sha256))
     }
 
     /// Sets the server URL of every pending token of `cluster`, flushed;
