@@ -758,6 +758,20 @@ mod tests {
             Err(RegisterError::UnknownToken)
         ));
         assert!(store.cluster("west").unwrap().is_none());
+        // Nor does the old token register again a cluster of the same name
+        // added and registered anew, before it first connects.
+        let again = add(&store, "west", BTreeMap::new(), DEFAULT_TOKEN_TTL, now)
+            .await
+            .unwrap();
+        let mut again_message = register_message(again.token, "uid-west", "https://10.0.0.2");
+        again_message.public_key = [9; 32];
+        register(&store, &ca, &again_message, now, lifetime)
+            .await
+            .unwrap();
+        assert!(matches!(
+            register(&store, &ca, &west_message, now, lifetime).await,
+            Err(RegisterError::UnknownToken)
+        ));
     }
 
     #[tokio::test]

@@ -336,7 +336,7 @@ impl Store {
 
     /// Forgets a cluster: its record, link and certificates in one transaction
     /// (so a renewal racing it cannot write the link back), and its pending
-    /// tokens. Returns whether it was registered or pending.
+    /// tokens and used ones. Returns whether it was registered or pending.
     pub async fn remove_cluster(&self, cluster: &str) -> Result<bool> {
         let links = self.tree("links")?;
         let certs = self.tree("certs")?;
@@ -366,6 +366,15 @@ impl Store {
             }
         }
         self.flush("tokens").await?;
+        // A used token must not register a cluster of the same name added again.
+        for (key, used) in self.scan::<UsedTokenRecord>("used_tokens", &Key::new())? {
+            if used.cluster == cluster {
+                self.tree("used_tokens")?
+                    .remove(key.as_bytes())
+                    .map_err(|source| db("used_tokens", "removing", source))?;
+            }
+        }
+        self.flush("used_tokens").await?;
         Ok(found)
     }
 
