@@ -46,6 +46,9 @@ pub enum AppCommand {
     /// Show desired against live state per cluster as a unified diff (exit 20 when
     /// they differ).
     Diff { app: String },
+    /// Poll the application's repository now and have every agent compare again,
+    /// as `argocd app get --refresh` does.
+    Refresh { app: String },
     /// Wait until an application is Synced and/or Healthy (exit 1 on timeout).
     Wait(WaitArgs),
     /// Create applications from an Argo CD Application manifest (-f), or one from
@@ -548,6 +551,25 @@ pub async fn rollback(client: &Client, app: &str, id: u64) -> anyhow::Result<()>
     report_operation(&format!("rollback of {}", text(&reply["app"])), &reply)
 }
 
+/// `app refresh`: the repository polled now, and each cluster's answer.
+pub async fn refresh(client: &Client, app: &str) -> anyhow::Result<()> {
+    let reply = client
+        .post(&format!("{}/refresh", app_path(app)), String::new())
+        .await?;
+    let mut failed = Vec::new();
+    for cluster in reply["clusters"].as_array().into_iter().flatten() {
+        let name = text(&cluster["cluster"]);
+        match cluster["error"].as_str() {
+            Some(e) => failed.push(format!("{name}: {e}")),
+            None => println!("{name}: {}", text(&cluster["message"])),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("refresh of {}: {}", text(&reply["app"]), failed.join("; "));
+    }
+    Ok(())
+}
+
 /// `app diff`: desired against live per cluster; exit 20 when they differ.
 pub async fn diff(client: &Client, app: &str) -> anyhow::Result<()> {
     let reply = client.get(&format!("{}/diff", app_path(app))).await?;
@@ -731,6 +753,7 @@ pub async fn run(command: AppCommand, connection: &Connection) -> anyhow::Result
         },
         AppCommand::Rollback { app, id } => rollback(&client, &app, id).await?,
         AppCommand::Diff { app } => diff(&client, &app).await?,
+        AppCommand::Refresh { app } => refresh(&client, &app).await?,
         AppCommand::Wait(args) => wait(&client, args).await?,
         AppCommand::Create(args) => {
             let text = match &args.file {
