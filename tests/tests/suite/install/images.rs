@@ -259,6 +259,8 @@ fn hub_and_agent_containers() {
         run(
             Command::new("git")
                 .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+                // Owned by the hub's user once the hub serves it.
+                .args(["-c", "safe.directory=*"])
                 .args(args)
                 .current_dir(&fleet),
             None,
@@ -483,8 +485,11 @@ fn hub_and_agent_containers() {
                 .find(|a| a["name"] == app.as_str())
                 .map(|a| a["status"].clone())
                 .unwrap_or(Value::Null);
-            if status["sync"] == "Synced" && status["health"] == "Healthy" {
-                assert_eq!(object("app-config")["data"]["greeting"], greeting);
+            // Synced to the commit that says `greeting`, not only to an older one.
+            if status["sync"] == "Synced"
+                && status["health"] == "Healthy"
+                && object("app-config")["data"]["greeting"] == greeting
+            {
                 return;
             }
             assert!(
@@ -568,6 +573,7 @@ fn hub_and_agent_containers() {
             "appVersion: \"99.0.0\"",
         );
     std::fs::write(chart_dir.join("Chart.yaml"), meta).unwrap();
+    let upgrade_started = Instant::now();
     helm_hub("upgrade", &chart_dir);
     let new_hub_pod = kubelet.wait_for_pod(
         &hub_namespace,
@@ -575,8 +581,10 @@ fn hub_and_agent_containers() {
         Some(&hub_pod["metadata"]["uid"]),
     );
     assert_eq!(new_hub_pod["spec"]["containers"][0]["image"], next_image);
+    let rolled = upgrade_started.elapsed();
     kubelet.stop(&hub);
     let replaced_ms = now_ms();
+    let new_hub_started = Instant::now();
     let hub = kubelet.start(&new_hub_pod, &format!("flotilla-{id}-hub-2"), &fleet_mount);
     current_hub.replace(hub.clone());
     // The saved session still trusts the hub: its CA is the one pinned at login.
@@ -598,6 +606,11 @@ fn hub_and_agent_containers() {
                 .as_u64()
                 .is_some_and(|t| t > replaced_ms)
     });
+    eprintln!(
+        "helm upgrade: the StatefulSet's new pod in {rolled:?}; the agent connected \
+         {:?} after the new hub container started",
+        new_hub_started.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(5));
     let back_later = cluster_view();
     assert_eq!(
