@@ -22,6 +22,8 @@
 
 pub mod source;
 
+pub mod chart;
+
 pub mod app;
 
 pub mod render;
