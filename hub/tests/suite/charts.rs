@@ -448,3 +448,83 @@ async fn several_sources_take_a_chart_from_a_repository_and_its_values_from_git(
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chart_from_an_oci_registry_renders_with_enable_oci_credentials_and_follows_pushes() {
+    let ca = TestCa::new();
+    let registry = crate::support::charts::Registry::start(&ca, USER, PASSWORD).await;
+    registry.push("charts", "metrics-stack", "1.4.0");
+    registry.push("charts", "metrics-stack", "1.9.0");
+    registry.push("charts", "metrics-stack", "2.0.0");
+    let hub = hub(&ca).await;
+    // As Argo CD users write it: a helm repository Secret with enableOCI and a
+    // URL without a scheme.
+    let without_scheme = format!("{}/charts", registry.host);
+    hub.secret(&argocd_secret(
+        "registry",
+        "repository",
+        &[
+            ("type", "helm"),
+            ("enableOCI", "true"),
+            ("url", &without_scheme),
+            ("username", USER),
+            ("password", PASSWORD),
+        ],
+    ))
+    .await;
+    let with_scheme = format!("oci://{without_scheme}");
+    for (name, url) in [("plain", &without_scheme), ("oci", &with_scheme)] {
+        hub.declare(
+            &stack_app(url, ">=1.2 <2")
+                .replace(
+                    "name: monitoring\n  namespace: argocd",
+                    &format!("name: {name}\n  namespace: argocd"),
+                )
+                .replace("releaseName: monitoring", &format!("releaseName: {name}")),
+        )
+        .await;
+        let outcomes = hub.refresh(url).await;
+        assert!(
+            matches!(only(&outcomes, name), Outcome::Rendered { .. }),
+            "{name}: {outcomes:?}"
+        );
+        let data = config(&hub.bundle(name), &format!("{name}-metrics-stack"));
+        assert_eq!(data["chartVersion"], "1.9.0", "{name}: the highest 1.x");
+        assert_eq!(data["retention"], "30d");
+    }
+
+    registry.push("charts", "metrics-stack", "1.10.0");
+    let started = Instant::now();
+    let outcomes = hub.refresh(&with_scheme).await;
+    eprintln!(
+        "figure: new chart version in the registry to a stored bundle in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(only(&outcomes, "oci"), Outcome::Rendered { .. }),
+        "{outcomes:?}"
+    );
+    let data = config(&hub.bundle("oci"), "oci-metrics-stack");
+    assert_eq!(data["chartVersion"], "1.10.0");
+
+    // Without the password the registry's refusal is the app's condition.
+    hub.secret(&argocd_secret(
+        "registry",
+        "repository",
+        &[("type", "oci"), ("url", &without_scheme)],
+    ))
+    .await;
+    let mut record = hub.record("oci");
+    record.rendered_revisions.clear();
+    hub.store.put_app(&record).await.unwrap();
+    let outcomes = hub.refresh(&with_scheme).await;
+    let Outcome::Failed { error } = only(&outcomes, "oci") else {
+        panic!("{outcomes:?}");
+    };
+    assert!(
+        error.contains(&without_scheme)
+            && error.contains("metrics-stack")
+            && !error.contains(PASSWORD),
+        "{error}"
+    );
+}

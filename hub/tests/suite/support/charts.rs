@@ -301,3 +301,131 @@ pub fn argocd_secret(name: &str, secret_type: &str, fields: &[(&str, &str)]) -> 
     }
     yaml
 }
+
+/// distribution's OCI registry on loopback, over TLS from a [`TestCa`], with
+/// htpasswd (bcrypt) Basic authentication; stopped when dropped.
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    /// The CA file helm is told to trust for pushes.
+    pub ca_file: PathBuf,
+    /// helm's registry login, for pushes.
+    registry_config: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts `registry` (from the folder `tests/build-k8s` fills) and waits until
+    /// it answers.
+    pub async fn start(ca: &TestCa, user: &str, password: &str) -> Self {
+        let binary = flotilla_tests::tool("registry").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, cert, key) = ca.write_files(dir.path());
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            format!("{user}:{}\n", bcrypt::hash(password, 5).unwrap()),
+        )
+        .unwrap();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: charts\n    path: {}\n",
+                dir.path().join("data").display(),
+                cert.display(),
+                key.display(),
+                htpasswd.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg(&config)
+            .env_clear()
+            .env("OTEL_SDK_DISABLED", "true")
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let registry_config = dir.path().join("registry-config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        std::fs::write(
+            &registry_config,
+            serde_json::json!({ "auths": { host.clone(): { "auth": auth } } }).to_string(),
+        )
+        .unwrap();
+        let registry = Self {
+            host,
+            ca_file,
+            registry_config,
+            child,
+            _dir: dir,
+        };
+        registry.wait_until_up().await;
+        registry
+    }
+
+    async fn wait_until_up(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(&self.host).await.is_ok() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry did not listen on {} within 30 s",
+                self.host
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Packages chart `name` at `version` and pushes it to `oci://HOST/path`.
+    pub fn push(&self, path: &str, name: &str, version: &str) {
+        let src = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let chart = write_chart(src.path(), name, version, "");
+        helm(
+            &["package", chart.to_str().unwrap(), "--destination", "."],
+            src.path(),
+            home.path(),
+        );
+        let program = std::env::var_os("FLOTILLA_HELM").unwrap_or_else(|| "helm".into());
+        let out = Command::new(program)
+            .args([
+                "push",
+                &format!("{name}-{version}.tgz"),
+                &format!("oci://{}/{path}", self.host),
+                "--ca-file",
+                self.ca_file.to_str().unwrap(),
+            ])
+            .current_dir(src.path())
+            .env("HELM_CACHE_HOME", home.path().join("cache"))
+            .env("HELM_CONFIG_HOME", home.path().join("config"))
+            .env("HELM_DATA_HOME", home.path().join("data"))
+            .env("HELM_REGISTRY_CONFIG", &self.registry_config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
