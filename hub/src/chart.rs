@@ -261,13 +261,10 @@ pub struct ChartCache {
 }
 
 impl ChartCache {
-    /// A cache under `root`, created when missing.
+    /// A cache under `root`, created when the first archive is kept (a hub that
+    /// renders no chart from a repository leaves no trace of one).
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|source| Error::Cache {
-            path: root.clone(),
-            source,
-        })?;
         // reqwest is built without a default provider; the hub's main installs
         // ring too, and a second install is a no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -444,6 +441,10 @@ fn write_atomically(root: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_owned(),
         source,
     };
+    std::fs::create_dir_all(root).map_err(|source| Error::Cache {
+        path: root.to_owned(),
+        source,
+    })?;
     let mut file = tempfile::NamedTempFile::new_in(root).map_err(cache)?;
     std::io::Write::write_all(&mut file, bytes).map_err(cache)?;
     file.persist(path).map_err(|e| cache(e.error))?;

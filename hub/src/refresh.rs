@@ -24,12 +24,12 @@ use crate::app::adoption::{self, Refusal};
 use crate::app::appset::{ClusterParams, GeneratorInput};
 use crate::app::project::{self, Violation};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
-use crate::chart::{self, ChartCache, ChartRepo, Pulled};
+use crate::chart::{self, ChartCache, Pulled};
 use crate::metrics::Metrics;
 use crate::render::{Input, SourceInput};
 use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
-use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, Store};
+use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, RepoRecord, Store};
 
 /// How long one fetch may take before the refresh gives up on it.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -897,15 +897,11 @@ impl Refresher {
             .store
             .repo_access(&source.repo_url)
             .map_err(|e| e.to_string())?;
-        let repo = ChartRepo {
-            url: source.repo_url.clone(),
-            oci: access
-                .as_ref()
-                .is_some_and(|a| a.enable_oci || a.repo_type == source::RepoType::Oci),
-            credentials: access.as_ref().and_then(|a| a.credentials.clone()),
-            tls_client: access.and_then(|a| a.tls_client),
-            pass_credentials: source.helm.as_ref().is_some_and(|h| h.pass_credentials),
-        };
+        let repo = RepoRecord::chart_repo(
+            access,
+            &source.repo_url,
+            source.helm.as_ref().is_some_and(|h| h.pass_credentials),
+        );
         let work = async {
             let resolved = self
                 .charts

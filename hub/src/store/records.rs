@@ -87,6 +87,25 @@ impl RepoRecord {
         }
     }
 
+    /// How to reach the chart repository at `url` with what this record holds
+    /// (from [`crate::store::Store::repo_access`]; `None` for no credentials).
+    /// `pass_credentials` is the app's `helm.passCredentials`.
+    pub fn chart_repo(
+        access: Option<Self>,
+        url: &str,
+        pass_credentials: bool,
+    ) -> crate::chart::ChartRepo {
+        crate::chart::ChartRepo {
+            url: url.to_owned(),
+            oci: access
+                .as_ref()
+                .is_some_and(|a| a.enable_oci || a.repo_type == RepoType::Oci),
+            credentials: access.as_ref().and_then(|a| a.credentials.clone()),
+            tls_client: access.and_then(|a| a.tls_client),
+            pass_credentials,
+        }
+    }
+
     /// Whether it holds charts (a Helm repository or an OCI registry).
     pub fn holds_charts(&self) -> bool {
         self.repo_type != RepoType::Git || self.enable_oci
