@@ -3,10 +3,12 @@
 //!
 //! Read it in the order the data flows, from a Git commit to what the API shows:
 //!
-//! 1. [`source`]: Git repositories, fetched with gix, and the trees at a commit.
+//! 1. [`source`]: Git repositories, fetched with gix, and the trees at a commit;
+//!    [`chart`]: charts from Helm repositories and OCI registries, by digest.
 //! 2. [`app`]: Argo CD Applications, ApplicationSets and AppProjects, as written.
 //! 3. [`render`]: an Application at a commit, for one cluster, becomes objects.
-//! 4. [`refresh`]: a repository's new commit becomes rendered, signed bundles.
+//! 4. [`refresh`]: a repository's new commit (or chart version) becomes rendered,
+//!    signed bundles; apps with a chart or several sources resolve each source.
 //! 5. [`bundles`]: the one writer of bundles, which allocates each generation.
 //! 6. [`link`]: the QUIC link that registers agents, sends bundles and commands,
 //!    and takes their acknowledgements and Status reports.
@@ -21,6 +23,8 @@
 //! leaves [`clock`], [`diff`], [`metrics`] and [`secret_mask`].
 
 pub mod source;
+
+pub mod chart;
 
 pub mod app;
 

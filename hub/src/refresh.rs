@@ -24,10 +24,12 @@ use crate::app::adoption::{self, Refusal};
 use crate::app::appset::{ClusterParams, GeneratorInput};
 use crate::app::project::{self, Violation};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
+use crate::chart::{self, ChartCache, Pulled};
 use crate::metrics::Metrics;
+use crate::render::{Input, SourceInput};
 use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
-use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, Store};
+use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, RepoRecord, Store};
 
 /// How long one fetch may take before the refresh gives up on it.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -54,9 +56,10 @@ pub enum Error {
     /// The app to render does not exist.
     #[error("application {app} not found")]
     NoSuchApp { app: String },
-    /// A Helm repository chart has versions, not Git revisions.
+    /// A chart from a Helm repository has versions, not Git revisions, and several
+    /// sources have a revision each.
     #[error(
-        "application {app} takes its chart from a Helm repository; sync --revision needs a Git source"
+        "application {app} has a chart from a Helm repository or several sources; sync --revision needs one Git source"
     )]
     RevisionUnsupported { app: String },
     /// A bundle to be signed again no longer passes the app's AppProject as it is
@@ -154,6 +157,8 @@ pub fn recheck_bundle(store: &Store, app: &Application, bundle: &mut Bundle) -> 
 pub struct Refresher {
     store: Store,
     cache: Arc<RepoCache>,
+    /// Chart archives by digest.
+    charts: Arc<ChartCache>,
     renderer: Renderer,
     /// The one writer of bundle generations.
     issuer: Arc<Issuer>,
@@ -171,9 +176,16 @@ type AppLocks =
 impl Refresher {
     pub async fn new(store: Store, cache: RepoCache, renderer: Renderer) -> Result<Self> {
         let issuer = Arc::new(Issuer::new(store.clone()).await?);
+        let charts = ChartCache::new(cache.root().join(".charts")).map_err(|e| {
+            Error::Source(source::Error::CacheDir {
+                path: cache.root().join(".charts"),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
         Ok(Self {
             store: store.clone(),
             cache: Arc::new(cache),
+            charts: Arc::new(charts),
             // Renders kept in the hub's store survive a restart.
             renderer: if renderer.has_store() {
                 renderer
@@ -203,6 +215,28 @@ impl Refresher {
         lock.lock_owned().await
     }
 
+    /// Keeps chart archives in `charts` (whose extra certificate authorities chart
+    /// repositories and the renderer's dependency fetches are trusted with).
+    pub fn with_chart_cache(mut self, charts: ChartCache) -> Self {
+        self.renderer = std::mem::replace(
+            &mut self.renderer,
+            Renderer::new(crate::render::Tools::from_env()),
+        )
+        .with_extra_roots(charts.extra_roots().to_vec());
+        self.charts = Arc::new(charts);
+        self
+    }
+
+    /// The chart archive cache, for its hit count.
+    pub fn chart_cache(&self) -> &ChartCache {
+        &self.charts
+    }
+
+    /// The renderer, for its cache hit count.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
     /// Gives up on a fetch after `timeout` instead of [`DEFAULT_FETCH_TIMEOUT`].
     pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = timeout;
@@ -213,8 +247,11 @@ impl Refresher {
     /// fetch is told to stop and the refresh fails with [`Error::FetchTimeout`]; a
     /// remote that stalls costs its own refresh, never another repository's.
     async fn fetch(&self, url: &str) -> Result<Repo> {
-        let spec = match self.store.repo(url)? {
-            Some(record) => record.spec(),
+        let spec = match self.store.repo_access(url)? {
+            Some(record) => RepoSpec {
+                url: url.to_owned(),
+                credentials: record.credentials,
+            },
             None => RepoSpec::new(url),
         };
         let cache = self.cache.clone();
@@ -267,10 +304,12 @@ impl Refresher {
             let mut outcomes = Vec::new();
             let mut allowed = false;
             let mut refused = Vec::new();
+            let mut needs_git = false;
             for record in self.store.apps()? {
-                if !source::webhook::same_repository(&record.application.source().repo_url, url) {
+                if !record.uses_repository(url) {
                     continue;
                 }
+                needs_git |= !record.application.needs_resolved_sources();
                 match self.project_permits_source(&record.application)? {
                     Ok(()) => allowed = true,
                     Err(violation) => refused.push((record, violation)),
@@ -288,12 +327,18 @@ impl Refresher {
                 }
                 return Ok(outcomes);
             }
-            let repo = match self.fetch(url).await {
-                Ok(repo) => repo,
-                Err(e) => {
-                    self.record_fetch_failure(url, &e).await?;
-                    return Err(e);
+            // Charts and apps of several sources resolve each source themselves;
+            // the Git fetch here serves the apps of one Git source.
+            let repo = if needs_git {
+                match self.fetch(url).await {
+                    Ok(repo) => Some(repo),
+                    Err(e) => {
+                        self.record_fetch_failure(url, &e).await?;
+                        return Err(e);
+                    }
                 }
+            } else {
+                None
             };
             // Children adopted from a parent are refreshed in the same pass, so a
             // whole app-of-apps tree settles in one refresh.
@@ -303,9 +348,7 @@ impl Refresher {
                     .store
                     .apps()?
                     .into_iter()
-                    .filter(|a| {
-                        source::webhook::same_repository(&a.application.source().repo_url, url)
-                    })
+                    .filter(|a| a.uses_repository(url))
                     .filter(|a| !done.contains(&(a.project(), a.name())))
                     .collect();
                 if pending.is_empty() {
@@ -327,10 +370,19 @@ impl Refresher {
                     done.insert((record.project(), record.name()));
                     let name = format!("{}/{}", record.project(), record.name());
                     let span = info_span!("app", app = %name);
-                    let outcome = self
-                        .refresh_app(&repo, record, Children::Adopt, now)
-                        .instrument(span)
-                        .await?;
+                    let outcome = if record.application.needs_resolved_sources() {
+                        self.refresh_resolved(record, Children::Adopt, now)
+                            .instrument(span)
+                            .await?
+                    } else if let Some(repo) = &repo {
+                        self.refresh_app(repo, record, Children::Adopt, now)
+                            .instrument(span)
+                            .await?
+                    } else {
+                        // A child of one Git source adopted in this pass from a
+                        // chart: its own repository's refresh renders it.
+                        continue;
+                    };
                     outcomes.extend(
                         outcome
                             .into_iter()
@@ -354,7 +406,8 @@ impl Refresher {
     async fn record_fetch_failure(&self, url: &str, error: &Error) -> Result<()> {
         let message = crate::render::redact_urls(&flotilla_common::error::describe(error));
         for record in self.store.apps()? {
-            if !source::webhook::same_repository(&record.application.source().repo_url, url)
+            if !record.uses_repository(url)
+                || record.application.needs_resolved_sources()
                 || record.render_error.as_deref() == Some(message.as_str())
                 || self.project_permits_source(&record.application)?.is_err()
             {
@@ -455,7 +508,7 @@ impl Refresher {
                     app: format!("{project}/{name}"),
                 });
             };
-            if record.application.source().chart.is_some() {
+            if record.application.needs_resolved_sources() {
                 return Err(Error::RevisionUnsupported {
                     app: format!("{project}/{name}"),
                 });
@@ -540,26 +593,9 @@ impl Refresher {
             }
         }
 
-        let clusters: Vec<ClusterRecord> = self
-            .store
-            .clusters()?
-            .into_iter()
-            .filter(|c| c.is_destination(&app.spec.destination))
-            .collect();
-        if clusters.is_empty() {
-            let dest = &app.spec.destination;
-            let named = dest
-                .name
-                .as_deref()
-                .or(dest.server.as_deref())
-                .unwrap_or("");
-            return self
-                .fail(
-                    record,
-                    format!("destination cluster {named:?} is not registered"),
-                )
-                .await;
-        }
+        let Some(clusters) = self.destinations(&app)? else {
+            return self.fail_no_destination(record).await;
+        };
 
         let mut rendered_per_cluster = Vec::new();
         for cluster in &clusters {
@@ -583,7 +619,61 @@ impl Refresher {
                 }
             }
         }
+        let revision = commit.to_string();
+        record.rendered_revisions = vec![revision.clone()];
+        self.store_rendered(
+            record,
+            &app,
+            &project,
+            rendered_per_cluster,
+            &revision,
+            children_policy,
+            now,
+        )
+        .await
+    }
 
+    /// The registered clusters `app`'s destination names; `None` when there is none.
+    fn destinations(&self, app: &Application) -> Result<Option<Vec<ClusterRecord>>> {
+        let clusters: Vec<ClusterRecord> = self
+            .store
+            .clusters()?
+            .into_iter()
+            .filter(|c| c.is_destination(&app.spec.destination))
+            .collect();
+        Ok((!clusters.is_empty()).then_some(clusters))
+    }
+
+    async fn fail_no_destination(&self, record: AppRecord) -> Result<Vec<(String, Outcome)>> {
+        {
+            let dest = &record.application.spec.destination;
+            let named = dest
+                .name
+                .as_deref()
+                .or(dest.server.as_deref())
+                .unwrap_or("")
+                .to_owned();
+            self.fail(
+                record,
+                format!("destination cluster {named:?} is not registered"),
+            )
+            .await
+        }
+    }
+
+    /// Checks what each cluster rendered against the project, stores the bundles
+    /// that changed, adopts the children, and records `revision` as rendered.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_rendered(
+        &self,
+        mut record: AppRecord,
+        app: &Application,
+        project: &AppProject,
+        rendered_per_cluster: Vec<(&ClusterRecord, crate::render::Rendered)>,
+        revision: &str,
+        children_policy: Children,
+        now: SystemTime,
+    ) -> Result<Vec<(String, Outcome)>> {
         let mut outcomes = Vec::new();
         let mut generations = Vec::new();
         let mut kind = None;
@@ -597,7 +687,7 @@ impl Refresher {
                 Ok(split) => split,
                 Err(e) => return self.fail(record, e).await,
             };
-            if let Err(violation) = project.permits(&app, &objects) {
+            if let Err(violation) = project.permits(app, &objects) {
                 return self
                     .fail_project(record, format!("cluster {}: {violation}", cluster.name))
                     .await;
@@ -619,7 +709,7 @@ impl Refresher {
         // ApplicationSets are expanded once, and before anything is stored, so a
         // failing generator leaves every cluster's bundle as it was.
         let children = match children
-            .map(|found| self.expand_sets(found, &project))
+            .map(|found| self.expand_sets(found, project))
             .transpose()
         {
             Ok(children) => children,
@@ -631,7 +721,7 @@ impl Refresher {
         let mut stored = Ok(());
         for (cluster, objects) in checked {
             match self.store_bundle(
-                &mut batch, &record, &app, &project, cluster, &commit, objects, now,
+                &mut batch, &record, app, project, cluster, revision, objects, now,
             ) {
                 Ok(Some(generation)) => {
                     generations.push((cluster.name.clone(), generation));
@@ -659,24 +749,174 @@ impl Refresher {
             record.refused_children = refused;
         }
 
-        record.rendered_commit = Some(commit.to_string());
+        record.rendered_commit = Some(revision.to_owned());
         record.rendered_kind = kind;
         record.render_error = None;
         record.project_violation = false;
         self.store.put_app(&record).await?;
         let outcome = if generations.is_empty() {
             Outcome::Unchanged {
-                commit: commit.to_string(),
+                commit: revision.to_owned(),
             }
         } else {
-            info!(commit = %commit, ?generations, "rendered new bundles");
+            info!(revision, ?generations, "rendered new bundles");
             Outcome::Rendered {
-                commit: commit.to_string(),
+                commit: revision.to_owned(),
                 generations,
             }
         };
         outcomes.insert(0, (String::new(), outcome));
         Ok(outcomes)
+    }
+
+    /// Refreshes an app with a chart from a Helm repository or several sources:
+    /// resolves each source (a Git fetch, or a chart repository's index or a
+    /// registry's tags), renders when any source's revision moved, and stores
+    /// what changed. A source that cannot be resolved is a condition on the app
+    /// naming the source, its repository and (for a chart) the chart; its last
+    /// good bundles stay in force.
+    async fn refresh_resolved(
+        &self,
+        mut record: AppRecord,
+        children_policy: Children,
+        now: SystemTime,
+    ) -> Result<Vec<(String, Outcome)>> {
+        let app = record.application.clone();
+        let project = match self.project_of(&app)? {
+            Ok(project) => project,
+            Err(missing) => return self.fail_project(record, missing.to_string()).await,
+        };
+        if let Err(violation) = project.permits(&app, &[]) {
+            return self.fail_project(record, violation.to_string()).await;
+        }
+
+        let sources = app.sources();
+        let multi = app.is_multi_source();
+        let at = |i: usize| {
+            if multi {
+                format!("spec.sources[{i}]")
+            } else {
+                "spec.source".to_owned()
+            }
+        };
+        let mut fetched: Vec<Fetched> = Vec::with_capacity(sources.len());
+        for (i, source) in sources.iter().enumerate() {
+            let got = if let Some(chart_name) = &source.chart {
+                self.pull_chart(source, chart_name)
+                    .await
+                    .map(Fetched::Chart)
+                    .map_err(|e| format!("{}: {e}", at(i)))
+            } else {
+                match self.fetch(&source.repo_url).await {
+                    Ok(repo) => repo
+                        .resolve(&source.target_revision)
+                        .map(|commit| Fetched::Git {
+                            repo: Box::new(repo),
+                            commit,
+                        })
+                        .map_err(|e| format!("{}: {e}", at(i))),
+                    Err(e) => Err(format!(
+                        "{}: {}",
+                        at(i),
+                        flotilla_common::error::describe(&e)
+                    )),
+                }
+            };
+            match got {
+                Ok(f) => fetched.push(f),
+                Err(error) => return self.fail(record, error).await,
+            }
+        }
+        let revisions: Vec<String> = fetched.iter().map(Fetched::revision).collect();
+        if record.render_error.is_none()
+            && record.rendered_kind.is_some()
+            && record.rendered_revisions == revisions
+        {
+            return Ok(vec![(
+                String::new(),
+                Outcome::NotAffected {
+                    commit: revisions.join(", "),
+                },
+            )]);
+        }
+        let inputs: Vec<SourceInput<'_>> = sources
+            .iter()
+            .zip(&fetched)
+            .map(|(source, f)| SourceInput {
+                source,
+                input: match f {
+                    Fetched::Git { repo, commit } => Input::Git { repo, commit },
+                    Fetched::Chart(pulled) => Input::Chart(pulled),
+                },
+            })
+            .collect();
+
+        let Some(clusters) = self.destinations(&app)? else {
+            return self.fail_no_destination(record).await;
+        };
+        let mut rendered_per_cluster = Vec::new();
+        for cluster in &clusters {
+            let target = Target {
+                cluster: &cluster.name,
+                facts: cluster.facts.as_ref(),
+            };
+            let started = std::time::Instant::now();
+            let result = self.renderer.render_sources(&app, &inputs, target).await;
+            self.metrics
+                .observe_render(started.elapsed(), result.is_err());
+            match result {
+                Ok(rendered) => rendered_per_cluster.push((cluster, rendered)),
+                Err(e) => {
+                    return self
+                        .fail(record, format!("cluster {}: {e}", cluster.name))
+                        .await;
+                }
+            }
+        }
+        record.rendered_revisions = revisions.clone();
+        self.store_rendered(
+            record,
+            &app,
+            &project,
+            rendered_per_cluster,
+            &revisions.join(", "),
+            children_policy,
+            now,
+        )
+        .await
+    }
+
+    /// The chart archive a chart source's targetRevision picks, with the
+    /// credentials the hub holds for its repository, within the fetch timeout.
+    async fn pull_chart(
+        &self,
+        source: &crate::app::Source,
+        chart_name: &str,
+    ) -> Result<Pulled, String> {
+        let access = self
+            .store
+            .repo_access(&source.repo_url)
+            .map_err(|e| e.to_string())?;
+        let repo = RepoRecord::chart_repo(
+            access,
+            &source.repo_url,
+            source.helm.as_ref().is_some_and(|h| h.pass_credentials),
+        );
+        let work = async {
+            let resolved = self
+                .charts
+                .resolve(&repo, chart_name, &source.target_revision)
+                .await?;
+            self.charts.pull(&repo, &resolved).await
+        };
+        match tokio::time::timeout(self.fetch_timeout, work).await {
+            Ok(result) => result.map_err(|e: chart::Error| e.to_string()),
+            Err(_) => Err(format!(
+                "chart {chart_name:?} from {}: fetching did not finish within {:?}",
+                repo.redacted_url(),
+                self.fetch_timeout
+            )),
+        }
     }
 
     /// The app's AppProject, or why there is none.
@@ -736,7 +976,7 @@ impl Refresher {
         app: &Application,
         app_project: &AppProject,
         cluster: &ClusterRecord,
-        commit: &CommitId,
+        revision: &str,
         objects: Vec<Object>,
         now: SystemTime,
     ) -> Result<Option<u64>> {
@@ -755,8 +995,13 @@ impl Refresher {
                         cluster: cluster.name.clone(),
                         source: bundle::Source {
                             repo: app.source().repo_url.clone(),
-                            revision: commit.to_string(),
-                            path: app.source().path.clone().unwrap_or_default(),
+                            revision: revision.to_owned(),
+                            path: app
+                                .source()
+                                .path
+                                .clone()
+                                .or_else(|| app.source().chart.clone())
+                                .unwrap_or_default(),
                         },
                         generation,
                         created_at: Timestamp::from_system_time(now),
@@ -1041,6 +1286,21 @@ pub fn issue_error<E: Into<Error> + std::error::Error + 'static>(e: bundles::Err
 impl From<std::convert::Infallible> for Error {
     fn from(never: std::convert::Infallible) -> Self {
         match never {}
+    }
+}
+
+/// What one source of an app was resolved to.
+enum Fetched {
+    Git { repo: Box<Repo>, commit: CommitId },
+    Chart(Pulled),
+}
+
+impl Fetched {
+    fn revision(&self) -> String {
+        match self {
+            Self::Git { commit, .. } => commit.to_string(),
+            Self::Chart(pulled) => pulled.revision(),
+        }
     }
 }
 

@@ -274,19 +274,27 @@ impl Server {
 
 /// Every repository the hub must watch: those registered, and those apps name.
 fn watched_repos(store: &Store) -> BTreeMap<String, Duration> {
+    // Every source of every app: Git repositories, chart repositories and
+    // registries alike are polled, so a new commit or chart version is seen.
     let mut repos: BTreeMap<String, Duration> = store
         .apps()
         .unwrap_or_default()
         .into_iter()
-        .filter(|a| a.application.source().chart.is_none())
-        .map(|a| {
-            (
-                a.application.source().repo_url.clone(),
-                DEFAULT_POLL_INTERVAL,
-            )
+        .flat_map(|a| {
+            a.application
+                .sources()
+                .iter()
+                .map(|s| (s.repo_url.clone(), DEFAULT_POLL_INTERVAL))
+                .collect::<Vec<_>>()
         })
         .collect();
-    for repo in store.repos().unwrap_or_default() {
+    // Credential templates are prefixes, not repositories.
+    for repo in store
+        .repos()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !r.template)
+    {
         repos.insert(
             repo.url.clone(),
             Duration::from_secs(

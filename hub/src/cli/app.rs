@@ -338,6 +338,17 @@ fn describe_operation(op: &Value) -> String {
     s
 }
 
+/// A commit shortened; a chart's `version (sha256:…)` with its digest shortened.
+fn short_revision(revision: &str) -> String {
+    match revision.split_once(" (sha256:") {
+        Some((version, digest)) => {
+            format!("{version} (sha256:{})", &digest[..digest.len().min(12)])
+        }
+        None if revision.len() == 40 => short(revision).to_owned(),
+        None => revision.to_owned(),
+    }
+}
+
 /// `app get`: the app's state and, per cluster, its resource tree.
 pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
     let summary = client.get(&app_path(app)).await?;
@@ -348,15 +359,35 @@ pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
         text(&summary["project"]),
         text(&summary["name"])
     );
-    println!(
-        "Source:      {} {}@{}",
-        text(&source["repoURL"]),
-        source["path"]
+    let sources = summary["sources"].as_array().cloned().unwrap_or_default();
+    let describe = |source: &Value| {
+        let what = source["path"]
             .as_str()
             .or(source["chart"].as_str())
-            .unwrap_or(""),
-        text(&source["targetRevision"])
-    );
+            .map(str::to_owned)
+            .or_else(|| source["ref"].as_str().map(|r| format!("(ref {r})")))
+            .unwrap_or_default();
+        let resolved = source["revision"]
+            .as_str()
+            .map(|r| format!(" -> {}", short_revision(r)))
+            .unwrap_or_default();
+        format!(
+            "{} {what}@{}{resolved}",
+            text(&source["repoURL"]),
+            text(&source["targetRevision"])
+        )
+    };
+    if sources.len() > 1 {
+        println!("Sources:");
+        for (i, s) in sources.iter().enumerate() {
+            println!("  [{i}] {}", describe(s));
+        }
+    } else {
+        println!(
+            "Source:      {}",
+            describe(sources.first().unwrap_or(source))
+        );
+    }
     println!(
         "Sync policy: {}",
         if summary["automated"].as_bool() == Some(true) {
@@ -390,7 +421,9 @@ pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
                 "disconnected"
             },
             text(&cluster["generation"]),
-            cluster["revision"].as_str().map_or("-", short),
+            cluster["revision"]
+                .as_str()
+                .map_or_else(|| "-".to_owned(), short_revision),
             text(&cluster["sync"]),
             text(&cluster["health"]),
         );
