@@ -34,6 +34,8 @@ pub mod refresh;
 
 pub mod bundles;
 
+pub mod rollout;
+
 pub mod link;
 
 pub mod status;

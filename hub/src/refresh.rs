@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 use crate::render::{Input, SourceInput};
 use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
-use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, RepoRecord, Store};
+use crate::store::{
+    self, AppOrigin, AppRecord, ClusterRecord, Event, Member, RepoRecord, RolloutRecord, Store,
+};
 
 /// How long one fetch may take before the refresh gives up on it.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -708,8 +710,9 @@ impl Refresher {
         }
         // ApplicationSets are expanded once, and before anything is stored, so a
         // failing generator leaves every cluster's bundle as it was.
+        let mut rolling = Vec::new();
         let children = match children
-            .map(|found| self.expand_sets(found, project))
+            .map(|found| self.expand_sets(found, project, &mut rolling))
             .transpose()
         {
             Ok(children) => children,
@@ -747,6 +750,7 @@ impl Refresher {
             let (adopted, refused) = self.adopt(&record, children, now).await?;
             outcomes.extend(adopted);
             record.refused_children = refused;
+            self.record_rollouts(&record, rolling).await?;
         }
 
         record.rendered_commit = Some(revision.to_owned());
@@ -985,8 +989,8 @@ impl Refresher {
         objects
             .sort_by(|a, b| (&a.gvk, &a.namespace, &a.name).cmp(&(&b.gvk, &b.namespace, &b.name)));
         let app_ref = AppRef::new(project.clone(), name.clone());
-        let issued = batch
-            .issue(
+        let proposed = batch
+            .propose(
                 &app_ref,
                 &cluster.name,
                 |generation, latest: Option<&Latest>| {
@@ -1018,10 +1022,17 @@ impl Refresher {
                 },
             )
             .map_err(issue_error)?;
-        if let Some(generation) = issued {
-            info!(cluster = %cluster.name, generation, objects = objects.len(), "stored a new bundle");
+        match proposed {
+            bundles::Proposed::Issued(generation) => {
+                info!(cluster = %cluster.name, generation, objects = objects.len(), "stored a new bundle");
+                Ok(Some(generation))
+            }
+            bundles::Proposed::Held => {
+                info!(cluster = %cluster.name, objects = objects.len(), "held a new bundle for its rollout step");
+                Ok(None)
+            }
+            bundles::Proposed::Unchanged => Ok(None),
         }
-        Ok(issued)
     }
 
     /// Adopts the Applications and AppProjects a parent rendered that the rules of
@@ -1215,10 +1226,13 @@ impl Refresher {
     /// A git generator reads its repository on behalf of the app that holds the
     /// set, so that app's `project` must allow the repository before anything is
     /// fetched (with whatever credentials the hub holds for it).
+    /// A set with a RollingSync strategy goes into `rolling` with the apps it
+    /// generates, for [`Refresher::record_rollouts`].
     fn expand_sets(
         &self,
         found: Vec<ArgoObject>,
         project: &AppProject,
+        rolling: &mut Vec<(ApplicationSet, Vec<Member>)>,
     ) -> Result<Vec<ArgoObject>, String> {
         let mut out = Vec::with_capacity(found.len());
         for object in found {
@@ -1239,7 +1253,24 @@ impl Refresher {
                 .sync_policy
                 .as_ref()
                 .is_some_and(|p| p.preserve_resources_on_deletion);
-            for mut app in set.generate(self).map_err(|e| e.to_string())? {
+            let generated = set.generate(self).map_err(|e| e.to_string())?;
+            if set
+                .spec
+                .strategy
+                .as_ref()
+                .is_some_and(|s| s.rolling_steps().is_some())
+            {
+                let members = generated
+                    .iter()
+                    .map(|app| Member {
+                        project: app.spec.project.clone(),
+                        name: app.metadata.name.clone(),
+                        labels: app.metadata.labels.clone(),
+                    })
+                    .collect();
+                rolling.push(((*set).clone(), members));
+            }
+            for mut app in generated {
                 if !preserve && !app.cascades() {
                     app.metadata.finalizers.push(RESOURCES_FINALIZER.to_owned());
                 }
@@ -1250,6 +1281,87 @@ impl Refresher {
             }
         }
         Ok(out)
+    }
+
+    /// Keeps a rollout record for each RollingSync set `parent` renders, with its
+    /// steps, gates and the apps it generates, and marks those apps as driven by
+    /// it (their new bundles are held from now on). A set of this parent that is
+    /// gone or no longer rolls loses its rollout, and its apps render again so
+    /// what was held reaches their clusters at once.
+    async fn record_rollouts(
+        &self,
+        parent: &AppRecord,
+        sets: Vec<(ApplicationSet, Vec<Member>)>,
+    ) -> Result<()> {
+        let parent_name = format!("{}/{}", parent.project(), parent.name());
+        let mut kept = BTreeSet::new();
+        for (set, members) in sets {
+            let name = set.metadata.name.clone();
+            let rollout = self.store.rollout(&name)?.unwrap_or_else(|| RolloutRecord {
+                name: name.clone(),
+                ..RolloutRecord::default()
+            });
+            if !rollout.parent.is_empty() && rollout.parent != parent_name {
+                warn!(set = %name, owner = %rollout.parent, "another app's ApplicationSet of this name holds the rollout; not rolling this one");
+                continue;
+            }
+            kept.insert(name.clone());
+            let (soak, deadline) = set.rollout_gates().unwrap_or_default();
+            let steps = set
+                .spec
+                .strategy
+                .as_ref()
+                .and_then(|s| s.rolling_steps())
+                .unwrap_or_default()
+                .to_vec();
+            for gone in rollout.members.iter().filter(|old| {
+                !members
+                    .iter()
+                    .any(|m| m.project == old.project && m.name == old.name)
+            }) {
+                self.store
+                    .remove_rollout_member(&gone.project, &gone.name)
+                    .await?;
+            }
+            for member in &members {
+                if self
+                    .store
+                    .rollout_member(&member.project, &member.name)?
+                    .as_deref()
+                    != Some(name.as_str())
+                {
+                    self.store
+                        .put_rollout_member(&member.project, &member.name, &name)
+                        .await?;
+                }
+            }
+            let updated = RolloutRecord {
+                parent: parent_name.clone(),
+                steps,
+                soak_ms: u64::try_from(soak.as_millis()).unwrap_or(u64::MAX),
+                progress_deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                members,
+                ..rollout.clone()
+            };
+            if updated != rollout {
+                self.store.put_rollout(&updated).await?;
+            }
+        }
+        for rollout in self.store.rollouts()? {
+            if rollout.parent != parent_name || kept.contains(&rollout.name) {
+                continue;
+            }
+            info!(set = %rollout.name, "the ApplicationSet no longer rolls; its apps take changes at once");
+            self.store.remove_rollout(&rollout).await?;
+            for member in &rollout.members {
+                if let Some(mut app) = self.store.app(&member.project, &member.name)? {
+                    app.rendered_commit = None;
+                    app.rendered_revisions.clear();
+                    self.store.put_app(&app).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn event(&self, record: &AppRecord, action: &str, detail: &str) -> Result<()> {
@@ -1375,7 +1487,7 @@ fn ignore_differences(app: &Application) -> Vec<bundle::IgnoreDifference> {
 }
 
 /// Same objects and policy: a new generation would change nothing on the cluster.
-fn same_desired_state(a: &Bundle, b: &Bundle) -> bool {
+pub fn same_desired_state(a: &Bundle, b: &Bundle) -> bool {
     fn sorted(objects: &[Object]) -> Vec<&Object> {
         let mut v: Vec<&Object> = objects.iter().collect();
         v.sort_by(|x, y| (&x.gvk, &x.namespace, &x.name).cmp(&(&y.gvk, &y.namespace, &y.name)));

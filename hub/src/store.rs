@@ -20,6 +20,7 @@ mod link;
 mod ops;
 mod records;
 mod renders;
+mod rollouts;
 mod space;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ pub use records::{
     AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord, ResourceOutcome,
     same_source_repository,
 };
+pub use rollouts::{AppPhase, AppProgress, ClusterProgress, Member, RolloutPhase, RolloutRecord};
 pub use space::DEFAULT_MIN_FREE_MIB;
 
 /// The schema this build writes. Bump it when a stored layout changes.
@@ -69,6 +71,9 @@ pub const TREES: &[&str] = &[
     "history_bundles",
     "operations",
     "project_origins",
+    "rollouts",
+    "rollout_members",
+    "held_bundles",
 ];
 
 #[derive(Debug, thiserror::Error)]
