@@ -33,6 +33,7 @@ pub mod error;
 mod health;
 mod projects;
 mod repos;
+mod rollouts;
 mod tokens;
 
 /// What the handlers share.
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub command_timeout: Duration,
     /// What logins may cost: attempts per client and hashes at once.
     pub logins: Arc<LoginThrottle>,
+    /// The rollouts of RollingSync ApplicationSets.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 /// The longest poll interval a repository may have: a week. Longer ones are
@@ -104,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(clusters::routes())
         .merge(projects::routes())
         .merge(repos::routes())
+        .merge(rollouts::routes())
         .merge(tokens::routes())
         .merge(health::routes())
         .route_layer(axum::middleware::from_fn_with_state(

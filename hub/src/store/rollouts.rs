@@ -41,6 +41,7 @@ pub enum AppPhase {
 
 /// One cluster of an app in a rollout.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterProgress {
     pub cluster: String,
     /// The generation it had when the rollout first reached this app (`None`:
@@ -52,6 +53,7 @@ pub struct ClusterProgress {
 
 /// One app of a rollout.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AppProgress {
     pub project: String,
     pub name: String,
@@ -73,6 +75,7 @@ pub struct AppProgress {
 
 /// An app a rollout drives, with the labels its steps select on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Member {
     pub project: String,
     pub name: String,
@@ -81,6 +84,7 @@ pub struct Member {
 
 /// A rollout: one per ApplicationSet with a RollingSync strategy, named after it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RolloutRecord {
     /// The ApplicationSet's name.
     pub name: String,
