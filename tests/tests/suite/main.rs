@@ -16,4 +16,5 @@ mod identity_secret;
 mod install;
 mod least_privilege;
 mod link;
+mod rollouts;
 mod support;

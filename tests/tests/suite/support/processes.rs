@@ -256,8 +256,15 @@ impl Hub {
     /// Registers `cluster` on the data folder (the hub need not run) and returns
     /// the agent's join command line.
     pub fn add_cluster(&self, cluster: &str) -> String {
+        self.add_cluster_labelled(cluster, &[])
+    }
+
+    /// As [`Hub::add_cluster`], with labels (`key=value`).
+    pub fn add_cluster_labelled(&self, cluster: &str, labels: &[&str]) -> String {
         let join = run(Command::new(binary("flotilla"))
-            .args(["cluster", "add", cluster, "--data-dir"])
+            .args(["cluster", "add", cluster])
+            .args(labels.iter().flat_map(|l| ["--label", l]))
+            .arg("--data-dir")
             .arg(&self.data)
             .args(["--hub-address", &format!("{}:{}", self.ip, self.quic)])
             .arg("--print-command"));
