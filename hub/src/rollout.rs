@@ -322,9 +322,11 @@ impl Rollouts {
         revision: String,
         now_ms: u64,
     ) -> Result<()> {
-        let superseded = (rollout.phase == RolloutPhase::Progressing)
-            .then(|| std::mem::take(&mut rollout.apps))
-            .unwrap_or_default();
+        let superseded = if rollout.phase == RolloutPhase::Progressing {
+            std::mem::take(&mut rollout.apps)
+        } else {
+            Vec::new()
+        };
         let mut apps = Vec::new();
         let mut from = None;
         for member in &rollout.members {
@@ -601,12 +603,12 @@ impl Rollouts {
                     .held_bundle(&app.project, &app.name, &cluster.cluster)?
                     .and_then(|bytes| Bundle::decode(&bytes).ok());
                 let latest = self.issuer.latest(&app, &cluster.cluster)?;
-                if let (Some(held), Some(bundle)) = (held, latest.and_then(|l| l.bundle)) {
-                    if same_desired_state(&held, &bundle) {
-                        self.store
-                            .remove_held_bundle(&app.project, &app.name, &cluster.cluster)
-                            .await?;
-                    }
+                if let (Some(held), Some(bundle)) = (held, latest.and_then(|l| l.bundle))
+                    && same_desired_state(&held, &bundle)
+                {
+                    self.store
+                        .remove_held_bundle(&app.project, &app.name, &cluster.cluster)
+                        .await?;
                 }
             }
         }

@@ -16,6 +16,7 @@ mod link;
 mod ops;
 mod refresh;
 mod render;
+mod rollouts;
 mod server;
 mod source;
 mod support;
