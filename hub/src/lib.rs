@@ -9,7 +9,9 @@
 //! 3. [`render`]: an Application at a commit, for one cluster, becomes objects.
 //! 4. [`refresh`]: a repository's new commit (or chart version) becomes rendered,
 //!    signed bundles; apps with a chart or several sources resolve each source.
-//! 5. [`bundles`]: the one writer of bundles, which allocates each generation.
+//! 5. [`bundles`]: the one writer of bundles, which allocates each generation
+//!    and holds the new bundles of apps a RollingSync [`rollout`] drives until
+//!    their step starts.
 //! 6. [`link`]: the QUIC link that registers agents, sends bundles and commands,
 //!    and takes their acknowledgements and Status reports.
 //! 7. [`status`]: an app's sync and health state, derived from what the hub holds.
