@@ -1240,20 +1240,16 @@ impl Refresher {
                 out.push(object);
                 continue;
             };
-            for git in set.spec.generators.iter().filter_map(|g| g.git.as_ref()) {
-                if let Err(violation) = project.permits_repo(&git.repo_url) {
-                    return Err(format!(
-                        "ApplicationSet {}: the git generator's repository: {violation}",
-                        set.metadata.name
-                    ));
-                }
-            }
             let preserve = set
                 .spec
                 .sync_policy
                 .as_ref()
                 .is_some_and(|p| p.preserve_resources_on_deletion);
-            let generated = set.generate(self).map_err(|e| e.to_string())?;
+            let input = ProjectInput {
+                refresher: self,
+                project,
+            };
+            let generated = set.generate(&input).map_err(|e| e.to_string())?;
             if set
                 .spec
                 .strategy
@@ -1514,11 +1510,29 @@ impl GeneratorInput for Refresher {
                 server: c.server.unwrap_or_default(),
                 name: c.name,
                 labels: c.labels,
+                ..ClusterParams::default()
             })
             .collect()
     }
 
     fn directories(&self, repo: &str, revision: &str) -> std::result::Result<Vec<String>, String> {
+        let files = self.files(repo, revision)?;
+        let mut dirs = BTreeSet::new();
+        for (file, _) in files {
+            let mut path = file.as_str();
+            while let Some((parent, _)) = path.rsplit_once('/') {
+                dirs.insert(parent.to_owned());
+                path = parent;
+            }
+        }
+        Ok(dirs.into_iter().collect())
+    }
+
+    fn files(
+        &self,
+        repo: &str,
+        revision: &str,
+    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
         let spec = match self.store.repo(repo).map_err(|e| e.to_string())? {
             Some(record) => record.spec(),
             None => RepoSpec::new(repo),
@@ -1528,14 +1542,43 @@ impl GeneratorInput for Refresher {
         let files = fetched
             .files(&commit, "", &source::Limits::default())
             .map_err(|e| e.to_string())?;
-        let mut dirs = BTreeSet::new();
-        for file in files {
-            let mut path = file.path.as_str();
-            while let Some((parent, _)) = path.rsplit_once('/') {
-                dirs.insert(parent.to_owned());
-                path = parent;
-            }
-        }
-        Ok(dirs.into_iter().collect())
+        Ok(files.into_iter().map(|f| (f.path, f.contents)).collect())
+    }
+}
+
+/// The hub's clusters and repositories as one parent app's sets see them: a
+/// git generator may only read a repository the parent's project permits, which
+/// is checked before anything is fetched, for every repository a generator
+/// names (a matrix's second generator may name one from the first's values).
+struct ProjectInput<'a> {
+    refresher: &'a Refresher,
+    project: &'a AppProject,
+}
+
+impl ProjectInput<'_> {
+    fn permit(&self, repo: &str) -> std::result::Result<(), String> {
+        self.project
+            .permits_repo(repo)
+            .map_err(|violation| format!("the git generator's repository: {violation}"))
+    }
+}
+
+impl GeneratorInput for ProjectInput<'_> {
+    fn clusters(&self) -> Vec<ClusterParams> {
+        self.refresher.clusters()
+    }
+
+    fn directories(&self, repo: &str, revision: &str) -> std::result::Result<Vec<String>, String> {
+        self.permit(repo)?;
+        self.refresher.directories(repo, revision)
+    }
+
+    fn files(
+        &self,
+        repo: &str,
+        revision: &str,
+    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+        self.permit(repo)?;
+        self.refresher.files(repo, revision)
     }
 }

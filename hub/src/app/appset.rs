@@ -14,14 +14,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use globset::Glob;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Application, Error, Metadata, Result, ServerOwned, typed};
 
+mod generators;
+mod glob;
 #[cfg(test)]
 mod tests;
+
+/// One parameter set: what `{{name}}` placeholders are replaced with.
+pub type Params = BTreeMap<String, String>;
 
 /// An Argo CD `ApplicationSet`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +49,10 @@ pub struct ApplicationSetSpec {
     pub go_template: bool,
     #[serde(default, skip_serializing)]
     go_template_options: Option<Value>,
+    /// Argo CD's switch for selectors on nested generators; Flotilla always
+    /// applies them, as Argo CD does since it was deprecated.
+    #[serde(default, skip_serializing)]
+    apply_nested_selectors: bool,
     #[serde(default)]
     pub sync_policy: Option<AppSetSyncPolicy>,
     #[serde(default)]
@@ -157,20 +165,21 @@ pub struct AppSetSyncPolicy {
     applications_sync: Option<Value>,
 }
 
-/// One generator; exactly one field is set.
+/// One generator; exactly one of `list`, `clusters`, `git`, `matrix` and `merge`
+/// is set. `selector` filters what it generates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Generator {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<ListGenerator>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<ClustersGenerator>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitGenerator>,
-    #[serde(default, skip_serializing)]
-    matrix: Option<Value>,
-    #[serde(default, skip_serializing)]
-    merge: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<MatrixGenerator>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeGenerator>,
     #[serde(default, skip_serializing)]
     scm_provider: Option<Value>,
     #[serde(default, skip_serializing)]
@@ -179,14 +188,19 @@ pub struct Generator {
     cluster_decision_resource: Option<Value>,
     #[serde(default, skip_serializing)]
     plugin: Option<Value>,
-    #[serde(default, skip_serializing)]
-    selector: Option<Value>,
+    /// Keeps only the parameter sets whose values match, as if they were labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListGenerator {
+    #[serde(default)]
     pub elements: Vec<BTreeMap<String, Value>>,
+    /// More elements, as a YAML list in a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elements_yaml: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -197,6 +211,24 @@ pub struct ClustersGenerator {
     /// Extra parameters, available as `values.KEY`; may use the cluster's params.
     #[serde(default)]
     pub values: BTreeMap<String, String>,
+}
+
+/// Two generators, every parameter set of the first with every one of the
+/// second; the second may use the first's parameters in its own fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatrixGenerator {
+    pub generators: Vec<Generator>,
+}
+
+/// The first generator's parameter sets, each overridden by the sets of the
+/// later generators that agree with it on every merge key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MergeGenerator {
+    #[serde(default)]
+    pub merge_keys: Vec<String>,
+    pub generators: Vec<Generator>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,23 +257,30 @@ pub struct GitGenerator {
     pub repo_url: String,
     #[serde(default = "head")]
     pub revision: String,
+    /// Globs in Go's `path.Match` dialect, over the repository's directories.
     #[serde(default)]
-    pub directories: Vec<GitDirectory>,
-    #[serde(default, skip_serializing)]
-    files: Option<Value>,
-    #[serde(default, skip_serializing)]
-    path_param_prefix: Option<Value>,
-    #[serde(default, skip_serializing)]
-    values: Option<Value>,
+    pub directories: Vec<GitPattern>,
+    /// Globs in git's pathspec dialect, over the repository's files; each file
+    /// that matches holds one parameter set (a mapping) or several (a list).
+    #[serde(default)]
+    pub files: Vec<GitPattern>,
+    /// Puts the `path` parameters under `PREFIX.path`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path_param_prefix: String,
+    /// Extra parameters, available as `values.KEY`; may use the other params.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
 }
 
 fn head() -> String {
     "HEAD".to_owned()
 }
 
+/// One `directories` or `files` entry: a glob, and whether what it matches is
+/// left out even when another entry matches it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GitDirectory {
+pub struct GitPattern {
     pub path: String,
     #[serde(default)]
     pub exclude: bool,
@@ -253,14 +292,24 @@ pub struct ClusterParams {
     pub name: String,
     pub server: String,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The Argo CD project the cluster is scoped to; empty when none.
+    pub project: String,
 }
 
-/// What a generator needs from outside: the hub's clusters, and the directories at
-/// a revision of a repo.
+/// What a generator needs from outside: the hub's clusters, and the directories
+/// and files at a revision of a repo.
 pub trait GeneratorInput {
     fn clusters(&self) -> Vec<ClusterParams>;
     /// Every directory path (repo-relative, `/`-separated) at `revision` of `repo`.
     fn directories(&self, repo: &str, revision: &str) -> std::result::Result<Vec<String>, String>;
+    /// Every file (repo-relative, `/`-separated path and contents) at `revision`
+    /// of `repo`.
+    fn files(
+        &self,
+        repo: &str,
+        revision: &str,
+    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String>;
 }
 
 impl ApplicationSet {
@@ -316,45 +365,134 @@ impl ApplicationSet {
             }
         }
         for (i, g) in spec.generators.iter().enumerate() {
-            let at = |field: &str| format!("spec.generators[{i}].{field}");
-            for (field, set) in [
-                ("matrix", g.matrix.is_some()),
-                ("merge", g.merge.is_some()),
-                ("scmProvider", g.scm_provider.is_some()),
-                ("pullRequest", g.pull_request.is_some()),
-                (
-                    "clusterDecisionResource",
-                    g.cluster_decision_resource.is_some(),
-                ),
-                ("plugin", g.plugin.is_some()),
-                ("selector", g.selector.is_some()),
-            ] {
-                if set {
-                    return Err(self.unsupported(
-                        origin,
-                        &at(field),
-                        "this generator is not implemented",
-                    ));
-                }
-            }
-            if g.git.as_ref().is_some_and(|git| {
-                git.files.is_some() || git.path_param_prefix.is_some() || git.values.is_some()
-            }) {
+            self.validate_generator(origin, g, &format!("spec.generators[{i}]"), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Checks one generator and those it nests: exactly one kind, none of the
+    /// kinds that need services Flotilla cannot run, nesting no deeper than Argo
+    /// CD allows (a matrix or merge inside a matrix or merge, and no further),
+    /// and well-formed globs and selectors.
+    fn validate_generator(
+        &self,
+        origin: &str,
+        g: &Generator,
+        at: &str,
+        depth: usize,
+    ) -> Result<()> {
+        let invalid = |path: String, message: String| Error::Invalid {
+            origin: origin.to_owned(),
+            kind: "ApplicationSet",
+            name: self.metadata.name.clone(),
+            path,
+            message,
+        };
+        for (field, set) in [
+            ("scmProvider", g.scm_provider.is_some()),
+            ("pullRequest", g.pull_request.is_some()),
+            (
+                "clusterDecisionResource",
+                g.cluster_decision_resource.is_some(),
+            ),
+            ("plugin", g.plugin.is_some()),
+        ] {
+            if set {
                 return Err(self.unsupported(
                     origin,
-                    &at("git"),
-                    "only git directories are implemented",
+                    &format!("{at}.{field}"),
+                    "this generator needs a service Flotilla does not run",
                 ));
             }
-            let set = [g.list.is_some(), g.clusters.is_some(), g.git.is_some()];
-            if set.iter().filter(|s| **s).count() != 1 {
-                return Err(Error::Invalid {
-                    origin: origin.to_owned(),
-                    kind: "ApplicationSet",
-                    name: self.metadata.name.clone(),
-                    path: format!("spec.generators[{i}]"),
-                    message: "needs exactly one generator".to_owned(),
-                });
+        }
+        let set = [
+            g.list.is_some(),
+            g.clusters.is_some(),
+            g.git.is_some(),
+            g.matrix.is_some(),
+            g.merge.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err(invalid(
+                at.to_owned(),
+                "needs exactly one generator".to_owned(),
+            ));
+        }
+        if let Some(selector) = &g.selector {
+            check_operators(&selector.match_expressions).map_err(|(j, m)| {
+                invalid(format!("{at}.selector.matchExpressions[{j}].operator"), m)
+            })?;
+        }
+        if let Some(c) = &g.clusters {
+            check_operators(&c.selector.match_expressions).map_err(|(j, m)| {
+                invalid(
+                    format!("{at}.clusters.selector.matchExpressions[{j}].operator"),
+                    m,
+                )
+            })?;
+        }
+        if let Some(git) = &g.git {
+            if git.directories.is_empty() == git.files.is_empty() {
+                return Err(invalid(
+                    format!("{at}.git"),
+                    "needs either directories or files".to_owned(),
+                ));
+            }
+            for (field, patterns, dialect) in [
+                ("directories", &git.directories, glob::Dialect::Path),
+                ("files", &git.files, glob::Dialect::Pathspec),
+            ] {
+                for (j, p) in patterns.iter().enumerate() {
+                    glob::check(&p.path, dialect).map_err(|e| {
+                        invalid(format!("{at}.git.{field}[{j}].path"), e.to_string())
+                    })?;
+                }
+            }
+        }
+        let nested = match (&g.matrix, &g.merge) {
+            (Some(m), _) => {
+                if m.generators.len() != 2 {
+                    return Err(invalid(
+                        format!("{at}.matrix.generators"),
+                        format!(
+                            "a matrix takes exactly 2 generators, not {}",
+                            m.generators.len()
+                        ),
+                    ));
+                }
+                Some(("matrix", &m.generators))
+            }
+            (None, Some(m)) => {
+                if m.generators.len() < 2 {
+                    return Err(invalid(
+                        format!("{at}.merge.generators"),
+                        "a merge takes at least 2 generators".to_owned(),
+                    ));
+                }
+                if m.merge_keys.is_empty() {
+                    return Err(invalid(
+                        format!("{at}.merge.mergeKeys"),
+                        "a merge needs at least one merge key".to_owned(),
+                    ));
+                }
+                Some(("merge", &m.generators))
+            }
+            (None, None) => None,
+        };
+        if let Some((kind, children)) = nested {
+            if depth >= 2 {
+                return Err(invalid(
+                    format!("{at}.{kind}"),
+                    "Argo CD nests matrix and merge generators two levels deep, no more".to_owned(),
+                ));
+            }
+            for (j, child) in children.iter().enumerate() {
+                self.validate_generator(
+                    origin,
+                    child,
+                    &format!("{at}.{kind}.generators[{j}]"),
+                    depth + 1,
+                )?;
             }
         }
         Ok(())
@@ -405,22 +543,14 @@ impl ApplicationSet {
                     ));
                 }
                 for (i, step) in steps.iter().enumerate() {
-                    for (j, e) in step.match_expressions.iter().enumerate() {
-                        if !matches!(
-                            e.operator.as_str(),
-                            "In" | "NotIn" | "Exists" | "DoesNotExist"
-                        ) {
-                            return Err(invalid(
-                                format!(
-                                    "spec.strategy.rollingSync.steps[{i}].matchExpressions[{j}].operator"
-                                ),
-                                format!(
-                                    "{:?} is not In, NotIn, Exists or DoesNotExist",
-                                    e.operator
-                                ),
-                            ));
-                        }
-                    }
+                    check_operators(&step.match_expressions).map_err(|(j, m)| {
+                        invalid(
+                            format!(
+                                "spec.strategy.rollingSync.steps[{i}].matchExpressions[{j}].operator"
+                            ),
+                            m,
+                        )
+                    })?;
                     if let Some(max) = &step.max_update {
                         max.of(1).map_err(|m| {
                             invalid(format!("spec.strategy.rollingSync.steps[{i}].maxUpdate"), m)
@@ -447,59 +577,12 @@ impl ApplicationSet {
             path,
             message,
         };
-        let mut params: Vec<BTreeMap<String, String>> = Vec::new();
+        let mut params: Vec<Params> = Vec::new();
         for (i, g) in self.spec.generators.iter().enumerate() {
-            if let Some(list) = &g.list {
-                params.extend(list.elements.iter().map(|e| {
-                    e.iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-                            )
-                        })
-                        .collect()
-                }));
-            } else if let Some(c) = &g.clusters {
-                for cluster in input
-                    .clusters()
-                    .into_iter()
-                    .filter(|cl| selects(&c.selector, &cl.labels))
-                {
-                    let mut p = BTreeMap::from([
-                        ("name".to_owned(), cluster.name.clone()),
-                        ("nameNormalized".to_owned(), normalize(&cluster.name)),
-                        ("server".to_owned(), cluster.server.clone()),
-                    ]);
-                    for (k, v) in &cluster.labels {
-                        p.insert(format!("metadata.labels.{k}"), v.clone());
-                    }
-                    for (k, v) in &c.values {
-                        let value = substitute_str(v, &p);
-                        p.insert(format!("values.{k}"), value);
-                    }
-                    params.push(p);
-                }
-            } else if let Some(git) = &g.git {
-                let dirs = input
-                    .directories(&git.repo_url, &git.revision)
-                    .map_err(|m| invalid(format!("spec.generators[{i}].git"), m))?;
-                let globs = |exclude: bool| -> Vec<globset::GlobMatcher> {
-                    git.directories
-                        .iter()
-                        .filter(|d| d.exclude == exclude)
-                        .filter_map(|d| Glob::new(&d.path).ok().map(|g| g.compile_matcher()))
-                        .collect()
-                };
-                let (include, exclude) = (globs(false), globs(true));
-                for dir in dirs {
-                    if include.iter().any(|g| g.is_match(&dir))
-                        && !exclude.iter().any(|g| g.is_match(&dir))
-                    {
-                        params.push(path_params(&dir));
-                    }
-                }
-            }
+            params.extend(
+                generators::params(g, &format!("spec.generators[{i}]"), input)
+                    .map_err(|(path, message)| invalid(path, message))?,
+            );
         }
         let mut apps = Vec::with_capacity(params.len());
         let mut names = BTreeMap::new();
@@ -556,6 +639,22 @@ fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(seconds))
 }
 
+/// The first expression whose operator is not one Kubernetes has.
+fn check_operators(expressions: &[LabelExpression]) -> std::result::Result<(), (usize, String)> {
+    match expressions.iter().enumerate().find(|(_, e)| {
+        !matches!(
+            e.operator.as_str(),
+            "In" | "NotIn" | "Exists" | "DoesNotExist"
+        )
+    }) {
+        Some((j, e)) => Err((
+            j,
+            format!("{:?} is not In, NotIn, Exists or DoesNotExist", e.operator),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     selector
         .match_labels
@@ -584,22 +683,6 @@ fn normalize(name: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Argo CD's git-directory parameters: `path`, `path.basename`,
-/// `path.basenameNormalized` and `path[N]` for each segment.
-fn path_params(dir: &str) -> BTreeMap<String, String> {
-    let basename = dir.rsplit('/').next().unwrap_or(dir).to_owned();
-    let mut p = BTreeMap::from([
-        ("path".to_owned(), dir.to_owned()),
-        ("path.path".to_owned(), dir.to_owned()),
-        ("path.basenameNormalized".to_owned(), normalize(&basename)),
-        ("path.basename".to_owned(), basename),
-    ]);
-    for (i, segment) in dir.split('/').enumerate() {
-        p.insert(format!("path[{i}]"), segment.to_owned());
-    }
-    p
 }
 
 /// Replaces `{{ key }}` in every string of `value`; unknown keys stay as written.

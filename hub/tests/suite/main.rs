@@ -7,6 +7,7 @@
 //! never met a test of another area, and now they never meet each other.
 
 mod api;
+mod appsets;
 mod charts;
 mod cli;
 mod cli_hub;

@@ -9,6 +9,7 @@ impl GeneratorInput for Input {
             name: name.to_owned(),
             server: format!("https://{name}.example:6443"),
             labels: BTreeMap::from([("environment".to_owned(), env.to_owned())]),
+            ..ClusterParams::default()
         };
         vec![
             cluster("east", "production"),
@@ -29,6 +30,14 @@ impl GeneratorInput for Input {
         ]
         .map(str::to_owned)
         .to_vec())
+    }
+
+    fn files(
+        &self,
+        _repo: &str,
+        _revision: &str,
+    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+        unreachable!("these tests read directories only; files are tested on real repositories")
     }
 }
 
@@ -98,19 +107,35 @@ fn a_git_directories_generator_matches_globs_and_honours_excludes() {
 }
 
 #[test]
-fn unsupported_generators_and_go_templates_are_refused_by_name() {
+fn generators_that_need_other_services_and_go_templates_are_refused_by_name() {
     for (spec, path) in [
         (
-            "  generators: [{matrix: {generators: []}}]\n  template: {}\n",
-            "spec.generators[0].matrix",
+            "  generators: [{scmProvider: {github: {organization: o}}}]\n  template: {}\n",
+            "spec.generators[0].scmProvider",
+        ),
+        (
+            "  generators: [{pullRequest: {github: {owner: o, repo: r}}}]\n  template: {}\n",
+            "spec.generators[0].pullRequest",
+        ),
+        (
+            "  generators: [{clusterDecisionResource: {configMapRef: c}}]\n  template: {}\n",
+            "spec.generators[0].clusterDecisionResource",
+        ),
+        (
+            "  generators: [{plugin: {configMapRef: {name: p}}}]\n  template: {}\n",
+            "spec.generators[0].plugin",
+        ),
+        (
+            "  generators: [{matrix: {generators: [{list: {elements: []}}, {plugin: {configMapRef: {name: p}}}]}}]\n  template: {}\n",
+            "spec.generators[0].matrix.generators[1].plugin",
+        ),
+        (
+            "  generators: [{merge: {mergeKeys: [a], generators: [{list: {elements: []}}, {matrix: {generators: [{list: {elements: []}}, {pullRequest: {}}]}}]}}]\n  template: {}\n",
+            "spec.generators[0].merge.generators[1].matrix.generators[1].pullRequest",
         ),
         (
             "  goTemplate: true\n  generators: [{list: {elements: []}}]\n  template: {}\n",
             "spec.goTemplate",
-        ),
-        (
-            "  generators: [{git: {repoURL: x, files: [{path: a.json}]}}]\n  template: {}\n",
-            "spec.generators[0].git",
         ),
     ] {
         let e = parse_manifests(&format!("{HEADER}{spec}"), "set.yaml")
@@ -120,6 +145,52 @@ fn unsupported_generators_and_go_templates_are_refused_by_name() {
             e.contains(path) && e.contains("not supported"),
             "{path}: {e}"
         );
+    }
+}
+
+#[test]
+fn malformed_generators_are_errors_naming_the_field() {
+    for (spec, path, message) in [
+        (
+            "  generators: [{git: {repoURL: x, directories: [{path: 'addons/*'}, {path: 'addons/[a-', exclude: true}]}}]\n  template: {}\n",
+            "spec.generators[0].git.directories[1].path",
+            "\"addons/[a-\" is not a valid glob",
+        ),
+        (
+            "  generators: [{git: {repoURL: x, files: [{path: 'c/[x'}]}}]\n  template: {}\n",
+            "spec.generators[0].git.files[0].path",
+            "is not a valid glob",
+        ),
+        (
+            "  generators: [{git: {repoURL: x}}]\n  template: {}\n",
+            "spec.generators[0].git",
+            "needs either directories or files",
+        ),
+        (
+            "  generators: [{matrix: {generators: [{list: {elements: []}}]}}]\n  template: {}\n",
+            "spec.generators[0].matrix.generators",
+            "exactly 2 generators",
+        ),
+        (
+            "  generators: [{merge: {generators: [{list: {elements: []}}, {list: {elements: []}}]}}]\n  template: {}\n",
+            "spec.generators[0].merge.mergeKeys",
+            "at least one merge key",
+        ),
+        (
+            "  generators: [{matrix: {generators: [{list: {elements: []}}, {matrix: {generators: [{list: {elements: []}}, {merge: {mergeKeys: [a], generators: [{list: {elements: []}}, {list: {elements: []}}]}}]}}]}}]\n  template: {}\n",
+            "spec.generators[0].matrix.generators[1].matrix.generators[1].merge",
+            "two levels deep",
+        ),
+        (
+            "  generators: [{list: {elements: []}, selector: {matchExpressions: [{key: a, operator: Maybe}]}}]\n  template: {}\n",
+            "spec.generators[0].selector.matchExpressions[0].operator",
+            "\"Maybe\" is not In",
+        ),
+    ] {
+        let e = parse_manifests(&format!("{HEADER}{spec}"), "set.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(path) && e.contains(message), "{path}: {e}");
     }
 }
 

@@ -1,0 +1,262 @@
+//! ApplicationSet generators against real Git repositories and a real store:
+//! what each generator makes of a repository's directories and files and of the
+//! hub's clusters, and what it refuses.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use flotilla_hub::app::appset::GeneratorInput;
+use flotilla_hub::app::{Application, ApplicationSet, Manifest, parse_manifests};
+use flotilla_hub::refresh::{Outcome, Refresher};
+use flotilla_hub::render::{Renderer, Tools};
+use flotilla_hub::source::RepoCache;
+use flotilla_hub::store::{AppOrigin, AppRecord, ClusterRecord, Store};
+
+use fixture::WorkRepo;
+
+use crate::support::source as fixture;
+
+struct Hub {
+    _dir: tempfile::TempDir,
+    store: Store,
+    refresher: Refresher,
+}
+
+/// A hub with two clusters: east (production, tier gold) and west (production,
+/// tier silver), and a lab cluster in staging.
+async fn hub() -> Hub {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    for (name, env, tier) in [
+        ("east", "production", "gold"),
+        ("west", "production", "silver"),
+        ("lab", "staging", "bronze"),
+    ] {
+        store
+            .put_cluster(&ClusterRecord {
+                name: name.to_owned(),
+                labels: BTreeMap::from([
+                    ("environment".to_owned(), env.to_owned()),
+                    ("tier".to_owned(), tier.to_owned()),
+                ]),
+                server: Some(format!("https://{name}.fleet.test:6443")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let cache = RepoCache::new(dir.path().join("repos")).unwrap();
+    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
+        .await
+        .unwrap();
+    Hub {
+        _dir: dir,
+        store,
+        refresher,
+    }
+}
+
+fn url(repo: &WorkRepo) -> String {
+    repo.path().display().to_string()
+}
+
+/// An ApplicationSet named `name` with `generators` (YAML, indented for
+/// `spec.generators`) and a template naming apps `app_name`, reading `path`.
+fn set_yaml(name: &str, generators: &str, app_name: &str, path: &str, repo: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata: {{name: {name}, namespace: argocd}}\nspec:\n  generators:\n{generators}  template:\n    metadata:\n      name: '{app_name}'\n    spec:\n      project: default\n      source: {{repoURL: '{repo}', targetRevision: main, path: '{path}'}}\n      destination: {{name: east, namespace: addons}}\n"
+    )
+}
+
+fn parse(yaml: &str) -> Result<ApplicationSet, String> {
+    match parse_manifests(yaml, "set.yaml")
+        .map_err(|e| e.to_string())?
+        .remove(0)
+    {
+        Manifest::ApplicationSet(set) => Ok(*set),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn generate(input: &dyn GeneratorInput, yaml: &str) -> Result<Vec<Application>, String> {
+    parse(yaml)?.generate(input).map_err(|e| e.to_string())
+}
+
+fn names(apps: &[Application]) -> Vec<String> {
+    let mut names: Vec<String> = apps.iter().map(|a| a.name().to_owned()).collect();
+    names.sort();
+    names
+}
+
+fn configmap(name: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '1'}}\n")
+}
+
+/// The recipe's layout: cluster add-ons, some with nested folders, next to apps
+/// and Argo CD's own folder.
+fn addons_repo() -> WorkRepo {
+    let repo = WorkRepo::new();
+    for dir in [
+        "cluster-addons/cert-manager",
+        "cluster-addons/ingress-nginx/base",
+        "cluster-addons/ingress-nginx/overlays/production",
+        "cluster-addons/monitoring/prometheus",
+        "cluster-addons/monitoring/grafana",
+        "cluster-addons/.drafts/half-done",
+        "apps/myapp/base",
+    ] {
+        repo.write(&format!("{dir}/cm.yaml"), &configmap("x"));
+    }
+    repo.write("cluster-addons/README.md", "add-ons\n");
+    repo.commit("cluster add-ons");
+    repo
+}
+
+#[tokio::test]
+async fn git_directory_globs_follow_go_path_match_on_a_cluster_addons_layout() {
+    let repo = addons_repo();
+    let hub = hub().await;
+    let repo_url = url(&repo);
+    let dirs = |patterns: &str| {
+        set_yaml(
+            "cluster-addons",
+            &format!(
+                "    - git:\n        repoURL: '{repo_url}'\n        revision: main\n        directories:\n{patterns}"
+            ),
+            "{{path.basenameNormalized}}",
+            "{{path}}",
+            &repo_url,
+        )
+    };
+    let generated = |patterns: &str| {
+        let apps = generate(&hub.refresher, &dirs(patterns)).unwrap();
+        names(&apps)
+    };
+
+    // `*` stays in one folder: the nested ones and hidden ones are not add-ons.
+    assert_eq!(
+        generated("          - path: cluster-addons/*\n"),
+        ["cert-manager", "ingress-nginx", "monitoring"]
+    );
+    // `**` is not special in Go's path.Match: it is `*` twice, still one folder.
+    assert_eq!(
+        generated("          - path: cluster-addons/**\n"),
+        ["cert-manager", "ingress-nginx", "monitoring"]
+    );
+    // Two levels, one of them excluded; an exclude wins over any include.
+    assert_eq!(
+        generated(
+            "          - path: cluster-addons/*/*\n          - path: cluster-addons/ingress-nginx/*\n            exclude: true\n"
+        ),
+        ["grafana", "prometheus"]
+    );
+    assert_eq!(
+        generated(
+            "          - path: cluster-addons/[cm]*\n          - path: cluster-addons/ingress-nginx/overlays/production\n"
+        ),
+        ["cert-manager", "monitoring", "production"]
+    );
+    // Path parameters, for a nested folder.
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "deep",
+            &format!("    - git:\n        repoURL: '{repo_url}'\n        revision: main\n        directories: [{{path: cluster-addons/*/overlays/*}}]\n"),
+            "{{path[1]}}-{{path.basename}}",
+            "{{path}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(names(&apps), ["ingress-nginx-production"]);
+    assert_eq!(
+        apps[0].source().path.as_deref(),
+        Some("cluster-addons/ingress-nginx/overlays/production")
+    );
+
+    // A malformed glob is an error naming the field, never "matches nothing".
+    let error = parse(&dirs(
+        "          - path: cluster-addons/*\n          - path: 'cluster-addons/[a-'\n            exclude: true\n",
+    ))
+    .unwrap_err();
+    assert!(
+        error.contains("spec.generators[0].git.directories[1].path")
+            && error.contains("\"cluster-addons/[a-\" is not a valid glob"),
+        "{error}"
+    );
+}
+
+/// The recipe's cluster-addons set, in the repository a parent app renders: one
+/// app per add-on folder, and a malformed glob fails the parent's refresh with
+/// the field named while what was generated stays.
+#[tokio::test]
+async fn a_parent_app_renders_the_cluster_addons_set_and_a_bad_glob_loses_nothing() {
+    let repo = addons_repo();
+    let repo_url = url(&repo);
+    let set = |glob: &str| {
+        set_yaml(
+            "cluster-addons",
+            &format!(
+                "    - git:\n        repoURL: '{repo_url}'\n        revision: main\n        directories: [{{path: '{glob}'}}]\n"
+            ),
+            "{{path.basename}}",
+            "{{path}}",
+            &repo_url,
+        )
+    };
+    repo.write("argocd/applications/addons.yaml", &set("cluster-addons/*"));
+    repo.commit("the add-ons set");
+    let hub = hub().await;
+    let root = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: root, namespace: argocd}}\nspec:\n  project: default\n  source: {{repoURL: '{repo_url}', targetRevision: main, path: argocd/applications}}\n  destination: {{name: east, namespace: argocd}}\n"
+    );
+    hub.store
+        .put_app(&AppRecord::new(
+            Application::from_yaml(&root, "test").unwrap(),
+            AppOrigin::Store,
+        ))
+        .await
+        .unwrap();
+    let stored = || {
+        let mut apps: Vec<String> = hub.store.apps().unwrap().iter().map(|a| a.name()).collect();
+        apps.sort();
+        apps
+    };
+
+    hub.refresher
+        .refresh_repo(&repo_url, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored(),
+        ["cert-manager", "ingress-nginx", "monitoring", "root"]
+    );
+
+    repo.write("argocd/applications/addons.yaml", &set("cluster-addons/[z"));
+    repo.commit("a typo in the glob");
+    let outcomes = hub
+        .refresher
+        .refresh_repo(&repo_url, SystemTime::now())
+        .await
+        .unwrap();
+    let root_outcome = outcomes
+        .iter()
+        .find(|(name, _)| name == "default/root")
+        .map(|(_, o)| o.clone());
+    let Some(Outcome::Failed { error }) = root_outcome else {
+        panic!("{outcomes:?}")
+    };
+    assert!(
+        error.contains("spec.generators[0].git.directories[0].path")
+            && error.contains("not a valid glob"),
+        "{error}"
+    );
+    assert_eq!(
+        stored(),
+        ["cert-manager", "ingress-nginx", "monitoring", "root"],
+        "a set that fails to parse deletes nothing"
+    );
+}
