@@ -260,3 +260,229 @@ async fn a_parent_app_renders_the_cluster_addons_set_and_a_bad_glob_loses_nothin
         "a set that fails to parse deletes nothing"
     );
 }
+
+/// A repository of per-cluster config files, as the git files generator reads.
+fn config_repo() -> WorkRepo {
+    let repo = WorkRepo::new();
+    repo.write(
+        "cluster-config/production/east/config.json",
+        r#"{"cluster": {"name": "east", "address": "https://east.fleet.test:6443", "zones": ["a", "b"]}, "aws_account": "123456", "replicas": 3, "canary": false}"#,
+    )
+    .write(
+        "cluster-config/staging/config.json",
+        r#"{"cluster": {"name": "lab", "address": "https://lab.fleet.test:6443"}}"#,
+    )
+    .write(
+        "teams/config.yaml",
+        "- team: payments\n  owner: {name: ana}\n- team: search\n  owner: {name: bo}\n",
+    )
+    .write("cluster-config/notes.txt", "not a config\n");
+    repo.commit("cluster configs");
+    repo
+}
+
+#[tokio::test]
+async fn git_files_generators_flatten_json_and_yaml_with_path_parameters_and_values() {
+    let repo = config_repo();
+    let hub = hub().await;
+    let repo_url = url(&repo);
+    let files = |patterns: &str, extra: &str| {
+        format!(
+            "    - git:\n        repoURL: '{repo_url}'\n        revision: main\n        files:\n{patterns}{extra}"
+        )
+    };
+
+    // JSON: nested keys flattened with dots, lists by index, every value a string;
+    // the path parameters are the file's folder. `**` in a file glob crosses
+    // folders as git's pathspec does.
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "clusters",
+            &files(
+                "          - path: 'cluster-config/**/config.json'\n",
+                "        values: {region: 'eu-{{cluster.name}}'}\n",
+            ),
+            "{{cluster.name}}-{{path.basename}}-{{values.region}}",
+            "{{path}}/{{path.filename}}-{{cluster.zones.1}}-{{replicas}}-{{canary}}-{{aws_account}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(names(&apps), ["east-east-eu-east", "lab-staging-eu-lab"]);
+    assert_eq!(
+        apps[0].source().path.as_deref(),
+        Some("cluster-config/production/east/config.json-b-3-false-123456")
+    );
+    // A key the file lacks stays as written, as Argo CD's default templates do.
+    assert_eq!(
+        apps[1].source().path.as_deref(),
+        Some(
+            "cluster-config/staging/config.json-{{cluster.zones.1}}-{{replicas}}-{{canary}}-{{aws_account}}"
+        )
+    );
+    // `*` in a pathspec crosses folders too; an exclude entry takes files out.
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "clusters",
+            &files(
+                "          - path: 'cluster-config/*.json'\n          - path: cluster-config/production/**\n            exclude: true\n",
+                "",
+            ),
+            "{{cluster.name}}",
+            "{{path[0]}}/{{path[1]}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(names(&apps), ["lab"]);
+    assert_eq!(
+        apps[0].source().path.as_deref(),
+        Some("cluster-config/staging")
+    );
+
+    // YAML holding a list: one parameter set per item; pathParamPrefix moves the
+    // path parameters so they cannot clash with the file's own keys.
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "teams",
+            &files(
+                "          - path: teams/config.yaml\n",
+                "        pathParamPrefix: source\n",
+            ),
+            "{{team}}-{{owner.name}}",
+            "{{source.path}}/{{source.path.filenameNormalized}}/{{team}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(names(&apps), ["payments-ana", "search-bo"]);
+    let search = apps.iter().find(|a| a.name() == "search-bo").unwrap();
+    assert_eq!(
+        search.source().path.as_deref(),
+        Some("teams/config.yaml/search")
+    );
+
+    // A file that is neither JSON nor YAML is an error naming it.
+    repo.write("cluster-config/broken/config.json", "{\"cluster\": ");
+    repo.commit("a broken config");
+    let error = generate(
+        &hub.refresher,
+        &set_yaml(
+            "clusters",
+            &files("          - path: 'cluster-config/**/config.json'\n", ""),
+            "{{cluster.name}}",
+            "{{path}}",
+            &repo_url,
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("spec.generators[0].git.files")
+            && error.contains("cluster-config/broken/config.json: is not valid JSON"),
+        "{error}"
+    );
+}
+
+/// A value from a repository file is data: one that would leave the checkout
+/// fails the generated app's validation, naming the field.
+#[tokio::test]
+async fn a_generated_path_from_a_file_never_leaves_the_checkout() {
+    let repo = WorkRepo::new();
+    repo.write(
+        "envs/evil/config.json",
+        r#"{"dir": "../../../etc", "name": "evil"}"#,
+    )
+    .write("envs/abs/config.json", r#"{"dir": "/etc", "name": "abs"}"#);
+    repo.commit("hostile configs");
+    let hub = hub().await;
+    let repo_url = url(&repo);
+    for file in ["envs/evil/config.json", "envs/abs/config.json"] {
+        let error = generate(
+            &hub.refresher,
+            &set_yaml(
+                "hostile",
+                &format!("    - git:\n        repoURL: '{repo_url}'\n        revision: main\n        files: [{{path: '{file}'}}]\n"),
+                "{{name}}",
+                "{{dir}}",
+                &repo_url,
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("source.path") && error.contains("must stay inside the repository"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn list_elements_yaml_and_cluster_values_labels_and_project_parameters() {
+    let repo = WorkRepo::new();
+    let hub = hub().await;
+    let repo_url = url(&repo);
+
+    // elementsYaml adds to elements; `values` in an element become `values.KEY`.
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "envs",
+            "    - list:\n        elements:\n          - {env: staging, values: {replicas: '1'}}\n        elementsYaml: |\n          - env: production\n            values: {replicas: '3'}\n          - env: canary\n            values: {replicas: '1'}\n",
+            "myapp-{{env}}",
+            "apps/myapp/overlays/{{env}}/{{values.replicas}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        names(&apps),
+        ["myapp-canary", "myapp-production", "myapp-staging"]
+    );
+    let production = apps
+        .iter()
+        .find(|a| a.name() == "myapp-production")
+        .unwrap();
+    assert_eq!(
+        production.source().path.as_deref(),
+        Some("apps/myapp/overlays/production/3")
+    );
+    let error = generate(
+        &hub.refresher,
+        &set_yaml(
+            "envs",
+            "    - list:\n        elementsYaml: 'env: not-a-list'\n",
+            "{{env}}",
+            "p",
+            &repo_url,
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("spec.generators[0].list.elementsYaml")
+            && error.contains("is not a YAML list of mappings"),
+        "{error}"
+    );
+
+    // Clusters: the registered ones the selector picks, with their labels as
+    // `metadata.labels.*`, `values` that use them, and `project` (empty: a
+    // Flotilla cluster is not scoped to a project).
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "multi",
+            "    - clusters:\n        selector:\n          matchExpressions: [{key: environment, operator: In, values: [production]}]\n        values: {ns: 'myapp-{{metadata.labels.tier}}'}\n",
+            "myapp-{{name}}",
+            "apps/myapp/{{values.ns}}/{{server}}/p{{project}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(names(&apps), ["myapp-east", "myapp-west"]);
+    let west = apps.iter().find(|a| a.name() == "myapp-west").unwrap();
+    assert_eq!(
+        west.source().path.as_deref(),
+        Some("apps/myapp/myapp-silver/https://west.fleet.test:6443/p")
+    );
+}
