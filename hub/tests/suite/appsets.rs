@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use flotilla_hub::app::appset::GeneratorInput;
-use flotilla_hub::app::{Application, ApplicationSet, Manifest, parse_manifests};
+use flotilla_hub::app::{AppProject, Application, ApplicationSet, Manifest, parse_manifests};
 use flotilla_hub::refresh::{Outcome, Refresher};
 use flotilla_hub::render::{Renderer, Tools};
 use flotilla_hub::source::RepoCache;
@@ -485,4 +485,183 @@ async fn list_elements_yaml_and_cluster_values_labels_and_project_parameters() {
         west.source().path.as_deref(),
         Some("apps/myapp/myapp-silver/https://west.fleet.test:6443/p")
     );
+}
+
+/// The fleet's production clusters times the add-on folders: one app per
+/// cluster and add-on, each sent to its cluster.
+#[tokio::test]
+async fn a_matrix_of_clusters_and_git_directories_addresses_each_cluster() {
+    let repo = addons_repo();
+    let hub = hub().await;
+    let repo_url = url(&repo);
+    let yaml = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata: {{name: fleet-addons}}\nspec:\n  generators:\n    - matrix:\n        generators:\n          - clusters:\n              selector: {{matchLabels: {{environment: production}}}}\n          - git:\n              repoURL: '{repo_url}'\n              revision: main\n              directories: [{{path: 'cluster-addons/*'}}]\n  template:\n    metadata: {{name: '{{{{name}}}}-{{{{path.basename}}}}'}}\n    spec:\n      project: default\n      source: {{repoURL: '{repo_url}', targetRevision: main, path: '{{{{path}}}}'}}\n      destination: {{server: '{{{{server}}}}', namespace: '{{{{path.basename}}}}'}}\n"
+    );
+    let apps = generate(&hub.refresher, &yaml).unwrap();
+    assert_eq!(
+        names(&apps),
+        [
+            "east-cert-manager",
+            "east-ingress-nginx",
+            "east-monitoring",
+            "west-cert-manager",
+            "west-ingress-nginx",
+            "west-monitoring"
+        ]
+    );
+    let west = apps.iter().find(|a| a.name() == "west-monitoring").unwrap();
+    assert_eq!(
+        west.spec.destination.server.as_deref(),
+        Some("https://west.fleet.test:6443")
+    );
+    assert_eq!(
+        west.source().path.as_deref(),
+        Some("cluster-addons/monitoring")
+    );
+}
+
+#[tokio::test]
+async fn matrix_and_merge_nest_two_levels_with_selectors_and_merge_keys() {
+    let repo = addons_repo();
+    let hub = hub().await;
+    let repo_url = url(&repo);
+
+    // The second generator of a matrix reads the first's parameters: each
+    // element lists the folders under its own add-on, and a post-selector on
+    // the git generator leaves grafana out.
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "parts",
+            &format!("    - matrix:\n        generators:\n          - list:\n              elements: [{{addon: monitoring, tier: gold}}, {{addon: ingress-nginx, tier: silver}}]\n          - git:\n              repoURL: '{repo_url}'\n              revision: main\n              directories: [{{path: 'cluster-addons/{{{{addon}}}}/*'}}]\n            selector:\n              matchExpressions: [{{key: path.basename, operator: NotIn, values: [grafana]}}]\n"),
+            "{{tier}}-{{path.basename}}",
+            "{{path}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        names(&apps),
+        ["gold-prometheus", "silver-base", "silver-overlays"]
+    );
+
+    // Merge: every cluster, with the values a list gives for some of them by
+    // name; a matrix around it (two levels) crosses them with the add-ons, and a
+    // selector on the merge keeps production.
+    let apps = generate(
+        &hub.refresher,
+        &set_yaml(
+            "merged",
+            &format!("    - matrix:\n        generators:\n          - merge:\n              mergeKeys: [name]\n              generators:\n                - clusters: {{values: {{size: small}}}}\n                - list:\n                    elements:\n                      - {{name: east, values.size: large}}\n                      - {{name: nowhere, values.size: huge}}\n            selector: {{matchLabels: {{metadata.labels.environment: production}}}}\n          - git:\n              repoURL: '{repo_url}'\n              revision: main\n              directories: [{{path: 'cluster-addons/c*'}}]\n"),
+            "{{name}}-{{path.basename}}-{{values.size}}",
+            "{{path}}",
+            &repo_url,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        names(&apps),
+        ["east-cert-manager-large", "west-cert-manager-small"]
+    );
+
+    // Two sets of one merge generator with the same key are an error, as are
+    // two matrix generators giving one parameter two values.
+    let error = generate(
+        &hub.refresher,
+        &set_yaml(
+            "dup",
+            "    - merge:\n        mergeKeys: [env]\n        generators:\n          - list: {elements: [{env: a, x: '1'}, {env: b}]}\n          - list: {elements: [{env: a}, {env: a}]}\n",
+            "{{env}}",
+            "p",
+            &repo_url,
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("spec.generators[0].merge.generators[1]") && error.contains("same values"),
+        "{error}"
+    );
+    let error = generate(
+        &hub.refresher,
+        &set_yaml(
+            "clash",
+            "    - matrix:\n        generators:\n          - list: {elements: [{env: a}]}\n          - list: {elements: [{env: b}]}\n",
+            "{{env}}",
+            "p",
+            &repo_url,
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("spec.generators[0].matrix") && error.contains("\"env\""),
+        "{error}"
+    );
+}
+
+/// A matrix's second git generator may take its repository from the first's
+/// values; the parent's project still decides, before anything is fetched.
+#[tokio::test]
+async fn a_repository_named_through_a_matrix_is_checked_against_the_project() {
+    let repo = WorkRepo::new();
+    let other = WorkRepo::new();
+    other.write("private/secret-team/cm.yaml", &configmap("x"));
+    other.commit("another team's repository");
+    let repo_url = url(&repo);
+    let other_url = url(&other);
+    repo.write(
+        "argo/sneaky.yaml",
+        &set_yaml(
+            "sneaky",
+            &format!("    - matrix:\n        generators:\n          - list: {{elements: [{{repo: '{other_url}'}}]}}\n          - git: {{repoURL: '{{{{repo}}}}', revision: main, directories: [{{path: 'private/*'}}]}}\n"),
+            "{{path.basename}}",
+            "argo",
+            &repo_url,
+        )
+        .replace("project: default", "project: locked"),
+    );
+    repo.commit("a set that names another repository through a list");
+    let hub = hub().await;
+    let project = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: locked, namespace: argocd}}\nspec:\n  sourceRepos: ['{repo_url}']\n  destinations: [{{name: '*', namespace: '*'}}]\n"
+    );
+    hub.store
+        .put_project(
+            &AppProject::from_value(serde_saphyr::from_str(&project).unwrap(), "test").unwrap(),
+        )
+        .await
+        .unwrap();
+    let root = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: root, namespace: argocd}}\nspec:\n  project: locked\n  source: {{repoURL: '{repo_url}', targetRevision: main, path: argo}}\n  destination: {{name: east, namespace: argocd}}\n"
+    );
+    hub.store
+        .put_app(&AppRecord::new(
+            Application::from_yaml(&root, "test").unwrap(),
+            AppOrigin::Store,
+        ))
+        .await
+        .unwrap();
+
+    let outcomes = hub
+        .refresher
+        .refresh_repo(&repo_url, SystemTime::now())
+        .await
+        .unwrap();
+    let [(name, Outcome::Failed { error })] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(name, "locked/root");
+    assert!(
+        error.contains("spec.generators[0].matrix.generators[1].git")
+            && error.contains("spec.sourceRepos"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_dir(hub._dir.path().join("repos"))
+            .unwrap()
+            .count(),
+        1,
+        "only the parent's own repository was fetched"
+    );
+    let names: Vec<String> = hub.store.apps().unwrap().iter().map(|a| a.name()).collect();
+    assert_eq!(names, ["root"]);
 }
