@@ -665,3 +665,61 @@ async fn a_repository_named_through_a_matrix_is_checked_against_the_project() {
     let names: Vec<String> = hub.store.apps().unwrap().iter().map(|a| a.name()).collect();
     assert_eq!(names, ["root"]);
 }
+
+/// Generators that need a service Flotilla does not run are refused by name,
+/// wherever they are nested, and the parent app fails instead of rendering a
+/// set that would quietly generate nothing.
+#[tokio::test]
+async fn generators_needing_other_services_fail_the_parent_by_name() {
+    let repo = WorkRepo::new();
+    let repo_url = url(&repo);
+    let hub = hub().await;
+    let root = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: root, namespace: argocd}}\nspec:\n  project: default\n  source: {{repoURL: '{repo_url}', targetRevision: main, path: argo}}\n  destination: {{name: east, namespace: argocd}}\n"
+    );
+    hub.store
+        .put_app(&AppRecord::new(
+            Application::from_yaml(&root, "test").unwrap(),
+            AppOrigin::Store,
+        ))
+        .await
+        .unwrap();
+    for (generator, path) in [
+        (
+            "    - scmProvider: {github: {organization: myorg}}\n",
+            "spec.generators[0].scmProvider",
+        ),
+        (
+            "    - pullRequest: {github: {owner: myorg, repo: myapp}}\n",
+            "spec.generators[0].pullRequest",
+        ),
+        (
+            "    - clusterDecisionResource: {configMapRef: ocm-placement, name: all}\n",
+            "spec.generators[0].clusterDecisionResource",
+        ),
+        (
+            "    - matrix:\n        generators:\n          - list: {elements: [{env: a}]}\n          - plugin: {configMapRef: {name: my-plugin}}\n",
+            "spec.generators[0].matrix.generators[1].plugin",
+        ),
+    ] {
+        repo.write(
+            "argo/set.yaml",
+            &set_yaml("remote", generator, "{{env}}", "p", &repo_url),
+        );
+        repo.commit(path);
+        let outcomes = hub
+            .refresher
+            .refresh_repo(&repo_url, SystemTime::now())
+            .await
+            .unwrap();
+        let [(_, Outcome::Failed { error })] = outcomes.as_slice() else {
+            panic!("{path}: {outcomes:?}")
+        };
+        assert!(
+            error.contains(path) && error.contains("not supported by Flotilla"),
+            "{path}: {error}"
+        );
+        let names: Vec<String> = hub.store.apps().unwrap().iter().map(|a| a.name()).collect();
+        assert_eq!(names, ["root"], "{path}");
+    }
+}
