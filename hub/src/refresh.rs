@@ -11,7 +11,8 @@
 //! Every bundle signed again (re-issued, rolled back) is first checked against the
 //! app's project as it is now ([`recheck_bundle`]).
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +22,7 @@ use flotilla_common::model::{AppRef, Timestamp};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::app::adoption::{self, Refusal};
-use crate::app::appset::{ClusterParams, GeneratorInput};
+use crate::app::appset::{ClusterParams, GeneratorInput, RepoFiles};
 use crate::app::project::{self, Violation};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
 use crate::chart::{self, ChartCache, Pulled};
@@ -1248,6 +1249,7 @@ impl Refresher {
             let input = ProjectInput {
                 refresher: self,
                 project,
+                read: RefCell::default(),
             };
             let generated = set.generate(&input).map_err(|e| e.to_string())?;
             if set
@@ -1516,23 +1518,10 @@ impl GeneratorInput for Refresher {
     }
 
     fn directories(&self, repo: &str, revision: &str) -> std::result::Result<Vec<String>, String> {
-        let files = self.files(repo, revision)?;
-        let mut dirs = BTreeSet::new();
-        for (file, _) in files {
-            let mut path = file.as_str();
-            while let Some((parent, _)) = path.rsplit_once('/') {
-                dirs.insert(parent.to_owned());
-                path = parent;
-            }
-        }
-        Ok(dirs.into_iter().collect())
+        Ok(directories_of(&self.files(repo, revision)?))
     }
 
-    fn files(
-        &self,
-        repo: &str,
-        revision: &str,
-    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    fn files(&self, repo: &str, revision: &str) -> std::result::Result<RepoFiles, String> {
         let spec = match self.store.repo(repo).map_err(|e| e.to_string())? {
             Some(record) => record.spec(),
             None => RepoSpec::new(repo),
@@ -1542,24 +1531,49 @@ impl GeneratorInput for Refresher {
         let files = fetched
             .files(&commit, "", &source::Limits::default())
             .map_err(|e| e.to_string())?;
-        Ok(files.into_iter().map(|f| (f.path, f.contents)).collect())
+        Ok(Arc::new(
+            files.into_iter().map(|f| (f.path, f.contents)).collect(),
+        ))
     }
+}
+
+/// Every folder holding a file, repo-relative.
+fn directories_of(files: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut dirs = BTreeSet::new();
+    for (file, _) in files {
+        let mut path = file.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            dirs.insert(parent.to_owned());
+            path = parent;
+        }
+    }
+    dirs.into_iter().collect()
 }
 
 /// The hub's clusters and repositories as one parent app's sets see them: a
 /// git generator may only read a repository the parent's project permits, which
 /// is checked before anything is fetched, for every repository a generator
 /// names (a matrix's second generator may name one from the first's values).
+/// Each repository revision is read once per set, however many of a matrix's
+/// parameter sets ask for it.
 struct ProjectInput<'a> {
     refresher: &'a Refresher,
     project: &'a AppProject,
+    read: RefCell<BTreeMap<(String, String), RepoFiles>>,
 }
 
 impl ProjectInput<'_> {
-    fn permit(&self, repo: &str) -> std::result::Result<(), String> {
+    fn read(&self, repo: &str, revision: &str) -> std::result::Result<RepoFiles, String> {
         self.project
             .permits_repo(repo)
-            .map_err(|violation| format!("the git generator's repository: {violation}"))
+            .map_err(|violation| format!("the git generator's repository: {violation}"))?;
+        let key = (repo.to_owned(), revision.to_owned());
+        if let Some(files) = self.read.borrow().get(&key) {
+            return Ok(Arc::clone(files));
+        }
+        let files = self.refresher.files(repo, revision)?;
+        self.read.borrow_mut().insert(key, Arc::clone(&files));
+        Ok(files)
     }
 }
 
@@ -1569,16 +1583,10 @@ impl GeneratorInput for ProjectInput<'_> {
     }
 
     fn directories(&self, repo: &str, revision: &str) -> std::result::Result<Vec<String>, String> {
-        self.permit(repo)?;
-        self.refresher.directories(repo, revision)
+        Ok(directories_of(&self.read(repo, revision)?))
     }
 
-    fn files(
-        &self,
-        repo: &str,
-        revision: &str,
-    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
-        self.permit(repo)?;
-        self.refresher.files(repo, revision)
+    fn files(&self, repo: &str, revision: &str) -> std::result::Result<RepoFiles, String> {
+        self.read(repo, revision)
     }
 }

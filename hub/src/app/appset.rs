@@ -1,10 +1,14 @@
 //! Argo CD `ApplicationSet`: one template, many Applications, one per parameter set
 //! its generators produce.
 //!
-//! Supported generators are `list`, `clusters` (the hub's registered clusters,
-//! selected by labels) and `git` directories; templates use Argo CD's default
-//! `{{param}}` substitution. Anything else (`matrix`, `merge`, `scmProvider`,
-//! `pullRequest`, `goTemplate: true`, …) is refused by name, never ignored.
+//! Generators are `list` (with `elementsYaml`), `clusters` (the hub's
+//! registered clusters, selected by labels), `git` directories and files,
+//! `matrix` and `merge` (nested two levels, as Argo CD allows), each with an
+//! optional post-`selector`; [`generators`] makes their parameter sets and
+//! [`glob`] matches git paths as Argo CD does. Templates use Argo CD's default
+//! `{{param}}` substitution. Generators that need a service Flotilla does not run
+//! (`scmProvider`, `pullRequest`, `clusterDecisionResource`, `plugin`) and
+//! `goTemplate: true` are refused by name, never ignored.
 //!
 //! `spec.strategy` is read as Argo CD writes it: `AllAtOnce`, or `RollingSync`
 //! with `rollingSync.steps` (label `matchExpressions` on the generated
@@ -303,14 +307,13 @@ pub trait GeneratorInput {
     fn clusters(&self) -> Vec<ClusterParams>;
     /// Every directory path (repo-relative, `/`-separated) at `revision` of `repo`.
     fn directories(&self, repo: &str, revision: &str) -> std::result::Result<Vec<String>, String>;
-    /// Every file (repo-relative, `/`-separated path and contents) at `revision`
-    /// of `repo`.
-    fn files(
-        &self,
-        repo: &str,
-        revision: &str,
-    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String>;
+    /// Every file at `revision` of `repo`.
+    fn files(&self, repo: &str, revision: &str) -> std::result::Result<RepoFiles, String>;
 }
+
+/// A repository's files: repo-relative, `/`-separated paths and contents,
+/// shared so a matrix asking for them again copies nothing.
+pub type RepoFiles = std::sync::Arc<Vec<(String, Vec<u8>)>>;
 
 impl ApplicationSet {
     /// Reads and validates one ApplicationSet from a parsed document.
@@ -340,7 +343,7 @@ impl ApplicationSet {
             return Err(self.unsupported(
                 origin,
                 "spec.goTemplate",
-                "only {{param}} templates are implemented",
+                "Go templates are not implemented; write the template with Argo CD's default {{param}} placeholders",
             ));
         }
         if let Some(strategy) = &spec.strategy {

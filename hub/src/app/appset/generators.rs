@@ -148,13 +148,13 @@ fn git_params(
         let files = input
             .files(&git.repo_url, &git.revision)
             .map_err(|m| (at.to_owned(), m))?;
-        for (path, contents) in files {
-            if !chosen(&git.files, &path, Dialect::Pathspec, &format!("{at}.files"))? {
+        for (path, contents) in files.iter() {
+            if !chosen(&git.files, path, Dialect::Pathspec, &format!("{at}.files"))? {
                 continue;
             }
-            let objects = objects(&path, &contents)
+            let objects = objects(path, contents)
                 .map_err(|m| (format!("{at}.files"), format!("{path}: {m}")))?;
-            let (dir, file) = path.rsplit_once('/').unwrap_or((".", &path));
+            let (dir, file) = path.rsplit_once('/').unwrap_or((".", path.as_str()));
             for object in objects {
                 let mut p = Params::new();
                 flatten("", &Value::Object(object), &mut p);

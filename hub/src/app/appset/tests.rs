@@ -32,11 +32,7 @@ impl GeneratorInput for Input {
         .to_vec())
     }
 
-    fn files(
-        &self,
-        _repo: &str,
-        _revision: &str,
-    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    fn files(&self, _repo: &str, _revision: &str) -> std::result::Result<RepoFiles, String> {
         unreachable!("these tests read directories only; files are tested on real repositories")
     }
 }
