@@ -723,3 +723,72 @@ async fn generators_needing_other_services_fail_the_parent_by_name() {
         assert_eq!(names, ["root"], "{path}");
     }
 }
+
+/// Values from a list reach helm only through the renderer's checks: one shaped
+/// like a flag is refused as a release name, and a value file outside the
+/// checkout is refused, each naming the field, while the well-behaved app
+/// renders.
+#[tokio::test]
+async fn generated_values_never_reach_helm_as_flags_or_paths_outside_the_checkout() {
+    let repo = WorkRepo::new();
+    let repo_url = url(&repo);
+    repo.write(
+        "charts/web/Chart.yaml",
+        "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+    )
+    .write("charts/web/values.yaml", "color: blue\n")
+    .write(
+        "charts/web/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {color: '{{ .Values.color }}'}\n",
+    )
+    .write(
+        "argo/set.yaml",
+        &format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata: {{name: web}}\nspec:\n  generators:\n    - list:\n        elements:\n          - {{app: good, release: web, file: values.yaml}}\n          - {{app: flag, release: '--post-renderer=/bin/sh', file: values.yaml}}\n          - {{app: escape, release: web, file: ../../../../../etc/passwd}}\n  template:\n    metadata: {{name: 'web-{{{{app}}}}'}}\n    spec:\n      project: default\n      source:\n        repoURL: '{repo_url}'\n        targetRevision: main\n        path: charts/web\n        helm: {{releaseName: '{{{{release}}}}', valueFiles: ['{{{{file}}}}']}}\n      destination: {{name: east, namespace: web}}\n"
+        ),
+    );
+    repo.commit("a chart and a set");
+    let hub = hub().await;
+    let root = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: root, namespace: argocd}}\nspec:\n  project: default\n  source: {{repoURL: '{repo_url}', targetRevision: main, path: argo}}\n  destination: {{name: east, namespace: argocd}}\n"
+    );
+    hub.store
+        .put_app(&AppRecord::new(
+            Application::from_yaml(&root, "test").unwrap(),
+            AppOrigin::Store,
+        ))
+        .await
+        .unwrap();
+
+    let outcomes = hub
+        .refresher
+        .refresh_repo(&repo_url, SystemTime::now())
+        .await
+        .unwrap();
+    // A generated app is first adopted, then rendered (or refused).
+    let failed = |app: &str| {
+        outcomes
+            .iter()
+            .find_map(|(name, outcome)| match outcome {
+                Outcome::Failed { error } if name == &format!("default/{app}") => {
+                    Some(error.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{app} did not fail: {outcomes:?}"))
+    };
+    let flag = failed("web-flag");
+    assert!(
+        flag.contains("spec.source.helm.releaseName") && flag.contains("--post-renderer"),
+        "{flag}"
+    );
+    let escape = failed("web-escape");
+    assert!(escape.contains("leaves the repository"), "{escape}");
+    assert!(
+        hub.store
+            .latest_bundle("default", "web-good", "east")
+            .unwrap()
+            .is_some(),
+        "the well-behaved app renders: {outcomes:?}"
+    );
+}
