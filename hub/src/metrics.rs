@@ -25,6 +25,12 @@ pub const RENDER_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 /// Bucket bounds for sync durations, in seconds.
 pub const SYNC_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
+/// Bucket bounds for rollout step durations, in seconds: a step lasts at least
+/// its soak time, so these reach into hours.
+pub const ROLLOUT_STEP_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+];
+
 /// A histogram with fixed buckets.
 #[derive(Debug)]
 pub struct Histogram {
@@ -91,6 +97,8 @@ pub struct Metrics {
     pub sync_duration: Histogram,
     /// Bundles the link pushed to agents.
     pub bundle_pushes: AtomicU64,
+    /// Seconds from a rollout step's first app starting to the step passing.
+    pub rollout_step_duration: Histogram,
     /// Messages agents sent about what is not their cluster's, refused, by kind.
     pub agent_messages_refused: [AtomicU64; RefusedMessage::ALL.len()],
     /// The last reading of the store for `/metrics`, and when it was taken.
@@ -146,6 +154,7 @@ impl Default for Metrics {
             render_errors: AtomicU64::new(0),
             sync_duration: Histogram::new(SYNC_BUCKETS),
             bundle_pushes: AtomicU64::new(0),
+            rollout_step_duration: Histogram::new(ROLLOUT_STEP_BUCKETS),
             agent_messages_refused: Default::default(),
             fleet: tokio::sync::Mutex::new(None),
         }
@@ -215,6 +224,8 @@ pub struct FleetSnapshot {
     pub clusters: u64,
     /// Clusters whose agent is connected.
     pub agents_connected: u64,
+    /// Rollouts by phase (`Idle`, `Progressing`, ...).
+    pub rollouts: BTreeMap<String, u64>,
 }
 
 /// Each app's sync and health status on each of its destination clusters, counted,
@@ -241,6 +252,26 @@ pub fn app_status_counts(store: &Store, link: Option<&Link>) -> BTreeMap<(String
     counts
 }
 
+/// Rollouts counted by phase; every phase is present, so a gauge that drops to
+/// zero says so rather than vanishing.
+pub fn rollout_phase_counts(store: &Store) -> BTreeMap<String, u64> {
+    use crate::store::RolloutPhase;
+    let mut counts: BTreeMap<String, u64> = [
+        RolloutPhase::Idle,
+        RolloutPhase::Progressing,
+        RolloutPhase::Completed,
+        RolloutPhase::RolledBack,
+        RolloutPhase::Aborted,
+    ]
+    .iter()
+    .map(|phase| (format!("{phase:?}"), 0))
+    .collect();
+    for rollout in store.rollouts().unwrap_or_default() {
+        *counts.entry(format!("{:?}", rollout.phase)).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// The snapshot of `store`, with the connected-agent count from the link's view
 /// when a link runs (`None`: read the store's connection flags).
 pub fn snapshot(store: &Store, link: Option<&Link>, connected: Option<u64>) -> FleetSnapshot {
@@ -250,6 +281,7 @@ pub fn snapshot(store: &Store, link: Option<&Link>, connected: Option<u64>) -> F
         clusters: store.clusters().map(|c| c.len() as u64).unwrap_or(0),
         agents_connected: connected
             .unwrap_or_else(|| links.iter().filter(|l| l.connected).count() as u64),
+        rollouts: rollout_phase_counts(store),
     }
 }
 
@@ -332,6 +364,24 @@ pub fn encode(metrics: &Metrics, fleet: &FleetSnapshot) -> String {
         "flotilla_render_duration_seconds",
         "How long rendering one app for one cluster took.",
     );
+    metrics.rollout_step_duration.encode(
+        &mut out,
+        "flotilla_rollout_step_duration_seconds",
+        "How long rollout steps took, from their first app starting to the step passing.",
+    );
+    header(
+        &mut out,
+        "flotilla_rollouts",
+        "Rollouts of RollingSync ApplicationSets, by phase.",
+        "gauge",
+    );
+    for (phase, count) in &fleet.rollouts {
+        let _ = writeln!(
+            out,
+            "flotilla_rollouts{{phase=\"{}\"}} {count}",
+            label_value(phase)
+        );
+    }
     header(
         &mut out,
         "flotilla_render_errors_total",

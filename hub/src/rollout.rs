@@ -61,6 +61,8 @@ pub struct Rollouts {
     issuer: Arc<Issuer>,
     bundle_ttl: Duration,
     one_at_a_time: tokio::sync::Mutex<()>,
+    /// Where step durations are observed, when the hub serves metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What one app's gate says now.
@@ -78,7 +80,14 @@ impl Rollouts {
             issuer,
             bundle_ttl: DEFAULT_BUNDLE_TTL,
             one_at_a_time: tokio::sync::Mutex::new(()),
+            metrics: None,
         }
+    }
+
+    /// Observes each passed step's duration in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Ticks until `stop` turns true.
@@ -254,6 +263,7 @@ impl Rollouts {
             .filter(|a| a.step == rollout.step)
             .all(|a| a.phase == AppPhase::Passed)
         {
+            self.observe_step(rollout, now_ms);
             rollout.step += 1;
             if rollout.step >= rollout.step_count() {
                 self.complete(rollout, now_ms).await?;
@@ -311,6 +321,26 @@ impl Rollouts {
             }
         }
         Ok(newest.map(|(_, revision)| revision))
+    }
+
+    /// Records how long the current step took, from its first app's start to
+    /// now; a step with no app (the implicit last one, often) is not a step anyone
+    /// waited for and is not counted.
+    fn observe_step(&self, rollout: &RolloutRecord, now_ms: u64) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let started = rollout
+            .apps
+            .iter()
+            .filter(|a| a.step == rollout.step)
+            .filter_map(|a| a.started_ms)
+            .min();
+        if let Some(started) = started {
+            metrics
+                .rollout_step_duration
+                .observe(now_ms.saturating_sub(started) as f64 / 1000.0);
+        }
     }
 
     /// Starts rolling `revision` out from step one. A rollout under way is

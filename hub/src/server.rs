@@ -167,10 +167,10 @@ impl Server {
         let (shutdown, stop) = watch::channel(false);
         let (refresh_now, requests) = mpsc::channel(REFRESH_QUEUE);
         let registrations = config.link.as_ref().map(|l| l.registrations());
-        let rollouts = Arc::new(crate::rollout::Rollouts::new(
-            store.clone(),
-            refresher.issuer().clone(),
-        ));
+        let rollouts = Arc::new(
+            crate::rollout::Rollouts::new(store.clone(), refresher.issuer().clone())
+                .with_metrics(refresher.metrics()),
+        );
         let api = api::router(ApiState {
             store: store.clone(),
             policy: Arc::new(config.policy),

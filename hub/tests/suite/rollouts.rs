@@ -72,7 +72,8 @@ impl Hub {
         let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
             .await
             .unwrap();
-        let rollouts = Rollouts::new(store.clone(), Arc::clone(refresher.issuer()));
+        let rollouts = Rollouts::new(store.clone(), Arc::clone(refresher.issuer()))
+            .with_metrics(refresher.metrics());
         let url = repo.path().display().to_string();
         let root = format!(
             "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: root}}\nspec:\n  project: default\n  source: {{repoURL: '{url}', targetRevision: main, path: sets}}\n  destination: {{name: east, namespace: argocd}}\n"
@@ -91,6 +92,14 @@ impl Hub {
             rollouts,
             url,
         }
+    }
+
+    /// What `/metrics` shows now.
+    fn metrics(&self) -> String {
+        flotilla_hub::metrics::encode(
+            &self.refresher.metrics(),
+            &flotilla_hub::metrics::snapshot(&self.store, None, None),
+        )
     }
 
     async fn refresh(&self) {
@@ -172,6 +181,21 @@ async fn held_bundles_reach_a_cluster_only_when_their_step_starts_and_a_degraded
     let done = hub.store.rollout("shop").unwrap().unwrap();
     assert_eq!(done.phase, RolloutPhase::Completed);
     assert_eq!(done.to_revision.as_deref(), Some(v1.as_str()));
+    // /metrics: both steps with apps timed (the empty implicit last one is not),
+    // and the rollout counted by its phase.
+    let metrics = hub.metrics();
+    assert!(
+        metrics.contains("flotilla_rollout_step_duration_seconds_count 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_rollouts{phase=\"Completed\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_rollouts{phase=\"RolledBack\"} 0\n"),
+        "{metrics}"
+    );
 
     // A bad revision: step one turns Degraded, goes back, step two never starts.
     repo.write("shop/cm.yaml", &configmap("2"));
@@ -185,6 +209,19 @@ async fn held_bundles_reach_a_cluster_only_when_their_step_starts_and_a_degraded
     let rolled = hub.store.rollout("shop").unwrap().unwrap();
     assert_eq!(rolled.phase, RolloutPhase::RolledBack, "{rolled:#?}");
     assert_eq!(rolled.failed_app.as_deref(), Some("default/shop-a"));
+    let metrics = hub.metrics();
+    assert!(
+        metrics.contains("flotilla_rollouts{phase=\"RolledBack\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_rollouts{phase=\"Completed\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_rollout_step_duration_seconds_count 2\n"),
+        "a failed step is not a passed one: {metrics}"
+    );
     assert!(
         rolled.reason.as_deref().unwrap().contains("Degraded"),
         "{rolled:#?}"
