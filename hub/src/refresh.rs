@@ -1312,6 +1312,7 @@ impl Refresher {
                 .and_then(|s| s.rolling_steps())
                 .unwrap_or_default()
                 .to_vec();
+            let pause_before = set.pause_before(steps.len()).unwrap_or_default();
             for gone in rollout.members.iter().filter(|old| {
                 !members
                     .iter()
@@ -1336,6 +1337,7 @@ impl Refresher {
             let updated = RolloutRecord {
                 parent: parent_name.clone(),
                 steps,
+                pause_before,
                 soak_ms: u64::try_from(soak.as_millis()).unwrap_or(u64::MAX),
                 progress_deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
                 members,

@@ -270,6 +270,10 @@ impl Rollouts {
                 return Ok(());
             }
             info!(rollout = %rollout.name, step = rollout.step, "the rollout moves to its next step");
+            if rollout.pause_before.contains(&rollout.step) {
+                rollout.paused = true;
+                info!(rollout = %rollout.name, step = rollout.step, "paused before the step, as the set asks; resume or promote to go on");
+            }
         }
         if rollout.paused {
             return Ok(());
@@ -408,7 +412,8 @@ impl Rollouts {
         info!(rollout = %rollout.name, %revision, apps = apps.len(), "rollout started");
         *rollout = RolloutRecord {
             phase: RolloutPhase::Progressing,
-            paused: false,
+            // Paused before the first step when the set asks for it.
+            paused: rollout.pause_before.contains(&0),
             promoted_step: None,
             from_revision: if superseded.is_empty() {
                 from

@@ -521,6 +521,35 @@ impl ApplicationSet {
         ))
     }
 
+    /// The steps a rollout pauses before ([`PAUSE_BEFORE_ANNOTATION`]), as
+    /// indexes from 0; `steps` is how many the strategy has, and one more (the
+    /// apps that match no step) may be named too.
+    pub fn pause_before(&self, steps: usize) -> std::result::Result<Vec<usize>, (String, String)> {
+        let Some(text) = self.metadata.annotations.get(PAUSE_BEFORE_ANNOTATION) else {
+            return Ok(Vec::new());
+        };
+        let path = format!("metadata.annotations[{PAUSE_BEFORE_ANNOTATION:?}]");
+        let mut indexes = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<usize>() {
+                Ok(n) if (1..=steps + 1).contains(&n) => indexes.push(n - 1),
+                _ => {
+                    return Err((
+                        path,
+                        format!(
+                            "{part:?} is not a step number from 1 to {} (the last being the \
+                             apps that match no step)",
+                            steps + 1
+                        ),
+                    ));
+                }
+            }
+        }
+        indexes.sort_unstable();
+        indexes.dedup();
+        Ok(indexes)
+    }
+
     fn validate_strategy(&self, origin: &str, strategy: &Strategy) -> Result<()> {
         let invalid = |path: String, message: String| Error::Invalid {
             origin: origin.to_owned(),
@@ -560,6 +589,8 @@ impl ApplicationSet {
                         })?;
                     }
                 }
+                self.pause_before(steps.len())
+                    .map_err(|(path, message)| invalid(path, message))?;
                 Ok(())
             }
             other => Err(invalid(
@@ -622,6 +653,10 @@ pub const SOAK_ANNOTATION: &str = "flotilla.io/rollout-soak";
 /// How long an app of a RollingSync step may take to become Synced and Healthy
 /// before the step fails.
 pub const PROGRESS_DEADLINE_ANNOTATION: &str = "flotilla.io/rollout-progress-deadline";
+/// The steps (numbered from 1, as `rollout get` shows them; a comma-separated
+/// list) a rollout pauses before, for manual promotion: it starts none of the
+/// step's apps until `flotilla rollout resume` or `promote`.
+pub const PAUSE_BEFORE_ANNOTATION: &str = "flotilla.io/rollout-pause-before";
 /// The progress deadline when the annotation is not set.
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 

@@ -100,6 +100,9 @@ pub struct RolloutRecord {
     /// No app starts while set (apps already updating carry on).
     #[serde(default)]
     pub paused: bool,
+    /// The steps (indexes) the rollout pauses before, for manual promotion.
+    #[serde(default)]
+    pub pause_before: Vec<usize>,
     /// The step a user promoted: its maxUpdate and soak no longer hold it.
     #[serde(default)]
     pub promoted_step: Option<usize>,

@@ -21,10 +21,15 @@ use flotilla_hub::store::{AppOrigin, AppRecord, ClusterRecord, RolloutPhase, Sta
 use crate::support::source::WorkRepo;
 
 fn set(url: &str) -> String {
+    set_annotated(url, "{}")
+}
+
+/// The set, with `annotations` (a YAML flow mapping) on it.
+fn set_annotated(url: &str, annotations: &str) -> String {
     format!(
         "apiVersion: argoproj.io/v1alpha1
 kind: ApplicationSet
-metadata: {{name: shop}}
+metadata: {{name: shop, annotations: {annotations}}}
 spec:
   generators: [{{list: {{elements: [{{app: shop-a, wave: one}}, {{app: shop-b, wave: two}}]}}}}]
   strategy:
@@ -270,4 +275,38 @@ async fn held_bundles_reach_a_cluster_only_when_their_step_starts_and_a_degraded
         "back to what ran before the superseded rollout"
     );
     assert_eq!(hub.latest("shop-b"), Some((1, "1".to_owned())));
+}
+
+#[tokio::test]
+async fn a_set_that_asks_to_pause_before_a_step_waits_there_for_resume() {
+    let repo = WorkRepo::new();
+    let url = repo.path().display().to_string();
+    repo.write(
+        "sets/shop.yaml",
+        &set_annotated(&url, "{flotilla.io/rollout-pause-before: '2'}"),
+    )
+    .write("shop/cm.yaml", &configmap("1"));
+    repo.commit("v1");
+    let hub = Hub::new(&repo).await;
+
+    hub.refresh().await;
+    hub.tick().await;
+    assert_eq!(hub.latest("shop-a"), Some((1, "1".to_owned())));
+    hub.report("shop-a", 1, Health::Healthy).await;
+    hub.tick().await;
+    hub.tick().await;
+    let waiting = hub.store.rollout("shop").unwrap().unwrap();
+    assert_eq!(waiting.step, 1, "{waiting:#?}");
+    assert!(waiting.paused, "paused before step 2: {waiting:#?}");
+    assert_eq!(waiting.phase, RolloutPhase::Progressing);
+    assert_eq!(hub.latest("shop-b"), None, "held while paused");
+
+    hub.rollouts.resume("shop").await.unwrap();
+    hub.tick().await;
+    assert_eq!(hub.latest("shop-b"), Some((1, "1".to_owned())));
+    hub.report("shop-b", 1, Health::Healthy).await;
+    hub.tick().await;
+    let done = hub.store.rollout("shop").unwrap().unwrap();
+    assert_eq!(done.phase, RolloutPhase::Completed, "{done:#?}");
+    assert!(!done.paused);
 }

@@ -252,3 +252,23 @@ fn a_strategy_flotilla_cannot_honour_is_refused_with_its_path() {
         assert!(e.contains(path), "{path}: {e}");
     }
 }
+
+#[test]
+fn pause_before_names_steps_from_one_and_a_wrong_one_is_refused() {
+    let with = |value: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: shop\n  annotations: {{flotilla.io/rollout-pause-before: '{value}'}}\nspec:\n  generators: [{{list: {{elements: []}}}}]\n  strategy: {{type: RollingSync, rollingSync: {{steps: [{{}}, {{}}]}}}}\n  template: {{}}\n"
+        )
+    };
+    let set = set(&with("2, 3,2"));
+    assert_eq!(set.pause_before(2).unwrap(), [1, 2]);
+    for bad in ["0", "4", "two", "-1"] {
+        let e = parse_manifests(&with(bad), "set.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("flotilla.io/rollout-pause-before") && e.contains(&format!("{bad:?}")),
+            "{bad}: {e}"
+        );
+    }
+}
