@@ -1313,6 +1313,7 @@ impl Refresher {
                 .unwrap_or_default()
                 .to_vec();
             let pause_before = set.pause_before(steps.len()).unwrap_or_default();
+            let failure_budget = set.failure_budget().unwrap_or_default();
             for gone in rollout.members.iter().filter(|old| {
                 !members
                     .iter()
@@ -1338,6 +1339,7 @@ impl Refresher {
                 parent: parent_name.clone(),
                 steps,
                 pause_before,
+                failure_budget,
                 soak_ms: u64::try_from(soak.as_millis()).unwrap_or(u64::MAX),
                 progress_deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
                 members,

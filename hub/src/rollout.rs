@@ -250,18 +250,48 @@ impl Rollouts {
                     rollout.apps[i].phase = AppPhase::Failed;
                     rollout.apps[i].message = Some(reason.clone());
                     let culprit = format!("{}/{}", rollout.apps[i].project, rollout.apps[i].name);
+                    // Within the budget, the app alone goes back and the step
+                    // goes on without it.
+                    let failed = rollout
+                        .apps
+                        .iter()
+                        .filter(|a| {
+                            a.phase == AppPhase::Failed
+                                || (a.phase == AppPhase::RolledBack && a.message.is_some())
+                        })
+                        .count();
+                    let allowed = rollout
+                        .failure_budget
+                        .map_or(0, |b| b.allowed(rollout.apps.len()));
+                    if failed <= allowed {
+                        warn!(rollout = %rollout.name, app = %culprit, %reason, failed, allowed, "the app failed within the rollout's failure budget; rolling it back alone");
+                        let result = self.roll_back_app(&rollout.apps[i], now).await;
+                        rollout.apps[i].phase = AppPhase::RolledBack;
+                        rollout.apps[i].finished_ms = Some(now_ms);
+                        self.event(
+                            rollout,
+                            "rollout-app-rolled-back",
+                            &format!(
+                                "{reason} (app {culprit}; {failed} of {allowed} failures allowed)"
+                            ),
+                        )
+                        .await?;
+                        result?;
+                        continue;
+                    }
                     self.roll_back(rollout, Some(culprit), reason, now).await?;
                     rollout.phase = RolloutPhase::RolledBack;
                     return Ok(());
                 }
             }
         }
-        // The current step is passed once every one of its apps is.
+        // The current step is passed once every one of its apps is, or went back
+        // alone within the failure budget.
         while rollout
             .apps
             .iter()
             .filter(|a| a.step == rollout.step)
-            .all(|a| a.phase == AppPhase::Passed)
+            .all(|a| matches!(a.phase, AppPhase::Passed | AppPhase::RolledBack))
         {
             self.observe_step(rollout, now_ms);
             rollout.step += 1;
@@ -543,6 +573,66 @@ impl Rollouts {
         Ok(Gate::Waiting)
     }
 
+    /// Gives each cluster the rollout moved for `progress`'s app the bundle it had
+    /// before, signed again as a new generation (an app new with the rollout gets
+    /// an empty bundle that prunes what Flotilla made). Every cluster is tried; the
+    /// last error is returned.
+    async fn roll_back_app(&self, progress: &AppProgress, now: SystemTime) -> Result<()> {
+        let mut result = Ok(());
+        let app = AppRef::new(progress.project.clone(), progress.name.clone());
+        let Some(record) = self.store.app(&app.project, &app.name)? else {
+            return Ok(());
+        };
+        for cluster in &progress.clusters {
+            if cluster.released.is_none() || cluster.released == cluster.before {
+                continue;
+            }
+            let before = match cluster.before {
+                Some(generation) => self
+                    .store
+                    .bundle_at(&app.project, &app.name, &cluster.cluster, generation)?
+                    .and_then(|bytes| Envelope::decode(&bytes).ok())
+                    .and_then(|envelope| Bundle::decode(&envelope.payload).ok()),
+                None => None,
+            };
+            let issued = self
+                .issuer
+                .issue(&app, &cluster.cluster, |generation, latest| {
+                    let bundle = match (&before, latest.and_then(|l| l.bundle.clone())) {
+                        (Some(before), _) => before.clone(),
+                        // New with this rollout: what it had before is nothing.
+                        (None, Some(latest)) => Bundle {
+                            policy: bundle::SyncPolicy {
+                                automated: Some(bundle::Automated {
+                                    prune: true,
+                                    self_heal: false,
+                                    allow_empty: true,
+                                }),
+                                sync_options: latest.policy.sync_options.clone(),
+                            },
+                            objects: Vec::new(),
+                            ..latest
+                        },
+                        (None, None) => return Ok(None),
+                    };
+                    let mut bundle = self.redated(bundle, generation, now);
+                    recheck_bundle(&self.store, &record.application, &mut bundle)?;
+                    Ok::<_, refresh::Error>(Some(bundle))
+                })
+                .await;
+            match issued {
+                Ok(generation) => {
+                    info!(app = %app, cluster = %cluster.cluster, ?generation, before = ?cluster.before, "rolled back");
+                }
+                Err(e) => {
+                    warn!(app = %app, cluster = %cluster.cluster, error = %e, "rolling back failed");
+                    result = Err(Error::Issue(Box::new(issue_error(e))));
+                }
+            }
+        }
+        result
+    }
+
     /// Gives every cluster this rollout moved its generation from before, as a
     /// new signed generation; no step starts after this.
     async fn roll_back(
@@ -561,56 +651,8 @@ impl Rollouts {
             ) {
                 continue;
             }
-            let app = AppRef::new(progress.project.clone(), progress.name.clone());
-            let Some(record) = self.store.app(&app.project, &app.name)? else {
-                continue;
-            };
-            for cluster in &progress.clusters {
-                if cluster.released.is_none() || cluster.released == cluster.before {
-                    continue;
-                }
-                let before = match cluster.before {
-                    Some(generation) => self
-                        .store
-                        .bundle_at(&app.project, &app.name, &cluster.cluster, generation)?
-                        .and_then(|bytes| Envelope::decode(&bytes).ok())
-                        .and_then(|envelope| Bundle::decode(&envelope.payload).ok()),
-                    None => None,
-                };
-                let issued = self
-                    .issuer
-                    .issue(&app, &cluster.cluster, |generation, latest| {
-                        let bundle = match (&before, latest.and_then(|l| l.bundle.clone())) {
-                            (Some(before), _) => before.clone(),
-                            // New with this rollout: what it had before is nothing.
-                            (None, Some(latest)) => Bundle {
-                                policy: bundle::SyncPolicy {
-                                    automated: Some(bundle::Automated {
-                                        prune: true,
-                                        self_heal: false,
-                                        allow_empty: true,
-                                    }),
-                                    sync_options: latest.policy.sync_options.clone(),
-                                },
-                                objects: Vec::new(),
-                                ..latest
-                            },
-                            (None, None) => return Ok(None),
-                        };
-                        let mut bundle = self.redated(bundle, generation, now);
-                        recheck_bundle(&self.store, &record.application, &mut bundle)?;
-                        Ok::<_, refresh::Error>(Some(bundle))
-                    })
-                    .await;
-                match issued {
-                    Ok(generation) => {
-                        info!(app = %app, cluster = %cluster.cluster, ?generation, before = ?cluster.before, "rolled back");
-                    }
-                    Err(e) => {
-                        warn!(app = %app, cluster = %cluster.cluster, error = %e, "rolling back failed");
-                        result = Err(Error::Issue(Box::new(issue_error(e))));
-                    }
-                }
+            if let Err(e) = self.roll_back_app(progress, now).await {
+                result = Err(e);
             }
             if progress.phase != AppPhase::Failed {
                 progress.phase = AppPhase::RolledBack;

@@ -137,6 +137,43 @@ impl IntOrPercent {
     }
 }
 
+/// How many apps of a rollout may fail before the whole rollout rolls back
+/// ([`FAILURE_BUDGET_ANNOTATION`]): a count, or a percent of the rollout's apps
+/// rounded down (OCM's `maxFailures`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureBudget {
+    Count(u64),
+    Percent(u64),
+}
+
+impl FailureBudget {
+    /// `2` or `10%`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        match text.strip_suffix('%') {
+            Some(percent) => percent
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| *p <= 100)
+                .map(Self::Percent),
+            None => text.parse().ok().map(Self::Count),
+        }
+    }
+
+    /// How many failed apps of `total` it allows.
+    pub fn allowed(self, total: usize) -> usize {
+        match self {
+            Self::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Self::Percent(p) => {
+                let total = u64::try_from(total).unwrap_or(u64::MAX);
+                usize::try_from(total.saturating_mul(p) / 100).unwrap_or(usize::MAX)
+            }
+        }
+    }
+}
+
 impl Strategy {
     /// The steps when this is a `RollingSync`.
     pub fn rolling_steps(&self) -> Option<&[RollingStep]> {
@@ -550,6 +587,19 @@ impl ApplicationSet {
         Ok(indexes)
     }
 
+    /// The failure budget ([`FAILURE_BUDGET_ANNOTATION`]), `None` when not set.
+    pub fn failure_budget(&self) -> std::result::Result<Option<FailureBudget>, (String, String)> {
+        let Some(text) = self.metadata.annotations.get(FAILURE_BUDGET_ANNOTATION) else {
+            return Ok(None);
+        };
+        FailureBudget::parse(text).map(Some).ok_or_else(|| {
+            (
+                format!("metadata.annotations[{FAILURE_BUDGET_ANNOTATION:?}]"),
+                format!("{text:?} is not a count nor a percent from 0% to 100%"),
+            )
+        })
+    }
+
     fn validate_strategy(&self, origin: &str, strategy: &Strategy) -> Result<()> {
         let invalid = |path: String, message: String| Error::Invalid {
             origin: origin.to_owned(),
@@ -590,6 +640,8 @@ impl ApplicationSet {
                     }
                 }
                 self.pause_before(steps.len())
+                    .map_err(|(path, message)| invalid(path, message))?;
+                self.failure_budget()
                     .map_err(|(path, message)| invalid(path, message))?;
                 Ok(())
             }
@@ -657,6 +709,10 @@ pub const PROGRESS_DEADLINE_ANNOTATION: &str = "flotilla.io/rollout-progress-dea
 /// list) a rollout pauses before, for manual promotion: it starts none of the
 /// step's apps until `flotilla rollout resume` or `promote`.
 pub const PAUSE_BEFORE_ANNOTATION: &str = "flotilla.io/rollout-pause-before";
+/// How many of a rollout's apps may fail (each rolled back on its own) before the
+/// whole rollout rolls back: a count or a percent ([`FailureBudget`]); none by
+/// default, so the first failure rolls everything back.
+pub const FAILURE_BUDGET_ANNOTATION: &str = "flotilla.io/rollout-failure-budget";
 /// The progress deadline when the annotation is not set.
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 

@@ -103,6 +103,9 @@ pub struct RolloutRecord {
     /// The steps (indexes) the rollout pauses before, for manual promotion.
     #[serde(default)]
     pub pause_before: Vec<usize>,
+    /// How many apps may fail, each rolled back alone, before the rollout does.
+    #[serde(default)]
+    pub failure_budget: Option<crate::app::appset::FailureBudget>,
     /// The step a user promoted: its maxUpdate and soak no longer hold it.
     #[serde(default)]
     pub promoted_step: Option<usize>,

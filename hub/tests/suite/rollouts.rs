@@ -310,3 +310,62 @@ async fn a_set_that_asks_to_pause_before_a_step_waits_there_for_resume() {
     assert_eq!(done.phase, RolloutPhase::Completed, "{done:#?}");
     assert!(!done.paused);
 }
+
+#[tokio::test]
+async fn an_app_that_fails_within_the_budget_goes_back_alone_and_the_rollout_goes_on() {
+    let repo = WorkRepo::new();
+    let url = repo.path().display().to_string();
+    repo.write(
+        "sets/shop.yaml",
+        &set_annotated(&url, "{flotilla.io/rollout-failure-budget: '1'}"),
+    )
+    .write("shop/cm.yaml", &configmap("1"));
+    repo.commit("v1");
+    let hub = Hub::new(&repo).await;
+    hub.refresh().await;
+    hub.tick().await;
+    hub.report("shop-a", 1, Health::Healthy).await;
+    hub.tick().await;
+    hub.report("shop-b", 1, Health::Healthy).await;
+    hub.tick().await;
+    assert_eq!(
+        hub.store.rollout("shop").unwrap().unwrap().phase,
+        RolloutPhase::Completed
+    );
+
+    // v2: shop-a turns Degraded. One failure is within the budget: shop-a alone
+    // goes back, and step two still starts.
+    repo.write("shop/cm.yaml", &configmap("2"));
+    repo.commit("v2");
+    hub.refresh().await;
+    hub.tick().await;
+    assert_eq!(hub.latest("shop-a"), Some((2, "2".to_owned())));
+    hub.report("shop-a", 2, Health::Degraded).await;
+    hub.tick().await;
+    assert_eq!(
+        hub.latest("shop-a"),
+        Some((3, "1".to_owned())),
+        "shop-a back on v1, as a new generation"
+    );
+    let going = hub.store.rollout("shop").unwrap().unwrap();
+    assert_eq!(going.phase, RolloutPhase::Progressing, "{going:#?}");
+    hub.tick().await;
+    assert_eq!(
+        hub.latest("shop-b"),
+        Some((2, "2".to_owned())),
+        "step two started"
+    );
+    // A second failure spends more than the budget: everything the rollout moved
+    // goes back.
+    hub.report("shop-b", 2, Health::Degraded).await;
+    hub.tick().await;
+    let rolled = hub.store.rollout("shop").unwrap().unwrap();
+    assert_eq!(rolled.phase, RolloutPhase::RolledBack, "{rolled:#?}");
+    assert_eq!(rolled.failed_app.as_deref(), Some("default/shop-b"));
+    assert_eq!(hub.latest("shop-b"), Some((3, "1".to_owned())));
+    assert_eq!(
+        hub.latest("shop-a"),
+        Some((3, "1".to_owned())),
+        "not rolled back twice"
+    );
+}

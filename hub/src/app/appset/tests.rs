@@ -272,3 +272,15 @@ fn pause_before_names_steps_from_one_and_a_wrong_one_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_failure_budget_is_a_count_or_a_percent_rounded_down() {
+    use super::FailureBudget;
+    assert_eq!(FailureBudget::parse("2"), Some(FailureBudget::Count(2)));
+    assert_eq!(FailureBudget::parse("10%").unwrap().allowed(25), 2);
+    assert_eq!(FailureBudget::parse("10%").unwrap().allowed(5), 0);
+    assert_eq!(FailureBudget::parse("100%").unwrap().allowed(7), 7);
+    for bad in ["", "-1", "101%", "ten", "1.5"] {
+        assert_eq!(FailureBudget::parse(bad), None, "{bad:?}");
+    }
+}
