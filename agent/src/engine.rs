@@ -463,6 +463,7 @@ impl Inner {
             prune: options.prune,
             dry_run: options.dry_run,
             resources: options.resources,
+            confirm: options.confirm,
         };
         if !request.dry_run {
             // No self-heal while the sync runs; the monitor starts afresh after.
@@ -470,6 +471,7 @@ impl Inner {
         }
         info!(
             prune = request.prune,
+            confirm = request.confirm,
             dry_run = request.dry_run,
             resources = request.resources.len(),
             "sync commanded"

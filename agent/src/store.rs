@@ -82,6 +82,12 @@ pub struct Owned {
     pub prune: bool,
     /// `Delete=false`: kept when the app is deleted.
     pub delete: bool,
+    /// `Prune=confirm`: pruned only when a user confirms it.
+    #[serde(default)]
+    pub prune_confirm: bool,
+    /// `Delete=confirm`: deleted with the app only when a user confirms it.
+    #[serde(default)]
+    pub delete_confirm: bool,
 }
 
 /// The agent's database.

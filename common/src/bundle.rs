@@ -112,6 +112,17 @@ pub struct SyncPolicy {
     pub automated: Option<Automated>,
     /// App-wide sync options, such as `CreateNamespace=true`.
     pub sync_options: Vec<String>,
+    /// `Some` when this bundle deletes the app (a cascading delete): every object
+    /// goes, except those marked `Delete=false`, and those marked `Delete=confirm`
+    /// unless the deletion was confirmed.
+    pub deletion: Option<Deletion>,
+}
+
+/// How an app is being deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    /// A user confirmed the deletion, so `Delete=confirm` objects are deleted too.
+    pub confirmed: bool,
 }
 
 /// One `ignoreDifferences` entry of an Argo CD Application.

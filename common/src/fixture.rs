@@ -55,6 +55,7 @@ pub fn bundle(app: &str, generation: u64, objects: usize) -> Bundle {
                 allow_empty: false,
             }),
             sync_options: vec!["CreateNamespace=true".to_owned()],
+            deletion: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", CLUSTER),

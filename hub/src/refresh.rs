@@ -905,7 +905,9 @@ impl Refresher {
             }
             let pruned = gone.application.cascades();
             if pruned {
-                self.prune_everywhere(&gone, now).await?;
+                // Nobody confirms a deletion that came from Git: Delete=confirm
+                // objects stay in place rather than go unconfirmed.
+                self.prune_everywhere(&gone, now, false).await?;
             }
             self.store.remove_app(&gone.project(), &gone.name()).await?;
             self.event(
@@ -927,8 +929,15 @@ impl Refresher {
     }
 
     /// Stores an empty, prune-everything bundle for every cluster the app was on, so
-    /// its agents delete what it deployed (Argo CD's cascade delete).
-    pub async fn prune_everywhere(&self, record: &AppRecord, now: SystemTime) -> Result<()> {
+    /// its agents delete what it deployed (Argo CD's cascade delete). Objects
+    /// marked `Delete=false` stay, and so do `Delete=confirm` ones unless the
+    /// deletion is `confirmed`.
+    pub async fn prune_everywhere(
+        &self,
+        record: &AppRecord,
+        now: SystemTime,
+        confirmed: bool,
+    ) -> Result<()> {
         let app = AppRef::new(record.project(), record.name());
         let mut batch = self.issuer.batch();
         let mut issued = Ok(());
@@ -949,6 +958,7 @@ impl Refresher {
                                 allow_empty: true,
                             }),
                             sync_options: previous.policy.sync_options.clone(),
+                            deletion: Some(bundle::Deletion { confirmed }),
                         },
                         objects: Vec::new(),
                         ..previous
@@ -1086,6 +1096,44 @@ fn split_argo_objects(objects: &[Object]) -> Result<(Vec<Object>, Vec<ArgoObject
     Ok((rest, argo))
 }
 
+/// The objects of `record`'s newest bundles that carry `Delete=confirm` (on the
+/// object, or for the whole app): a cascading delete must be confirmed before
+/// they go.
+pub fn awaiting_delete_confirmation(
+    store: &Store,
+    record: &AppRecord,
+) -> store::Result<Vec<(String, flotilla_common::model::ResourceRef)>> {
+    let mut found = Vec::new();
+    for cluster in store.clusters()? {
+        let Some((_, bytes)) =
+            store.latest_bundle(&record.project(), &record.name(), &cluster.name)?
+        else {
+            continue;
+        };
+        let Some(bundle) = bundle::Envelope::decode(&bytes)
+            .ok()
+            .and_then(|e| Bundle::decode(&e.payload).ok())
+        else {
+            continue;
+        };
+        let app_wide = bundle
+            .policy
+            .sync_options
+            .iter()
+            .any(|o| o.trim() == "Delete=confirm");
+        for object in bundle.objects.iter().filter(|o| o.hook.is_none()) {
+            let own = object
+                .sync_options
+                .iter()
+                .find_map(|o| o.trim().strip_prefix("Delete="));
+            if own == Some("confirm") || (own.is_none() && app_wide) {
+                found.push((cluster.name.clone(), object.resource()));
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn sync_policy(app: &Application) -> bundle::SyncPolicy {
     let policy = app.spec.sync_policy.clone().unwrap_or_default();
     bundle::SyncPolicy {
@@ -1095,6 +1143,7 @@ fn sync_policy(app: &Application) -> bundle::SyncPolicy {
             allow_empty: a.allow_empty,
         }),
         sync_options: policy.sync_options,
+        deletion: None,
     }
 }
 

@@ -17,10 +17,35 @@ use super::{
 };
 use crate::store::Owned;
 
+/// What a user must do before a `Prune=confirm` object is pruned.
+pub const WAITING_FOR_PRUNE_CONFIRMATION: &str =
+    "Prune=confirm: waiting for confirmation (flotilla app confirm, or app sync --confirm)";
+/// What a user must do before a `Delete=confirm` object is deleted with its app.
+pub const WAITING_FOR_DELETE_CONFIRMATION: &str =
+    "Delete=confirm: kept; deleting it needs a confirmed delete (flotilla app delete --confirm)";
+
+/// Why an owned object that left the bundle must stay, if it must: its own
+/// `Prune`/`Delete` options, and whether a user confirmed.
+pub(super) fn held_back(o: &Owned, bundle: &Bundle, request: &SyncRequest) -> Option<String> {
+    let why = match &bundle.policy.deletion {
+        Some(_) if !o.delete => "Delete=false",
+        Some(deletion) if o.delete_confirm && !deletion.confirmed => {
+            WAITING_FOR_DELETE_CONFIRMATION
+        }
+        Some(_) => return None,
+        None if !o.prune => "Prune=false",
+        None if o.prune_confirm && !request.confirm => WAITING_FOR_PRUNE_CONFIRMATION,
+        None => return None,
+    };
+    Some(why.to_owned())
+}
+
 impl Applier {
     /// Deletes objects that left the bundle: only those in the app's inventory
-    /// that still carry this app's label, never `Prune=false` ones, and never
-    /// everything at once without allowEmpty.
+    /// that still carry this app's label, never `Prune=false` ones nor unconfirmed
+    /// `Prune=confirm` ones, and never everything at once without allowEmpty. A
+    /// deletion bundle (the app is deleted with cascade) keeps `Delete=false`
+    /// objects and, unless confirmed, `Delete=confirm` ones.
     pub(super) async fn prune(
         &self,
         bundle: &Bundle,
@@ -64,8 +89,8 @@ impl Applier {
         let label = app_label(&bundle.app);
         let mut remaining = stay;
         for o in leaving {
-            if !o.prune {
-                report.kept.push((o.resource.clone(), "Prune=false".into()));
+            if let Some(why) = held_back(&o, bundle, request) {
+                report.kept.push((o.resource.clone(), why));
                 remaining.push(o);
                 continue;
             }
@@ -128,10 +153,14 @@ impl Applier {
             .into_iter()
             .filter(|owned| !desired(&owned.resource))
             .map(|owned| ResourceStatus {
+                message: Some(if owned.prune_confirm {
+                    format!("requires pruning; {WAITING_FOR_PRUNE_CONFIRMATION}")
+                } else {
+                    "requires pruning".to_owned()
+                }),
                 resource: owned.resource,
                 sync: SyncStatus::OutOfSync,
                 health: Health::Healthy,
-                message: Some("requires pruning".to_owned()),
             })
             .collect())
     }

@@ -21,7 +21,7 @@ use super::live::LiveCache;
 use super::{
     APP_LABEL, Action, Applier, Error, FIELD_MANAGER, HASH_ANNOTATION, HookOutcome, HookResult,
     ObjectResult, Outcome, Result, SyncReport, SyncRequest, Task, WaveTiming, app_label, describe,
-    desired_hash, has_option, order, rejected, sync_order, to_value,
+    desired_hash, has_option, object_option, order, rejected, sync_order, to_value,
 };
 use crate::compare::contains;
 use crate::health::{self, Assessment};
@@ -217,23 +217,35 @@ impl Applier {
     ) -> Result<(), Outcome> {
         // Remember new objects before creating them, so a crash mid-sync cannot
         // leave an object Flotilla created but no longer knows it owns.
-        let owned = |t: &Task<'_>| Owned {
-            resource: t.resource.clone(),
-            prune: !has_option(bundle, Some(t.object), "Prune=false"),
-            delete: !has_option(bundle, Some(t.object), "Delete=false"),
+        let owned = |t: &Task<'_>| {
+            let prune = object_option(bundle, t.object, "Prune");
+            let delete = object_option(bundle, t.object, "Delete");
+            Owned {
+                resource: t.resource.clone(),
+                prune: prune != Some("false"),
+                delete: delete != Some("false"),
+                prune_confirm: prune == Some("confirm"),
+                delete_confirm: delete == Some("confirm"),
+            }
         };
         let result = async {
             let mut inventory = self.store.inventory(&bundle.app)?;
-            let known: BTreeSet<ResourceRef> =
-                inventory.iter().map(|o| o.resource.clone()).collect();
-            let before = inventory.len();
-            inventory.extend(
-                tasks
-                    .iter()
-                    .filter(|t| t.object.hook.is_none() && !known.contains(&t.resource))
-                    .map(owned),
-            );
-            if inventory.len() != before {
+            let before = inventory.clone();
+            // An object's Prune and Delete options are those of the bundle now,
+            // not of the bundle that first created it: a `Delete=false` added
+            // later must protect it all the same.
+            let mut desired: BTreeMap<ResourceRef, Owned> = tasks
+                .iter()
+                .filter(|t| t.object.hook.is_none())
+                .map(|t| (t.resource.clone(), owned(t)))
+                .collect();
+            for known in &mut inventory {
+                if let Some(now) = desired.remove(&known.resource) {
+                    *known = now;
+                }
+            }
+            inventory.extend(tasks.iter().filter_map(|t| desired.remove(&t.resource)));
+            if inventory != before {
                 self.store.set_inventory(&bundle.app, &inventory).await?;
             }
             Ok::<_, Error>(())

@@ -83,6 +83,7 @@ pub fn bundle(
         policy: SyncPolicy {
             automated,
             sync_options: Vec::new(),
+            deletion: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", "test"),

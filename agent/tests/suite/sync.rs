@@ -979,3 +979,150 @@ async fn deleting_an_app_keeps_delete_false_objects() {
     assert!(maps.get_opt("keep").await.unwrap().is_some());
     support::delete_namespace(&client, &ns).await;
 }
+
+/// `Prune=confirm`: an automated prune leaves the object in place and says it
+/// waits for confirmation; a sync with the user's confirmation prunes it.
+#[tokio::test]
+async fn prune_confirm_waits_for_a_confirmed_sync() {
+    let cluster = cluster_for("prune-confirm");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("pconfirm");
+    support::create_namespace(&client, &ns).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let mut guarded = config_map(&ns, "guarded");
+    guarded.sync_options = vec!["Prune=confirm".into()];
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![config_map(&ns, "stays"), config_map(&ns, "goes"), guarded],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+
+    let second = bundle(&app, 2, vec![config_map(&ns, "stays")], policy.clone());
+    let report = applier.sync(&second).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["goes"]);
+    let (kept, why) = report.kept.first().unwrap();
+    assert_eq!(kept.name, "guarded");
+    assert!(why.contains("waiting for confirmation"), "{why}");
+    assert!(maps.get_opt("guarded").await.unwrap().is_some());
+    // The app's state says what waits, and why.
+    let waiting = applier
+        .requiring_pruning(&second.app, |r| r.name == "stays")
+        .unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let message = waiting[0].message.as_deref().unwrap();
+    assert!(
+        message.contains("Prune=confirm: waiting for confirmation"),
+        "{message}"
+    );
+
+    // Syncing again without confirmation still keeps it.
+    let report = applier.sync(&second).await;
+    assert!(report.pruned.is_empty(), "{:?}", report.pruned);
+    assert!(maps.get_opt("guarded").await.unwrap().is_some());
+
+    let confirmed = apply::SyncRequest {
+        confirm: true,
+        ..Default::default()
+    };
+    let report = applier.sync_with(&second, &confirmed).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["guarded"]);
+    assert!(support::gone_or_going(&maps, "guarded").await);
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// A cascading delete (the hub's deletion bundle) keeps `Delete=false` objects,
+/// even when the option was added after the object was created, and keeps
+/// `Delete=confirm` objects until the deletion is confirmed.
+#[tokio::test]
+async fn a_cascading_delete_keeps_delete_false_and_waits_for_delete_confirm() {
+    let cluster = cluster_for("delete-options");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("delopts");
+    support::create_namespace(&client, &ns).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    // Created without options first.
+    let first = bundle(
+        &app,
+        1,
+        vec![
+            config_map(&ns, "goes"),
+            config_map(&ns, "keep"),
+            config_map(&ns, "ask"),
+        ],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+    let mut keep = config_map(&ns, "keep");
+    keep.sync_options = vec!["Delete=false".into()];
+    let mut ask = config_map(&ns, "ask");
+    ask.sync_options = vec!["Delete=confirm".into()];
+    let second = bundle(
+        &app,
+        2,
+        vec![config_map(&ns, "goes"), keep, ask],
+        policy.clone(),
+    );
+    assert!(applier.sync(&second).await.succeeded());
+
+    let deletion = |generation, confirmed| {
+        let mut b = bundle(
+            &app,
+            generation,
+            vec![],
+            Some(Automated {
+                prune: true,
+                self_heal: false,
+                allow_empty: true,
+            }),
+        );
+        b.policy.deletion = Some(flotilla_common::bundle::Deletion { confirmed });
+        b
+    };
+    let report = applier.sync(&deletion(3, false)).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["goes"]);
+    let kept: Vec<(&str, &str)> = report
+        .kept
+        .iter()
+        .map(|(r, why)| (r.name.as_str(), why.as_str()))
+        .collect();
+    assert!(kept.contains(&("keep", "Delete=false")), "{kept:?}");
+    assert!(
+        kept.iter()
+            .any(|(name, why)| *name == "ask" && why.contains("Delete=confirm")),
+        "{kept:?}"
+    );
+    assert!(support::gone_or_going(&maps, "goes").await);
+    assert!(maps.get_opt("keep").await.unwrap().is_some());
+    assert!(maps.get_opt("ask").await.unwrap().is_some());
+
+    // Confirmed: the Delete=confirm object goes; Delete=false still stays.
+    let report = applier.sync(&deletion(4, true)).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["ask"]);
+    assert!(support::gone_or_going(&maps, "ask").await);
+    assert!(maps.get_opt("keep").await.unwrap().is_some());
+    support::delete_namespace(&client, &ns).await;
+}

@@ -138,8 +138,9 @@ async fn sync(
     let app = AppRef::new(project, name);
     let plan = try_operation!(operations.plan_sync(&app, &request).await);
     let detail = format!(
-        "prune={} dryRun={} revision={} resources=[{}]",
+        "prune={} confirm={} dryRun={} revision={} resources=[{}]",
         request.prune,
+        request.confirm,
         request.dry_run,
         request.revision.as_deref().unwrap_or("-"),
         request.resources.join(",")
@@ -202,6 +203,7 @@ async fn rollback(
         prune: request.prune,
         dry_run: false,
         resources: Vec::new(),
+        confirm: false,
     };
     let result = operations
         .sync_cluster(&app, &rollback.cluster, options, &who.user)

@@ -36,6 +36,9 @@ pub struct SyncRequest {
     /// --resource` takes them.
     #[serde(default)]
     pub resources: Vec<String>,
+    /// Confirms pruning: objects marked `Prune=confirm` are pruned too.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// A sync that passed its checks: what to send to each cluster, and the
@@ -184,6 +187,7 @@ impl Operations {
                     prune: request.prune,
                     dry_run: request.dry_run,
                     resources,
+                    confirm: request.confirm,
                 },
             ));
         }

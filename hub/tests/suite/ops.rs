@@ -1249,3 +1249,90 @@ async fn a_bundle_the_agent_refuses_unread_shows_on_its_app_with_the_reason() {
     );
     fleet.stop(&[&cm]).await;
 }
+
+/// Argo CD's confirmation options end to end: a `Prune=confirm` object that left
+/// Git stays and the app says it waits for confirmation until `app confirm`; a
+/// cascading `app delete` of an app holding a `Delete=confirm` object is refused,
+/// naming it, until `--confirm`; and a `Delete=false` object outlives the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_and_delete_confirmation_wait_for_the_user() {
+    let fleet = Fleet::start().await;
+    let name = unique("ops-confirm");
+    let [plain, guarded, asked, kept] =
+        ["plain", "guarded", "asked", "kept"].map(|n| format!("{name}-{n}"));
+    let repo = WorkRepo::new();
+    let map = |cm: &str, options: Option<&str>| {
+        let annotations = options
+            .map(|o| format!(", annotations: {{argocd.argoproj.io/sync-options: {o}}}"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {cm}, namespace: default{annotations}}}\ndata: {{value: one}}\n"
+        )
+    };
+    repo.write("app/plain.yaml", &map(&plain, None));
+    repo.write("app/guarded.yaml", &map(&guarded, Some("Prune=confirm")));
+    repo.write("app/asked.yaml", &map(&asked, Some("Delete=confirm")));
+    repo.write("app/kept.yaml", &map(&kept, Some("Delete=false")));
+    repo.commit("four maps");
+    fleet.create_app(&repo, &name, true).await;
+    fleet
+        .wait_status(&name, "Synced", |s| s["sync"] == "Synced")
+        .await;
+
+    repo.remove("app/guarded.yaml");
+    let commit = repo.commit("guarded leaves Git");
+    assert_eq!(fleet.push_webhook(&repo).await, 202);
+    let waits = |s: &Value| {
+        s["clusters"][0]["revision"] == commit.as_str()
+            && s["clusters"][0]["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| {
+                    r["name"] == guarded.as_str()
+                        && r["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("waiting for confirmation"))
+                })
+    };
+    fleet
+        .wait_status(&name, "the prune to wait for confirmation", waits)
+        .await;
+    assert!(fleet.config_map(&guarded).await.is_some());
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    let shown = fleet.cli("admin", &["app", "get", &name]);
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("Prune=confirm: waiting for confirmation"),
+        "{shown}"
+    );
+
+    let confirmed = fleet.cli("admin", &["app", "confirm", &name]);
+    assert!(confirmed.status.success(), "{}", text(&confirmed.stderr));
+    until("the confirmed prune", Duration::from_secs(30), || async {
+        fleet.config_map(&guarded).await.is_none()
+    })
+    .await;
+
+    let refused = fleet.cli("admin", &["app", "delete", &name]);
+    assert!(!refused.status.success());
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("Delete=confirm") && message.contains(&asked),
+        "{message}"
+    );
+    assert!(fleet.store.app("default", &name).unwrap().is_some());
+    assert!(fleet.config_map(&plain).await.is_some());
+
+    let deleted = fleet.cli("admin", &["app", "delete", &name, "--confirm"]);
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    until("the confirmed cascade", Duration::from_secs(30), || async {
+        fleet.config_map(&plain).await.is_none() && fleet.config_map(&asked).await.is_none()
+    })
+    .await;
+    assert!(
+        fleet.config_map(&kept).await.is_some(),
+        "a Delete=false object was deleted with its app"
+    );
+    fleet.stop(&[&kept]).await;
+}

@@ -103,6 +103,7 @@ fn bundle(app: &str, generation: u64, objects: Vec<Object>) -> Bundle {
                 allow_empty: false,
             }),
             sync_options: Vec::new(),
+            deletion: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", "east"),

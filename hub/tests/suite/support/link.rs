@@ -143,6 +143,7 @@ pub fn bundle(
         policy: SyncPolicy {
             automated: Some(Automated::default()),
             sync_options: Vec::new(),
+            deletion: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", cluster),
