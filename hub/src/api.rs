@@ -292,7 +292,17 @@ fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
                 .ok()
                 .flatten()
                 .map(|(g, _)| g);
-            json!({ "cluster": c.name, "generation": generation })
+            let windows = match state.store.project(&app.spec.project) {
+                Ok(Some(project)) => Some(crate::refresh::sync_window_verdict(
+                    app,
+                    &project,
+                    &c,
+                    std::time::SystemTime::now(),
+                )),
+                _ => None,
+            }
+            .filter(|v| !v.windows.is_empty());
+            json!({ "cluster": c.name, "generation": generation, "syncWindows": windows })
         })
         .collect();
     json!({
@@ -306,6 +316,7 @@ fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
         "renderError": record.render_error,
         "clusters": clusters,
         "status": ops::derived_state(state, record),
+        "info": app.spec.info,
     })
 }
 

@@ -22,7 +22,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::app::adoption::{self, Refusal};
 use crate::app::appset::{ClusterParams, GeneratorInput};
-use crate::app::project::{self, Violation};
+use crate::app::project::{self, Violation, windows};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
 use crate::metrics::Metrics;
 use crate::render::{Renderer, Target, affected_by};
@@ -340,6 +340,7 @@ impl Refresher {
             }
             for (project, name) in &done {
                 self.redate_expiring(project, name, now).await?;
+                self.apply_sync_windows(project, name, now).await?;
             }
             Ok(outcomes)
         }
@@ -434,6 +435,75 @@ impl Refresher {
         // is kept.
         batch.commit().await?;
         redated
+    }
+
+    /// Re-issues each of the app's latest bundles whose automation no longer
+    /// matches its project's sync windows at `now`: a deny window that opened (or
+    /// every allow window closed) turns automated sync and selfHeal off on the
+    /// agent, and the window's end turns them on again. Called on every refresh,
+    /// so a window takes effect within one poll interval, as in Argo CD, where
+    /// windows are checked at each reconciliation.
+    pub async fn apply_sync_windows(
+        &self,
+        project: &str,
+        name: &str,
+        now: SystemTime,
+    ) -> Result<()> {
+        let _app = self.lock_app(project, name).await;
+        let Some(record) = self.store.app(project, name)? else {
+            return Ok(());
+        };
+        let Ok(app_project) = self.project_of(&record.application)? else {
+            return Ok(());
+        };
+        let app = AppRef::new(project, name);
+        let mut batch = self.issuer.batch();
+        let result = async {
+            for cluster in self.store.clusters()? {
+                if !cluster.is_destination(&record.application.spec.destination) {
+                    continue;
+                }
+                let wanted = windowed_policy(&record.application, &app_project, &cluster, now);
+                let issued = batch.issue(&app, &cluster.name, |generation, latest| {
+                    let Some(previous) = latest.and_then(|l| l.bundle.clone()) else {
+                        return Ok(None);
+                    };
+                    if previous.policy.deletion.is_some()
+                        || previous.policy.automated == wanted.automated
+                    {
+                        return Ok(None);
+                    }
+                    let mut next = Bundle {
+                        generation,
+                        created_at: Timestamp::from_system_time(now),
+                        not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+                        policy: bundle::SyncPolicy {
+                            automated: wanted.automated.clone(),
+                            ..previous.policy.clone()
+                        },
+                        ..previous
+                    };
+                    recheck_bundle(&self.store, &record.application, &mut next)?;
+                    Ok(Some(next))
+                });
+                match issued {
+                    Ok(Some(generation)) => {
+                        info!(
+                            cluster = %cluster.name, app = %app, generation,
+                            automated = wanted.automated.is_some(),
+                            "a sync window changed the app's automation"
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(bundles::Error::Draft(Error::Refused { .. })) => {}
+                    Err(e) => return Err(issue_error(e)),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        batch.commit().await?;
+        result
     }
 
     /// Renders one app at `revision` instead of its targetRevision, and stores the
@@ -761,7 +831,7 @@ impl Refresher {
                         generation,
                         created_at: Timestamp::from_system_time(now),
                         not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
-                        policy: sync_policy(app),
+                        policy: windowed_policy(app, app_project, cluster, now),
                         ignore_differences: ignore_differences(app),
                         project: app_project.rules(&app.spec.destination),
                         objects: objects.clone(),
@@ -1132,6 +1202,38 @@ pub fn awaiting_delete_confirmation(
         }
     }
     Ok(found)
+}
+
+/// Whether syncs of `app` may run on `cluster` at `now`, by its project's sync
+/// windows.
+pub fn sync_window_verdict(
+    app: &Application,
+    app_project: &AppProject,
+    cluster: &ClusterRecord,
+    now: SystemTime,
+) -> windows::Verdict {
+    let target = windows::Target {
+        app: app.name(),
+        namespace: app.spec.destination.namespace.as_deref().unwrap_or(""),
+        cluster: &cluster.name,
+        server: cluster.server.as_deref(),
+    };
+    windows::verdict(&app_project.spec.sync_windows, &target, now)
+}
+
+/// The app's sync policy on `cluster` at `now`: automation is off while its
+/// project's sync windows block automated syncs there.
+fn windowed_policy(
+    app: &Application,
+    app_project: &AppProject,
+    cluster: &ClusterRecord,
+    now: SystemTime,
+) -> bundle::SyncPolicy {
+    let mut policy = sync_policy(app);
+    if !sync_window_verdict(app, app_project, cluster, now).automated {
+        policy.automated = None;
+    }
+    policy
 }
 
 fn sync_policy(app: &Application) -> bundle::SyncPolicy {

@@ -84,7 +84,10 @@ fn refused(e: operation::Error) -> Reply {
     let status = match &e {
         E::AppNotFound(_) | E::HistoryEntryNotFound { .. } => StatusCode::NOT_FOUND,
         E::NoLink | E::NoRenderer => StatusCode::SERVICE_UNAVAILABLE,
-        E::NoDestination(_) | E::Busy { .. } | E::RollbackRefused { .. } => StatusCode::CONFLICT,
+        E::NoDestination(_)
+        | E::Busy { .. }
+        | E::RollbackRefused { .. }
+        | E::SyncWindowClosed { .. } => StatusCode::CONFLICT,
         E::DryRunWithRevision { .. }
         | E::RevisionUnderAutomation { .. }
         | E::RevisionUnsupported(_)

@@ -10,6 +10,7 @@ use super::{Error, Metadata, Result, ServerOwned, typed};
 pub use rules::{Violation, built_in_default};
 
 mod rules;
+pub mod windows;
 
 /// An Argo CD `AppProject`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,13 +206,13 @@ impl AppProject {
             ));
         }
         for (i, window) in self.spec.sync_windows.iter().enumerate() {
-            if window.kind != "allow" && window.kind != "deny" {
+            if let Err((field, e)) = windows::check(window) {
                 return Err(Error::Invalid {
                     origin: origin.to_owned(),
                     kind: "AppProject",
                     name: self.metadata.name.clone(),
-                    path: format!("spec.syncWindows[{i}].kind"),
-                    message: format!("must be allow or deny, not {:?}", window.kind),
+                    path: format!("spec.syncWindows[{i}].{field}"),
+                    message: e.to_string(),
                 });
             }
         }

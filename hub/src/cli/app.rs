@@ -374,6 +374,51 @@ pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
             "Manual"
         }
     );
+    for info in summary["info"].as_array().into_iter().flatten() {
+        println!(
+            "{:<12} {}",
+            format!("{}:", text(&info["name"])),
+            text(&info["value"])
+        );
+    }
+    for cluster in summary["clusters"].as_array().into_iter().flatten() {
+        let verdict = &cluster["syncWindows"];
+        if verdict.is_null() {
+            continue;
+        }
+        let open: Vec<String> = verdict["windows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["active"].as_bool() == Some(true))
+            .map(|w| {
+                format!(
+                    "{} {:?} for {} until {}",
+                    text(&w["kind"]),
+                    text(&w["schedule"]),
+                    text(&w["duration"]),
+                    text(&w["closesAt"])
+                )
+            })
+            .collect();
+        println!(
+            "Sync window: [{}] {}{}",
+            text(&cluster["cluster"]),
+            match (verdict["automated"].as_bool(), verdict["manual"].as_bool()) {
+                (Some(true), _) => "syncs allowed".to_owned(),
+                (_, Some(true)) => "automated syncs blocked, manual syncs allowed".to_owned(),
+                _ => "syncs blocked".to_owned(),
+            },
+            if open.is_empty() {
+                verdict["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            } else {
+                format!(" (active: {})", open.join("; "))
+            }
+        );
+    }
     println!("Sync:        {}", text(&status["sync"]));
     println!("Health:      {}", text(&status["health"]));
     println!("Operation:   {}", describe_operation(&status["operation"]));

@@ -1336,3 +1336,75 @@ async fn prune_and_delete_confirmation_wait_for_the_user() {
     );
     fleet.stop(&[&kept]).await;
 }
+
+/// An open deny window in the app's project: the automated app is not applied
+/// (it shows OutOfSync), a manual sync is refused naming the window, and
+/// `app get` and `proj windows list` show the window as active. The window is
+/// open at every minute for an hour, so the test does not depend on the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_deny_window_blocks_automated_and_manual_syncs() {
+    let fleet = Fleet::start().await;
+    let project = unique("frozen");
+    let name = unique("ops-window");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    let (status, body) = fleet
+        .post_text(
+            "/api/v1/projects",
+            &format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {project}}}\nspec:\n  sourceRepos: ['*']\n  destinations: [{{name: '*', namespace: '*'}}]\n  syncWindows:\n    - {{kind: deny, schedule: '* * * * *', duration: 1h, applications: ['*']}}\n"
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = fleet
+        .create_manifest(&format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: {project}\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true, selfHeal: true}}}}\n",
+            repo.path().display(),
+            fleet.cluster
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let path = format!("/api/v1/applications/{project}/{name}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, app) = fleet
+            .call("GET", &path, Some(&fleet.admin), Value::Null)
+            .await;
+        if app["status"]["sync"] == "OutOfSync" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{app}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fleet.config_map(&cm).await.is_none(),
+        "an automated app synced inside a deny window"
+    );
+
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    let app = format!("{project}/{name}");
+    let refused = fleet.cli("admin", &["app", "sync", &app]);
+    assert!(!refused.status.success());
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("not allowed now") && message.contains("deny window"),
+        "{message}"
+    );
+    assert!(fleet.config_map(&cm).await.is_none());
+
+    let shown = fleet.cli("admin", &["app", "get", &app]);
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("Sync window:") && shown.contains("syncs blocked"),
+        "{shown}"
+    );
+    let windows = fleet.cli("admin", &["proj", "windows", "list", &project]);
+    assert!(windows.status.success(), "{}", text(&windows.stderr));
+    let windows = text(&windows.stdout);
+    assert!(
+        windows.contains("Active") && windows.contains("deny") && windows.contains("* * * * *"),
+        "{windows}"
+    );
+    fleet.stop(&[&cm]).await;
+}

@@ -1115,3 +1115,63 @@ async fn a_repository_that_cannot_be_fetched_shows_why_on_its_apps_and_keeps_the
     assert_eq!(record.render_error, None);
     assert_eq!(hub.bundle("a").unwrap().generation, 1);
 }
+
+/// A deny window in the app's project turns automation off in the bundles the
+/// hub issues while it is open, and on again once it closes; the time comes from
+/// the caller, so the test picks it.
+#[tokio::test]
+async fn a_deny_sync_window_turns_automation_off_while_it_is_open() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.admin_project(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {name: default}\nspec:\n  sourceRepos: ['*']\n  destinations: [{name: '*', namespace: '*'}]\n  syncWindows:\n    - {kind: deny, schedule: '0 22 * * *', duration: 1h, applications: ['a']}\n",
+    )
+    .await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+    let day = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                / 86_400
+                * 86_400,
+        );
+    let inside = day + Duration::from_secs(22 * 3600 + 1800);
+    let after = day + Duration::from_secs(23 * 3600 + 1800);
+
+    hub.refresher.refresh_repo(&hub.url, inside).await.unwrap();
+    let blocked = hub.bundle("a").unwrap();
+    assert_eq!(
+        blocked.policy.automated, None,
+        "automated inside a deny window"
+    );
+
+    hub.refresher
+        .apply_sync_windows("default", "a", after)
+        .await
+        .unwrap();
+    let open = hub.bundle("a").unwrap();
+    assert_eq!(open.generation, blocked.generation + 1);
+    assert!(open.policy.automated.as_ref().unwrap().prune);
+    assert_eq!(open.objects, blocked.objects);
+
+    // Nothing changes while the verdict stays the same.
+    hub.refresher
+        .apply_sync_windows("default", "a", after + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(hub.bundle("a").unwrap().generation, open.generation);
+
+    // The next evening the window opens again.
+    let next_evening = inside + Duration::from_secs(86_400);
+    hub.refresher
+        .refresh_repo(&hub.url, next_evening)
+        .await
+        .unwrap();
+    let again = hub.bundle("a").unwrap();
+    assert_eq!(again.generation, open.generation + 1);
+    assert_eq!(again.policy.automated, None);
+}
