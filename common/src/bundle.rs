@@ -116,6 +116,38 @@ pub struct SyncPolicy {
     /// goes, except those marked `Delete=false`, and those marked `Delete=confirm`
     /// unless the deletion was confirmed.
     pub deletion: Option<Deletion>,
+    /// How a failed automated sync is retried (`syncPolicy.retry`); `None` tries
+    /// once.
+    pub retry: Option<Retry>,
+}
+
+/// Argo CD's `syncPolicy.retry`: up to `limit` more attempts after a failed sync,
+/// waiting `backoff_secs`, then that times `factor` each time, at most
+/// `max_backoff_secs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// How many times a failed sync is tried again.
+    pub limit: u32,
+    /// The first wait, in seconds.
+    pub backoff_secs: u64,
+    /// What each wait is multiplied by for the next.
+    pub factor: u64,
+    /// The longest wait, in seconds.
+    pub max_backoff_secs: u64,
+}
+
+impl Retry {
+    /// The waits before each retry, in order.
+    pub fn waits(&self) -> impl Iterator<Item = std::time::Duration> + '_ {
+        let mut next = self.backoff_secs.min(self.max_backoff_secs);
+        (0..self.limit).map(move |_| {
+            let wait = next;
+            next = next
+                .saturating_mul(self.factor.max(1))
+                .min(self.max_backoff_secs);
+            std::time::Duration::from_secs(wait)
+        })
+    }
 }
 
 /// How an app is being deleted.

@@ -578,6 +578,24 @@ impl Application {
             .filter(|a| a.enabled != Some(false))
     }
 
+    /// `syncPolicy.retry` as the agent runs it, with Argo CD's defaults: 5 s, a
+    /// factor of 2, at most 3 min. `None` when the app does not retry.
+    pub fn retry(&self) -> Option<flotilla_common::bundle::Retry> {
+        let retry = self.spec.sync_policy.as_ref()?.retry.as_ref()?;
+        let backoff = retry.backoff.clone().unwrap_or_default();
+        let secs = |text: Option<&str>, default: u64| {
+            text.and_then(retry_duration_secs).unwrap_or(default)
+        };
+        Some(flotilla_common::bundle::Retry {
+            // An unset limit is Argo CD's 0: no retries.
+            limit: u32::try_from(retry.limit.unwrap_or(0)).unwrap_or(0),
+            backoff_secs: secs(backoff.duration.as_deref(), 5),
+            factor: u64::try_from(backoff.factor.unwrap_or(2)).unwrap_or(1),
+            max_backoff_secs: secs(backoff.max_duration.as_deref(), 180),
+        })
+        .filter(|r| r.limit > 0)
+    }
+
     /// True when the sync options hold `Name=true` (options are case-sensitive, as in Argo CD).
     pub fn sync_option(&self, name: &str) -> Option<&str> {
         self.spec
@@ -770,6 +788,45 @@ impl Application {
                     .map_err(|m| invalid(&format!("spec.syncPolicy.syncOptions[{i}]"), m))?;
             }
         }
+        if let Some(retry) = self
+            .spec
+            .sync_policy
+            .as_ref()
+            .and_then(|p| p.retry.as_ref())
+        {
+            if retry.limit.is_some_and(|l| l < 0) {
+                return Err(unsupported(
+                    "spec.syncPolicy.retry.limit",
+                    "unlimited retries (a negative limit) would hold the app's newer revisions back \
+                     forever; set a limit",
+                ));
+            }
+            if retry.refresh {
+                return Err(unsupported(
+                    "spec.syncPolicy.retry.refresh",
+                    "a retry syncs the bundle that failed; a newer revision is synced once the \
+                     retries end",
+                ));
+            }
+            let backoff = retry.backoff.clone().unwrap_or_default();
+            for (field, text) in [
+                ("duration", &backoff.duration),
+                ("maxDuration", &backoff.max_duration),
+            ] {
+                if let Some(text) = text.as_deref().filter(|t| retry_duration_secs(t).is_none()) {
+                    return Err(invalid(
+                        &format!("spec.syncPolicy.retry.backoff.{field}"),
+                        format!("{text:?} is not a duration such as 5s, 2m or 1h (or seconds)"),
+                    ));
+                }
+            }
+            if backoff.factor.is_some_and(|f| f < 1) {
+                return Err(invalid(
+                    "spec.syncPolicy.retry.backoff.factor",
+                    "must be at least 1".to_owned(),
+                ));
+            }
+        }
         for (i, ignore) in self.spec.ignore_differences.iter().enumerate() {
             if let Some(p) = ignore.json_pointers.iter().find(|p| !p.starts_with('/')) {
                 return Err(invalid(
@@ -796,6 +853,16 @@ impl Application {
             SourceKind::Detect
         }
     }
+}
+
+/// A retry backoff: a Go-style duration (`5s`, `2m`), or bare seconds, as Argo CD
+/// reads it.
+fn retry_duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(secs);
+    }
+    project::windows::parse_duration(text).and_then(|d| u64::try_from(d.as_secs()).ok())
 }
 
 pub(crate) use flotilla_common::model::is_dns_subdomain;

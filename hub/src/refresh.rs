@@ -1029,6 +1029,7 @@ impl Refresher {
                             }),
                             sync_options: previous.policy.sync_options.clone(),
                             deletion: Some(bundle::Deletion { confirmed }),
+                            retry: None,
                         },
                         objects: Vec::new(),
                         ..previous
@@ -1246,6 +1247,7 @@ fn sync_policy(app: &Application) -> bundle::SyncPolicy {
         }),
         sync_options: policy.sync_options,
         deletion: None,
+        retry: app.retry(),
     }
 }
 

@@ -84,6 +84,7 @@ pub fn bundle(
             automated,
             sync_options: Vec::new(),
             deletion: None,
+            retry: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", "test"),

@@ -315,3 +315,62 @@ fn a_document_of_another_kind_is_refused() {
         "{e}"
     );
 }
+
+fn with_retry(retry: &str) -> String {
+    GUESTBOOK.replace(
+        "    syncOptions:\n      - CreateNamespace=true",
+        &format!("    retry: {retry}\n    syncOptions:\n      - CreateNamespace=true"),
+    )
+}
+
+#[test]
+fn retry_reads_argo_cds_limit_and_backoff_with_its_defaults() {
+    let app = Application::from_yaml(
+        &with_retry("{limit: 5, backoff: {duration: 10s, factor: 3, maxDuration: 2m}}"),
+        "app.yaml",
+    )
+    .unwrap();
+    let retry = app.retry().unwrap();
+    assert_eq!(
+        (
+            retry.limit,
+            retry.backoff_secs,
+            retry.factor,
+            retry.max_backoff_secs
+        ),
+        (5, 10, 3, 120)
+    );
+    let waits: Vec<u64> = retry.waits().map(|w| w.as_secs()).collect();
+    assert_eq!(waits, [10, 30, 90, 120, 120]);
+    let defaults = Application::from_yaml(&with_retry("{limit: 2}"), "app.yaml").unwrap();
+    let retry = defaults.retry().unwrap();
+    assert_eq!(
+        (retry.backoff_secs, retry.factor, retry.max_backoff_secs),
+        (5, 2, 180)
+    );
+    // Bare seconds, as Argo CD takes them.
+    let bare = Application::from_yaml(
+        &with_retry("{limit: 1, backoff: {duration: '7'}}"),
+        "app.yaml",
+    )
+    .unwrap();
+    assert_eq!(bare.retry().unwrap().backoff_secs, 7);
+    // No limit is Argo CD's 0: no retry.
+    let none = Application::from_yaml(&with_retry("{}"), "app.yaml").unwrap();
+    assert!(none.retry().is_none());
+}
+
+#[test]
+fn retry_fields_flotilla_cannot_honour_are_refused_by_name() {
+    let e = err(&with_retry("{limit: -1}"));
+    assert!(e.contains("spec.syncPolicy.retry.limit"), "{e}");
+    let e = err(&with_retry("{limit: 2, refresh: true}"));
+    assert!(e.contains("spec.syncPolicy.retry.refresh"), "{e}");
+    let e = err(&with_retry("{limit: 2, backoff: {duration: soon}}"));
+    assert!(
+        e.contains("spec.syncPolicy.retry.backoff.duration") && e.contains("soon"),
+        "{e}"
+    );
+    let e = err(&with_retry("{limit: 2, backoff: {factor: 0}}"));
+    assert!(e.contains("spec.syncPolicy.retry.backoff.factor"), "{e}");
+}

@@ -201,6 +201,7 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
         automated: None,
         sync_options: vec!["CreateNamespace=true".to_owned()],
         deletion: None,
+        retry: None,
     };
     bundle.objects = vec![config_map(&ns, "one"), config_map(&ns, "two")];
     let envelope = hub
@@ -340,6 +341,7 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
         automated: Some(Default::default()),
         sync_options: Vec::new(),
         deletion: None,
+        retry: None,
     };
     slow.objects = vec![Object::new(
         Gvk::new("apps", "v1", "Deployment"),

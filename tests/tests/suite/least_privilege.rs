@@ -104,6 +104,7 @@ fn bundle(app: &str, generation: u64, objects: Vec<Object>) -> Bundle {
             }),
             sync_options: Vec::new(),
             deletion: None,
+            retry: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", "east"),

@@ -125,7 +125,7 @@ fn parse(window: &SyncWindow) -> Result<Parsed<'_>, (&'static str, WindowError)>
 }
 
 /// A Go-style duration of hours, minutes and seconds: `1h`, `30m`, `1h30m`, `90s`.
-fn parse_duration(text: &str) -> Option<SignedDuration> {
+pub fn parse_duration(text: &str) -> Option<SignedDuration> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return None;

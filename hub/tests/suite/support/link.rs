@@ -144,6 +144,7 @@ pub fn bundle(
             automated: Some(Automated::default()),
             sync_options: Vec::new(),
             deletion: None,
+            retry: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", cluster),
