@@ -834,6 +834,14 @@ impl Application {
                     format!("{p:?} is not a JSON pointer (it must start with '/')"),
                 ));
             }
+            for (j, expr) in ignore.jq_path_expressions.iter().enumerate() {
+                if let Err(e) = flotilla_common::jq::PathExpr::compile(expr) {
+                    return Err(invalid(
+                        &format!("spec.ignoreDifferences[{i}].jqPathExpressions[{j}]"),
+                        e.to_string(),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ use super::{
     ObjectResult, Outcome, Result, SyncReport, SyncRequest, Task, WaveTiming, app_label, describe,
     desired_hash, has_option, object_option, order, rejected, sync_order, to_value,
 };
-use crate::compare::contains;
+use crate::compare::{self, contains};
 use crate::health::{self, Assessment};
 use crate::store::Owned;
 
@@ -445,6 +445,12 @@ impl Applier {
             }
         }
         let manifest = self.manifest(bundle, task)?;
+        let manifest = match current {
+            Some(current) if respects_ignored(bundle, task) => {
+                compare::respecting_ignored(bundle, &task.resource, manifest, current)
+            }
+            _ => manifest,
+        };
         if let Some(current) = current {
             let same_hash = current
                 .pointer("/metadata/annotations")
@@ -532,7 +538,18 @@ impl Applier {
             };
             let applied = async {
                 let api = self.api(&task.resource).await?;
-                let manifest = self.manifest(bundle, task)?;
+                let mut manifest = self.manifest(bundle, task)?;
+                if respects_ignored(bundle, task) {
+                    let live = api
+                        .get_opt(&task.resource.name)
+                        .await
+                        .map_err(rejected(&task.resource, "read"))?;
+                    if let Some(live) = live {
+                        let live = to_value(&live, &task.resource.gvk);
+                        manifest =
+                            compare::respecting_ignored(bundle, &task.resource, manifest, &live);
+                    }
+                }
                 self.server_side_apply(&api, bundle, task, &manifest).await
             }
             .await;
@@ -672,4 +689,10 @@ pub(super) fn group_by_wave<'t, 'a>(tasks: &'t [Task<'a>]) -> Vec<&'t [Task<'a>]
     tasks
         .chunk_by(|a, b| order::effective_wave(a.object) == order::effective_wave(b.object))
         .collect()
+}
+
+/// `RespectIgnoreDifferences=true`: a sync leaves the fields the app's
+/// `ignoreDifferences` covers as they are live.
+fn respects_ignored(bundle: &Bundle, task: &Task<'_>) -> bool {
+    has_option(bundle, Some(task.object), "RespectIgnoreDifferences=true")
 }

@@ -1126,3 +1126,63 @@ async fn a_cascading_delete_keeps_delete_false_and_waits_for_delete_confirm() {
     assert!(maps.get_opt("keep").await.unwrap().is_some());
     support::delete_namespace(&client, &ns).await;
 }
+
+/// `RespectIgnoreDifferences=true` with `ignoreDifferences` on a Deployment's
+/// replicas (an autoscaler's field): a later sync keeps the replicas another
+/// manager set; without the option the sync puts them back.
+#[tokio::test]
+async fn respect_ignore_differences_keeps_the_live_replicas_on_sync() {
+    let cluster = cluster_for("respect-ignore");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("respect");
+    support::create_namespace(&client, &ns).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let applier = applier(&client);
+    let scale_to = |name: &'static str, replicas: i64| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .patch(
+                    name,
+                    &kube::api::PatchParams::apply("hpa-like").force(),
+                    &kube::api::Patch::Apply(json!({
+                        "apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": name}, "spec": {"replicas": replicas}
+                    })),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let replicas = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move { deployments.get(name).await.unwrap().spec.unwrap().replicas }
+    };
+    for (name, respect) in [("respected", true), ("overwritten", false)] {
+        let app = format!("{ns}-{name}");
+        let make = |generation, image: &str| {
+            let mut d = deployment(&ns, name, 2);
+            let mut manifest = d.manifest_json().unwrap();
+            manifest["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+            d = support::object(manifest);
+            let mut b = bundle(&app, generation, vec![d], None);
+            b.ignore_differences = vec![flotilla_common::bundle::IgnoreDifference {
+                group: "apps".into(),
+                kind: "Deployment".into(),
+                json_pointers: vec!["/spec/replicas".into()],
+                ..Default::default()
+            }];
+            if respect {
+                b.policy.sync_options = vec!["RespectIgnoreDifferences=true".into()];
+            }
+            b
+        };
+        assert!(applier.sync(&make(1, "nginx:1.25")).await.succeeded());
+        scale_to(name, 5).await;
+        let report = applier.sync(&make(2, "nginx:1.26")).await;
+        assert!(report.succeeded(), "{:?}", report.outcome);
+        let expected = if respect { 5 } else { 2 };
+        assert_eq!(replicas(name).await, Some(expected), "{name}");
+    }
+    support::delete_namespace(&client, &ns).await;
+}

@@ -374,3 +374,21 @@ fn retry_fields_flotilla_cannot_honour_are_refused_by_name() {
     let e = err(&with_retry("{limit: 2, backoff: {factor: 0}}"));
     assert!(e.contains("spec.syncPolicy.retry.backoff.factor"), "{e}");
 }
+
+#[test]
+fn jq_path_expressions_are_compiled_at_load_and_a_bad_one_is_named() {
+    let app = GUESTBOOK.replace(
+        "  ignoreDifferences:\n",
+        "  ignoreDifferences:\n    - kind: Pod\n      jqPathExpressions: ['.spec.containers[] | select(.name == \"istio-proxy\")']\n",
+    );
+    Application::from_yaml(&app, "app.yaml").unwrap();
+    let bad = GUESTBOOK.replace(
+        "  ignoreDifferences:\n",
+        "  ignoreDifferences:\n    - kind: Pod\n      jqPathExpressions: ['.spec | select(']\n",
+    );
+    let e = err(&bad);
+    assert!(
+        e.contains("spec.ignoreDifferences[0].jqPathExpressions[0]") && e.contains("not valid jq"),
+        "{e}"
+    );
+}
