@@ -88,6 +88,9 @@ pub struct Owned {
     /// `Delete=confirm`: deleted with the app only when a user confirms it.
     #[serde(default)]
     pub delete_confirm: bool,
+    /// `PruneLast=true` on the object: pruned after the PostSync hooks.
+    #[serde(default)]
+    pub prune_last: bool,
 }
 
 /// The agent's database.

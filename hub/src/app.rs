@@ -496,6 +496,21 @@ const SYNC_OPTIONS: &[(&str, &[&str])] = &[
     ("SkipDryRunOnMissingResource", &["true", "false"]),
     ("Prune", &["true", "false", "confirm"]),
     ("Delete", &["true", "false", "confirm"]),
+    ("Force", &["true", "false"]),
+];
+
+/// Sync options Argo CD defines that Flotilla refuses, and why.
+const REFUSED_SYNC_OPTIONS: &[(&str, &str)] = &[
+    (
+        "ServerSideApply=false",
+        "Flotilla always applies server-side (field manager flotilla); client-side apply is \
+         not implemented, so remove the option",
+    ),
+    (
+        "Force=true",
+        "deleting and re-creating an object the apiserver will not patch is not implemented; \
+         remove the option (Replace=true replaces the object in place)",
+    ),
 ];
 
 /// Checks `Name=value` sync options against the ones Argo CD defines.
@@ -511,6 +526,11 @@ pub fn check_sync_option(option: &str) -> Result<(), String> {
             "sync option {name} takes one of {}, not {value:?}",
             values.join(", ")
         )),
+        Some(_) if let Some((_, why)) = REFUSED_SYNC_OPTIONS.iter().find(|(o, _)| *o == option) => {
+            Err(format!(
+                "sync option {option} is not supported by Flotilla: {why}"
+            ))
+        }
         Some(_) => Ok(()),
     }
 }

@@ -46,21 +46,30 @@ impl Applier {
     /// `Prune=confirm` ones, and never everything at once without allowEmpty. A
     /// deletion bundle (the app is deleted with cascade) keeps `Delete=false`
     /// objects and, unless confirmed, `Delete=confirm` ones.
+    ///
+    /// Runs twice per sync: before PostSync for most objects, and after it
+    /// (`last`) for those marked `PruneLast=true`, on the object or for the app.
     pub(super) async fn prune(
         &self,
         bundle: &Bundle,
         request: &SyncRequest,
         report: &mut SyncReport,
+        last: bool,
     ) -> Result<(), Outcome> {
         let fail = |e: Error| Outcome::Failed {
             resource: None,
             message: e.to_string(),
         };
         let automated = bundle.policy.automated.clone().unwrap_or_default();
-        let (stay, leaving) = self.leaving(bundle, request).map_err(fail)?;
+        let (mut stay, leaving) = self.leaving(bundle, request).map_err(fail)?;
+        let app_last = super::has_option(bundle, None, "PruneLast=true");
+        let (leaving, later): (Vec<Owned>, Vec<Owned>) = leaving
+            .into_iter()
+            .partition(|o| (app_last || o.prune_last) == last);
         if leaving.is_empty() {
             return Ok(());
         }
+        stay.extend(later);
         let desired_empty = !bundle.objects.iter().any(|o| o.hook.is_none());
         if !automated.prune && !request.prune {
             for o in &leaving {

@@ -143,16 +143,12 @@ impl Applier {
         let result = self.run_sync_phase(bundle, &sync, &mut report).await;
         let result = match result {
             Ok(()) => {
-                let prune_last = has_option(bundle, None, "PruneLast=true");
-                let mut result = Ok(());
-                if !prune_last {
-                    result = self.prune(bundle, request, &mut report).await;
-                }
+                let mut result = self.prune(bundle, request, &mut report, false).await;
                 if result.is_ok() {
                     result = self.run_phase(bundle, &post, &mut report).await;
                 }
-                if result.is_ok() && prune_last {
-                    result = self.prune(bundle, request, &mut report).await;
+                if result.is_ok() {
+                    result = self.prune(bundle, request, &mut report, true).await;
                 }
                 result
             }
@@ -222,6 +218,7 @@ impl Applier {
             let delete = object_option(bundle, t.object, "Delete");
             Owned {
                 resource: t.resource.clone(),
+                prune_last: object_option(bundle, t.object, "PruneLast") == Some("true"),
                 prune: prune != Some("false"),
                 delete: delete != Some("false"),
                 prune_confirm: prune == Some("confirm"),

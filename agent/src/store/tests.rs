@@ -23,6 +23,7 @@ async fn an_older_agents_second_database_is_moved_into_the_one_database() {
         delete: false,
         prune_confirm: false,
         delete_confirm: false,
+        prune_last: false,
     }];
     let applied = Applied {
         app: app.clone(),
@@ -73,6 +74,7 @@ async fn the_inventory_and_the_journal_share_one_database() {
         delete: true,
         prune_confirm: false,
         delete_confirm: false,
+        prune_last: false,
     };
     {
         let db = open_database(state.path()).unwrap();

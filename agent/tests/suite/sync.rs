@@ -1186,3 +1186,88 @@ async fn respect_ignore_differences_keeps_the_live_replicas_on_sync() {
     }
     support::delete_namespace(&client, &ns).await;
 }
+
+/// A hook the hub named from its `generateName` runs as a new object on every
+/// sync, even when its delete policy keeps the last one (`HookFailed`).
+#[tokio::test]
+async fn a_generate_name_hook_is_created_afresh_on_every_sync() {
+    let cluster = cluster_for("generate-name");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("genname");
+    support::create_namespace(&client, &ns).await;
+    let hook = || {
+        let mut manifest = support::job(&ns, "before-1a2b3", "PreSync", Some("HookFailed"), false)
+            .manifest_json()
+            .unwrap();
+        manifest["metadata"]["generateName"] = json!("before-");
+        support::object(manifest)
+    };
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let mut uids = Vec::new();
+    for generation in 1..=2 {
+        let b = bundle(
+            &app,
+            generation,
+            vec![hook(), config_map(&ns, "settings")],
+            None,
+        );
+        let report = applier.sync(&b).await;
+        assert!(report.succeeded(), "{:?}", report.outcome);
+        assert!(
+            matches!(report.hooks[0].outcome, HookOutcome::Succeeded),
+            "{:?}",
+            report.hooks
+        );
+        let live = jobs.get("before-1a2b3").await.unwrap();
+        uids.push(live.metadata.uid.unwrap());
+    }
+    assert_ne!(
+        uids[0], uids[1],
+        "the second sync reused the first run's Job"
+    );
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// `PruneLast=true` on one object: the others that left the bundle are pruned
+/// before the PostSync hooks, that one after them.
+#[tokio::test]
+async fn an_object_marked_prune_last_is_pruned_after_the_others() {
+    let cluster = cluster_for("prune-last");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("prunelast");
+    support::create_namespace(&client, &ns).await;
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let mut last = config_map(&ns, "a-last");
+    last.sync_options = vec!["PruneLast=true".into()];
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![last, config_map(&ns, "b-early"), config_map(&ns, "stays")],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+    let second = bundle(
+        &app,
+        2,
+        vec![
+            config_map(&ns, "stays"),
+            support::job(&ns, "after", "PostSync", Some("HookSucceeded"), false),
+        ],
+        policy,
+    );
+    let report = applier.sync(&second).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["b-early", "a-last"]);
+    // Pruned one pass after the other: alphabetically a-last would come first.
+    assert!(report.hooks.iter().any(|h| h.resource.name == "after"));
+    support::delete_namespace(&client, &ns).await;
+}

@@ -392,3 +392,15 @@ fn jq_path_expressions_are_compiled_at_load_and_a_bad_one_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn sync_options_flotilla_cannot_honour_are_refused_with_the_reason() {
+    let e = err(&GUESTBOOK.replace("ServerSideApply=true", "ServerSideApply=false"));
+    assert!(
+        e.contains("ServerSideApply=false is not supported") && e.contains("server-side"),
+        "{e}"
+    );
+    let e = err(&GUESTBOOK.replace("ServerSideApply=true", "Force=true"));
+    assert!(e.contains("Force=true is not supported"), "{e}");
+    assert!(check_sync_option("Force=false").is_ok());
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use flotilla_common::bundle::{Hook, HookDeletePolicy, HookPhase, Object};
 use flotilla_common::model::{ClusterFacts, Gvk, kind_rank};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::{Error, Result};
 use crate::app::check_sync_option;
@@ -56,6 +57,7 @@ pub fn to_objects(
     let mut seen = BTreeSet::new();
     let mut objects = Vec::with_capacity(manifests.len());
     for mut manifest in manifests {
+        name_generated_hook(&mut manifest)?;
         let (gvk, name) = identity(&manifest)?;
         let namespaced = is_namespaced(&gvk, facts, &crd_scopes);
         let namespace = if namespaced {
@@ -95,19 +97,52 @@ pub fn to_objects(
         object.wave = wave(&annotation, object.hook.is_some(), &described)?;
         if let Some(options) = annotation(SYNC_OPTIONS) {
             for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-                if option != "Force=true" {
-                    check_sync_option(option).map_err(|message| Error::Annotation {
-                        object: described.clone(),
-                        annotation: SYNC_OPTIONS,
-                        message,
-                    })?;
-                }
+                check_sync_option(option).map_err(|message| Error::Annotation {
+                    object: described.clone(),
+                    annotation: SYNC_OPTIONS,
+                    message,
+                })?;
                 object.sync_options.push(option.to_owned());
             }
         }
         objects.push(object);
     }
     Ok(objects)
+}
+
+/// A hook with `metadata.generateName` and no name (Argo CD's own examples use
+/// them) gets a name now: the prefix and a digest of the manifest, so the same
+/// hook always has the same name and a bundle can address it. The agent creates
+/// such a hook afresh on every run, as the apiserver would name a new one each
+/// time. Only hooks may leave the name to the server: anything else must be
+/// named to be tracked, pruned and compared, as in Argo CD.
+fn name_generated_hook(manifest: &mut Value) -> Result<()> {
+    let meta = manifest.get("metadata");
+    let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
+    if text("name").is_some_and(|n| !n.is_empty()) {
+        return Ok(());
+    }
+    let Some(prefix) = text("generateName").filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let is_hook = meta
+        .and_then(|m| m.get("annotations"))
+        .is_some_and(|a| a.get(HOOK).is_some() || a.get(HELM_HOOK).is_some());
+    if !is_hook {
+        return Err(Error::NotAnObject {
+            what: format!(
+                "metadata.generateName {prefix:?} without a name: only hooks \
+                 (argocd.argoproj.io/hook or helm.sh/hook) may leave the name to the server"
+            ),
+        });
+    }
+    let digest = Sha256::digest(flotilla_common::bundle::canonical_json(manifest));
+    let suffix: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("{prefix}{}", &suffix[..5]);
+    if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("name".to_owned(), Value::String(name));
+    }
+    Ok(())
 }
 
 fn identity(manifest: &Value) -> Result<(Gvk, String)> {

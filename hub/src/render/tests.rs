@@ -153,3 +153,63 @@ fn the_clusters_facts_decide_scope_before_any_rendered_crd() {
     let objects = objects::to_objects(manifests, Some("shop"), None).unwrap();
     assert_eq!(namespace_of(&objects, "Widget").as_deref(), Some("shop"));
 }
+
+fn hook_job(generate_name: &str, name: Option<&str>, hook: Option<&str>) -> serde_json::Value {
+    let mut job = serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"generateName": generate_name},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "run", "image": "busybox"}]}}}
+    });
+    if let Some(name) = name {
+        job["metadata"]["name"] = serde_json::json!(name);
+    }
+    if let Some(hook) = hook {
+        job["metadata"]["annotations"] = serde_json::json!({ "argocd.argoproj.io/hook": hook });
+    }
+    job
+}
+
+#[test]
+fn a_hook_with_generate_name_gets_a_stable_name_from_its_prefix() {
+    let render = || {
+        objects::to_objects(
+            vec![hook_job("before-", None, Some("PreSync"))],
+            Some("shop"),
+            None,
+        )
+        .unwrap()
+    };
+    let first = render();
+    let name = &first[0].name;
+    assert!(
+        name.starts_with("before-") && name.len() == "before-".len() + 5,
+        "{name}"
+    );
+    assert_eq!(render()[0].name, *name, "the same hook, the same name");
+    let manifest = first[0].manifest_json().unwrap();
+    assert_eq!(manifest["metadata"]["name"], name.as_str());
+    assert_eq!(
+        first[0].hook.as_ref().unwrap().phase,
+        flotilla_common::bundle::HookPhase::PreSync
+    );
+    // A name, when given, wins.
+    let named = objects::to_objects(
+        vec![hook_job("before-", Some("migrate"), Some("PreSync"))],
+        Some("shop"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(named[0].name, "migrate");
+}
+
+#[test]
+fn generate_name_on_an_object_that_is_not_a_hook_is_refused() {
+    let e = objects::to_objects(vec![hook_job("web-", None, None)], Some("shop"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("generateName") && e.contains("only hooks"),
+        "{e}"
+    );
+}
