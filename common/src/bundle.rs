@@ -189,6 +189,17 @@ pub enum HookPhase {
     SyncFail,
     /// Never applied; Argo CD's `Skip`.
     Skip,
+    /// Only when the app is deleted, before its objects go.
+    PreDelete,
+    /// Only when the app is deleted, after its objects are gone.
+    PostDelete,
+}
+
+impl HookPhase {
+    /// Whether the hook runs only when its app is deleted.
+    pub fn on_delete(self) -> bool {
+        matches!(self, Self::PreDelete | Self::PostDelete)
+    }
 }
 
 /// When a hook is deleted (`argocd.argoproj.io/hook-delete-policy`).

@@ -1031,7 +1031,14 @@ impl Refresher {
                             deletion: Some(bundle::Deletion { confirmed }),
                             retry: None,
                         },
-                        objects: Vec::new(),
+                        // Only the hooks that run on deletion: PreDelete before the
+                        // objects go, PostDelete after.
+                        objects: previous
+                            .objects
+                            .iter()
+                            .filter(|o| o.hook.as_ref().is_some_and(|h| h.phase.on_delete()))
+                            .cloned()
+                            .collect(),
                         ..previous
                     }))
                 })

@@ -100,9 +100,16 @@ impl Applier {
             warn!("{warning}");
             report.warnings.push(warning);
         }
+        // A deletion bundle runs its PreDelete and PostDelete hooks around the
+        // prune; any other bundle never runs them.
+        let deleting = bundle.policy.deletion.is_some();
         let tasks: Vec<Task<'_>> = sync_order(&bundle.objects)
             .into_iter()
-            .filter(|o| !matches!(o.hook.as_ref().map(|h| h.phase), Some(HookPhase::Skip)))
+            .filter(|o| match o.hook.as_ref().map(|h| h.phase) {
+                Some(HookPhase::Skip) => false,
+                Some(phase) if phase.on_delete() => deleting,
+                _ => !deleting,
+            })
             // A selective sync applies only the chosen objects and runs no hooks.
             .filter(|o| {
                 request.resources.is_empty()
@@ -115,12 +122,15 @@ impl Applier {
             })
             .collect();
         let phase_of = |t: &Task<'_>| t.object.hook.as_ref().map(|h| h.phase);
-        let (pre, rest): (Vec<_>, Vec<_>) = tasks
-            .into_iter()
-            .partition(|t| phase_of(t) == Some(HookPhase::PreSync));
-        let (post, rest): (Vec<_>, Vec<_>) = rest
-            .into_iter()
-            .partition(|t| phase_of(t) == Some(HookPhase::PostSync));
+        let (before, after) = if deleting {
+            (HookPhase::PreDelete, HookPhase::PostDelete)
+        } else {
+            (HookPhase::PreSync, HookPhase::PostSync)
+        };
+        let (pre, rest): (Vec<_>, Vec<_>) =
+            tasks.into_iter().partition(|t| phase_of(t) == Some(before));
+        let (post, rest): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|t| phase_of(t) == Some(after));
         let (fail, sync): (Vec<_>, Vec<_>) = rest
             .into_iter()
             .partition(|t| phase_of(t) == Some(HookPhase::SyncFail));

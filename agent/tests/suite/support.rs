@@ -110,6 +110,8 @@ pub fn object(manifest: Value) -> Object {
             "Sync" => HookPhase::Sync,
             "PostSync" => HookPhase::PostSync,
             "SyncFail" => HookPhase::SyncFail,
+            "PreDelete" => HookPhase::PreDelete,
+            "PostDelete" => HookPhase::PostDelete,
             _ => HookPhase::Skip,
         };
         let delete_policy = annotation("argocd.argoproj.io/hook-delete-policy")

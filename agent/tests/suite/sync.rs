@@ -1271,3 +1271,72 @@ async fn an_object_marked_prune_last_is_pruned_after_the_others() {
     assert!(report.hooks.iter().any(|h| h.resource.name == "after"));
     support::delete_namespace(&client, &ns).await;
 }
+
+/// PreDelete and PostDelete hooks never run on a sync; when the app is deleted
+/// (the hub's deletion bundle carries them) PreDelete runs before the objects are
+/// deleted and PostDelete after.
+#[tokio::test]
+async fn delete_hooks_run_only_when_the_app_is_deleted() {
+    let cluster = cluster_for("delete-hooks");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("delhooks");
+    support::create_namespace(&client, &ns).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let pre = support::job(&ns, "pre-delete", "PreDelete", None, false);
+    let post = support::job(&ns, "post-delete", "PostDelete", None, false);
+    let first = bundle(
+        &app,
+        1,
+        vec![config_map(&ns, "settings"), pre.clone(), post.clone()],
+        policy,
+    );
+    let report = applier.sync(&first).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    assert!(report.hooks.is_empty(), "{:?}", report.hooks);
+    assert!(jobs.get_opt("pre-delete").await.unwrap().is_none());
+
+    let mut deletion = bundle(
+        &app,
+        2,
+        vec![pre, post],
+        Some(Automated {
+            prune: true,
+            self_heal: false,
+            allow_empty: true,
+        }),
+    );
+    deletion.policy.deletion = Some(flotilla_common::bundle::Deletion { confirmed: false });
+    let report = applier.sync(&deletion).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let ran: Vec<(&str, HookPhase)> = report
+        .hooks
+        .iter()
+        .map(|h| (h.resource.name.as_str(), h.phase))
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("pre-delete", HookPhase::PreDelete),
+            ("post-delete", HookPhase::PostDelete)
+        ]
+    );
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["settings"]);
+    let operation = report.operation(None);
+    assert!(
+        operation
+            .resources
+            .iter()
+            .any(|r| r.resource.name == "post-delete"),
+        "{:?}",
+        operation.resources
+    );
+    support::delete_namespace(&client, &ns).await;
+}

@@ -249,10 +249,15 @@ fn hook<'a>(annotation: &impl Fn(&str) -> Option<&'a str>, object: &str) -> Resu
             "PostSync" => HookPhase::PostSync,
             "SyncFail" => HookPhase::SyncFail,
             "Skip" => HookPhase::Skip,
+            "PreDelete" => HookPhase::PreDelete,
+            "PostDelete" => HookPhase::PostDelete,
             other => {
                 return Err(bad(
                     HOOK,
-                    format!("unknown phase {other:?} (PreSync, Sync, PostSync, SyncFail or Skip)"),
+                    format!(
+                        "unknown phase {other:?} (PreSync, Sync, PostSync, SyncFail, Skip, \
+                         PreDelete or PostDelete)"
+                    ),
                 ));
             }
         };
@@ -273,14 +278,25 @@ fn hook<'a>(annotation: &impl Fn(&str) -> Option<&'a str>, object: &str) -> Resu
         return Ok(None);
     };
     let mut phase = None;
+    let mut on_delete = None;
     for h in value.split(',').map(str::trim) {
         let mapped = match h {
             "pre-install" | "pre-upgrade" => HookPhase::PreSync,
             "post-install" | "post-upgrade" => HookPhase::PostSync,
+            // Argo CD runs the delete hooks when the app is deleted.
+            "pre-delete" => {
+                on_delete = Some(HookPhase::PreDelete);
+                continue;
+            }
+            "post-delete" => {
+                on_delete = Some(HookPhase::PostDelete);
+                continue;
+            }
             "crd-install" => continue,
-            // Argo CD ignores test and delete/rollback hooks: they never run on sync.
-            "test" | "test-success" | "test-failure" | "pre-delete" | "post-delete"
-            | "pre-rollback" | "post-rollback" => HookPhase::Skip,
+            // Argo CD ignores test and rollback hooks: they never run on sync.
+            "test" | "test-success" | "test-failure" | "pre-rollback" | "post-rollback" => {
+                HookPhase::Skip
+            }
             other => return Err(bad(HELM_HOOK, format!("unknown Helm hook {other:?}"))),
         };
         phase = Some(match (phase, mapped) {
@@ -288,6 +304,19 @@ fn hook<'a>(annotation: &impl Fn(&str) -> Option<&'a str>, object: &str) -> Resu
             (_, p) => p,
         });
     }
+    let phase = match (phase, on_delete) {
+        (Some(HookPhase::Skip) | None, Some(delete)) => Some(delete),
+        (Some(sync), Some(_)) => {
+            return Err(bad(
+                HELM_HOOK,
+                format!(
+                    "{value:?} runs on sync ({sync:?}) and on delete; Flotilla runs a hook in one \
+                     phase, so split it into one object per phase"
+                ),
+            ));
+        }
+        (phase, None) => phase,
+    };
     let Some(phase) = phase else {
         return Ok(None);
     };
@@ -347,6 +376,8 @@ fn apply_key(o: &Object) -> (u8, i32, usize, &str, &Option<String>, &str) {
         Some(HookPhase::PostSync) => 2,
         Some(HookPhase::SyncFail) => 3,
         Some(HookPhase::Skip) => 4,
+        Some(HookPhase::PreDelete) => 5,
+        Some(HookPhase::PostDelete) => 6,
     };
     let kind = kind_rank(&o.gvk.kind);
     (phase, o.wave, kind, &o.gvk.kind, &o.namespace, &o.name)

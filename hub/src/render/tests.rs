@@ -213,3 +213,41 @@ fn generate_name_on_an_object_that_is_not_a_hook_is_refused() {
         "{e}"
     );
 }
+
+fn annotated_job(annotations: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "cleanup", "annotations": annotations},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "run", "image": "busybox"}]}}}
+    })
+}
+
+#[test]
+fn delete_hooks_map_as_argo_cd_maps_them() {
+    use flotilla_common::bundle::HookPhase;
+    let phase = |annotations| {
+        objects::to_objects(vec![annotated_job(annotations)], Some("shop"), None)
+            .map(|o| o[0].hook.as_ref().map(|h| h.phase))
+    };
+    assert_eq!(
+        phase(serde_json::json!({"argocd.argoproj.io/hook": "PreDelete"})).unwrap(),
+        Some(HookPhase::PreDelete)
+    );
+    assert_eq!(
+        phase(serde_json::json!({"argocd.argoproj.io/hook": "PostDelete"})).unwrap(),
+        Some(HookPhase::PostDelete)
+    );
+    assert_eq!(
+        phase(serde_json::json!({"helm.sh/hook": "pre-delete"})).unwrap(),
+        Some(HookPhase::PreDelete)
+    );
+    assert_eq!(
+        phase(serde_json::json!({"helm.sh/hook": "post-delete"})).unwrap(),
+        Some(HookPhase::PostDelete)
+    );
+    let e = phase(serde_json::json!({"helm.sh/hook": "post-install,post-delete"}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one phase"), "{e}");
+}
