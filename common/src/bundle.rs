@@ -119,6 +119,18 @@ pub struct SyncPolicy {
     /// How a failed automated sync is retried (`syncPolicy.retry`); `None` tries
     /// once.
     pub retry: Option<Retry>,
+    /// Labels and annotations for the destination namespace that
+    /// `CreateNamespace=true` makes (`syncPolicy.managedNamespaceMetadata`).
+    pub managed_namespace_metadata: Option<NamespaceMetadata>,
+}
+
+/// Labels and annotations Flotilla keeps on a namespace it manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceMetadata {
+    /// Labels to set.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Annotations to set.
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Argo CD's `syncPolicy.retry`: up to `limit` more attempts after a failed sync,
@@ -155,6 +167,9 @@ impl Retry {
 pub struct Deletion {
     /// A user confirmed the deletion, so `Delete=confirm` objects are deleted too.
     pub confirmed: bool,
+    /// Delete in the background (`resources-finalizer.argocd.argoproj.io/background`)
+    /// rather than in the foreground, Argo CD's default.
+    pub background: bool,
 }
 
 /// One `ignoreDifferences` entry of an Argo CD Application.

@@ -57,6 +57,7 @@ pub fn bundle(app: &str, generation: u64, objects: usize) -> Bundle {
             sync_options: vec!["CreateNamespace=true".to_owned()],
             deletion: None,
             retry: None,
+            managed_namespace_metadata: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", CLUSTER),

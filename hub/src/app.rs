@@ -27,6 +27,9 @@ mod tests;
 pub const API_VERSION: &str = "argoproj.io/v1alpha1";
 /// The finalizer that makes deleting an Application delete what it deployed.
 pub const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
+/// The finalizer Argo CD's controller adds while PostDelete hooks run; accepted
+/// in exported manifests, since Flotilla runs those hooks on every cascade.
+pub const POST_DELETE_FINALIZER: &str = "post-delete-finalizer.argocd.argoproj.io";
 /// `destination.server` of the cluster Argo CD itself runs in.
 pub const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 /// The cluster name that [`IN_CLUSTER_SERVER`] stands for.
@@ -581,12 +584,23 @@ impl Application {
             .expect("invariant: a validated Application has a source")
     }
 
-    /// True when the app deletes what it deployed once it is itself deleted.
+    /// True when the app deletes what it deployed once it is itself deleted: the
+    /// resources finalizer, or its `/foreground` or `/background` variant.
     pub fn cascades(&self) -> bool {
+        self.metadata.finalizers.iter().any(|f| {
+            f.strip_prefix(RESOURCES_FINALIZER).is_some_and(|rest| {
+                rest.is_empty() || rest == "/foreground" || rest == "/background"
+            })
+        })
+    }
+
+    /// True when the cascade deletes in the background
+    /// (`resources-finalizer.argocd.argoproj.io/background`).
+    pub fn cascades_in_background(&self) -> bool {
         self.metadata
             .finalizers
             .iter()
-            .any(|f| f == RESOURCES_FINALIZER)
+            .any(|f| *f == format!("{RESOURCES_FINALIZER}/background"))
     }
 
     /// The automated policy, if automation is on.
@@ -660,6 +674,22 @@ impl Application {
                     self.spec.project
                 ),
             ));
+        }
+        for (i, finalizer) in self.metadata.finalizers.iter().enumerate() {
+            let known = finalizer
+                .strip_prefix(RESOURCES_FINALIZER)
+                .is_some_and(|rest| {
+                    rest.is_empty() || rest == "/foreground" || rest == "/background"
+                })
+                || finalizer.starts_with(POST_DELETE_FINALIZER);
+            if !known {
+                return Err(unsupported(
+                    &format!("metadata.finalizers[{i}]"),
+                    "Flotilla knows resources-finalizer.argocd.argoproj.io (and its /foreground \
+                     and /background variants) and Argo CD's post-delete finalizers; an \
+                     Application is not a Kubernetes object here, so no other finalizer runs",
+                ));
+            }
         }
         if self.operation.is_some() {
             return Err(unsupported(
@@ -807,6 +837,19 @@ impl Application {
                 check_sync_option(option)
                     .map_err(|m| invalid(&format!("spec.syncPolicy.syncOptions[{i}]"), m))?;
             }
+        }
+        if self
+            .spec
+            .sync_policy
+            .as_ref()
+            .is_some_and(|p| p.managed_namespace_metadata.is_some())
+            && self.sync_option("CreateNamespace") != Some("true")
+        {
+            return Err(invalid(
+                "spec.syncPolicy.managedNamespaceMetadata",
+                "applies to the namespace CreateNamespace=true makes; add that sync option"
+                    .to_owned(),
+            ));
         }
         if let Some(retry) = self
             .spec

@@ -1028,8 +1028,12 @@ impl Refresher {
                                 allow_empty: true,
                             }),
                             sync_options: previous.policy.sync_options.clone(),
-                            deletion: Some(bundle::Deletion { confirmed }),
+                            deletion: Some(bundle::Deletion {
+                                confirmed,
+                                background: record.application.cascades_in_background(),
+                            }),
                             retry: None,
+                            managed_namespace_metadata: None,
                         },
                         // Only the hooks that run on deletion: PreDelete before the
                         // objects go, PostDelete after.
@@ -1255,6 +1259,12 @@ fn sync_policy(app: &Application) -> bundle::SyncPolicy {
         sync_options: policy.sync_options,
         deletion: None,
         retry: app.retry(),
+        managed_namespace_metadata: policy.managed_namespace_metadata.map(|m| {
+            bundle::NamespaceMetadata {
+                labels: m.labels,
+                annotations: m.annotations,
+            }
+        }),
     }
 }
 

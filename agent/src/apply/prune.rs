@@ -90,10 +90,16 @@ impl Applier {
                 count: leaving.len(),
             }));
         }
-        let propagation = match option_value(bundle, "PrunePropagationPolicy") {
-            Some("background") => PropagationPolicy::Background,
-            Some("orphan") => PropagationPolicy::Orphan,
-            _ => PropagationPolicy::Foreground,
+        let propagation = match (
+            &bundle.policy.deletion,
+            option_value(bundle, "PrunePropagationPolicy"),
+        ) {
+            // Deleting the app: foreground, unless its finalizer says background.
+            (Some(deletion), _) if deletion.background => PropagationPolicy::Background,
+            (Some(_), _) => PropagationPolicy::Foreground,
+            (None, Some("background")) => PropagationPolicy::Background,
+            (None, Some("orphan")) => PropagationPolicy::Orphan,
+            (None, _) => PropagationPolicy::Foreground,
         };
         let label = app_label(&bundle.app);
         let mut remaining = stay;

@@ -203,8 +203,16 @@ impl Applier {
         let namespaces: BTreeSet<&str> = tasks
             .filter_map(|t| t.resource.namespace.as_deref())
             .collect();
+        // managedNamespaceMetadata is for the app's destination namespace, as
+        // in Argo CD.
+        let destination = bundle.project.destination.namespace.as_deref();
         for ns in namespaces {
-            if let Err(e) = self.ensure_namespace(ns).await {
+            let metadata = bundle
+                .policy
+                .managed_namespace_metadata
+                .as_ref()
+                .filter(|_| Some(ns) == destination);
+            if let Err(e) = self.ensure_namespace(ns, metadata).await {
                 return Err(Outcome::Failed {
                     resource: None,
                     message: e.to_string(),
@@ -602,24 +610,37 @@ impl Applier {
         }
     }
 
-    async fn ensure_namespace(&self, name: &str) -> Result<()> {
+    /// Creates namespace `name` if it is missing, and keeps `metadata`'s labels
+    /// and annotations on it (server-side apply, so a label dropped from the
+    /// metadata is dropped from the namespace, and others' labels stay).
+    async fn ensure_namespace(
+        &self,
+        name: &str,
+        metadata: Option<&flotilla_common::bundle::NamespaceMetadata>,
+    ) -> Result<()> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let resource = ResourceRef {
             gvk: Gvk::new("", "v1", "Namespace"),
             namespace: None,
             name: name.to_owned(),
         };
-        if api
+        let mut namespace = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        });
+        if let Some(metadata) = metadata {
+            namespace["metadata"]["labels"] = serde_json::json!(metadata.labels);
+            namespace["metadata"]["annotations"] = serde_json::json!(metadata.annotations);
+        }
+        if let Some(live) = api
             .get_opt(name)
             .await
             .map_err(rejected(&resource, "get"))?
-            .is_some()
         {
-            return Ok(());
+            let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+            if metadata.is_none() || contains(&namespace["metadata"], &live["metadata"]) {
+                return Ok(());
+            }
         }
-        let namespace = serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        });
         self.writes.fetch_add(1, Ordering::Relaxed);
         api.patch(
             name,

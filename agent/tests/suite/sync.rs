@@ -1095,7 +1095,10 @@ async fn a_cascading_delete_keeps_delete_false_and_waits_for_delete_confirm() {
                 allow_empty: true,
             }),
         );
-        b.policy.deletion = Some(flotilla_common::bundle::Deletion { confirmed });
+        b.policy.deletion = Some(flotilla_common::bundle::Deletion {
+            confirmed,
+            background: false,
+        });
         b
     };
     let report = applier.sync(&deletion(3, false)).await;
@@ -1312,7 +1315,10 @@ async fn delete_hooks_run_only_when_the_app_is_deleted() {
             allow_empty: true,
         }),
     );
-    deletion.policy.deletion = Some(flotilla_common::bundle::Deletion { confirmed: false });
+    deletion.policy.deletion = Some(flotilla_common::bundle::Deletion {
+        confirmed: false,
+        background: false,
+    });
     let report = applier.sync(&deletion).await;
     assert!(report.succeeded(), "{:?}", report.outcome);
     let ran: Vec<(&str, HookPhase)> = report
@@ -1339,4 +1345,59 @@ async fn delete_hooks_run_only_when_the_app_is_deleted() {
         operation.resources
     );
     support::delete_namespace(&client, &ns).await;
+}
+
+/// `managedNamespaceMetadata` with `CreateNamespace=true`: the destination
+/// namespace is made with the labels and annotations, and a pre-existing one
+/// gets them added without losing its own.
+#[tokio::test]
+async fn managed_namespace_metadata_labels_the_destination_namespace() {
+    let cluster = cluster_for("ns-metadata");
+    let client = cluster.client().await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let applier = applier(&client);
+    for existing in [false, true] {
+        let ns = unique("nsmeta");
+        if existing {
+            namespaces
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(
+                        json!({"metadata": {"name": ns, "labels": {"own": "yes"}}}),
+                    )
+                    .unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        let mut b = bundle(
+            &format!("{ns}-app"),
+            1,
+            vec![config_map(&ns, "settings")],
+            None,
+        );
+        b.project.destination.namespace = Some(ns.clone());
+        b.policy.sync_options = vec!["CreateNamespace=true".into()];
+        b.policy.managed_namespace_metadata = Some(flotilla_common::bundle::NamespaceMetadata {
+            labels: [("team".to_owned(), "web".to_owned())].into(),
+            annotations: [("owner".to_owned(), "alice".to_owned())].into(),
+        });
+        let report = applier.sync(&b).await;
+        assert!(report.succeeded(), "{:?}", report.outcome);
+        let live = namespaces.get(&ns).await.unwrap();
+        let labels = live.metadata.labels.unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+        if existing {
+            assert_eq!(labels.get("own").map(String::as_str), Some("yes"));
+        }
+        assert_eq!(
+            live.metadata
+                .annotations
+                .unwrap()
+                .get("owner")
+                .map(String::as_str),
+            Some("alice")
+        );
+        support::delete_namespace(&client, &ns).await;
+    }
 }

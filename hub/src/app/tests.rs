@@ -404,3 +404,54 @@ fn sync_options_flotilla_cannot_honour_are_refused_with_the_reason() {
     assert!(e.contains("Force=true is not supported"), "{e}");
     assert!(check_sync_option("Force=false").is_ok());
 }
+
+#[test]
+fn the_resources_finalizer_variants_cascade_and_other_finalizers_are_refused() {
+    for (finalizer, background) in [
+        ("resources-finalizer.argocd.argoproj.io", false),
+        ("resources-finalizer.argocd.argoproj.io/foreground", false),
+        ("resources-finalizer.argocd.argoproj.io/background", true),
+    ] {
+        let app = Application::from_yaml(
+            &GUESTBOOK.replace("resources-finalizer.argocd.argoproj.io", finalizer),
+            "app.yaml",
+        )
+        .unwrap();
+        assert!(app.cascades(), "{finalizer}");
+        assert_eq!(app.cascades_in_background(), background, "{finalizer}");
+    }
+    // Argo CD's controller adds this one; an exported manifest still loads.
+    Application::from_yaml(
+        &GUESTBOOK.replace(
+            "resources-finalizer.argocd.argoproj.io",
+            "post-delete-finalizer.argocd.argoproj.io",
+        ),
+        "app.yaml",
+    )
+    .unwrap();
+    let e = err(&GUESTBOOK.replace(
+        "resources-finalizer.argocd.argoproj.io",
+        "example.com/keep-forever",
+    ));
+    assert!(e.contains("metadata.finalizers[0]"), "{e}");
+    let e = err(&GUESTBOOK.replace(
+        "resources-finalizer.argocd.argoproj.io",
+        "resources-finalizer.argocd.argoproj.io/sideways",
+    ));
+    assert!(e.contains("metadata.finalizers[0]"), "{e}");
+}
+
+#[test]
+fn managed_namespace_metadata_needs_create_namespace() {
+    let with_metadata = GUESTBOOK.replace(
+        "    syncOptions:\n",
+        "    managedNamespaceMetadata:\n      labels: {team: web}\n    syncOptions:\n",
+    );
+    Application::from_yaml(&with_metadata, "app.yaml").unwrap();
+    let e = err(&with_metadata.replace("      - CreateNamespace=true\n", ""));
+    assert!(
+        e.contains("spec.syncPolicy.managedNamespaceMetadata")
+            && e.contains("CreateNamespace=true"),
+        "{e}"
+    );
+}

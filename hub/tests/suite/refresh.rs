@@ -1175,3 +1175,39 @@ async fn a_deny_sync_window_turns_automation_off_while_it_is_open() {
     assert_eq!(again.generation, open.generation + 1);
     assert_eq!(again.policy.automated, None);
 }
+
+/// Deleting an app whose finalizer is the `/background` variant sends a deletion
+/// bundle that deletes in the background; the plain finalizer, in the foreground.
+#[tokio::test]
+async fn the_background_finalizer_makes_the_cascade_delete_in_the_background() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"))
+        .write("apps/b/cm.yaml", &configmap("b", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application(
+        "a",
+        &repo,
+        "apps/a",
+        "  finalizers: [resources-finalizer.argocd.argoproj.io/background]\n",
+    ))
+    .await;
+    hub.declare(&application(
+        "b",
+        &repo,
+        "apps/b",
+        "  finalizers: [resources-finalizer.argocd.argoproj.io]\n",
+    ))
+    .await;
+    hub.refresh().await;
+    for (app, background) in [("a", true), ("b", false)] {
+        let record = hub.store.app("default", app).unwrap().unwrap();
+        hub.refresher
+            .prune_everywhere(&record, SystemTime::now(), false)
+            .await
+            .unwrap();
+        let deletion = hub.bundle(app).unwrap().policy.deletion.unwrap();
+        assert_eq!(deletion.background, background, "{app}");
+        assert!(!deletion.confirmed);
+    }
+}

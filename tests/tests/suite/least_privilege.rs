@@ -105,6 +105,7 @@ fn bundle(app: &str, generation: u64, objects: Vec<Object>) -> Bundle {
             sync_options: Vec::new(),
             deletion: None,
             retry: None,
+            managed_namespace_metadata: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", "east"),

@@ -145,6 +145,7 @@ pub fn bundle(
             sync_options: Vec::new(),
             deletion: None,
             retry: None,
+            managed_namespace_metadata: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", cluster),
