@@ -24,6 +24,7 @@ use crate::source::{self, CommitId, Limits, Repo, RepoFile};
 use crate::store::Store;
 
 mod argument;
+pub mod build_env;
 pub mod directory;
 pub mod helm;
 pub mod kustomize;
@@ -31,6 +32,7 @@ pub mod objects;
 mod tool;
 
 pub use argument::redact_urls;
+use build_env::BuildEnv;
 pub use objects::sort_for_apply;
 pub use tool::{DEFAULT_TIMEOUT, Tools};
 
@@ -227,6 +229,7 @@ impl Renderer {
                 name: source.chart.as_deref().unwrap_or_default(),
                 version: &source.target_revision,
             };
+            let app = &BuildEnv::new(app, &source.target_revision, target.facts).apply(app);
             let out = helm::template(&self.tools, app, chart, target.facts, scratch.path()).await?;
             return Ok((SourceKind::HelmRepo, parse_output("helm template", &out)?));
         }
@@ -262,6 +265,7 @@ impl Renderer {
                         root: &root,
                         dir: &app_dir,
                     };
+                    let app = &BuildEnv::new(app, commit.as_str(), target.facts).apply(app);
                     helm::template(&self.tools, app, chart, target.facts, scratch.path()).await?
                 } else {
                     kustomize::build(&self.tools, &root, &app_dir, source.kustomize.as_ref())
