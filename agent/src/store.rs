@@ -91,6 +91,10 @@ pub struct Owned {
     /// `PruneLast=true` on the object: pruned after the PostSync hooks.
     #[serde(default)]
     pub prune_last: bool,
+    /// `argocd.argoproj.io/compare-options: IgnoreExtraneous`: once it has left
+    /// the bundle and is kept, it does not make the app OutOfSync.
+    #[serde(default)]
+    pub ignore_extraneous: bool,
 }
 
 /// The agent's database.

@@ -30,6 +30,41 @@ pub const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
 /// The finalizer Argo CD's controller adds while PostDelete hooks run; accepted
 /// in exported manifests, since Flotilla runs those hooks on every cascade.
 pub const POST_DELETE_FINALIZER: &str = "post-delete-finalizer.argocd.argoproj.io";
+/// The Application annotation that pauses reconciliation.
+pub const SKIP_RECONCILE: &str = "argocd.argoproj.io/skip-reconcile";
+
+/// The `argocd.argoproj.io/*` annotations an Application may carry: what Flotilla
+/// does with each, or why it refuses it. Any other annotation under that prefix
+/// is refused, so none is silently ignored.
+pub const APPLICATION_ANNOTATIONS: &[(&str, Result<&str, &str>)] = &[
+    (
+        SKIP_RECONCILE,
+        Ok("\"true\" pauses the app: nothing is rendered or issued for it"),
+    ),
+    (
+        "argocd.argoproj.io/sync-wave",
+        Ok(
+            "not applicable: a parent's child Applications are adopted by the hub, not \
+            applied in the parent's sync, so there are no waves to order them by",
+        ),
+    ),
+    (
+        "argocd.argoproj.io/manifest-generate-paths",
+        Ok("not needed: Flotilla works out which apps a commit affects from their sources"),
+    ),
+    (
+        "argocd.argoproj.io/refresh",
+        Err(
+            "Flotilla refreshes on every poll and push webhook; run `flotilla app sync` or \
+             `flotilla app diff` instead of annotating",
+        ),
+    ),
+    (
+        "argocd.argoproj.io/deletion-approved",
+        Err("confirm with `flotilla app confirm` or `flotilla app delete --confirm`"),
+    ),
+];
+
 /// `destination.server` of the cluster Argo CD itself runs in.
 pub const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 /// The cluster name that [`IN_CLUSTER_SERVER`] stands for.
@@ -603,6 +638,15 @@ impl Application {
             .any(|f| *f == format!("{RESOURCES_FINALIZER}/background"))
     }
 
+    /// `argocd.argoproj.io/skip-reconcile: "true"`: the hub leaves the app as it
+    /// is, rendering nothing and issuing nothing, as Argo CD's controller does.
+    pub fn skips_reconcile(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(SKIP_RECONCILE)
+            .is_some_and(|v| v == "true")
+    }
+
     /// The automated policy, if automation is on.
     pub fn automated(&self) -> Option<&Automated> {
         self.spec
@@ -674,6 +718,30 @@ impl Application {
                     self.spec.project
                 ),
             ));
+        }
+        for (key, value) in &self.metadata.annotations {
+            if !key.starts_with("argocd.argoproj.io/") {
+                continue;
+            }
+            match APPLICATION_ANNOTATIONS.iter().find(|(k, _)| k == key) {
+                Some((_, Ok(_)))
+                    if key != SKIP_RECONCILE || value == "true" || value == "false" => {}
+                Some((_, Ok(_))) => {
+                    return Err(invalid(
+                        &format!("metadata.annotations[{key}]"),
+                        format!("must be \"true\" or \"false\", not {value:?}"),
+                    ));
+                }
+                Some((_, Err(why))) => {
+                    return Err(unsupported(&format!("metadata.annotations[{key}]"), why));
+                }
+                None => {
+                    return Err(unsupported(
+                        &format!("metadata.annotations[{key}]"),
+                        "an Argo CD annotation Flotilla does not know on an Application",
+                    ));
+                }
+            }
         }
         for (i, finalizer) in self.metadata.finalizers.iter().enumerate() {
             let known = finalizer

@@ -117,6 +117,9 @@ pub enum Outcome {
     Deleted {
         pruned: bool,
     },
+    /// `argocd.argoproj.io/skip-reconcile: "true"`: neither rendered nor
+    /// re-issued; its clusters keep what they have.
+    SkippedReconcile,
 }
 
 /// What a render does with the Argo CD objects it finds.
@@ -326,6 +329,10 @@ impl Refresher {
                     };
                     done.insert((record.project(), record.name()));
                     let name = format!("{}/{}", record.project(), record.name());
+                    if record.application.skips_reconcile() {
+                        outcomes.push((name, Outcome::SkippedReconcile));
+                        continue;
+                    }
                     let span = info_span!("app", app = %name);
                     let outcome = self
                         .refresh_app(&repo, record, Children::Adopt, now)
@@ -340,7 +347,13 @@ impl Refresher {
             }
             for (project, name) in &done {
                 self.redate_expiring(project, name, now).await?;
-                self.apply_sync_windows(project, name, now).await?;
+                let skipped = self
+                    .store
+                    .app(project, name)?
+                    .is_some_and(|r| r.application.skips_reconcile());
+                if !skipped {
+                    self.apply_sync_windows(project, name, now).await?;
+                }
             }
             Ok(outcomes)
         }

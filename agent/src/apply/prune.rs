@@ -170,11 +170,17 @@ impl Applier {
             .map(|owned| ResourceStatus {
                 message: Some(if owned.prune_confirm {
                     format!("requires pruning; {WAITING_FOR_PRUNE_CONFIRMATION}")
+                } else if owned.ignore_extraneous {
+                    "requires pruning; IgnoreExtraneous: not counted against the app".to_owned()
                 } else {
                     "requires pruning".to_owned()
                 }),
+                sync: if owned.ignore_extraneous && !owned.prune_confirm {
+                    SyncStatus::Synced
+                } else {
+                    SyncStatus::OutOfSync
+                },
                 resource: owned.resource,
-                sync: SyncStatus::OutOfSync,
                 health: Health::Healthy,
             })
             .collect())

@@ -237,6 +237,7 @@ impl Applier {
             Owned {
                 resource: t.resource.clone(),
                 prune_last: object_option(bundle, t.object, "PruneLast") == Some("true"),
+                ignore_extraneous: ignores_extraneous(t.object),
                 prune: prune != Some("false"),
                 delete: delete != Some("false"),
                 prune_confirm: prune == Some("confirm"),
@@ -723,4 +724,14 @@ pub(super) fn group_by_wave<'t, 'a>(tasks: &'t [Task<'a>]) -> Vec<&'t [Task<'a>]
 /// `ignoreDifferences` covers as they are live.
 fn respects_ignored(bundle: &Bundle, task: &Task<'_>) -> bool {
     has_option(bundle, Some(task.object), "RespectIgnoreDifferences=true")
+}
+
+/// Whether the object carries `argocd.argoproj.io/compare-options:
+/// IgnoreExtraneous`.
+fn ignores_extraneous(object: &flotilla_common::bundle::Object) -> bool {
+    object.manifest_json().ok().is_some_and(|m| {
+        m.pointer("/metadata/annotations/argocd.argoproj.io~1compare-options")
+            .and_then(Value::as_str)
+            .is_some_and(|o| o.split(',').any(|o| o.trim() == "IgnoreExtraneous"))
+    })
 }

@@ -24,6 +24,7 @@ async fn an_older_agents_second_database_is_moved_into_the_one_database() {
         prune_confirm: false,
         delete_confirm: false,
         prune_last: false,
+        ignore_extraneous: false,
     }];
     let applied = Applied {
         app: app.clone(),
@@ -75,6 +76,7 @@ async fn the_inventory_and_the_journal_share_one_database() {
         prune_confirm: false,
         delete_confirm: false,
         prune_last: false,
+        ignore_extraneous: false,
     };
     {
         let db = open_database(state.path()).unwrap();

@@ -1401,3 +1401,58 @@ async fn managed_namespace_metadata_labels_the_destination_namespace() {
         support::delete_namespace(&client, &ns).await;
     }
 }
+
+/// `compare-options: IgnoreExtraneous` with `Prune=false`: once the object
+/// leaves Git it is kept, and it does not make the app OutOfSync.
+#[tokio::test]
+async fn an_ignore_extraneous_object_kept_after_leaving_git_does_not_count() {
+    let cluster = cluster_for("ignore-extraneous");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("extraneous");
+    support::create_namespace(&client, &ns).await;
+    let kept = |name: &str, extraneous: bool| {
+        let mut annotations = json!({"argocd.argoproj.io/sync-options": "Prune=false"});
+        if extraneous {
+            annotations["argocd.argoproj.io/compare-options"] = json!("IgnoreExtraneous");
+        }
+        support::object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+            "data": {"k": "v"}}))
+    };
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![
+            kept("quiet", true),
+            kept("loud", false),
+            config_map(&ns, "stays"),
+        ],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+    let second = bundle(&app, 2, vec![config_map(&ns, "stays")], policy);
+    assert!(applier.sync(&second).await.succeeded());
+    let statuses = applier
+        .requiring_pruning(&second.app, |r| r.name == "stays")
+        .unwrap();
+    let sync_of = |name: &str| {
+        statuses
+            .iter()
+            .find(|s| s.resource.name == name)
+            .map(|s| s.sync)
+            .unwrap()
+    };
+    assert_eq!(sync_of("quiet"), flotilla_common::model::SyncStatus::Synced);
+    assert_eq!(
+        sync_of("loud"),
+        flotilla_common::model::SyncStatus::OutOfSync
+    );
+    support::delete_namespace(&client, &ns).await;
+}

@@ -455,3 +455,43 @@ fn managed_namespace_metadata_needs_create_namespace() {
         "{e}"
     );
 }
+
+fn with_annotation(key: &str, value: &str) -> String {
+    GUESTBOOK.replace(
+        "  namespace: argocd\n",
+        &format!("  namespace: argocd\n  annotations:\n    {key}: {value:?}\n"),
+    )
+}
+
+#[test]
+fn argo_cd_annotations_on_an_application_are_known_or_refused_by_name() {
+    let app = Application::from_yaml(
+        &with_annotation("argocd.argoproj.io/skip-reconcile", "true"),
+        "app.yaml",
+    )
+    .unwrap();
+    assert!(app.skips_reconcile());
+    let app = Application::from_yaml(
+        &with_annotation("argocd.argoproj.io/skip-reconcile", "false"),
+        "app.yaml",
+    )
+    .unwrap();
+    assert!(!app.skips_reconcile());
+    Application::from_yaml(
+        &with_annotation("argocd.argoproj.io/sync-wave", "-1"),
+        "app.yaml",
+    )
+    .unwrap();
+    for key in [
+        "argocd.argoproj.io/refresh",
+        "argocd.argoproj.io/deletion-approved",
+        "argocd.argoproj.io/something-new",
+    ] {
+        let e = err(&with_annotation(key, "hard"));
+        assert!(e.contains(&format!("metadata.annotations[{key}]")), "{e}");
+    }
+    let e = err(&with_annotation("argocd.argoproj.io/skip-reconcile", "yes"));
+    assert!(e.contains("skip-reconcile"), "{e}");
+    // Other prefixes are the user's own.
+    Application::from_yaml(&with_annotation("example.com/owner", "web"), "app.yaml").unwrap();
+}

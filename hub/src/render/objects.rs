@@ -15,6 +15,7 @@ pub const SYNC_WAVE: &str = "argocd.argoproj.io/sync-wave";
 pub const HOOK: &str = "argocd.argoproj.io/hook";
 pub const HOOK_DELETE_POLICY: &str = "argocd.argoproj.io/hook-delete-policy";
 pub const SYNC_OPTIONS: &str = "argocd.argoproj.io/sync-options";
+pub const COMPARE_OPTIONS: &str = "argocd.argoproj.io/compare-options";
 const HELM_HOOK: &str = "helm.sh/hook";
 const HELM_HOOK_WEIGHT: &str = "helm.sh/hook-weight";
 const HELM_HOOK_DELETE_POLICY: &str = "helm.sh/hook-delete-policy";
@@ -105,6 +106,15 @@ pub fn to_objects(
                 object.sync_options.push(option.to_owned());
             }
         }
+        if let Some(options) = annotation(COMPARE_OPTIONS) {
+            for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                check_compare_option(option).map_err(|message| Error::Annotation {
+                    object: described.clone(),
+                    annotation: COMPARE_OPTIONS,
+                    message,
+                })?;
+            }
+        }
         objects.push(object);
     }
     Ok(objects)
@@ -143,6 +153,23 @@ fn name_generated_hook(manifest: &mut Value) -> Result<()> {
         meta.insert("name".to_owned(), Value::String(name));
     }
     Ok(())
+}
+
+/// The compare options Flotilla honours: `IgnoreExtraneous` (an object that
+/// left Git and is kept does not make the app OutOfSync) and
+/// `ServerSideDiff=true`, which is how Flotilla always compares.
+fn check_compare_option(option: &str) -> std::result::Result<(), String> {
+    match option {
+        "IgnoreExtraneous" | "ServerSideDiff=true" => Ok(()),
+        "ServerSideDiff=false" => Err(
+            "ServerSideDiff=false is not supported: Flotilla always compares against a \
+             server-side apply dry run"
+                .to_owned(),
+        ),
+        other => Err(format!(
+            "unknown compare option {other:?} (IgnoreExtraneous or ServerSideDiff=true)"
+        )),
+    }
 }
 
 fn identity(manifest: &Value) -> Result<(Gvk, String)> {

@@ -251,3 +251,25 @@ fn delete_hooks_map_as_argo_cd_maps_them() {
         .to_string();
     assert!(e.contains("one phase"), "{e}");
 }
+
+#[test]
+fn compare_options_are_checked_when_rendered() {
+    let with = |options: &str| {
+        objects::to_objects(
+            vec![annotated_job(
+                serde_json::json!({"argocd.argoproj.io/compare-options": options}),
+            )],
+            Some("shop"),
+            None,
+        )
+    };
+    with("IgnoreExtraneous").unwrap();
+    with("IgnoreExtraneous, ServerSideDiff=true").unwrap();
+    let e = with("ServerSideDiff=false").unwrap_err().to_string();
+    assert!(
+        e.contains("compare-options") && e.contains("ServerSideDiff=false"),
+        "{e}"
+    );
+    let e = with("IncludeMutationWebhook=true").unwrap_err().to_string();
+    assert!(e.contains("unknown compare option"), "{e}");
+}

@@ -1359,7 +1359,7 @@ async fn an_open_deny_window_blocks_automated_and_manual_syncs() {
     assert_eq!(status, 201, "{body}");
     let (status, body) = fleet
         .create_manifest(&format!(
-            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: {project}\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true, selfHeal: true}}}}\n",
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: {project}\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true, selfHeal: true}}}}\n  info: [{{name: Runbook, value: 'https://runbooks.example/web'}}]\n",
             repo.path().display(),
             fleet.cluster
         ))
@@ -1398,6 +1398,10 @@ async fn an_open_deny_window_blocks_automated_and_manual_syncs() {
     assert!(
         shown.contains("Sync window:") && shown.contains("syncs blocked"),
         "{shown}"
+    );
+    assert!(
+        shown.contains("Runbook:") && shown.contains("https://runbooks.example/web"),
+        "spec.info is shown: {shown}"
     );
     let windows = fleet.cli("admin", &["proj", "windows", "list", &project]);
     assert!(windows.status.success(), "{}", text(&windows.stderr));

@@ -1211,3 +1211,33 @@ async fn the_background_finalizer_makes_the_cascade_delete_in_the_background() {
         assert!(!deletion.confirmed);
     }
 }
+
+/// `argocd.argoproj.io/skip-reconcile: "true"`: a new commit renders nothing and
+/// issues nothing for the app; its last bundle stays.
+#[tokio::test]
+async fn an_app_that_skips_reconcile_is_not_rendered_or_reissued() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+    hub.refresh().await;
+    let before = hub.bundle("a").unwrap();
+    hub.declare(&application(
+        "a",
+        &repo,
+        "apps/a",
+        "  annotations: {argocd.argoproj.io/skip-reconcile: 'true'}\n",
+    ))
+    .await;
+    repo.write("apps/a/cm.yaml", &configmap("a", "2"));
+    repo.commit("second");
+    let outcomes = hub.refresh().await;
+    assert!(
+        matches!(outcome(&outcomes, "a"), Outcome::SkippedReconcile),
+        "{outcomes:?}"
+    );
+    let after = hub.bundle("a").unwrap();
+    assert_eq!(after.generation, before.generation);
+    assert_eq!(value(&after), "1");
+}
