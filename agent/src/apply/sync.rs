@@ -500,7 +500,16 @@ impl Applier {
             .await?;
         // Refreshes the promise: a later bundle's objects of this kind may wait.
         self.promise_kinds([task.object]);
-        let action = if current.is_some() {
+        // An object that exists without Flotilla's label (one Argo CD or a
+        // person made) is not in the live cache: it was taken over in place,
+        // which its other field managers show.
+        let adopted = applied
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() != Some(FIELD_MANAGER));
+        let action = if current.is_some() || adopted {
             Action::Configured
         } else {
             Action::Created

@@ -1456,3 +1456,97 @@ async fn an_ignore_extraneous_object_kept_after_leaving_git_does_not_count() {
     );
     support::delete_namespace(&client, &ns).await;
 }
+
+/// Moving an app from Argo CD: objects Argo CD created (its instance label and
+/// tracking-id annotation, its field manager, a client-side apply record) are
+/// taken over in place on the first sync, never deleted and re-created, and from
+/// then on they are this app's to prune.
+#[tokio::test]
+async fn objects_argo_cd_managed_are_adopted_in_place() {
+    let cluster = cluster_for("adopt-argo");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("adopt");
+    support::create_namespace(&client, &ns).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    // As Argo CD leaves them: applied under its own field manager.
+    for (kind, manifest) in [
+        (
+            "ConfigMap",
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "settings", "namespace": ns,
+                    "labels": {"app.kubernetes.io/instance": "web"},
+                    "annotations": {"argocd.argoproj.io/tracking-id": "web:/ConfigMap:shop/settings"}},
+                "data": {"name": "settings"}}),
+        ),
+        (
+            "Deployment",
+            deployment(&ns, "web", 2).manifest_json().unwrap(),
+        ),
+    ] {
+        let api: Api<kube::api::DynamicObject> = match kind {
+            "ConfigMap" => Api::namespaced_with(
+                client.clone(),
+                &ns,
+                &kube::api::ApiResource::erase::<ConfigMap>(&()),
+            ),
+            _ => Api::namespaced_with(
+                client.clone(),
+                &ns,
+                &kube::api::ApiResource::erase::<Deployment>(&()),
+            ),
+        };
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply("argocd-controller"),
+            &kube::api::Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap();
+    }
+    let uid_before = maps.get("settings").await.unwrap().metadata.uid;
+    let deployment_uid = deployments.get("web").await.unwrap().metadata.uid;
+
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-web");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![config_map(&ns, "settings"), deployment(&ns, "web", 2)],
+        policy.clone(),
+    );
+    let report = applier.sync(&first).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    assert_eq!(
+        report.resource("settings").unwrap().action,
+        Action::Configured
+    );
+    assert!(report.pruned.is_empty());
+    let live = maps.get("settings").await.unwrap();
+    assert_eq!(
+        live.metadata.uid, uid_before,
+        "re-created instead of adopted"
+    );
+    assert_eq!(
+        live.metadata.labels.as_ref().unwrap()[apply::APP_LABEL],
+        apply::app_label(&first.app)
+    );
+    assert_eq!(
+        deployments.get("web").await.unwrap().metadata.uid,
+        deployment_uid
+    );
+
+    // Adopted objects are the app's own: one that leaves Git is pruned.
+    let second = bundle(&app, 2, vec![deployment(&ns, "web", 2)], policy);
+    let report = applier.sync(&second).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["settings"]);
+    support::delete_namespace(&client, &ns).await;
+}
