@@ -199,6 +199,19 @@ impl AppProject {
                 "the agent applies with its own service account",
             ));
         }
+        if self.spec.orphaned_resources.is_some() {
+            return Err(error(
+                "spec.orphanedResources",
+                "orphaned resource monitoring is not implemented; the agent watches only what \
+                 its apps own",
+            ));
+        }
+        if self.spec.permit_only_project_scoped_clusters {
+            return Err(error(
+                "spec.permitOnlyProjectScopedClusters",
+                "project-scoped clusters are not implemented: every cluster is the admin's",
+            ));
+        }
         if self.spec.roles.iter().any(|r| r.jwt_tokens.is_some()) {
             return Err(error(
                 "spec.roles[].jwtTokens",

@@ -1,3 +1,5 @@
+mod compatibility;
+
 use super::*;
 
 const GUESTBOOK: &str = r#"
@@ -494,4 +496,32 @@ fn argo_cd_annotations_on_an_application_are_known_or_refused_by_name() {
     assert!(e.contains("skip-reconcile"), "{e}");
     // Other prefixes are the user's own.
     Application::from_yaml(&with_annotation("example.com/owner", "web"), "app.yaml").unwrap();
+}
+
+fn project_with(spec: &str) -> String {
+    match parse_manifests(
+        &format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: web}}\nspec:\n  sourceRepos: ['*']\n{spec}"
+        ),
+        "project.yaml",
+    ) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn project_fields_flotilla_does_not_implement_are_refused_by_name() {
+    let e = project_with("  orphanedResources: {warn: true}\n");
+    assert!(e.contains("spec.orphanedResources"), "{e}");
+    let e = project_with("  permitOnlyProjectScopedClusters: true\n");
+    assert!(e.contains("spec.permitOnlyProjectScopedClusters"), "{e}");
+    assert_eq!(
+        project_with("  permitOnlyProjectScopedClusters: false\n"),
+        ""
+    );
+    let e = project_with(
+        "  syncWindows: [{kind: deny, schedule: '0 25 * * *', duration: 1h, applications: ['*']}]\n",
+    );
+    assert!(e.contains("spec.syncWindows[0].schedule"), "{e}");
 }
