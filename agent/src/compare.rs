@@ -6,6 +6,10 @@
 //! A leaf: [`crate::apply`], [`crate::drift`] and the diff and dry run in
 //! [`crate::apply`] all compare through here, and it imports neither.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use flotilla_common::bundle::{Bundle, IgnoreDifference};
 use flotilla_common::jq;
 use flotilla_common::message::DriftEntry;
@@ -261,7 +265,7 @@ fn ignored_paths(
             }
             for expr in &rule.jq_path_expressions {
                 // The hub compiled every expression when it loaded the app.
-                let found = jq::PathExpr::compile(expr).and_then(|e| e.paths(object));
+                let found = compiled(expr).and_then(|e| e.paths(object));
                 match found {
                     Ok(paths) => out.extend(paths.into_iter().map(|p| {
                         p.into_iter()
@@ -277,6 +281,29 @@ fn ignored_paths(
         }
     }
     out
+}
+
+thread_local! {
+    /// Compiled jq expressions: compiling one costs about 2 ms, and drift is
+    /// compared often, for every object a rule applies to.
+    static COMPILED: RefCell<HashMap<String, Rc<jq::PathExpr>>> = RefCell::new(HashMap::new());
+}
+
+/// `expr` compiled, from this thread's cache when it was compiled before.
+fn compiled(expr: &str) -> jq::Result<Rc<jq::PathExpr>> {
+    if let Some(hit) = COMPILED.with(|c| c.borrow().get(expr).cloned()) {
+        return Ok(hit);
+    }
+    let compiled = Rc::new(jq::PathExpr::compile(expr)?);
+    COMPILED.with(|c| {
+        let mut cache = c.borrow_mut();
+        // Expressions come from apps; a bound keeps a churn of them from growing it.
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(expr.to_owned(), compiled.clone());
+    });
+    Ok(compiled)
 }
 
 /// A JSON pointer as a path through `object`: a number is a list position where
