@@ -25,7 +25,7 @@ use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::rbac::Policy;
 use crate::refresh::Refresher;
-use crate::source::{Credentials, RepoSpec};
+use crate::source::{Credentials, RepoSpec, RepositorySecret};
 use crate::store::{AppOrigin, AppRecord, Event, RepoRecord, Store};
 
 mod clusters;
@@ -33,6 +33,7 @@ pub mod error;
 mod health;
 mod projects;
 mod repos;
+mod rollouts;
 mod tokens;
 
 /// What the handlers share.
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub command_timeout: Duration,
     /// What logins may cost: attempts per client and hashes at once.
     pub logins: Arc<LoginThrottle>,
+    /// The rollouts of RollingSync ApplicationSets.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 /// The longest poll interval a repository may have: a week. Longer ones are
@@ -104,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(clusters::routes())
         .merge(projects::routes())
         .merge(repos::routes())
+        .merge(rollouts::routes())
         .merge(tokens::routes())
         .merge(health::routes())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -268,13 +272,38 @@ async fn login(
     reply.into_response()
 }
 
+/// A source with any password in its repoURL replaced.
+fn redacted(source: &crate::app::Source) -> Value {
+    let mut value = serde_json::to_value(source).unwrap_or(Value::Null);
+    if let Some(url) = value.get_mut("repoURL") {
+        *url = Value::String(crate::render::redact_urls(&source.repo_url));
+    }
+    value
+}
+
 /// The app's source with any password in its repoURL replaced.
 fn redacted_source(app: &Application) -> Value {
-    let mut source = serde_json::to_value(app.source()).unwrap_or(Value::Null);
-    if let Some(url) = source.get_mut("repoURL") {
-        *url = Value::String(crate::render::redact_urls(&app.source().repo_url));
-    }
-    source
+    redacted(app.source())
+}
+
+/// Every source of the app with the revision it was last rendered at, when known.
+fn sources_with_revisions(record: &AppRecord) -> Value {
+    let revisions = &record.rendered_revisions;
+    Value::Array(
+        record
+            .application
+            .sources()
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                let mut value = redacted(source);
+                if let (Some(map), Some(revision)) = (value.as_object_mut(), revisions.get(i)) {
+                    map.insert("revision".to_owned(), Value::String(revision.clone()));
+                }
+                value
+            })
+            .collect(),
+    )
 }
 
 fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
@@ -312,6 +341,7 @@ fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
         "destination": app.spec.destination,
         "automated": app.automated().is_some(),
         "origin": record.origin,
+        "sources": sources_with_revisions(record),
         "renderedCommit": record.rendered_commit,
         "renderError": record.render_error,
         "clusters": clusters,
@@ -397,7 +427,7 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
             crate::render::redact_urls(&violation.to_string()),
         );
     }
-    let repo = app.source().repo_url.clone();
+    let repos: Vec<String> = app.sources().iter().map(|s| s.repo_url.clone()).collect();
     let record = AppRecord::new(app, AppOrigin::Store);
     if let Err(e) = state.store.put_app(&record).await {
         return failed(&e);
@@ -405,7 +435,8 @@ async fn create_app(State(state): State<ApiState>, headers: HeaderMap, body: Str
     state
         .audit(&who, "create", format!("application/{object}"))
         .await;
-    if record.application.source().chart.is_none() {
+    // Every source's repository, charts included: the app renders at once.
+    for repo in repos {
         let _ = state.refresh_now.try_send(repo);
     }
     (StatusCode::CREATED, Json(app_summary(&state, &record)))
@@ -533,8 +564,16 @@ async fn list_repos(State(state): State<ApiState>, headers: HeaderMap) -> Reply 
                 Some(Credentials::Https { .. }) => "https",
                 Some(Credentials::Ssh { .. }) => "ssh",
             };
+            let kind = if r.tls_client.is_some() {
+                format!("{kind}+tls-client-cert")
+            } else {
+                kind.to_owned()
+            };
             json!({
                 "url": r.spec().redacted_url(),
+                "type": r.repo_type,
+                "template": r.template,
+                "enableOCI": r.enable_oci,
                 "credentials": kind,
                 "pollIntervalSeconds": r.poll_interval_secs,
                 "webhookSecret": r.webhook_secret.is_some(),
@@ -569,9 +608,14 @@ async fn create_repo(
     headers: HeaderMap,
     Json(req): Json<RepoRequest>,
 ) -> Reply {
+    let mut from_secret = None;
     let spec = match (&req.argocd_secret, &req.url) {
-        (Some(secret), _) => match RepoSpec::from_argocd_secret_yaml(secret.as_bytes()) {
-            Ok(spec) => spec,
+        (Some(secret), _) => match RepositorySecret::from_yaml(secret.as_bytes()) {
+            Ok(read) => {
+                let spec = read.spec.clone();
+                from_secret = Some(read);
+                spec
+            }
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         },
         (None, Some(url)) => {
@@ -627,7 +671,10 @@ async fn create_repo(
         );
     }
     let shown = spec.redacted_url();
-    let mut record = RepoRecord::new(spec);
+    let mut record = match from_secret {
+        Some(read) => RepoRecord::from_secret(read),
+        None => RepoRecord::new(spec),
+    };
     if let Some(secs) = req.poll_interval_seconds {
         record.poll_interval_secs = secs.max(1);
     }

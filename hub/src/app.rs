@@ -245,8 +245,10 @@ pub struct ApplicationSpec {
     pub project: String,
     #[serde(default)]
     pub source: Option<Source>,
-    #[serde(default, skip_serializing)]
-    sources: Option<Value>,
+    /// Multiple sources (Argo CD 2.6+): each renders, or lends its files to the
+    /// others' `$ref/…` value files through its `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<Source>>,
     pub destination: Destination,
     #[serde(default)]
     pub sync_policy: Option<SyncPolicy>,
@@ -288,8 +290,18 @@ pub struct Source {
     pub name: Option<String>,
     #[serde(default, skip_serializing)]
     plugin: Option<Value>,
-    #[serde(default, rename = "ref", skip_serializing)]
-    ref_: Option<Value>,
+    /// A name other sources' Helm value files reach this source's files by
+    /// (`$name/path`); multiple sources only.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub ref_: Option<String>,
+}
+
+impl Source {
+    /// Whether the source renders manifests itself; a source with only a `ref`
+    /// lends its files to other sources and renders nothing.
+    pub fn renders(&self) -> bool {
+        self.chart.is_some() || self.path.is_some()
+    }
 }
 
 fn default_revision() -> String {
@@ -610,12 +622,15 @@ impl Application {
         &self.metadata.name
     }
 
-    /// The source. An `Application` only exists once validated, and validation
-    /// refuses one without a source.
+    /// The source: `spec.source`, or with several sources the first that renders.
+    /// An `Application` only exists once validated, and validation refuses one
+    /// without a source, and several sources of which none renders.
     pub fn source(&self) -> &Source {
-        self.spec
-            .source
-            .as_ref()
+        let sources = self.sources();
+        sources
+            .iter()
+            .find(|s| s.renders())
+            .or(sources.first())
             .expect("invariant: a validated Application has a source")
     }
 
@@ -765,122 +780,69 @@ impl Application {
                 "start a sync with `flotilla app sync` instead of writing an operation",
             ));
         }
-        if self.spec.sources.is_some() {
-            return Err(unsupported(
-                "spec.sources",
-                "an Application has one source in Flotilla; use spec.source",
-            ));
-        }
         if self.spec.source_hydrator.is_some() {
             return Err(unsupported(
                 "spec.sourceHydrator",
                 "source hydration is not implemented",
             ));
         }
-        let Some(source) = &self.spec.source else {
-            return Err(invalid("spec.source", "is required".to_owned()));
-        };
-        if source.plugin.is_some() {
-            return Err(unsupported(
-                "spec.source.plugin",
-                "config management plugins are not implemented",
-            ));
-        }
-        if source.ref_.is_some() {
-            return Err(unsupported(
-                "spec.source.ref",
-                "refs only exist for multiple sources",
-            ));
-        }
-        if source.repo_url.trim().is_empty() {
-            return Err(invalid("spec.source.repoURL", "is required".to_owned()));
-        }
-        match (&source.chart, &source.path) {
+        match (&self.spec.source, &self.spec.sources) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "spec.source",
-                    "sets both chart (a Helm repository) and path (a Git repository); set one"
-                        .to_owned(),
+                    "spec",
+                    "sets both source and sources; Argo CD would ignore source: set one".to_owned(),
                 ));
             }
-            (None, None) => {
+            (None, None) => return Err(invalid("spec.source", "is required".to_owned())),
+            (None, Some(sources)) if sources.is_empty() => {
                 return Err(invalid(
-                    "spec.source.path",
-                    "is required unless chart is set".to_owned(),
+                    "spec.sources",
+                    "is empty; give at least one source".to_owned(),
                 ));
             }
-            _ => {}
-        }
-        if let Some(path) = source
-            .path
-            .as_ref()
-            .filter(|p| p.starts_with('/') || p.split('/').any(|part| part == ".."))
-        {
-            return Err(invalid(
-                "spec.source.path",
-                format!("{path:?} must stay inside the repository"),
-            ));
-        }
-        let types = [
-            source.helm.is_some(),
-            source.kustomize.is_some(),
-            source.directory.is_some(),
-        ];
-        if types.iter().filter(|t| **t).count() > 1 {
-            return Err(invalid(
-                "spec.source",
-                "sets more than one of helm, kustomize and directory; set one".to_owned(),
-            ));
-        }
-        if source.chart.is_some() && (source.kustomize.is_some() || source.directory.is_some()) {
-            return Err(invalid(
-                "spec.source",
-                "a chart is rendered with helm only".to_owned(),
-            ));
-        }
-        if let Some(helm) = &source.helm {
-            if let Some(v) = helm.version.as_deref().filter(|v| *v != "v3") {
-                return Err(invalid(
-                    "spec.source.helm.version",
-                    format!("only v3 exists, not {v:?}"),
-                ));
+            (Some(source), None) => {
+                self.validate_source(source, "spec.source", &BTreeMap::new(), origin)?;
             }
-            if helm.value_files.iter().any(|f| f.starts_with('$')) {
-                return Err(unsupported(
-                    "spec.source.helm.valueFiles",
-                    "$ref value files need multiple sources",
-                ));
+            (None, Some(sources)) => {
+                // Refs first, so any source's value files may name any ref.
+                let mut refs = BTreeMap::new();
+                for (i, source) in sources.iter().enumerate() {
+                    let at = format!("spec.sources[{i}]");
+                    let Some(name) = &source.ref_ else { continue };
+                    let valid = !name.is_empty()
+                        && name.len() <= 63
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    if !valid {
+                        return Err(invalid(
+                            &format!("{at}.ref"),
+                            format!("{name:?} must be letters, digits, '-' or '_'"),
+                        ));
+                    }
+                    if source.chart.is_some() {
+                        return Err(unsupported(
+                            &format!("{at}.ref"),
+                            "a ref names a Git source's files; a chart from a Helm repository has none to lend",
+                        ));
+                    }
+                    if refs.insert(name.clone(), i).is_some() {
+                        return Err(invalid(
+                            &format!("{at}.ref"),
+                            format!("{name:?} is used by another source too"),
+                        ));
+                    }
+                }
+                for (i, source) in sources.iter().enumerate() {
+                    self.validate_source(source, &format!("spec.sources[{i}]"), &refs, origin)?;
+                }
+                if !sources.iter().any(Source::renders) {
+                    return Err(invalid(
+                        "spec.sources",
+                        "no source has a path or a chart, so nothing would render".to_owned(),
+                    ));
+                }
             }
-            if helm.values_object.as_ref().is_some_and(|v| !v.is_object()) {
-                return Err(invalid(
-                    "spec.source.helm.valuesObject",
-                    "must be a mapping".to_owned(),
-                ));
-            }
-        }
-        if let Some(k) = &source.kustomize {
-            if k.common_annotations_envsubst.is_some() {
-                return Err(unsupported(
-                    "spec.source.kustomize.commonAnnotationsEnvsubst",
-                    "environment substitution is not implemented",
-                ));
-            }
-            if k.version.is_some() {
-                return Err(unsupported(
-                    "spec.source.kustomize.version",
-                    "Flotilla runs the one kustomize it ships with",
-                ));
-            }
-        }
-        if source
-            .directory
-            .as_ref()
-            .is_some_and(|d| d.jsonnet.is_some())
-        {
-            return Err(unsupported(
-                "spec.source.directory.jsonnet",
-                "jsonnet is not implemented",
-            ));
         }
 
         let dest = &self.spec.destination;
@@ -977,9 +939,193 @@ impl Application {
         Ok(())
     }
 
+    /// Checks one source at `at` (`spec.source` or `spec.sources[i]`); `refs` are
+    /// the multi-source refs by name (empty for a single source).
+    fn validate_source(
+        &self,
+        source: &Source,
+        at: &str,
+        refs: &BTreeMap<String, usize>,
+        origin: &str,
+    ) -> Result<()> {
+        let name = self.metadata.name.clone();
+        let invalid = |path: &str, message: String| Error::Invalid {
+            origin: origin.to_owned(),
+            kind: "Application",
+            name: name.clone(),
+            path: format!("{at}{path}"),
+            message,
+        };
+        let unsupported = |path: &str, why: &'static str| Error::Unsupported {
+            origin: origin.to_owned(),
+            kind: "Application",
+            name: name.clone(),
+            path: format!("{at}{path}"),
+            why,
+        };
+        let multi = at != "spec.source";
+        if source.plugin.is_some() {
+            return Err(unsupported(
+                ".plugin",
+                "config management plugins are not implemented",
+            ));
+        }
+        if source.ref_.is_some() && !multi {
+            return Err(unsupported(
+                ".ref",
+                "refs only exist for multiple sources (spec.sources)",
+            ));
+        }
+        if source.repo_url.trim().is_empty() {
+            return Err(invalid(".repoURL", "is required".to_owned()));
+        }
+        match (&source.chart, &source.path) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "",
+                    "sets both chart (a Helm repository) and path (a Git repository); set one"
+                        .to_owned(),
+                ));
+            }
+            (None, None) if source.ref_.is_none() => {
+                return Err(invalid(
+                    ".path",
+                    "is required unless chart (or, among several sources, ref) is set".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(path) = source
+            .path
+            .as_ref()
+            .filter(|p| p.starts_with('/') || p.split('/').any(|part| part == ".."))
+        {
+            return Err(invalid(
+                ".path",
+                format!("{path:?} must stay inside the repository"),
+            ));
+        }
+        let types = [
+            source.helm.is_some(),
+            source.kustomize.is_some(),
+            source.directory.is_some(),
+        ];
+        if types.iter().filter(|t| **t).count() > 1 {
+            return Err(invalid(
+                "",
+                "sets more than one of helm, kustomize and directory; set one".to_owned(),
+            ));
+        }
+        if !source.renders() && types.iter().any(|t| *t) {
+            return Err(invalid(
+                "",
+                "a source with only a ref renders nothing; its helm, kustomize or directory \
+                 settings would be ignored"
+                    .to_owned(),
+            ));
+        }
+        if source.chart.is_some() && (source.kustomize.is_some() || source.directory.is_some()) {
+            return Err(invalid("", "a chart is rendered with helm only".to_owned()));
+        }
+        if let Some(helm) = &source.helm {
+            if let Some(v) = helm.version.as_deref().filter(|v| *v != "v3") {
+                return Err(invalid(
+                    ".helm.version",
+                    format!("only v3 exists, not {v:?}"),
+                ));
+            }
+            for file in helm.value_files.iter().filter(|f| f.starts_with('$')) {
+                if !multi {
+                    return Err(unsupported(
+                        ".helm.valueFiles",
+                        "$ref value files need multiple sources (spec.sources)",
+                    ));
+                }
+                let (reference, rest) = file[1..].split_once('/').unwrap_or((&file[1..], ""));
+                if !refs.contains_key(reference) {
+                    return Err(invalid(
+                        ".helm.valueFiles",
+                        format!("{file:?} names ref {reference:?}, which no source has"),
+                    ));
+                }
+                if rest.is_empty()
+                    || rest.starts_with('/')
+                    || rest.split('/').any(|part| part == "..")
+                {
+                    return Err(invalid(
+                        ".helm.valueFiles",
+                        format!(
+                            "{file:?} must name a file inside ref {reference:?}'s checkout, \
+                             without '..' or a leading '/'"
+                        ),
+                    ));
+                }
+            }
+            if helm.values_object.as_ref().is_some_and(|v| !v.is_object()) {
+                return Err(invalid(
+                    ".helm.valuesObject",
+                    "must be a mapping".to_owned(),
+                ));
+            }
+        }
+        if let Some(k) = &source.kustomize {
+            if k.common_annotations_envsubst.is_some() {
+                return Err(unsupported(
+                    ".kustomize.commonAnnotationsEnvsubst",
+                    "environment substitution is not implemented",
+                ));
+            }
+            if k.version.is_some() {
+                return Err(unsupported(
+                    ".kustomize.version",
+                    "Flotilla runs the one kustomize it ships with",
+                ));
+            }
+        }
+        if source
+            .directory
+            .as_ref()
+            .is_some_and(|d| d.jsonnet.is_some())
+        {
+            return Err(unsupported(
+                ".directory.jsonnet",
+                "jsonnet is not implemented",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every source of the app: `spec.sources`, or `spec.source` alone.
+    pub fn sources(&self) -> &[Source] {
+        match (&self.spec.sources, &self.spec.source) {
+            (Some(sources), _) if !sources.is_empty() => sources,
+            (_, Some(source)) => std::slice::from_ref(source),
+            _ => &[],
+        }
+    }
+
+    /// Whether the app has more than one source (`spec.sources`).
+    pub fn is_multi_source(&self) -> bool {
+        self.spec.sources.is_some()
+    }
+
+    /// Whether the app is rendered from something other than one Git source: a
+    /// chart from a Helm repository, or several sources. Such apps are resolved
+    /// source by source ([`crate::refresh`]), not from one Git commit.
+    pub fn needs_resolved_sources(&self) -> bool {
+        self.is_multi_source() || self.sources().iter().any(|s| s.chart.is_some())
+    }
+
     /// How the source is rendered, from what the Application says.
     pub fn source_kind(&self) -> SourceKind {
-        let source = self.source();
+        self.source().kind()
+    }
+}
+
+impl Source {
+    /// How this source is rendered, from what it says.
+    pub fn kind(&self) -> SourceKind {
+        let source = self;
         if source.chart.is_some() {
             SourceKind::HelmRepo
         } else if source.helm.is_some() {

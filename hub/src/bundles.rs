@@ -11,6 +11,11 @@
 //!
 //! A refresh issues one bundle per cluster into a [`Batch`], which makes them all
 //! durable with one flush before any agent hears of them.
+//!
+//! The issuer is also the gate of rollouts: a refresh proposes each new bundle
+//! ([`Batch::propose`]), and one of an app a RollingSync rollout drives is held
+//! (stored unsigned, no generation taken, never sent) until the rollout's step
+//! reaches the app and [`crate::rollout`] issues it.
 
 use flotilla_common::bundle::{Bundle, Envelope};
 use flotilla_common::model::AppRef;
@@ -54,6 +59,17 @@ pub enum Error<E: std::error::Error + 'static> {
         "generation of {app} for cluster {cluster}: other writers took the next one {ATTEMPTS} times in a row"
     )]
     Contended { app: AppRef, cluster: String },
+}
+
+/// What became of a proposed bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proposed {
+    /// It was issued as this generation.
+    Issued(u64),
+    /// A rollout drives the app: the bundle is held until its step starts.
+    Held,
+    /// The draft changed nothing.
+    Unchanged,
 }
 
 /// The newest stored bundle of an (app, cluster).
@@ -122,6 +138,7 @@ impl Issuer {
         Batch {
             issuer: self,
             written: Vec::new(),
+            held: 0,
         }
     }
 
@@ -140,6 +157,8 @@ impl Issuer {
 pub struct Batch<'a> {
     issuer: &'a Issuer,
     written: Vec<Unflushed>,
+    /// Held bundles written or dropped since the last commit.
+    held: usize,
 }
 
 impl Batch<'_> {
@@ -200,9 +219,45 @@ impl Batch<'_> {
         })
     }
 
+    /// As [`Batch::issue`] for a new desired state, unless a rollout drives the
+    /// app: then the draft is held, unsigned and with no generation taken, in
+    /// place of what was held before, and no agent sees it until the rollout
+    /// issues it. A draft that changes nothing drops what was held.
+    pub fn propose<E: std::error::Error + 'static>(
+        &mut self,
+        app: &AppRef,
+        cluster: &str,
+        mut draft: impl FnMut(u64, Option<&Latest>) -> Result<Option<Bundle>, E>,
+    ) -> Result<Proposed, Error<E>> {
+        let store = &self.issuer.store;
+        if store.rollout_member(&app.project, &app.name)?.is_none() {
+            return Ok(self
+                .issue(app, cluster, draft)?
+                .map_or(Proposed::Unchanged, Proposed::Issued));
+        }
+        let latest = self.issuer.latest(app, cluster)?;
+        let generation = latest.as_ref().map_or(1, |l| l.generation + 1);
+        self.held += 1;
+        let Some(mut bundle) = draft(generation, latest.as_ref()).map_err(Error::Draft)? else {
+            store.forget_held_bundle(&app.project, &app.name, cluster)?;
+            return Ok(Proposed::Unchanged);
+        };
+        bundle.app = app.clone();
+        bundle.cluster = cluster.to_owned();
+        let bytes = bundle.encode().map_err(|e| Error::Sign {
+            app: app.clone(),
+            cluster: cluster.to_owned(),
+            generation,
+            source: signing::Error::Bundle(e),
+        })?;
+        store.write_held_bundle(&app.project, &app.name, cluster, &bytes)?;
+        debug!(%app, cluster, revision = %bundle.source.revision, "held a bundle for its rollout step");
+        Ok(Proposed::Held)
+    }
+
     /// How many bundles are written and not yet committed.
     pub fn pending(&self) -> usize {
-        self.written.len()
+        self.written.len() + self.held
     }
 
     /// Commits what is written so far and keeps the batch open: a refresh of
@@ -210,6 +265,9 @@ impl Batch<'_> {
     /// pushes the first while the rest are still being written.
     pub async fn commit_pending(&mut self) -> Result<(), store::Error> {
         let written = std::mem::take(&mut self.written);
+        if std::mem::take(&mut self.held) > 0 {
+            self.issuer.store.flush_held_bundles().await?;
+        }
         self.issuer.store.commit_bundles(written).await
     }
 

@@ -27,6 +27,7 @@ pub mod output;
 pub mod project;
 pub mod render;
 pub mod repo;
+pub mod rollout;
 
 /// The work failed.
 pub const EXIT_FAILED: u8 = 1;

@@ -574,6 +574,9 @@ pub struct JoinInfo<'a> {
     /// The namespaces the agent may act in (see [`parse_namespaces`]); empty for
     /// the whole cluster.
     pub namespaces: &'a [String],
+    /// The storage class of the agent's state claim (see [`is_storage_class`]);
+    /// `None` for the cluster's default.
+    pub storage_class: Option<&'a str>,
 }
 
 /// The namespaces of `cluster add --namespaces` (comma-separated lists, repeatable):
@@ -612,6 +615,19 @@ pub fn is_host_port(address: &str) -> bool {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
         })
+}
+
+/// A storage class name: a DNS subdomain (lowercase letters, digits, '-' and '.',
+/// at most 253 characters, starting and ending alphanumeric).
+pub fn is_storage_class(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
 }
 
 /// An image name as the manifest writes it before `:VERSION`: a registry host

@@ -3,11 +3,15 @@
 //!
 //! Read it in the order the data flows, from a Git commit to what the API shows:
 //!
-//! 1. [`source`]: Git repositories, fetched with gix, and the trees at a commit.
+//! 1. [`source`]: Git repositories, fetched with gix, and the trees at a commit;
+//!    [`chart`]: charts from Helm repositories and OCI registries, by digest.
 //! 2. [`app`]: Argo CD Applications, ApplicationSets and AppProjects, as written.
 //! 3. [`render`]: an Application at a commit, for one cluster, becomes objects.
-//! 4. [`refresh`]: a repository's new commit becomes rendered, signed bundles.
-//! 5. [`bundles`]: the one writer of bundles, which allocates each generation.
+//! 4. [`refresh`]: a repository's new commit (or chart version) becomes rendered,
+//!    signed bundles; apps with a chart or several sources resolve each source.
+//! 5. [`bundles`]: the one writer of bundles, which allocates each generation
+//!    and holds the new bundles of apps a RollingSync [`rollout`] drives until
+//!    their step starts.
 //! 6. [`link`]: the QUIC link that registers agents, sends bundles and commands,
 //!    and takes their acknowledgements and Status reports.
 //! 7. [`status`]: an app's sync and health state, derived from what the hub holds.
@@ -22,6 +26,8 @@
 
 pub mod source;
 
+pub mod chart;
+
 pub mod app;
 
 pub mod render;
@@ -29,6 +35,8 @@ pub mod render;
 pub mod refresh;
 
 pub mod bundles;
+
+pub mod rollout;
 
 pub mod link;
 

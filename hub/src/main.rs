@@ -49,6 +49,9 @@ enum Command {
     /// AppProjects and their roles' tokens.
     #[command(subcommand)]
     Proj(cli::project::ProjCommand),
+    /// Rollouts of ApplicationSets with a RollingSync strategy.
+    #[command(subcommand)]
+    Rollout(cli::rollout::RolloutCommand),
     /// Print a shell completion script: `source <(flotilla completion bash)`.
     Completion(cli::completion::CompletionArgs),
 }
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
             Command::Account(command) => cli::account::run(command, &connection).await,
             Command::Cluster(command) => cli::cluster::run(command, &connection).await,
             Command::Proj(command) => cli::project::run(command, &connection).await,
+            Command::Rollout(command) => cli::rollout::run(command, &connection).await,
             Command::Completion(args) => cli::completion::run(args, Cli::command()),
         }
     });

@@ -24,10 +24,14 @@ use crate::app::adoption::{self, Refusal};
 use crate::app::appset::{ClusterParams, GeneratorInput};
 use crate::app::project::{self, Violation, windows};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
+use crate::chart::{self, ChartCache, Pulled};
 use crate::metrics::Metrics;
+use crate::render::{Input, SourceInput};
 use crate::render::{Renderer, Target, affected_by};
 use crate::source::{self, CommitId, Repo, RepoCache, RepoSpec};
-use crate::store::{self, AppOrigin, AppRecord, ClusterRecord, Event, Store};
+use crate::store::{
+    self, AppOrigin, AppRecord, ClusterRecord, Event, Member, RepoRecord, RolloutRecord, Store,
+};
 
 /// How long one fetch may take before the refresh gives up on it.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -54,9 +58,10 @@ pub enum Error {
     /// The app to render does not exist.
     #[error("application {app} not found")]
     NoSuchApp { app: String },
-    /// A Helm repository chart has versions, not Git revisions.
+    /// A chart from a Helm repository has versions, not Git revisions, and several
+    /// sources have a revision each.
     #[error(
-        "application {app} takes its chart from a Helm repository; sync --revision needs a Git source"
+        "application {app} has a chart from a Helm repository or several sources; sync --revision needs one Git source"
     )]
     RevisionUnsupported { app: String },
     /// A bundle to be signed again no longer passes the app's AppProject as it is
@@ -157,6 +162,8 @@ pub fn recheck_bundle(store: &Store, app: &Application, bundle: &mut Bundle) -> 
 pub struct Refresher {
     store: Store,
     cache: Arc<RepoCache>,
+    /// Chart archives by digest.
+    charts: Arc<ChartCache>,
     renderer: Renderer,
     /// The one writer of bundle generations.
     issuer: Arc<Issuer>,
@@ -174,9 +181,16 @@ type AppLocks =
 impl Refresher {
     pub async fn new(store: Store, cache: RepoCache, renderer: Renderer) -> Result<Self> {
         let issuer = Arc::new(Issuer::new(store.clone()).await?);
+        let charts = ChartCache::new(cache.root().join(".charts")).map_err(|e| {
+            Error::Source(source::Error::CacheDir {
+                path: cache.root().join(".charts"),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
         Ok(Self {
             store: store.clone(),
             cache: Arc::new(cache),
+            charts: Arc::new(charts),
             // Renders kept in the hub's store survive a restart.
             renderer: if renderer.has_store() {
                 renderer
@@ -206,6 +220,28 @@ impl Refresher {
         lock.lock_owned().await
     }
 
+    /// Keeps chart archives in `charts` (whose extra certificate authorities chart
+    /// repositories and the renderer's dependency fetches are trusted with).
+    pub fn with_chart_cache(mut self, charts: ChartCache) -> Self {
+        self.renderer = std::mem::replace(
+            &mut self.renderer,
+            Renderer::new(crate::render::Tools::from_env()),
+        )
+        .with_extra_roots(charts.extra_roots().to_vec());
+        self.charts = Arc::new(charts);
+        self
+    }
+
+    /// The chart archive cache, for its hit count.
+    pub fn chart_cache(&self) -> &ChartCache {
+        &self.charts
+    }
+
+    /// The renderer, for its cache hit count.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
     /// Gives up on a fetch after `timeout` instead of [`DEFAULT_FETCH_TIMEOUT`].
     pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = timeout;
@@ -216,8 +252,11 @@ impl Refresher {
     /// fetch is told to stop and the refresh fails with [`Error::FetchTimeout`]; a
     /// remote that stalls costs its own refresh, never another repository's.
     async fn fetch(&self, url: &str) -> Result<Repo> {
-        let spec = match self.store.repo(url)? {
-            Some(record) => record.spec(),
+        let spec = match self.store.repo_access(url)? {
+            Some(record) => RepoSpec {
+                url: url.to_owned(),
+                credentials: record.credentials,
+            },
             None => RepoSpec::new(url),
         };
         let cache = self.cache.clone();
@@ -270,10 +309,12 @@ impl Refresher {
             let mut outcomes = Vec::new();
             let mut allowed = false;
             let mut refused = Vec::new();
+            let mut needs_git = false;
             for record in self.store.apps()? {
-                if !source::webhook::same_repository(&record.application.source().repo_url, url) {
+                if !record.uses_repository(url) {
                     continue;
                 }
+                needs_git |= !record.application.needs_resolved_sources();
                 match self.project_permits_source(&record.application)? {
                     Ok(()) => allowed = true,
                     Err(violation) => refused.push((record, violation)),
@@ -291,12 +332,18 @@ impl Refresher {
                 }
                 return Ok(outcomes);
             }
-            let repo = match self.fetch(url).await {
-                Ok(repo) => repo,
-                Err(e) => {
-                    self.record_fetch_failure(url, &e).await?;
-                    return Err(e);
+            // Charts and apps of several sources resolve each source themselves;
+            // the Git fetch here serves the apps of one Git source.
+            let repo = if needs_git {
+                match self.fetch(url).await {
+                    Ok(repo) => Some(repo),
+                    Err(e) => {
+                        self.record_fetch_failure(url, &e).await?;
+                        return Err(e);
+                    }
                 }
+            } else {
+                None
             };
             // Children adopted from a parent are refreshed in the same pass, so a
             // whole app-of-apps tree settles in one refresh.
@@ -306,9 +353,7 @@ impl Refresher {
                     .store
                     .apps()?
                     .into_iter()
-                    .filter(|a| {
-                        source::webhook::same_repository(&a.application.source().repo_url, url)
-                    })
+                    .filter(|a| a.uses_repository(url))
                     .filter(|a| !done.contains(&(a.project(), a.name())))
                     .collect();
                 if pending.is_empty() {
@@ -334,10 +379,19 @@ impl Refresher {
                         continue;
                     }
                     let span = info_span!("app", app = %name);
-                    let outcome = self
-                        .refresh_app(&repo, record, Children::Adopt, now)
-                        .instrument(span)
-                        .await?;
+                    let outcome = if record.application.needs_resolved_sources() {
+                        self.refresh_resolved(record, Children::Adopt, now)
+                            .instrument(span)
+                            .await?
+                    } else if let Some(repo) = &repo {
+                        self.refresh_app(repo, record, Children::Adopt, now)
+                            .instrument(span)
+                            .await?
+                    } else {
+                        // A child of one Git source adopted in this pass from a
+                        // chart: its own repository's refresh renders it.
+                        continue;
+                    };
                     outcomes.extend(
                         outcome
                             .into_iter()
@@ -368,7 +422,8 @@ impl Refresher {
     async fn record_fetch_failure(&self, url: &str, error: &Error) -> Result<()> {
         let message = crate::render::redact_urls(&flotilla_common::error::describe(error));
         for record in self.store.apps()? {
-            if !source::webhook::same_repository(&record.application.source().repo_url, url)
+            if !record.uses_repository(url)
+                || record.application.needs_resolved_sources()
                 || record.render_error.as_deref() == Some(message.as_str())
                 || self.project_permits_source(&record.application)?.is_err()
             {
@@ -538,7 +593,7 @@ impl Refresher {
                     app: format!("{project}/{name}"),
                 });
             };
-            if record.application.source().chart.is_some() {
+            if record.application.needs_resolved_sources() {
                 return Err(Error::RevisionUnsupported {
                     app: format!("{project}/{name}"),
                 });
@@ -623,26 +678,9 @@ impl Refresher {
             }
         }
 
-        let clusters: Vec<ClusterRecord> = self
-            .store
-            .clusters()?
-            .into_iter()
-            .filter(|c| c.is_destination(&app.spec.destination))
-            .collect();
-        if clusters.is_empty() {
-            let dest = &app.spec.destination;
-            let named = dest
-                .name
-                .as_deref()
-                .or(dest.server.as_deref())
-                .unwrap_or("");
-            return self
-                .fail(
-                    record,
-                    format!("destination cluster {named:?} is not registered"),
-                )
-                .await;
-        }
+        let Some(clusters) = self.destinations(&app)? else {
+            return self.fail_no_destination(record).await;
+        };
 
         let mut rendered_per_cluster = Vec::new();
         for cluster in &clusters {
@@ -666,7 +704,61 @@ impl Refresher {
                 }
             }
         }
+        let revision = commit.to_string();
+        record.rendered_revisions = vec![revision.clone()];
+        self.store_rendered(
+            record,
+            &app,
+            &project,
+            rendered_per_cluster,
+            &revision,
+            children_policy,
+            now,
+        )
+        .await
+    }
 
+    /// The registered clusters `app`'s destination names; `None` when there is none.
+    fn destinations(&self, app: &Application) -> Result<Option<Vec<ClusterRecord>>> {
+        let clusters: Vec<ClusterRecord> = self
+            .store
+            .clusters()?
+            .into_iter()
+            .filter(|c| c.is_destination(&app.spec.destination))
+            .collect();
+        Ok((!clusters.is_empty()).then_some(clusters))
+    }
+
+    async fn fail_no_destination(&self, record: AppRecord) -> Result<Vec<(String, Outcome)>> {
+        {
+            let dest = &record.application.spec.destination;
+            let named = dest
+                .name
+                .as_deref()
+                .or(dest.server.as_deref())
+                .unwrap_or("")
+                .to_owned();
+            self.fail(
+                record,
+                format!("destination cluster {named:?} is not registered"),
+            )
+            .await
+        }
+    }
+
+    /// Checks what each cluster rendered against the project, stores the bundles
+    /// that changed, adopts the children, and records `revision` as rendered.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_rendered(
+        &self,
+        mut record: AppRecord,
+        app: &Application,
+        project: &AppProject,
+        rendered_per_cluster: Vec<(&ClusterRecord, crate::render::Rendered)>,
+        revision: &str,
+        children_policy: Children,
+        now: SystemTime,
+    ) -> Result<Vec<(String, Outcome)>> {
         let mut outcomes = Vec::new();
         let mut generations = Vec::new();
         let mut kind = None;
@@ -680,7 +772,7 @@ impl Refresher {
                 Ok(split) => split,
                 Err(e) => return self.fail(record, e).await,
             };
-            if let Err(violation) = project.permits(&app, &objects) {
+            if let Err(violation) = project.permits(app, &objects) {
                 return self
                     .fail_project(record, format!("cluster {}: {violation}", cluster.name))
                     .await;
@@ -701,8 +793,9 @@ impl Refresher {
         }
         // ApplicationSets are expanded once, and before anything is stored, so a
         // failing generator leaves every cluster's bundle as it was.
+        let mut rolling = Vec::new();
         let children = match children
-            .map(|found| self.expand_sets(found, &project))
+            .map(|found| self.expand_sets(found, project, &mut rolling))
             .transpose()
         {
             Ok(children) => children,
@@ -714,7 +807,7 @@ impl Refresher {
         let mut stored = Ok(());
         for (cluster, objects) in checked {
             match self.store_bundle(
-                &mut batch, &record, &app, &project, cluster, &commit, objects, now,
+                &mut batch, &record, app, project, cluster, revision, objects, now,
             ) {
                 Ok(Some(generation)) => {
                     generations.push((cluster.name.clone(), generation));
@@ -740,26 +833,177 @@ impl Refresher {
             let (adopted, refused) = self.adopt(&record, children, now).await?;
             outcomes.extend(adopted);
             record.refused_children = refused;
+            self.record_rollouts(&record, rolling).await?;
         }
 
-        record.rendered_commit = Some(commit.to_string());
+        record.rendered_commit = Some(revision.to_owned());
         record.rendered_kind = kind;
         record.render_error = None;
         record.project_violation = false;
         self.store.put_app(&record).await?;
         let outcome = if generations.is_empty() {
             Outcome::Unchanged {
-                commit: commit.to_string(),
+                commit: revision.to_owned(),
             }
         } else {
-            info!(commit = %commit, ?generations, "rendered new bundles");
+            info!(revision, ?generations, "rendered new bundles");
             Outcome::Rendered {
-                commit: commit.to_string(),
+                commit: revision.to_owned(),
                 generations,
             }
         };
         outcomes.insert(0, (String::new(), outcome));
         Ok(outcomes)
+    }
+
+    /// Refreshes an app with a chart from a Helm repository or several sources:
+    /// resolves each source (a Git fetch, or a chart repository's index or a
+    /// registry's tags), renders when any source's revision moved, and stores
+    /// what changed. A source that cannot be resolved is a condition on the app
+    /// naming the source, its repository and (for a chart) the chart; its last
+    /// good bundles stay in force.
+    async fn refresh_resolved(
+        &self,
+        mut record: AppRecord,
+        children_policy: Children,
+        now: SystemTime,
+    ) -> Result<Vec<(String, Outcome)>> {
+        let app = record.application.clone();
+        let project = match self.project_of(&app)? {
+            Ok(project) => project,
+            Err(missing) => return self.fail_project(record, missing.to_string()).await,
+        };
+        if let Err(violation) = project.permits(&app, &[]) {
+            return self.fail_project(record, violation.to_string()).await;
+        }
+
+        let sources = app.sources();
+        let multi = app.is_multi_source();
+        let at = |i: usize| {
+            if multi {
+                format!("spec.sources[{i}]")
+            } else {
+                "spec.source".to_owned()
+            }
+        };
+        let mut fetched: Vec<Fetched> = Vec::with_capacity(sources.len());
+        for (i, source) in sources.iter().enumerate() {
+            let got = if let Some(chart_name) = &source.chart {
+                self.pull_chart(source, chart_name)
+                    .await
+                    .map(Fetched::Chart)
+                    .map_err(|e| format!("{}: {e}", at(i)))
+            } else {
+                match self.fetch(&source.repo_url).await {
+                    Ok(repo) => repo
+                        .resolve(&source.target_revision)
+                        .map(|commit| Fetched::Git {
+                            repo: Box::new(repo),
+                            commit,
+                        })
+                        .map_err(|e| format!("{}: {e}", at(i))),
+                    Err(e) => Err(format!(
+                        "{}: {}",
+                        at(i),
+                        flotilla_common::error::describe(&e)
+                    )),
+                }
+            };
+            match got {
+                Ok(f) => fetched.push(f),
+                Err(error) => return self.fail(record, error).await,
+            }
+        }
+        let revisions: Vec<String> = fetched.iter().map(Fetched::revision).collect();
+        if record.render_error.is_none()
+            && record.rendered_kind.is_some()
+            && record.rendered_revisions == revisions
+        {
+            return Ok(vec![(
+                String::new(),
+                Outcome::NotAffected {
+                    commit: revisions.join(", "),
+                },
+            )]);
+        }
+        let inputs: Vec<SourceInput<'_>> = sources
+            .iter()
+            .zip(&fetched)
+            .map(|(source, f)| SourceInput {
+                source,
+                input: match f {
+                    Fetched::Git { repo, commit } => Input::Git { repo, commit },
+                    Fetched::Chart(pulled) => Input::Chart(pulled),
+                },
+            })
+            .collect();
+
+        let Some(clusters) = self.destinations(&app)? else {
+            return self.fail_no_destination(record).await;
+        };
+        let mut rendered_per_cluster = Vec::new();
+        for cluster in &clusters {
+            let target = Target {
+                cluster: &cluster.name,
+                facts: cluster.facts.as_ref(),
+            };
+            let started = std::time::Instant::now();
+            let result = self.renderer.render_sources(&app, &inputs, target).await;
+            self.metrics
+                .observe_render(started.elapsed(), result.is_err());
+            match result {
+                Ok(rendered) => rendered_per_cluster.push((cluster, rendered)),
+                Err(e) => {
+                    return self
+                        .fail(record, format!("cluster {}: {e}", cluster.name))
+                        .await;
+                }
+            }
+        }
+        record.rendered_revisions = revisions.clone();
+        self.store_rendered(
+            record,
+            &app,
+            &project,
+            rendered_per_cluster,
+            &revisions.join(", "),
+            children_policy,
+            now,
+        )
+        .await
+    }
+
+    /// The chart archive a chart source's targetRevision picks, with the
+    /// credentials the hub holds for its repository, within the fetch timeout.
+    async fn pull_chart(
+        &self,
+        source: &crate::app::Source,
+        chart_name: &str,
+    ) -> Result<Pulled, String> {
+        let access = self
+            .store
+            .repo_access(&source.repo_url)
+            .map_err(|e| e.to_string())?;
+        let repo = RepoRecord::chart_repo(
+            access,
+            &source.repo_url,
+            source.helm.as_ref().is_some_and(|h| h.pass_credentials),
+        );
+        let work = async {
+            let resolved = self
+                .charts
+                .resolve(&repo, chart_name, &source.target_revision)
+                .await?;
+            self.charts.pull(&repo, &resolved).await
+        };
+        match tokio::time::timeout(self.fetch_timeout, work).await {
+            Ok(result) => result.map_err(|e: chart::Error| e.to_string()),
+            Err(_) => Err(format!(
+                "chart {chart_name:?} from {}: fetching did not finish within {:?}",
+                repo.redacted_url(),
+                self.fetch_timeout
+            )),
+        }
     }
 
     /// The app's AppProject, or why there is none.
@@ -819,7 +1063,7 @@ impl Refresher {
         app: &Application,
         app_project: &AppProject,
         cluster: &ClusterRecord,
-        commit: &CommitId,
+        revision: &str,
         objects: Vec<Object>,
         now: SystemTime,
     ) -> Result<Option<u64>> {
@@ -828,8 +1072,8 @@ impl Refresher {
         objects
             .sort_by(|a, b| (&a.gvk, &a.namespace, &a.name).cmp(&(&b.gvk, &b.namespace, &b.name)));
         let app_ref = AppRef::new(project.clone(), name.clone());
-        let issued = batch
-            .issue(
+        let proposed = batch
+            .propose(
                 &app_ref,
                 &cluster.name,
                 |generation, latest: Option<&Latest>| {
@@ -838,8 +1082,13 @@ impl Refresher {
                         cluster: cluster.name.clone(),
                         source: bundle::Source {
                             repo: app.source().repo_url.clone(),
-                            revision: commit.to_string(),
-                            path: app.source().path.clone().unwrap_or_default(),
+                            revision: revision.to_owned(),
+                            path: app
+                                .source()
+                                .path
+                                .clone()
+                                .or_else(|| app.source().chart.clone())
+                                .unwrap_or_default(),
                         },
                         generation,
                         created_at: Timestamp::from_system_time(now),
@@ -856,10 +1105,17 @@ impl Refresher {
                 },
             )
             .map_err(issue_error)?;
-        if let Some(generation) = issued {
-            info!(cluster = %cluster.name, generation, objects = objects.len(), "stored a new bundle");
+        match proposed {
+            bundles::Proposed::Issued(generation) => {
+                info!(cluster = %cluster.name, generation, objects = objects.len(), "stored a new bundle");
+                Ok(Some(generation))
+            }
+            bundles::Proposed::Held => {
+                info!(cluster = %cluster.name, objects = objects.len(), "held a new bundle for its rollout step");
+                Ok(None)
+            }
+            bundles::Proposed::Unchanged => Ok(None),
         }
-        Ok(issued)
     }
 
     /// Adopts the Applications and AppProjects a parent rendered that the rules of
@@ -1075,10 +1331,13 @@ impl Refresher {
     /// A git generator reads its repository on behalf of the app that holds the
     /// set, so that app's `project` must allow the repository before anything is
     /// fetched (with whatever credentials the hub holds for it).
+    /// A set with a RollingSync strategy goes into `rolling` with the apps it
+    /// generates, for [`Refresher::record_rollouts`].
     fn expand_sets(
         &self,
         found: Vec<ArgoObject>,
         project: &AppProject,
+        rolling: &mut Vec<(ApplicationSet, Vec<Member>)>,
     ) -> Result<Vec<ArgoObject>, String> {
         let mut out = Vec::with_capacity(found.len());
         for object in found {
@@ -1099,7 +1358,24 @@ impl Refresher {
                 .sync_policy
                 .as_ref()
                 .is_some_and(|p| p.preserve_resources_on_deletion);
-            for mut app in set.generate(self).map_err(|e| e.to_string())? {
+            let generated = set.generate(self).map_err(|e| e.to_string())?;
+            if set
+                .spec
+                .strategy
+                .as_ref()
+                .is_some_and(|s| s.rolling_steps().is_some())
+            {
+                let members = generated
+                    .iter()
+                    .map(|app| Member {
+                        project: app.spec.project.clone(),
+                        name: app.metadata.name.clone(),
+                        labels: app.metadata.labels.clone(),
+                    })
+                    .collect();
+                rolling.push(((*set).clone(), members));
+            }
+            for mut app in generated {
                 if !preserve && !app.cascades() {
                     app.metadata.finalizers.push(RESOURCES_FINALIZER.to_owned());
                 }
@@ -1110,6 +1386,87 @@ impl Refresher {
             }
         }
         Ok(out)
+    }
+
+    /// Keeps a rollout record for each RollingSync set `parent` renders, with its
+    /// steps, gates and the apps it generates, and marks those apps as driven by
+    /// it (their new bundles are held from now on). A set of this parent that is
+    /// gone or no longer rolls loses its rollout, and its apps render again so
+    /// what was held reaches their clusters at once.
+    async fn record_rollouts(
+        &self,
+        parent: &AppRecord,
+        sets: Vec<(ApplicationSet, Vec<Member>)>,
+    ) -> Result<()> {
+        let parent_name = format!("{}/{}", parent.project(), parent.name());
+        let mut kept = BTreeSet::new();
+        for (set, members) in sets {
+            let name = set.metadata.name.clone();
+            let rollout = self.store.rollout(&name)?.unwrap_or_else(|| RolloutRecord {
+                name: name.clone(),
+                ..RolloutRecord::default()
+            });
+            if !rollout.parent.is_empty() && rollout.parent != parent_name {
+                warn!(set = %name, owner = %rollout.parent, "another app's ApplicationSet of this name holds the rollout; not rolling this one");
+                continue;
+            }
+            kept.insert(name.clone());
+            let (soak, deadline) = set.rollout_gates().unwrap_or_default();
+            let steps = set
+                .spec
+                .strategy
+                .as_ref()
+                .and_then(|s| s.rolling_steps())
+                .unwrap_or_default()
+                .to_vec();
+            for gone in rollout.members.iter().filter(|old| {
+                !members
+                    .iter()
+                    .any(|m| m.project == old.project && m.name == old.name)
+            }) {
+                self.store
+                    .remove_rollout_member(&gone.project, &gone.name)
+                    .await?;
+            }
+            for member in &members {
+                if self
+                    .store
+                    .rollout_member(&member.project, &member.name)?
+                    .as_deref()
+                    != Some(name.as_str())
+                {
+                    self.store
+                        .put_rollout_member(&member.project, &member.name, &name)
+                        .await?;
+                }
+            }
+            let updated = RolloutRecord {
+                parent: parent_name.clone(),
+                steps,
+                soak_ms: u64::try_from(soak.as_millis()).unwrap_or(u64::MAX),
+                progress_deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                members,
+                ..rollout.clone()
+            };
+            if updated != rollout {
+                self.store.put_rollout(&updated).await?;
+            }
+        }
+        for rollout in self.store.rollouts()? {
+            if rollout.parent != parent_name || kept.contains(&rollout.name) {
+                continue;
+            }
+            info!(set = %rollout.name, "the ApplicationSet no longer rolls; its apps take changes at once");
+            self.store.remove_rollout(&rollout).await?;
+            for member in &rollout.members {
+                if let Some(mut app) = self.store.app(&member.project, &member.name)? {
+                    app.rendered_commit = None;
+                    app.rendered_revisions.clear();
+                    self.store.put_app(&app).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn event(&self, record: &AppRecord, action: &str, detail: &str) -> Result<()> {
@@ -1146,6 +1503,21 @@ pub fn issue_error<E: Into<Error> + std::error::Error + 'static>(e: bundles::Err
 impl From<std::convert::Infallible> for Error {
     fn from(never: std::convert::Infallible) -> Self {
         match never {}
+    }
+}
+
+/// What one source of an app was resolved to.
+enum Fetched {
+    Git { repo: Box<Repo>, commit: CommitId },
+    Chart(Pulled),
+}
+
+impl Fetched {
+    fn revision(&self) -> String {
+        match self {
+            Self::Git { commit, .. } => commit.to_string(),
+            Self::Chart(pulled) => pulled.revision(),
+        }
     }
 }
 
@@ -1298,7 +1670,7 @@ fn ignore_differences(app: &Application) -> Vec<bundle::IgnoreDifference> {
 }
 
 /// Same objects and policy: a new generation would change nothing on the cluster.
-fn same_desired_state(a: &Bundle, b: &Bundle) -> bool {
+pub fn same_desired_state(a: &Bundle, b: &Bundle) -> bool {
     fn sorted(objects: &[Object]) -> Vec<&Object> {
         let mut v: Vec<&Object> = objects.iter().collect();
         v.sort_by(|x, y| (&x.gvk, &x.namespace, &x.name).cmp(&(&y.gvk, &y.namespace, &y.name)));

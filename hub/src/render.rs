@@ -8,7 +8,7 @@
 //! does not render again what it rendered before. A failure is an error for that
 //! app, never an empty result.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,8 @@ use flotilla_common::model::ClusterFacts;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 
-use crate::app::{Application, Directory, SourceKind};
+use crate::app::{Application, Directory, Source, SourceKind};
+use crate::chart::Pulled;
 use crate::source::{self, CommitId, Limits, Repo, RepoFile};
 use crate::store::Store;
 
@@ -75,7 +76,15 @@ pub enum Error {
         value: String,
         reason: String,
     },
-    /// A Helm value file or file parameter cannot be used.
+    /// A chart's dependencies could not be fetched.
+    #[error("helm could not fetch the chart dependencies {dependencies}:\n{message}")]
+    Dependency {
+        /// `name from repository`, for each dependency concerned.
+        dependencies: String,
+        /// helm's message, with any URL password redacted.
+        message: String,
+    },
+    /// A helm value file or file parameter cannot be used.
     #[error("helm value file {file}: {message}")]
     ValueFile { file: String, message: String },
     /// The tool is not installed where Flotilla looked.
@@ -141,6 +150,39 @@ pub struct Renderer {
     store: Option<Store>,
     /// Renders served from a cache, for metrics and tests.
     hits: AtomicU64,
+    /// Extra certificate authorities for chart dependency repositories, PEM.
+    extra_roots: Vec<Vec<u8>>,
+}
+
+/// One source of an app and what it was resolved to.
+#[derive(Clone, Copy)]
+pub struct SourceInput<'a> {
+    /// The source as the Application writes it.
+    pub source: &'a Source,
+    /// Its content at the resolved revision.
+    pub input: Input<'a>,
+}
+
+/// A source's content at its resolved revision.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// A Git source at a commit of its fetched repository.
+    Git {
+        repo: &'a Repo,
+        commit: &'a CommitId,
+    },
+    /// A chart archive from a Helm repository or an OCI registry.
+    Chart(&'a Pulled),
+}
+
+impl Input<'_> {
+    /// The revision, as shown and as part of the cache key.
+    pub fn revision(&self) -> String {
+        match self {
+            Self::Git { commit, .. } => commit.to_string(),
+            Self::Chart(pulled) => pulled.revision(),
+        }
+    }
 }
 
 /// A render as the store keeps it.
@@ -159,7 +201,14 @@ impl Renderer {
             cache: Mutex::new(HashMap::new()),
             store: None,
             hits: AtomicU64::new(0),
+            extra_roots: Vec::new(),
         }
+    }
+
+    /// Trusts these PEM certificate authorities for chart dependency repositories.
+    pub fn with_extra_roots(mut self, roots: Vec<Vec<u8>>) -> Self {
+        self.extra_roots = roots;
+        self
     }
 
     /// Keeps renders in `store` too, so they outlive the process.
@@ -214,6 +263,89 @@ impl Renderer {
         Ok(rendered)
     }
 
+    /// Renders `app` from its sources, each at the revision it was resolved to
+    /// (`inputs`, in the order of the app's sources), for `target`. Sources with
+    /// only a `ref` render nothing: their checkouts serve the others' `$ref/…`
+    /// value files. The result is cached by every source's revision.
+    pub async fn render_sources(
+        &self,
+        app: &Application,
+        inputs: &[SourceInput<'_>],
+        target: Target<'_>,
+    ) -> Result<Rendered> {
+        let revisions: Vec<String> = inputs.iter().map(|i| i.input.revision()).collect();
+        let sources: Vec<&Source> = inputs.iter().map(|i| i.source).collect();
+        let key = self
+            .cache_key_of(app, &revisions.join("\n"), &sources, target)
+            .await;
+        if let Some(hit) = self.cache_get(&key) {
+            return Ok(hit);
+        }
+        let scratch = scratch_dir()?;
+        let mut refs = BTreeMap::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let (Some(name), Input::Git { repo, commit }) = (&input.source.ref_, input.input)
+            else {
+                continue;
+            };
+            let root = scratch.path().join(format!("ref-{i}"));
+            repo.export(commit, &root, &self.limits)?;
+            refs.insert(name.clone(), root);
+        }
+        let mut manifests = Vec::new();
+        let mut kind = None;
+        for input in inputs.iter().filter(|i| i.source.renders()) {
+            let (this_kind, mut these) = match input.input {
+                Input::Git { repo, commit } => {
+                    self.git_manifests(app, input.source, repo, commit, target, &refs)
+                        .await?
+                }
+                Input::Chart(pulled) => {
+                    let own = scratch_dir()?;
+                    let revision = input.input.revision();
+                    let source = &BuildEnv::new(app, input.source, &revision, target.facts)
+                        .apply(app, input.source);
+                    let out = helm::template(
+                        &self.tools,
+                        app,
+                        source,
+                        helm::Chart::Archive {
+                            path: &pulled.archive,
+                        },
+                        target.facts,
+                        own.path(),
+                        &self.context(refs.clone()),
+                    )
+                    .await?;
+                    (SourceKind::HelmRepo, parse_output("helm template", &out)?)
+                }
+            };
+            kind.get_or_insert(this_kind);
+            manifests.append(&mut these);
+        }
+        let mut objects = objects::to_objects(
+            manifests,
+            app.spec.destination.namespace.as_deref(),
+            target.facts,
+        )?;
+        sort_for_apply(&mut objects);
+        let rendered = Rendered {
+            objects: Arc::new(objects),
+            kind: kind.unwrap_or(SourceKind::Directory),
+        };
+        self.cache_put(key, rendered.clone());
+        Ok(rendered)
+    }
+
+    /// What helm needs besides the chart: ref checkouts, credentials, roots.
+    fn context(&self, refs: BTreeMap<String, PathBuf>) -> helm::Context<'_> {
+        helm::Context {
+            refs,
+            store: self.store.as_ref(),
+            extra_roots: &self.extra_roots,
+        }
+    }
+
     async fn manifests(
         &self,
         app: &Application,
@@ -229,8 +361,18 @@ impl Renderer {
                 name: source.chart.as_deref().unwrap_or_default(),
                 version: &source.target_revision,
             };
-            let app = &BuildEnv::new(app, &source.target_revision, target.facts).apply(app);
-            let out = helm::template(&self.tools, app, chart, target.facts, scratch.path()).await?;
+            let source = &BuildEnv::new(app, source, &source.target_revision, target.facts)
+                .apply(app, source);
+            let out = helm::template(
+                &self.tools,
+                app,
+                source,
+                chart,
+                target.facts,
+                scratch.path(),
+                &self.context(BTreeMap::new()),
+            )
+            .await?;
             return Ok((SourceKind::HelmRepo, parse_output("helm template", &out)?));
         }
         let (Some(repo), Some(commit)) = (repo, commit) else {
@@ -239,8 +381,22 @@ impl Renderer {
                 message: "a Git source needs a fetched repository and a commit".to_owned(),
             });
         };
+        self.git_manifests(app, source, repo, commit, target, &BTreeMap::new())
+            .await
+    }
+
+    /// What one Git source renders to at `commit`.
+    async fn git_manifests(
+        &self,
+        app: &Application,
+        source: &Source,
+        repo: &Repo,
+        commit: &CommitId,
+        target: Target<'_>,
+        refs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(SourceKind, Vec<serde_json::Value>)> {
         let path = repo.normalize_path(source.path.as_deref().unwrap_or(""))?;
-        let mut kind = app.source_kind();
+        let mut kind = source.kind();
         let mut files: Option<Vec<RepoFile>> = None;
         if matches!(kind, SourceKind::Detect | SourceKind::Directory) {
             let read = repo.files(commit, &path, &self.limits)?;
@@ -265,8 +421,18 @@ impl Renderer {
                         root: &root,
                         dir: &app_dir,
                     };
-                    let app = &BuildEnv::new(app, commit.as_str(), target.facts).apply(app);
-                    helm::template(&self.tools, app, chart, target.facts, scratch.path()).await?
+                    let source = &BuildEnv::new(app, source, commit.as_str(), target.facts)
+                        .apply(app, source);
+                    helm::template(
+                        &self.tools,
+                        app,
+                        source,
+                        chart,
+                        target.facts,
+                        scratch.path(),
+                        &self.context(refs.clone()),
+                    )
+                    .await?
                 } else {
                     kustomize::build(&self.tools, &root, &app_dir, source.kustomize.as_ref())
                         .await?
@@ -287,6 +453,22 @@ impl Renderer {
         commit: Option<&CommitId>,
         target: Target<'_>,
     ) -> [u8; 32] {
+        self.cache_key_of(
+            app,
+            commit.map(CommitId::as_str).unwrap_or(""),
+            &[app.source()],
+            target,
+        )
+        .await
+    }
+
+    async fn cache_key_of(
+        &self,
+        app: &Application,
+        revision: &str,
+        sources: &[&Source],
+        target: Target<'_>,
+    ) -> [u8; 32] {
         let versions = self
             .tool_versions
             .get_or_init(|| self.tools.versions())
@@ -296,8 +478,8 @@ impl Renderer {
             h.update((bytes.len() as u64).to_be_bytes());
             h.update(bytes);
         };
-        field(commit.map(CommitId::as_str).unwrap_or("").as_bytes());
-        field(&serde_json::to_vec(app.source()).unwrap_or_default());
+        field(revision.as_bytes());
+        field(&serde_json::to_vec(sources).unwrap_or_default());
         field(&serde_json::to_vec(&app.spec.destination.namespace).unwrap_or_default());
         field(app.name().as_bytes());
         field(&serde_json::to_vec(&target.facts).unwrap_or_default());

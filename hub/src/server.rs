@@ -167,6 +167,10 @@ impl Server {
         let (shutdown, stop) = watch::channel(false);
         let (refresh_now, requests) = mpsc::channel(REFRESH_QUEUE);
         let registrations = config.link.as_ref().map(|l| l.registrations());
+        let rollouts = Arc::new(crate::rollout::Rollouts::new(
+            store.clone(),
+            refresher.issuer().clone(),
+        ));
         let api = api::router(ApiState {
             store: store.clone(),
             policy: Arc::new(config.policy),
@@ -177,6 +181,7 @@ impl Server {
             refresher: Some(refresher.clone()),
             command_timeout: api::DEFAULT_COMMAND_TIMEOUT,
             logins: Arc::default(),
+            rollouts: Some(rollouts.clone()),
         });
         let watched = Arc::new(Watched::default());
         let shared = Shared {
@@ -219,6 +224,7 @@ impl Server {
             }),
         };
         let flushes = store.clone();
+        let rolling = tokio::spawn(rollouts.run(stop.clone()));
         let poller = tokio::spawn(poll_loop(
             store,
             watched,
@@ -232,7 +238,7 @@ impl Server {
             addr,
             generated_admin_password,
             shutdown,
-            tasks: vec![api, poller],
+            tasks: vec![api, poller, rolling],
             store: flushes,
         })
     }
@@ -274,19 +280,27 @@ impl Server {
 
 /// Every repository the hub must watch: those registered, and those apps name.
 fn watched_repos(store: &Store) -> BTreeMap<String, Duration> {
+    // Every source of every app: Git repositories, chart repositories and
+    // registries alike are polled, so a new commit or chart version is seen.
     let mut repos: BTreeMap<String, Duration> = store
         .apps()
         .unwrap_or_default()
         .into_iter()
-        .filter(|a| a.application.source().chart.is_none())
-        .map(|a| {
-            (
-                a.application.source().repo_url.clone(),
-                DEFAULT_POLL_INTERVAL,
-            )
+        .flat_map(|a| {
+            a.application
+                .sources()
+                .iter()
+                .map(|s| (s.repo_url.clone(), DEFAULT_POLL_INTERVAL))
+                .collect::<Vec<_>>()
         })
         .collect();
-    for repo in store.repos().unwrap_or_default() {
+    // Credential templates are prefixes, not repositories.
+    for repo in store
+        .repos()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !r.template)
+    {
         repos.insert(
             repo.url.clone(),
             Duration::from_secs(

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use cache::RepoCache;
 pub use repo::{CommitId, Limits, Repo, RepoFile};
-pub use spec::{Credentials, RepoSpec};
+pub use spec::{Credentials, RepoSpec, RepoType, RepositorySecret, TlsClientCert};
 pub use webhook::{PushEvent, PushedRef};
 
 /// How often a repository is polled when no webhook arrives: 180 s, as in Argo CD.

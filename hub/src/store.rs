@@ -20,6 +20,7 @@ mod link;
 mod ops;
 mod records;
 mod renders;
+mod rollouts;
 mod space;
 #[cfg(test)]
 mod tests;
@@ -33,7 +34,9 @@ pub use link::{
 pub use ops::{DEFAULT_HISTORY_LIMIT, OperationRecord, Phase};
 pub use records::{
     AppOrigin, AppRecord, ClusterRecord, Event, HistoryEntry, RepoRecord, ResourceOutcome,
+    same_source_repository,
 };
+pub use rollouts::{AppPhase, AppProgress, ClusterProgress, Member, RolloutPhase, RolloutRecord};
 pub use space::DEFAULT_MIN_FREE_MIB;
 
 /// The schema this build writes. Bump it when a stored layout changes.
@@ -68,6 +71,9 @@ pub const TREES: &[&str] = &[
     "history_bundles",
     "operations",
     "project_origins",
+    "rollouts",
+    "rollout_members",
+    "held_bundles",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -439,12 +445,54 @@ impl Store {
 
     // --- typed access -----------------------------------------------------------
 
+    /// Stores a repository, or a credential template (which may share its URL
+    /// with a repository without replacing it).
     pub async fn put_repo(&self, repo: &RepoRecord) -> Result<()> {
-        self.put("repos", &Key::new().str(&repo.url), repo).await
+        self.put("repos", &repo_key(repo), repo).await
     }
 
+    /// Forgets a repository or credential template.
+    pub async fn remove_repo(&self, repo: &RepoRecord) -> Result<bool> {
+        self.remove("repos", &repo_key(repo)).await
+    }
+
+    /// The repository registered at exactly `url` (never a credential template).
     pub fn repo(&self, url: &str) -> Result<Option<RepoRecord>> {
         self.get("repos", &Key::new().str(url))
+    }
+
+    /// How to reach the repository at `url`, as Argo CD works it out: its own
+    /// record (`oci://` and a trailing `/` aside), whose missing credentials come
+    /// from the credential template with the longest URL prefix of it; without a
+    /// record, that template's credentials for `url`. `None` when neither exists.
+    pub fn repo_access(&self, url: &str) -> Result<Option<RepoRecord>> {
+        let wanted = comparable_url(url);
+        let repos = self.repos()?;
+        let own = repos
+            .iter()
+            .find(|r| !r.template && comparable_url(&r.url) == wanted)
+            .cloned();
+        let template = repos
+            .iter()
+            .filter(|r| r.template && wanted.starts_with(comparable_url(&r.url)))
+            .max_by_key(|r| comparable_url(&r.url).len());
+        Ok(match (own, template) {
+            (Some(mut own), Some(template)) => {
+                if own.credentials.is_none() && own.tls_client.is_none() {
+                    own.credentials = template.credentials.clone();
+                    own.tls_client = template.tls_client.clone();
+                }
+                own.enable_oci |= template.enable_oci;
+                Some(own)
+            }
+            (Some(own), None) => Some(own),
+            (None, Some(template)) => Some(RepoRecord {
+                url: url.to_owned(),
+                template: false,
+                ..template.clone()
+            }),
+            (None, None) => None,
+        })
     }
 
     pub fn repos(&self) -> Result<Vec<RepoRecord>> {
@@ -557,6 +605,23 @@ impl Store {
             .map(|(_, e)| e)
             .collect())
     }
+}
+
+fn repo_key(repo: &RepoRecord) -> Key {
+    if repo.template {
+        Key::new().str(&repo.url).str("repo-creds")
+    } else {
+        Key::new().str(&repo.url)
+    }
+}
+
+/// A repository URL as credentials are matched against it: without `oci://`
+/// (Argo CD's OCI Secrets often leave it out) and without a trailing `/`.
+fn comparable_url(url: &str) -> &str {
+    url.trim()
+        .strip_prefix("oci://")
+        .unwrap_or(url.trim())
+        .trim_end_matches('/')
 }
 
 fn app_key(project: &str, name: &str) -> Key {

@@ -148,6 +148,10 @@ struct AddRequest {
     /// cluster.
     #[serde(default)]
     namespaces: Vec<String>,
+    /// The storage class of the agent's state claim; the cluster's default
+    /// when not given.
+    #[serde(default)]
+    storage_class: Option<String>,
 }
 
 /// `POST /api/v1/clusters`: a bootstrap token, shown once inside the manifest and
@@ -186,6 +190,16 @@ async fn add(
                 "image {image:?} must be an image name without a tag (letters, digits, '.', \
                  '_', '-', '/', and a registry's ':PORT')"
             ),
+        );
+    }
+    if let Some(class) = req
+        .storage_class
+        .as_deref()
+        .filter(|c| !cluster::is_storage_class(c))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("storageClass {class:?} must be a storage class name (a DNS subdomain)"),
         );
     }
     let namespaces = match cluster::parse_namespaces(&req.namespaces) {
@@ -244,6 +258,7 @@ async fn add(
         token: &added.token,
         image: &image,
         namespaces: &namespaces,
+        storage_class: req.storage_class.as_deref(),
     };
     (
         StatusCode::CREATED,

@@ -305,10 +305,10 @@ async fn refresh(
     let record = try_operation!(operations.app(&app));
     try_operation!(operations.link());
     let clusters = try_operation!(operations.destinations(&record));
-    if record.application.source().chart.is_none() {
-        let _ = state
-            .refresh_now
-            .try_send(record.application.source().repo_url.clone());
+    // Every source is resolved again: a new commit or chart version in any of
+    // them renders the app.
+    for source in record.application.sources() {
+        let _ = state.refresh_now.try_send(source.repo_url.clone());
     }
     state
         .audit_detail(&who, "refresh", format!("application/{object}"), "")

@@ -7,7 +7,6 @@ use axum::routing::delete;
 use serde_json::json;
 
 use super::{ApiState, Reply, error, failed, ok};
-use crate::store::Key;
 
 pub(super) fn routes() -> axum::Router<ApiState> {
     axum::Router::new().route("/api/v1/repositories/{url}", delete(remove))
@@ -40,11 +39,7 @@ async fn remove(
         Ok(who) => who,
         Err(reply) => return reply,
     };
-    match state
-        .store
-        .remove("repos", &Key::new().str(&record.url))
-        .await
-    {
+    match state.store.remove_repo(&record).await {
         Ok(_) => {
             state
                 .audit(&who, "delete", format!("repository/{shown}"))

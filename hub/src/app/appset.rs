@@ -5,8 +5,14 @@
 //! selected by labels) and `git` directories; templates use Argo CD's default
 //! `{{param}}` substitution. Anything else (`matrix`, `merge`, `scmProvider`,
 //! `pullRequest`, `goTemplate: true`, …) is refused by name, never ignored.
+//!
+//! `spec.strategy` is read as Argo CD writes it: `AllAtOnce`, or `RollingSync`
+//! with `rollingSync.steps` (label `matchExpressions` on the generated
+//! Applications, `maxUpdate` as a count or a percent). [`crate::rollout`] drives
+//! a RollingSync set's apps step by step.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use globset::Glob;
 use serde::{Deserialize, Serialize};
@@ -41,14 +47,104 @@ pub struct ApplicationSetSpec {
     go_template_options: Option<Value>,
     #[serde(default)]
     pub sync_policy: Option<AppSetSyncPolicy>,
-    #[serde(default, skip_serializing)]
-    strategy: Option<Value>,
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
     #[serde(default, skip_serializing)]
     template_patch: Option<Value>,
     #[serde(default, skip_serializing)]
     ignore_application_differences: Option<Value>,
     #[serde(default, skip_serializing)]
     preserved_fields: Option<Value>,
+}
+
+/// How generated Applications take a change: Argo CD's `spec.strategy`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Strategy {
+    /// `AllAtOnce` (the default) or `RollingSync`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub rolling_sync: Option<RollingSync>,
+    #[serde(default, skip_serializing)]
+    deletion_order: Option<Value>,
+}
+
+/// The steps of a `RollingSync` strategy, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollingSync {
+    #[serde(default)]
+    pub steps: Vec<RollingStep>,
+}
+
+/// One step: the generated Applications whose labels match every expression.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollingStep {
+    #[serde(default)]
+    pub match_expressions: Vec<LabelExpression>,
+    /// How many of the step's apps may be updating at once: a count, or a
+    /// percent of the step's apps (`"25%"`). Unset is all of them; 0 holds the
+    /// step until it is promoted.
+    #[serde(default)]
+    pub max_update: Option<IntOrPercent>,
+}
+
+/// Kubernetes' int-or-string, as `maxUpdate` takes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrPercent {
+    Int(i64),
+    Text(String),
+}
+
+impl IntOrPercent {
+    /// How many of `total` apps this allows at once. A percent rounds down but
+    /// never below one, so only an explicit 0 (or `0%`) holds a step.
+    pub fn of(&self, total: usize) -> Result<usize, String> {
+        match self {
+            Self::Int(n) => usize::try_from(*n).map_err(|_| format!("{n} is negative")),
+            Self::Text(text) => {
+                let percent: u64 = text
+                    .strip_suffix('%')
+                    .and_then(|p| p.trim().parse().ok())
+                    .filter(|p| *p <= 100)
+                    .ok_or_else(|| {
+                        format!("{text:?} is not a count nor a percent from 0% to 100%")
+                    })?;
+                if percent == 0 {
+                    return Ok(0);
+                }
+                let total_u64 = u64::try_from(total).unwrap_or(u64::MAX);
+                let share =
+                    usize::try_from(total_u64.saturating_mul(percent) / 100).unwrap_or(total);
+                Ok(share.max(1))
+            }
+        }
+    }
+}
+
+impl Strategy {
+    /// The steps when this is a `RollingSync`.
+    pub fn rolling_steps(&self) -> Option<&[RollingStep]> {
+        (self.kind == "RollingSync")
+            .then(|| self.rolling_sync.as_ref().map(|r| r.steps.as_slice()))
+            .flatten()
+    }
+}
+
+impl RollingStep {
+    /// Whether an Application with `labels` belongs to this step.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        selects(
+            &LabelSelector {
+                match_labels: BTreeMap::new(),
+                match_expressions: self.match_expressions.clone(),
+            },
+            labels,
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,8 +294,10 @@ impl ApplicationSet {
                 "only {{param}} templates are implemented",
             ));
         }
+        if let Some(strategy) = &spec.strategy {
+            self.validate_strategy(origin, strategy)?;
+        }
         for (path, set) in [
-            ("spec.strategy", spec.strategy.is_some()),
             ("spec.templatePatch", spec.template_patch.is_some()),
             (
                 "spec.ignoreApplicationDifferences",
@@ -260,6 +358,82 @@ impl ApplicationSet {
             }
         }
         Ok(())
+    }
+
+    /// The rollout gates set by annotation: how long an app must stay Synced and
+    /// Healthy before it passes ([`SOAK_ANNOTATION`], none by default), and how
+    /// long it may take to get there ([`PROGRESS_DEADLINE_ANNOTATION`], ten
+    /// minutes by default).
+    pub fn rollout_gates(&self) -> std::result::Result<(Duration, Duration), (String, String)> {
+        let read = |key: &str, default: Duration| match self.metadata.annotations.get(key) {
+            None => Ok(default),
+            Some(text) => parse_duration(text).ok_or_else(|| {
+                (
+                    format!("metadata.annotations[{key:?}]"),
+                    format!("{text:?} is not a duration such as 30s, 5m or 1h"),
+                )
+            }),
+        };
+        Ok((
+            read(SOAK_ANNOTATION, Duration::ZERO)?,
+            read(PROGRESS_DEADLINE_ANNOTATION, DEFAULT_PROGRESS_DEADLINE)?,
+        ))
+    }
+
+    fn validate_strategy(&self, origin: &str, strategy: &Strategy) -> Result<()> {
+        let invalid = |path: String, message: String| Error::Invalid {
+            origin: origin.to_owned(),
+            kind: "ApplicationSet",
+            name: self.metadata.name.clone(),
+            path,
+            message,
+        };
+        if strategy.deletion_order.is_some() {
+            return Err(self.unsupported(origin, "spec.strategy.deletionOrder", "not implemented"));
+        }
+        if let Err((path, message)) = self.rollout_gates() {
+            return Err(invalid(path, message));
+        }
+        match strategy.kind.as_str() {
+            "" | "AllAtOnce" => Ok(()),
+            "RollingSync" => {
+                let steps = strategy.rolling_steps().unwrap_or_default();
+                if steps.is_empty() {
+                    return Err(invalid(
+                        "spec.strategy.rollingSync.steps".to_owned(),
+                        "a RollingSync strategy needs at least one step".to_owned(),
+                    ));
+                }
+                for (i, step) in steps.iter().enumerate() {
+                    for (j, e) in step.match_expressions.iter().enumerate() {
+                        if !matches!(
+                            e.operator.as_str(),
+                            "In" | "NotIn" | "Exists" | "DoesNotExist"
+                        ) {
+                            return Err(invalid(
+                                format!(
+                                    "spec.strategy.rollingSync.steps[{i}].matchExpressions[{j}].operator"
+                                ),
+                                format!(
+                                    "{:?} is not In, NotIn, Exists or DoesNotExist",
+                                    e.operator
+                                ),
+                            ));
+                        }
+                    }
+                    if let Some(max) = &step.max_update {
+                        max.of(1).map_err(|m| {
+                            invalid(format!("spec.strategy.rollingSync.steps[{i}].maxUpdate"), m)
+                        })?;
+                    }
+                }
+                Ok(())
+            }
+            other => Err(invalid(
+                "spec.strategy.type".to_owned(),
+                format!("{other:?} is not AllAtOnce or RollingSync"),
+            )),
+        }
     }
 
     /// The Applications this set generates now, in generator order. Two parameter
@@ -354,6 +528,32 @@ impl ApplicationSet {
         }
         Ok(apps)
     }
+}
+
+/// How long an app of a RollingSync step must stay Synced and Healthy before
+/// the step counts it as passed (OCM's `minSuccessTime`).
+pub const SOAK_ANNOTATION: &str = "flotilla.io/rollout-soak";
+/// How long an app of a RollingSync step may take to become Synced and Healthy
+/// before the step fails.
+pub const PROGRESS_DEADLINE_ANNOTATION: &str = "flotilla.io/rollout-progress-deadline";
+/// The progress deadline when the annotation is not set.
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+/// `90`, `90s`, `5m` or `1h`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
 }
 
 fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {

@@ -178,7 +178,11 @@ fn a_misspelt_field_is_an_error_naming_its_path() {
 #[test]
 fn unsupported_argo_fields_are_refused_by_name_never_dropped() {
     for (from, to, path) in [
-        ("  source:\n", "  sources: []\n  source:\n", "spec.sources"),
+        (
+            "  source:\n",
+            "  sourceHydrator: {}\n  source:\n",
+            "spec.sourceHydrator",
+        ),
         (
             "    kustomize:\n",
             "    plugin: {name: cdk8s}\n    kustomize:\n",
@@ -524,4 +528,85 @@ fn project_fields_flotilla_does_not_implement_are_refused_by_name() {
         "  syncWindows: [{kind: deny, schedule: '0 25 * * *', duration: 1h, applications: ['*']}]\n",
     );
     assert!(e.contains("spec.syncWindows[0].schedule"), "{e}");
+}
+
+const MULTI: &str = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: monitoring
+spec:
+  project: default
+  sources:
+    - repoURL: https://charts.example/stable
+      chart: metrics-stack
+      targetRevision: 58.*
+      helm:
+        valueFiles:
+          - $values/monitoring/values.yaml
+    - repoURL: https://git.example/fleet.git
+      targetRevision: main
+      ref: values
+  destination:
+    name: east
+    namespace: monitoring
+"#;
+
+#[test]
+fn multiple_sources_with_a_ref_are_read() {
+    let app = Application::from_yaml(MULTI, "apps/monitoring.yaml").expect("valid");
+    assert!(app.is_multi_source());
+    assert!(app.needs_resolved_sources());
+    assert_eq!(app.sources().len(), 2);
+    assert_eq!(app.source().chart.as_deref(), Some("metrics-stack"));
+    assert_eq!(app.sources()[1].ref_.as_deref(), Some("values"));
+    assert!(!app.sources()[1].renders());
+}
+
+#[test]
+fn multiple_sources_are_checked_source_by_source() {
+    for (from, to, expect) in [
+        (
+            "$values/monitoring",
+            "$other/monitoring",
+            "names ref \"other\"",
+        ),
+        (
+            "$values/monitoring/values.yaml",
+            "$values/../../etc/passwd",
+            "inside ref",
+        ),
+        (
+            "      ref: values\n",
+            "      ref: values\n      path: x\n      plugin: {}\n",
+            "spec.sources[1].plugin",
+        ),
+        (
+            "  destination:\n",
+            "    - repoURL: https://git.example/other.git\n  destination:\n",
+            "spec.sources[2].path",
+        ),
+        (
+            "  sources:\n",
+            "  source: {repoURL: https://git.example/a.git, path: apps}\n  sources:\n",
+            "sets both source and sources",
+        ),
+    ] {
+        let e = err(&MULTI.replacen(from, to, 1));
+        assert!(e.contains(expect), "{expect}: {e}");
+    }
+    let e = err(&MULTI.replace("      ref: values\n", "      ref: values\n      helm: {}\n"));
+    assert!(e.contains("renders nothing"), "{e}");
+}
+
+#[test]
+fn a_ref_value_file_needs_multiple_sources() {
+    let single = "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: web}\nspec:\n  source:\n    repoURL: https://charts.example\n    chart: web\n    helm: {valueFiles: [$values/x.yaml]}\n  destination: {name: east}\n";
+    let e = err(single);
+    assert!(
+        e.contains("spec.source.helm.valueFiles") && e.contains("multiple sources"),
+        "{e}"
+    );
+    let with_ref = single.replace("    chart: web\n", "    chart: web\n    ref: values\n");
+    assert!(err(&with_ref).contains("spec.source.ref"));
 }

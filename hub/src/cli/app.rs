@@ -51,6 +51,9 @@ pub enum AppCommand {
     /// Show desired against live state per cluster as a unified diff (exit 20 when
     /// they differ).
     Diff { app: String },
+    /// Poll the application's repository now and have every agent compare again,
+    /// as `argocd app get --refresh` does.
+    Refresh { app: String },
     /// Wait until an application is Synced and/or Healthy (exit 1 on timeout).
     Wait(WaitArgs),
     /// Create applications from an Argo CD Application manifest (-f), or one from
@@ -347,6 +350,17 @@ fn describe_operation(op: &Value) -> String {
     s
 }
 
+/// A commit shortened; a chart's `version (sha256:…)` with its digest shortened.
+fn short_revision(revision: &str) -> String {
+    match revision.split_once(" (sha256:") {
+        Some((version, digest)) => {
+            format!("{version} (sha256:{})", &digest[..digest.len().min(12)])
+        }
+        None if revision.len() == 40 => short(revision).to_owned(),
+        None => revision.to_owned(),
+    }
+}
+
 /// `app get`: the app's state and, per cluster, its resource tree.
 pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
     let summary = client.get(&app_path(app)).await?;
@@ -357,15 +371,35 @@ pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
         text(&summary["project"]),
         text(&summary["name"])
     );
-    println!(
-        "Source:      {} {}@{}",
-        text(&source["repoURL"]),
-        source["path"]
+    let sources = summary["sources"].as_array().cloned().unwrap_or_default();
+    let describe = |source: &Value| {
+        let what = source["path"]
             .as_str()
             .or(source["chart"].as_str())
-            .unwrap_or(""),
-        text(&source["targetRevision"])
-    );
+            .map(str::to_owned)
+            .or_else(|| source["ref"].as_str().map(|r| format!("(ref {r})")))
+            .unwrap_or_default();
+        let resolved = source["revision"]
+            .as_str()
+            .map(|r| format!(" -> {}", short_revision(r)))
+            .unwrap_or_default();
+        format!(
+            "{} {what}@{}{resolved}",
+            text(&source["repoURL"]),
+            text(&source["targetRevision"])
+        )
+    };
+    if sources.len() > 1 {
+        println!("Sources:");
+        for (i, s) in sources.iter().enumerate() {
+            println!("  [{i}] {}", describe(s));
+        }
+    } else {
+        println!(
+            "Source:      {}",
+            describe(sources.first().unwrap_or(source))
+        );
+    }
     println!(
         "Sync policy: {}",
         if summary["automated"].as_bool() == Some(true) {
@@ -444,7 +478,9 @@ pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
                 "disconnected"
             },
             text(&cluster["generation"]),
-            cluster["revision"].as_str().map_or("-", short),
+            cluster["revision"]
+                .as_str()
+                .map_or_else(|| "-".to_owned(), short_revision),
             text(&cluster["sync"]),
             text(&cluster["health"]),
         );
@@ -604,6 +640,25 @@ pub async fn rollback(client: &Client, app: &str, id: u64) -> anyhow::Result<()>
         .await?;
     println!("{}", text(&reply["message"]));
     report_operation(&format!("rollback of {}", text(&reply["app"])), &reply)
+}
+
+/// `app refresh`: the repository polled now, and each cluster's answer.
+pub async fn refresh(client: &Client, app: &str) -> anyhow::Result<()> {
+    let reply = client
+        .post(&format!("{}/refresh", app_path(app)), String::new())
+        .await?;
+    let mut failed = Vec::new();
+    for cluster in reply["clusters"].as_array().into_iter().flatten() {
+        let name = text(&cluster["cluster"]);
+        match cluster["error"].as_str() {
+            Some(e) => failed.push(format!("{name}: {e}")),
+            None => println!("{name}: {}", text(&cluster["message"])),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("refresh of {}: {}", text(&reply["app"]), failed.join("; "));
+    }
+    Ok(())
 }
 
 /// `app diff`: desired against live per cluster; exit 20 when they differ.
@@ -803,6 +858,7 @@ pub async fn run(command: AppCommand, connection: &Connection) -> anyhow::Result
         },
         AppCommand::Rollback { app, id } => rollback(&client, &app, id).await?,
         AppCommand::Diff { app } => diff(&client, &app).await?,
+        AppCommand::Refresh { app } => refresh(&client, &app).await?,
         AppCommand::Wait(args) => wait(&client, args).await?,
         AppCommand::Create(args) => {
             let text = match &args.file {

@@ -68,6 +68,10 @@ pub struct AddArgs {
     /// refuses any bundle that reaches outside them.
     #[arg(long, value_name = "NS,...")]
     namespaces: Vec<String>,
+    /// The storage class of the agent's state claim; the cluster's default
+    /// when not given.
+    #[arg(long, value_name = "CLASS")]
+    storage_class: Option<String>,
     /// Print a command line that runs the agent locally instead of a manifest.
     #[arg(long, conflicts_with = "helm")]
     print_command: bool,
@@ -286,6 +290,14 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
         .into());
     }
     let namespaces = cluster::parse_namespaces(&args.namespaces).map_err(usage)?;
+    if let Some(class) = args.storage_class.as_deref()
+        && !cluster::is_storage_class(class)
+    {
+        return Err(UsageError(format!(
+            "--storage-class {class:?} must be a storage class name (a DNS subdomain)"
+        ))
+        .into());
+    }
     let (manifest, command, helm) = match data_dir_mode(connection, &args.data) {
         Some(dir) => {
             let hub_address = args
@@ -311,6 +323,7 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
                 token: &added.token,
                 image: &args.image,
                 namespaces: &namespaces,
+                storage_class: args.storage_class.as_deref(),
             };
             (
                 cluster::manifest(&join),
@@ -327,6 +340,7 @@ async fn add(args: AddArgs, connection: &Connection) -> anyhow::Result<()> {
                 "tokenTtlMinutes": args.token_ttl_minutes,
                 "image": args.image,
                 "namespaces": namespaces,
+                "storageClass": args.storage_class,
             });
             let added = connection
                 .client()?

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use flotilla_hub::chart::ChartCache;
 use flotilla_hub::link::{Link, LinkConfig};
 use flotilla_hub::rbac::Policy;
 use flotilla_hub::refresh::Refresher;
@@ -70,6 +71,11 @@ pub struct HubArgs {
     /// space returns (0 turns the check off).
     #[arg(long, env = "FLOTILLA_MIN_FREE_MIB", default_value_t = flotilla_hub::store::DEFAULT_MIN_FREE_MIB)]
     min_free_mib: u64,
+    /// PEM certificate authorities to trust, besides the system's, for Git
+    /// repositories, Helm chart repositories and OCI registries with a private
+    /// CA (what Argo CD keeps in argocd-tls-certs-cm).
+    #[arg(long, env = "FLOTILLA_REPO_CA_FILE")]
+    repo_ca_file: Option<PathBuf>,
 }
 
 /// What the flags ask of the hub, checked before anything is opened or started.
@@ -151,8 +157,22 @@ pub async fn run(args: HubArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let store = Store::open(&data_dir.join("db")).context("opening the hub's store")?;
     store.set_min_free_mib(args.min_free_mib);
-    let cache = RepoCache::new(data_dir.join("repos"))?;
-    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env())).await?;
+    let repo_ca =
+        match &args.repo_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError(format!("reading --repo-ca-file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+    let mut cache = RepoCache::new(data_dir.join("repos"))?;
+    let mut charts = ChartCache::new(data_dir.join("charts"))?;
+    if let Some(pem) = &repo_ca {
+        cache = cache.trust_root_certificate_pem(pem.clone());
+        charts = charts.trust_root_certificate_pem(pem.clone());
+    }
+    let refresher = Refresher::new(store.clone(), cache, Renderer::new(Tools::from_env()))
+        .await?
+        .with_chart_cache(charts);
     let mut link_config = LinkConfig::new(args.agent_listen);
     link_config.cert_lifetime = cert_lifetime;
     link_config.keep_alive = keep_alive;

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use flotilla_common::model::{ApiResource, ClusterFacts};
-use flotilla_hub::app::{Application, SourceKind};
-use flotilla_hub::render::{self, Renderer, Target, Tools};
-use flotilla_hub::source::{RepoCache, RepoSpec};
-use flotilla_hub::store::Store;
+use flotilla_hub::app::Application;
+use flotilla_hub::chart::{ChartCache, Pulled};
+use flotilla_hub::render::{self, Input, Renderer, SourceInput, Target, Tools};
+use flotilla_hub::source::{CommitId, Repo, RepoCache, RepoSpec};
+use flotilla_hub::store::{RepoRecord, Store};
 
 use super::UsageError;
 
@@ -44,8 +45,18 @@ pub async fn run(args: RenderArgs) -> anyhow::Result<()> {
         .map_err(|e| UsageError(format!("reading {}: {e}", args.file.display())))?;
     let mut app = Application::from_yaml(&text, &args.file.display().to_string())
         .map_err(|e| UsageError(e.to_string()))?;
-    if let (Some(revision), Some(source)) = (&args.revision, app.spec.source.as_mut()) {
-        source.target_revision = revision.clone();
+    if let Some(revision) = &args.revision {
+        if app.needs_resolved_sources() {
+            return Err(UsageError(
+                "--revision names a Git revision; this Application has a chart from a Helm \
+                 repository or several sources: edit their targetRevision instead"
+                    .to_owned(),
+            )
+            .into());
+        }
+        if let Some(source) = app.spec.source.as_mut() {
+            source.target_revision = revision.clone();
+        }
     }
 
     let store = match &args.data_dir {
@@ -95,8 +106,8 @@ pub async fn run(args: RenderArgs) -> anyhow::Result<()> {
         cluster: args.cluster.as_deref().unwrap_or(""),
         facts: facts.as_ref(),
     };
-    let rendered = if app.source_kind() == SourceKind::HelmRepo {
-        renderer.render(&app, None, None, target).await?
+    let rendered = if app.needs_resolved_sources() {
+        render_sources(&app, &renderer, store.as_ref(), &args, target).await?
     } else {
         let source = app.source();
         let spec = match store
@@ -121,6 +132,69 @@ pub async fn run(args: RenderArgs) -> anyhow::Result<()> {
     };
     print!("{}", render::to_yaml_stream(&rendered.objects)?);
     Ok(())
+}
+
+/// Renders an app with a chart from a repository or several sources as the hub
+/// does: each source resolved (charts through their repository's index or the
+/// registry's tags, with the hub's stored credentials when --data-dir is given).
+async fn render_sources(
+    app: &Application,
+    renderer: &Renderer,
+    store: Option<&Store>,
+    args: &RenderArgs,
+    target: Target<'_>,
+) -> anyhow::Result<render::Rendered> {
+    enum Got {
+        Git(Box<Repo>, CommitId),
+        Chart(Pulled),
+    }
+    let cache_dir = args.repo_cache.clone().unwrap_or_else(default_repo_cache);
+    let charts = ChartCache::new(cache_dir.join(".charts"))?;
+    let mut got = Vec::new();
+    for source in app.sources() {
+        let access = store
+            .map(|s| s.repo_access(&source.repo_url))
+            .transpose()?
+            .flatten();
+        if let Some(chart) = &source.chart {
+            let repo = RepoRecord::chart_repo(
+                access,
+                &source.repo_url,
+                source.helm.as_ref().is_some_and(|h| h.pass_credentials),
+            );
+            let resolved = charts
+                .resolve(&repo, chart, &source.target_revision)
+                .await?;
+            got.push(Got::Chart(charts.pull(&repo, &resolved).await?));
+        } else {
+            let spec = match access {
+                Some(record) => RepoSpec {
+                    url: source.repo_url.clone(),
+                    credentials: record.credentials,
+                },
+                None => RepoSpec::new(local_url(&source.repo_url, &args.file)),
+            };
+            let cache = RepoCache::new(cache_dir.clone())?;
+            let repo = tokio::task::spawn_blocking(move || cache.fetch(&spec))
+                .await
+                .context("the fetch task failed")??;
+            let commit = repo.resolve(&source.target_revision)?;
+            got.push(Got::Git(Box::new(repo), commit));
+        }
+    }
+    let inputs: Vec<SourceInput<'_>> = app
+        .sources()
+        .iter()
+        .zip(&got)
+        .map(|(source, got)| SourceInput {
+            source,
+            input: match got {
+                Got::Git(repo, commit) => Input::Git { repo, commit },
+                Got::Chart(pulled) => Input::Chart(pulled),
+            },
+        })
+        .collect();
+    Ok(renderer.render_sources(app, &inputs, target).await?)
 }
 
 /// A relative local path in repoURL is relative to the Application's file.

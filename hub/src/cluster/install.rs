@@ -36,6 +36,8 @@ const IMAGE_USER: u32 = 65532;
 
 /// The delimiter of the Helm values' here-document.
 const VALUES_END: &str = "FLOTILLA_VALUES";
+/// Ends the here-document of the namespace in the printed `helm install`.
+const NAMESPACE_END: &str = "FLOTILLA_NAMESPACE";
 
 /// The agent's install manifest: Namespace, ServiceAccount, RBAC, the bootstrap
 /// Secret, the state claim and the Deployment.
@@ -54,6 +56,7 @@ pub fn manifest(join: &JoinInfo<'_>) -> String {
         token,
         image,
         namespaces,
+        storage_class,
     } = join;
     let labels = json!({NAME_LABEL: AGENT, "app.kubernetes.io/part-of": "flotilla"});
     let meta = |name: &str, namespace: Option<&str>| {
@@ -66,15 +69,12 @@ pub fn manifest(join: &JoinInfo<'_>) -> String {
     let own = Some(AGENT_NAMESPACE);
     let subject = json!([{"kind": "ServiceAccount", "name": AGENT, "namespace": AGENT_NAMESPACE}]);
     let role_ref = |kind: &str, name: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
-    let mut namespace = meta(AGENT_NAMESPACE, None);
-    // The agent's pod passes the restricted profile; the namespace enforces it.
-    namespace["labels"]["pod-security.kubernetes.io/enforce"] = json!("restricted");
     let mut documents: Vec<(Option<String>, Value)> = vec![
         (
             Some(format!(
                 "Flotilla agent for cluster {cluster}. The token works once and expires; apply soon."
             )),
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": namespace}),
+            namespace_object(),
         ),
         (
             None,
@@ -188,16 +188,25 @@ pub fn manifest(join: &JoinInfo<'_>) -> String {
                 "stringData": bootstrap}),
         ),
         (
-            Some(
+            Some(format!(
                 "The agent's inventory and journal: a pod restart must not lose what it \
-                 applied,\nor it could neither prune nor tell a hook already ran. Uses the \
-                 default storage class."
-                    .to_owned(),
-            ),
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": meta(STATE_CLAIM, own),
-                "spec": {"accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": STATE_SIZE}}}}),
+                 applied,\nor it could neither prune nor tell a hook already ran. Uses {}.",
+                match storage_class {
+                    Some(class) => format!("the storage class {class}"),
+                    None => "the default storage class (cluster add --storage-class names another)"
+                        .to_owned(),
+                }
+            )),
+            {
+                let mut claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": meta(STATE_CLAIM, own),
+                    "spec": {"accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": STATE_SIZE}}}});
+                if let Some(class) = storage_class {
+                    claim["spec"]["storageClassName"] = json!(class);
+                }
+                claim
+            },
         ),
         (
             None,
@@ -268,10 +277,22 @@ pub fn helm_values(join: &JoinInfo<'_>) -> Value {
         "token": join.token,
         "namespaces": join.namespaces,
         "image": {"repository": join.image, "tag": flotilla_common::VERSION},
+        "persistence": {"storageClass": join.storage_class.unwrap_or_default()},
     })
 }
 
-/// The `helm install` command equivalent to [`manifest`]. The values go in on
+/// The agent's namespace. The agent's pod passes the restricted Pod Security
+/// profile; the namespace enforces it.
+fn namespace_object() -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": AGENT_NAMESPACE,
+        "labels": {NAME_LABEL: AGENT, "app.kubernetes.io/part-of": "flotilla",
+            "pod-security.kubernetes.io/enforce": "restricted"}}})
+}
+
+/// The `helm install` command equivalent to [`manifest`]. The namespace is made
+/// first, with its Pod Security label (`helm --create-namespace` would make it
+/// without). The values go in on
 /// stdin as pretty JSON (which is YAML): each line starts with a brace or a space
 /// and no string holds a raw newline, so no value can end the here-document,
 /// and none reaches Helm as a flag or through `--set`'s own splitting.
@@ -281,10 +302,13 @@ pub fn helm_command(join: &JoinInfo<'_>) -> String {
     format!(
         "# Flotilla agent for cluster {cluster}, from deploy/charts/flotilla-agent in a checkout of\n\
          # Flotilla {version}. The token works once and expires; run soon.\n\
+         kubectl apply --server-side --field-manager flotilla-install -f - <<'{NAMESPACE_END}'\n\
+         {namespace}\n{NAMESPACE_END}\n\
          helm install flotilla-agent deploy/charts/flotilla-agent --namespace {AGENT_NAMESPACE} \
-         --create-namespace --values - <<'{VALUES_END}'\n{values}\n{VALUES_END}\n",
+         --values - <<'{VALUES_END}'\n{values}\n{VALUES_END}\n",
         cluster = join.cluster,
         version = flotilla_common::VERSION,
+        namespace = namespace_object(),
     )
 }
 
@@ -315,6 +339,7 @@ mod tests {
             token: "flt_secret",
             image: DEFAULT_AGENT_IMAGE,
             namespaces,
+            storage_class: None,
         }
     }
 
@@ -461,6 +486,7 @@ mod tests {
             token: "flt: x' --set image.repository=evil",
             image: DEFAULT_AGENT_IMAGE,
             namespaces: &[],
+            storage_class: Some("fast\n  evil: true"),
         }
     }
 
@@ -475,6 +501,47 @@ mod tests {
         assert_eq!(secret["stringData"]["FLOTILLA_CA_FINGERPRINT"], "ab12\"");
         assert_eq!(secret["stringData"]["FLOTILLA_TOKEN"], join.token);
         assert_eq!(secret["stringData"].as_object().unwrap().len(), 4);
+        let claim = documents
+            .iter()
+            .find(|d| d["kind"] == "PersistentVolumeClaim")
+            .unwrap();
+        assert_eq!(claim["spec"]["storageClassName"], "fast\n  evil: true");
+    }
+
+    #[test]
+    fn a_storage_class_names_the_claims_class_in_the_manifest_and_the_chart() {
+        let namespaces = [];
+        let mut join = join(&namespaces);
+        let claim = |join: &JoinInfo<'_>| {
+            parse_manifest(&manifest(join))
+                .into_iter()
+                .find(|d| d["kind"] == "PersistentVolumeClaim")
+                .unwrap()
+        };
+        assert!(claim(&join)["spec"]["storageClassName"].is_null());
+        assert_eq!(helm_values(&join)["persistence"]["storageClass"], "");
+        join.storage_class = Some("local-path");
+        assert_eq!(claim(&join)["spec"]["storageClassName"], "local-path");
+        assert_eq!(
+            helm_values(&join)["persistence"]["storageClass"],
+            "local-path"
+        );
+        for good in ["standard", "local-path", "ebs.csi.aws.com", "gp3"] {
+            assert!(crate::cluster::is_storage_class(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Fast",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "a\nb",
+            "a;b",
+            &"a".repeat(254),
+        ] {
+            assert!(!crate::cluster::is_storage_class(bad), "{bad:?}");
+        }
     }
 
     #[test]
@@ -499,5 +566,20 @@ mod tests {
         assert_eq!(values["token"], join.token);
         // Nothing but the fixed words reaches the command line itself.
         assert!(!lines[start].contains("evil"));
+        assert!(!lines[start].contains("--create-namespace"));
+        // The namespace comes first, with the label that enforces the restricted
+        // profile (helm's --create-namespace would make it without).
+        assert_eq!(
+            lines[start - 3],
+            format!(
+                "kubectl apply --server-side --field-manager flotilla-install -f - <<'{NAMESPACE_END}'"
+            )
+        );
+        assert_eq!(lines[start - 1], NAMESPACE_END);
+        let namespace: Value = serde_json::from_str(lines[start - 2]).unwrap();
+        assert_eq!(
+            namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
     }
 }

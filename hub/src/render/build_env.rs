@@ -12,7 +12,7 @@
 
 use flotilla_common::model::ClusterFacts;
 
-use crate::app::Application;
+use crate::app::{Application, Source};
 
 /// The variables of one render.
 #[derive(Clone, Debug)]
@@ -21,10 +21,14 @@ pub struct BuildEnv {
 }
 
 impl BuildEnv {
-    /// The variables for rendering `app` at `revision` (a commit, or a chart
-    /// version) for a cluster with `facts`.
-    pub fn new(app: &Application, revision: &str, facts: Option<&ClusterFacts>) -> Self {
-        let source = app.source();
+    /// The variables for rendering `source` of `app` at `revision` (a commit, or
+    /// a chart version) for a cluster with `facts`.
+    pub fn new(
+        app: &Application,
+        source: &Source,
+        revision: &str,
+        facts: Option<&ClusterFacts>,
+    ) -> Self {
         let api_versions = facts
             .map(|f| {
                 let mut versions: Vec<&str> = f
@@ -112,22 +116,30 @@ impl BuildEnv {
         out
     }
 
-    /// A copy of `app` with its Helm parameters, value files and file parameter
-    /// paths expanded.
-    pub fn apply(&self, app: &Application) -> Application {
-        let mut app = app.clone();
-        if let Some(helm) = app.spec.source.as_mut().and_then(|s| s.helm.as_mut()) {
+    /// A copy of `source` (of `app`) with its Helm parameters, value files and
+    /// file parameter paths expanded. A value file that starts with another
+    /// source's `$ref/` is that source's, and left to it, as Argo CD leaves it.
+    pub fn apply(&self, app: &Application, source: &Source) -> Source {
+        let mut source = source.clone();
+        let refs: Vec<String> = app
+            .sources()
+            .iter()
+            .filter_map(|s| s.ref_.as_ref().map(|r| format!("${r}/")))
+            .collect();
+        if let Some(helm) = source.helm.as_mut() {
             for p in &mut helm.parameters {
                 p.value = self.expand(&p.value);
             }
             for file in &mut helm.value_files {
-                *file = self.expand(file);
+                if !refs.iter().any(|r| file.starts_with(r.as_str())) {
+                    *file = self.expand(file);
+                }
             }
             for p in &mut helm.file_parameters {
                 p.path = self.expand(&p.path);
             }
         }
-        app
+        source
     }
 }
 
@@ -151,9 +163,10 @@ mod tests {
             kubernetes_version: "v1.35.4".to_owned(),
             ..ClusterFacts::default()
         };
-        let env = BuildEnv::new(&app(), "0123456789abcdef", Some(&facts));
-        let expanded = env.apply(&app());
-        let helm = expanded.source().helm.as_ref().unwrap();
+        let app = app();
+        let env = BuildEnv::new(&app, app.source(), "0123456789abcdef", Some(&facts));
+        let expanded = env.apply(&app, app.source());
+        let helm = expanded.helm.as_ref().unwrap();
         assert_eq!(helm.value_files, ["values-web.yaml"]);
         assert_eq!(helm.parameters[0].value, "0123456");
         assert_eq!(helm.parameters[1].value, "ns=shop k8s=v1.35.4 cost=$5 .");

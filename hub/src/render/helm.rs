@@ -2,8 +2,9 @@
 //! Application's release name, values and parameters, and the target cluster's
 //! version and APIs, as Argo CD runs it.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flotilla_common::model::ClusterFacts;
 use serde_json::Value;
@@ -11,13 +12,18 @@ use serde_json::Value;
 use super::argument;
 use super::tool::{Tools, run};
 use super::{Error, Result};
-use crate::app::{Application, Helm};
+use crate::app::{Application, Helm, Source};
+use crate::source::Credentials;
+use crate::store::Store;
 
 /// Where the chart comes from.
 pub enum Chart<'a> {
     /// A chart folder in the exported repo; `root` bounds the value files.
     Dir { root: &'a Path, dir: &'a Path },
-    /// A chart in a Helm repository (`https://…`) or an OCI registry (`oci://…`).
+    /// A chart archive fetched from a Helm repository or an OCI registry.
+    Archive { path: &'a Path },
+    /// A chart in a Helm repository (`https://…`) or an OCI registry (`oci://…`),
+    /// fetched by helm itself (`flotilla render`, without credentials).
     Repo {
         url: &'a str,
         name: &'a str,
@@ -25,8 +31,19 @@ pub enum Chart<'a> {
     },
 }
 
-/// Runs `helm template`; `scratch` is a private folder for Helm's own state and the
-/// values file.
+/// What a render passes helm besides the chart.
+#[derive(Default)]
+pub struct Context<'a> {
+    /// The checkouts of the app's `ref` sources by name, for `$ref/…` value files.
+    pub refs: BTreeMap<String, PathBuf>,
+    /// Where the hub keeps repository credentials, for dependency repositories.
+    pub store: Option<&'a Store>,
+    /// Extra certificate authorities for dependency repositories, PEM.
+    pub extra_roots: &'a [Vec<u8>],
+}
+
+/// Runs `helm template` for `source` of `app`; `scratch` is a private folder for
+/// Helm's own state and the values file.
 ///
 /// Every string from the Application is checked before it reaches helm's argv:
 /// options are passed as `--flag=value`, the release name and chart come after
@@ -35,12 +52,14 @@ pub enum Chart<'a> {
 pub async fn template(
     tools: &Tools,
     app: &Application,
+    source: &Source,
     chart: Chart<'_>,
     facts: Option<&ClusterFacts>,
     scratch: &Path,
+    context: &Context<'_>,
 ) -> Result<Vec<u8>> {
     let default = Helm::default();
-    let helm = app.source().helm.as_ref().unwrap_or(&default);
+    let helm = source.helm.as_ref().unwrap_or(&default);
     let (release, release_field) = match helm.release_name.as_deref() {
         Some(name) => (name, "spec.source.helm.releaseName"),
         None => (app.name(), "metadata.name (the default Helm release name)"),
@@ -64,15 +83,12 @@ pub async fn template(
             dir = chart_dir.to_path_buf();
             let dependencies = chart_dependencies(chart_dir)?;
             refuse_dependencies_outside(root, chart_dir, &dependencies)?;
-            dependency_build(tools, chart_dir, scratch, &dependencies).await?;
+            dependency_build(tools, chart_dir, scratch, &dependencies, context).await?;
             for file in &helm.value_files {
                 let field = "spec.source.helm.valueFiles";
                 if file.starts_with('$') {
-                    return Err(argument::refuse(
-                        field,
-                        file,
-                        "references to another source ($values) are not supported",
-                    ));
+                    options.extend(ref_value_file(helm, file, context)?);
+                    continue;
                 }
                 let path = argument::inside(field, root, chart_dir, file)?;
                 if path.is_file() {
@@ -83,6 +99,20 @@ pub async fn template(
                         message: "does not exist in the chart's folder at this revision".to_owned(),
                     });
                 }
+            }
+        }
+        Chart::Archive { path } => {
+            positionals.push(path.as_os_str().to_owned());
+            for file in &helm.value_files {
+                if !file.starts_with('$') {
+                    return Err(Error::ValueFile {
+                        file: file.clone(),
+                        message: "a value file of a chart from a repository comes from another \
+                                  source ($ref/...); use values or valuesObject otherwise"
+                            .to_owned(),
+                    });
+                }
+                options.extend(ref_value_file(helm, file, context)?);
             }
         }
         Chart::Repo { url, name, version } => {
@@ -203,6 +233,35 @@ pub async fn template(
     run_helm(tools, args, &dir, scratch).await
 }
 
+/// `--values=…` for a `$ref/path` value file: the path resolved inside that ref's
+/// checkout, none when it is missing and missing files are ignored.
+fn ref_value_file(helm: &Helm, file: &str, context: &Context<'_>) -> Result<Option<OsString>> {
+    let field = "spec.sources[].helm.valueFiles";
+    let rest = &file[1..];
+    let (name, rel) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(root) = context.refs.get(name) else {
+        return Err(argument::refuse(
+            field,
+            file,
+            "names a ref that no source of the app has",
+        ));
+    };
+    let path = argument::inside(field, root, root, rel)?;
+    if path.is_file() {
+        Ok(Some(flag(
+            "--values",
+            &argument::csv_field(&path_text(&path)?),
+        )))
+    } else if helm.ignore_missing_value_files {
+        Ok(None)
+    } else {
+        Err(Error::ValueFile {
+            file: file.to_owned(),
+            message: format!("does not exist in the checkout of ref {name:?} at its revision"),
+        })
+    }
+}
+
 /// `--name=value`, one argv word, so a value can never be read as another option.
 fn flag(name: &str, value: &str) -> OsString {
     format!("{name}={value}").into()
@@ -310,23 +369,183 @@ fn api_versions(helm: &Helm, facts: Option<&ClusterFacts>) -> Vec<String> {
 }
 
 /// Builds `charts/` from Chart.yaml's dependencies when the repo does not carry it.
+///
+/// Each dependency repository gets the credentials the hub holds for it (its
+/// repository Secret, or the longest matching credential template), written to
+/// helm's repositories file and registry config inside `scratch`, never to argv.
+/// A failure names the dependencies it may concern and their repositories.
 async fn dependency_build(
     tools: &Tools,
     chart_dir: &Path,
     scratch: &Path,
     dependencies: &[Value],
+    context: &Context<'_>,
 ) -> Result<()> {
     if dependencies.is_empty() || chart_dir.join("charts").is_dir() {
         return Ok(());
     }
-    run_helm(
+    write_helm_credentials(scratch, dependencies, context)?;
+    let built = run_helm(
         tools,
         vec!["dependency".into(), "build".into(), ".".into()],
         chart_dir,
         scratch,
     )
-    .await
-    .map(|_| ())
+    .await;
+    match built {
+        Ok(_) => Ok(()),
+        Err(Error::ToolFailed { stderr, .. }) => {
+            let remote: Vec<(String, String)> = dependencies
+                .iter()
+                .filter_map(|d| {
+                    let name = d.get("name")?.as_str()?.to_owned();
+                    let repository = d.get("repository")?.as_str()?.to_owned();
+                    (!repository.starts_with("file://") && !repository.is_empty())
+                        .then_some((name, repository))
+                })
+                .collect();
+            // Name the dependency helm's message is about, else every remote one.
+            let named: Vec<&(String, String)> = remote
+                .iter()
+                .filter(|(name, repository)| {
+                    stderr.contains(repository.trim_end_matches('/'))
+                        || stderr.contains(&format!("/{name}-"))
+                        || stderr.contains(&format!("\"{name}\""))
+                })
+                .collect();
+            let named = if named.is_empty() {
+                remote.iter().collect()
+            } else {
+                named
+            };
+            Err(Error::Dependency {
+                dependencies: named
+                    .iter()
+                    .map(|(name, repository)| {
+                        format!("{name} from {}", argument::redact_urls(repository))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message: argument::redact_urls(stderr.trim()),
+            })
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Helm's repositories file and registry config in `scratch`, with an entry for
+/// each dependency repository the hub holds credentials for, and the extra
+/// certificate authorities; key material goes in private files beside them.
+fn write_helm_credentials(
+    scratch: &Path,
+    dependencies: &[Value],
+    context: &Context<'_>,
+) -> Result<()> {
+    let config = scratch.join("helm/config");
+    let private = scratch.join("credentials");
+    for dir in [&config, &config.join("registry"), &private] {
+        create_private_dir(dir)?;
+    }
+    let ca_file = if context.extra_roots.is_empty() {
+        None
+    } else {
+        let path = private.join("ca.pem");
+        write_private(&path, &context.extra_roots.concat())?;
+        Some(path_text(&path)?)
+    };
+    let mut repositories = Vec::new();
+    let mut auths = serde_json::Map::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for dependency in dependencies {
+        let Some(url) = dependency.get("repository").and_then(Value::as_str) else {
+            continue;
+        };
+        if !seen.insert(url.to_owned()) {
+            continue;
+        }
+        let access = context
+            .store
+            .and_then(|store| store.repo_access(url).ok().flatten());
+        let basic = match access.as_ref().and_then(|a| a.credentials.as_ref()) {
+            Some(Credentials::Https { username, token }) => Some((username.clone(), token.clone())),
+            _ => None,
+        };
+        if let Some(registry) = url.strip_prefix("oci://") {
+            if let Some((user, password)) = basic {
+                use base64::Engine as _;
+                let host = registry.split('/').next().unwrap_or(registry);
+                let auth =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                auths.insert(host.to_owned(), serde_json::json!({ "auth": auth }));
+            }
+            continue;
+        }
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            continue;
+        }
+        let index = repositories.len();
+        let mut entry = serde_json::json!({
+            "name": format!("flotilla-dependency-{index}"),
+            "url": url,
+        });
+        if let Some((user, password)) = basic {
+            entry["username"] = user.into();
+            entry["password"] = password.into();
+        }
+        if let Some(tls) = access.as_ref().and_then(|a| a.tls_client.as_ref()) {
+            let cert = private.join(format!("client-{index}.crt"));
+            let key = private.join(format!("client-{index}.key"));
+            write_private(&cert, tls.cert.as_bytes())?;
+            write_private(&key, tls.key.as_bytes())?;
+            entry["certFile"] = path_text(&cert)?.into();
+            entry["keyFile"] = path_text(&key)?.into();
+        }
+        if let Some(ca) = &ca_file {
+            entry["caFile"] = ca.clone().into();
+        }
+        repositories.push(entry);
+    }
+    let file = serde_json::json!({ "apiVersion": "", "generated": "0001-01-01T00:00:00Z", "repositories": repositories });
+    write_private(
+        &config.join("repositories.yaml"),
+        &serde_json::to_vec(&file).unwrap_or_default(),
+    )?;
+    let registry = serde_json::json!({ "auths": auths });
+    write_private(
+        &config.join("registry/config.json"),
+        &serde_json::to_vec(&registry).unwrap_or_default(),
+    )?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Io {
+            what: "creating a private folder for helm".to_owned(),
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|source| Error::Io {
+            what: "writing helm's credentials".to_owned(),
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Runs helm with its cache, config and data homes inside `scratch`, so nothing

@@ -88,30 +88,112 @@ impl RepoSpec {
         redact_url(&self.url)
     }
 
-    /// Reads an Argo CD repository Secret (`argocd.argoproj.io/secret-type: repository`),
-    /// given as YAML or JSON bytes.
+    /// Reads an Argo CD repository Secret (`argocd.argoproj.io/secret-type: repository`)
+    /// of a Git repository, given as YAML or JSON bytes.
     pub fn from_argocd_secret_yaml(yaml: &[u8]) -> Result<Self> {
-        let text = std::str::from_utf8(yaml).map_err(|_| Error::InvalidRepositorySecret {
-            name: String::new(),
-            reason: "the secret is not UTF-8 text".into(),
-        })?;
-        let value: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| Error::InvalidRepositorySecret {
-                name: String::new(),
-                reason: format!("not a YAML document: {e}"),
-            })?;
-        Self::from_argocd_secret(&value)
+        Self::from_argocd_secret(&secret_value(yaml)?)
     }
 
-    /// Reads an Argo CD repository Secret (`argocd.argoproj.io/secret-type: repository`).
+    /// Reads an Argo CD repository Secret of a Git repository: [`RepositorySecret`]
+    /// for every kind, and refuses a credential template or a Helm or OCI
+    /// repository, which are not Git.
+    pub fn from_argocd_secret(secret: &serde_json::Value) -> Result<Self> {
+        let read = RepositorySecret::from_value(secret)?;
+        if read.template {
+            return Err(Error::InvalidRepositorySecret {
+                name: read.name,
+                reason:
+                    "label argocd.argoproj.io/secret-type is \"repo-creds\", not \"repository\""
+                        .into(),
+            });
+        }
+        if read.repo_type != RepoType::Git {
+            return Err(Error::InvalidRepositorySecret {
+                name: read.name,
+                reason: format!(
+                    "type is {:?}; only \"git\" repositories are read here",
+                    read.repo_type
+                ),
+            });
+        }
+        Ok(read.spec)
+    }
+}
+
+/// What kind of repository a Secret describes (its `type`), as Argo CD names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepoType {
+    /// A Git repository (the default).
+    #[default]
+    Git,
+    /// A Helm chart repository with an `index.yaml` (or, with `enableOCI`, a registry).
+    Helm,
+    /// An OCI registry holding charts.
+    Oci,
+}
+
+/// A TLS client certificate and its key, as PEM. Never shown: `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlsClientCert {
+    /// `tlsClientCertData`: the certificate (chain), PEM.
+    pub cert: String,
+    /// `tlsClientCertKey`: its private key, PEM.
+    pub key: String,
+}
+
+impl fmt::Debug for TlsClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsClientCert(<redacted>)")
+    }
+}
+
+/// An Argo CD repository Secret (`argocd.argoproj.io/secret-type: repository`) or
+/// credential template (`repo-creds`, whose `url` is a prefix), as read.
+#[derive(Clone, Debug)]
+pub struct RepositorySecret {
+    /// The Secret's `metadata.name`, for messages.
+    pub name: String,
+    /// The URL (a prefix for a template) and basic or ssh credentials.
+    pub spec: RepoSpec,
+    /// `type`.
+    pub repo_type: RepoType,
+    /// Whether this is a `repo-creds` template rather than one repository.
+    pub template: bool,
+    /// `tlsClientCertData` and `tlsClientCertKey`.
+    pub tls_client: Option<TlsClientCert>,
+    /// `enableOCI`: a `helm` repository that is really an OCI registry.
+    pub enable_oci: bool,
+}
+
+fn secret_value(yaml: &[u8]) -> Result<serde_json::Value> {
+    let text = std::str::from_utf8(yaml).map_err(|_| Error::InvalidRepositorySecret {
+        name: String::new(),
+        reason: "the secret is not UTF-8 text".into(),
+    })?;
+    serde_saphyr::from_str(text).map_err(|e| Error::InvalidRepositorySecret {
+        name: String::new(),
+        reason: format!("not a YAML document: {e}"),
+    })
+}
+
+impl RepositorySecret {
+    /// Reads a repository Secret or credential template given as YAML or JSON bytes.
+    pub fn from_yaml(yaml: &[u8]) -> Result<Self> {
+        Self::from_value(&secret_value(yaml)?)
+    }
+
+    /// Reads a repository Secret or credential template.
     ///
     /// Fields come from `stringData` or base64 `data` (`stringData` wins, as in
     /// Kubernetes). `url` is required; `username` and `password` give https
-    /// credentials, `sshPrivateKey` gives ssh credentials. `type` must be `git` when
-    /// set. `name` and `project` are accepted and not needed here. Any other field
-    /// that Flotilla cannot honour (GitHub App, TLS client certificates, proxies,
-    /// `insecure`, ...) is an [`Error::UnsupportedSecretField`], never dropped.
-    pub fn from_argocd_secret(secret: &serde_json::Value) -> Result<Self> {
+    /// credentials, `sshPrivateKey` gives ssh credentials (Git only). `type` is
+    /// `git` (the default), `helm` or `oci`; `enableOCI`, `tlsClientCertData` and
+    /// `tlsClientCertKey` are read for Helm and OCI repositories. `name` and
+    /// `project` are accepted and not needed here. Any other field that Flotilla
+    /// cannot honour (GitHub App, proxies, `insecure`, TLS client certificates for
+    /// Git, ...) is an [`Error::UnsupportedSecretField`], never dropped.
+    pub fn from_value(secret: &serde_json::Value) -> Result<Self> {
         let name = secret
             .pointer("/metadata/name")
             .and_then(|v| v.as_str())
@@ -127,12 +209,16 @@ impl RepoSpec {
         let secret_type = secret
             .pointer("/metadata/labels/argocd.argoproj.io~1secret-type")
             .and_then(|v| v.as_str());
-        if secret_type != Some("repository") {
-            return Err(invalid(format!(
-                "label argocd.argoproj.io/secret-type is {}, not \"repository\"",
-                secret_type.map_or_else(|| "missing".to_owned(), |t| format!("{t:?}"))
-            )));
-        }
+        let template = match secret_type {
+            Some("repository") => false,
+            Some("repo-creds") => true,
+            other => {
+                return Err(invalid(format!(
+                    "label argocd.argoproj.io/secret-type is {}, not \"repository\" or \"repo-creds\"",
+                    other.map_or_else(|| "missing".to_owned(), |t| format!("{t:?}"))
+                )));
+            }
+        };
 
         let mut fields = std::collections::BTreeMap::<String, String>::new();
         if let Some(data) = secret.get("data") {
@@ -165,22 +251,37 @@ impl RepoSpec {
             }
         }
 
+        let repo_type = match fields.get("type").map(String::as_str) {
+            None | Some("" | "git") => RepoType::Git,
+            Some("helm") => RepoType::Helm,
+            Some("oci") => RepoType::Oci,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "type is {other:?}; Flotilla reads \"git\", \"helm\" and \"oci\" repositories"
+                )));
+            }
+        };
+        let charts = repo_type != RepoType::Git;
+        let is_true = |value: &str| value == "true";
         let mut url = None;
         let mut username = None;
         let mut password = None;
         let mut ssh_key = None;
+        let mut cert = None;
+        let mut cert_key = None;
+        let mut enable_oci = repo_type == RepoType::Oci;
         for (key, value) in fields {
             match key.as_str() {
                 "url" => url = Some(value),
                 "username" => username = Some(value),
                 "password" => password = Some(value),
-                "sshPrivateKey" => ssh_key = Some(value),
-                "type" if value == "git" => {}
-                "type" => {
-                    return Err(invalid(format!(
-                        "type is {value:?}; only \"git\" repositories are read here"
-                    )));
-                }
+                "sshPrivateKey" if !charts => ssh_key = Some(value),
+                "tlsClientCertData" if charts => cert = Some(value),
+                "tlsClientCertKey" if charts => cert_key = Some(value),
+                "enableOCI" if charts => enable_oci |= is_true(&value),
+                // Helm and registries get basic credentials with every request anyway.
+                "forceHttpBasicAuth" if charts => {}
+                "type" => {}
                 // Names and projects scope the secret in Argo CD's UI; they change nothing here.
                 "name" | "project" => {}
                 // Explicitly off is the same as absent.
@@ -213,7 +314,25 @@ impl RepoSpec {
             }
             _ => None,
         };
-        Ok(Self { url, credentials })
+        let tls_client = match (cert, cert_key) {
+            (Some(cert), Some(key)) if !cert.trim().is_empty() && !key.trim().is_empty() => {
+                Some(TlsClientCert { cert, key })
+            }
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "tlsClientCertData and tlsClientCertKey go together; set both".into(),
+                ));
+            }
+        };
+        Ok(Self {
+            name,
+            spec: RepoSpec { url, credentials },
+            repo_type,
+            template,
+            tls_client,
+            enable_oci,
+        })
     }
 }
 

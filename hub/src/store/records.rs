@@ -8,15 +8,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::adoption::Refusal;
 use crate::app::{Application, Destination, IN_CLUSTER_NAME, IN_CLUSTER_SERVER, SourceKind};
-use crate::source::{Credentials, RepoSpec};
+use crate::source::{Credentials, RepoSpec, RepoType, TlsClientCert};
 
-/// A registered Git repository. Its credentials are stored, never shown:
-/// `Debug` leaves them out.
+/// A registered repository (Git, Helm or OCI), or a credential template whose
+/// URL is a prefix (Argo CD's `repo-creds`). Its credentials are stored, never
+/// shown: `Debug` leaves them out.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoRecord {
     pub url: String,
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// Git, Helm or OCI.
+    #[serde(default)]
+    pub repo_type: RepoType,
+    /// A credential template: its credentials serve every repository whose URL
+    /// starts with `url` and that has none of its own; it is never polled.
+    #[serde(default)]
+    pub template: bool,
+    /// A TLS client certificate (Helm and OCI repositories).
+    #[serde(default)]
+    pub tls_client: Option<TlsClientCert>,
+    /// A Helm repository that is an OCI registry though its URL has no `oci://`.
+    #[serde(default)]
+    pub enable_oci: bool,
     /// Seconds between polls; 180 by default, as in Argo CD.
     pub poll_interval_secs: u64,
     /// The secret webhook payloads for this repo must be signed with, if any.
@@ -32,6 +46,13 @@ impl fmt::Debug for RepoRecord {
                 "credentials",
                 &self.credentials.as_ref().map(|_| "<redacted>"),
             )
+            .field("repo_type", &self.repo_type)
+            .field("template", &self.template)
+            .field(
+                "tls_client",
+                &self.tls_client.as_ref().map(|_| "<redacted>"),
+            )
+            .field("enable_oci", &self.enable_oci)
             .field("poll_interval_secs", &self.poll_interval_secs)
             .field(
                 "webhook_secret",
@@ -46,9 +67,48 @@ impl RepoRecord {
         Self {
             url: spec.url,
             credentials: spec.credentials,
+            repo_type: RepoType::Git,
+            template: false,
+            tls_client: None,
+            enable_oci: false,
             poll_interval_secs: crate::source::DEFAULT_POLL_INTERVAL.as_secs(),
             webhook_secret: None,
         }
+    }
+
+    /// A record of what an Argo CD repository Secret or credential template says.
+    pub fn from_secret(secret: crate::source::RepositorySecret) -> Self {
+        Self {
+            repo_type: secret.repo_type,
+            template: secret.template,
+            tls_client: secret.tls_client,
+            enable_oci: secret.enable_oci,
+            ..Self::new(secret.spec)
+        }
+    }
+
+    /// How to reach the chart repository at `url` with what this record holds
+    /// (from [`crate::store::Store::repo_access`]; `None` for no credentials).
+    /// `pass_credentials` is the app's `helm.passCredentials`.
+    pub fn chart_repo(
+        access: Option<Self>,
+        url: &str,
+        pass_credentials: bool,
+    ) -> crate::chart::ChartRepo {
+        crate::chart::ChartRepo {
+            url: url.to_owned(),
+            oci: access
+                .as_ref()
+                .is_some_and(|a| a.enable_oci || a.repo_type == RepoType::Oci),
+            credentials: access.as_ref().and_then(|a| a.credentials.clone()),
+            tls_client: access.and_then(|a| a.tls_client),
+            pass_credentials,
+        }
+    }
+
+    /// Whether it holds charts (a Helm repository or an OCI registry).
+    pub fn holds_charts(&self) -> bool {
+        self.repo_type != RepoType::Git || self.enable_oci
     }
 
     /// What the Git layer needs to fetch it.
@@ -78,6 +138,11 @@ pub struct AppRecord {
     /// The commit last rendered, if any.
     #[serde(default)]
     pub rendered_commit: Option<String>,
+    /// What each source was resolved to in the last render, in the order of the
+    /// app's sources: a commit for Git, `version (sha256:…)` for a chart. A new
+    /// revision of any source renders the app again.
+    #[serde(default)]
+    pub rendered_revisions: Vec<String>,
     /// How that commit was rendered (after detection), to tell which later changes
     /// can affect the app.
     #[serde(default)]
@@ -102,6 +167,7 @@ impl AppRecord {
             application,
             origin,
             rendered_commit: None,
+            rendered_revisions: Vec::new(),
             rendered_kind: None,
             render_error: None,
             project_violation: false,
@@ -116,6 +182,35 @@ impl AppRecord {
     pub fn name(&self) -> String {
         self.application.metadata.name.clone()
     }
+
+    /// Whether any of the app's sources is the repository at `url`.
+    pub fn uses_repository(&self, url: &str) -> bool {
+        self.application
+            .sources()
+            .iter()
+            .any(|s| same_source_repository(&s.repo_url, url))
+    }
+}
+
+/// Whether two repository URLs name the same repository: the same text
+/// (`oci://` and a trailing `/` aside), or the same to Git on the same port
+/// (Git's comparison leaves ports out, which would make two servers on one host
+/// one repository).
+pub fn same_source_repository(a: &str, b: &str) -> bool {
+    let plain = |u: &str| {
+        let u = u.trim();
+        u.strip_prefix("oci://")
+            .unwrap_or(u)
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    let port = |u: &str| {
+        let (_, rest) = u.split_once("://")?;
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        host.rsplit_once(':').map(|(_, p)| p.to_owned())
+    };
+    plain(a) == plain(b) || (crate::source::webhook::same_repository(a, b) && port(a) == port(b))
 }
 
 /// A cluster the hub knows.

@@ -1930,3 +1930,86 @@ async fn a_clusters_server_url_is_set_by_the_admin_and_never_by_its_agent() {
     let _ = agent.stop().await;
     hub.stop().await;
 }
+
+/// `/api/v1/rollouts` is Argo CD's `applicationsets` resource on
+/// `PROJECT/SET`: readonly sees rollouts, `update` pauses and resumes, and only
+/// `sync` promotes, aborts or retries, since those move clusters.
+#[tokio::test]
+async fn rollouts_are_guarded_by_applicationsets_get_update_and_sync() {
+    let hub = start_with_policy(
+        ApiTls::Plain,
+        "p, role:pauser, applicationsets, update, shop/*, allow\np, role:pauser, applicationsets, get, shop/*, allow\n",
+    )
+    .await;
+    let admin = hub.admin().await;
+    hub.create_account(&admin, "viewer", "viewer-pw", &[]).await;
+    hub.create_account(&admin, "pauser", "pauser-pw", &["role:pauser"])
+        .await;
+    let viewer = hub.login("viewer", "viewer-pw").await;
+    let pauser = hub.login("pauser", "pauser-pw").await;
+    hub.store
+        .put_rollout(&flotilla_hub::store::RolloutRecord {
+            name: "web".to_owned(),
+            parent: "shop/root".to_owned(),
+            phase: flotilla_hub::store::RolloutPhase::Progressing,
+            progress_deadline_ms: 3_600_000,
+            // An app waiting for its agent, so the hub's own ticks leave the
+            // rollout Progressing.
+            apps: vec![flotilla_hub::store::AppProgress {
+                project: "shop".to_owned(),
+                name: "web-east".to_owned(),
+                phase: flotilla_hub::store::AppPhase::Updating,
+                clusters: vec![flotilla_hub::store::ClusterProgress {
+                    cluster: "east".to_owned(),
+                    before: None,
+                    released: Some(1),
+                }],
+                started_ms: Some(flotilla_hub::clock::epoch_ms(std::time::SystemTime::now())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let (status, list) = hub.call("GET", "/api/v1/rollouts", Some(&viewer), "").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["items"][0]["name"], "web");
+    assert_eq!(list["items"][0]["phase"], "Progressing");
+    let (status, json) = hub
+        .call("POST", "/api/v1/rollouts/web/pause", Some(&viewer), "")
+        .await;
+    assert_json_error(status, &json, 403, 7);
+
+    let (status, json) = hub
+        .call("POST", "/api/v1/rollouts/web/pause", Some(&pauser), "")
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["paused"], true);
+    let (status, json) = hub
+        .call("POST", "/api/v1/rollouts/web/promote", Some(&pauser), "")
+        .await;
+    assert_json_error(status, &json, 403, 7);
+
+    let (status, json) = hub
+        .call("POST", "/api/v1/rollouts/web/promote", Some(&admin), "")
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["paused"], false);
+    // Retry applies to a rolled-back rollout only.
+    let (status, json) = hub
+        .call("POST", "/api/v1/rollouts/web/retry", Some(&admin), "")
+        .await;
+    assert_eq!(status, 409, "{json}");
+    let (status, _) = hub
+        .call("GET", "/api/v1/rollouts/nope", Some(&admin), "")
+        .await;
+    assert_eq!(status, 404);
+    let events = hub.store.events().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "rollout-pause" && e.actor == "pauser"),
+        "writes are audited with their user"
+    );
+}

@@ -7,6 +7,7 @@
 //! never met a test of another area, and now they never meet each other.
 
 mod api;
+mod charts;
 mod cli;
 mod cli_hub;
 mod commands;
@@ -15,6 +16,7 @@ mod link;
 mod ops;
 mod refresh;
 mod render;
+mod rollouts;
 mod server;
 mod source;
 mod support;

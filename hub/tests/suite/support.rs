@@ -3,6 +3,7 @@
 //! end-to-end tests and the `link_scale` example), and a whole hub with an agent
 //! per local cluster (`ops`).
 
+pub mod charts;
 pub mod link;
 pub mod ops;
 pub mod source;

@@ -624,6 +624,8 @@ fn the_printed_manifest_and_helm_install_work_as_printed_and_cluster_rm_cleans_u
         "install-broad",
         "--hub-address",
         "hub.example:7443",
+        "--storage-class",
+        "flotilla-test-class",
     ]);
     assert!(
         manifest.contains(&format!("image: localhost/flotilla-agent:{VERSION}")),
@@ -645,6 +647,19 @@ fn the_printed_manifest_and_helm_install_work_as_printed_and_cluster_rm_cleans_u
         ]),
         None,
     );
+    let class = run(
+        kubectl(&cluster).args([
+            "get",
+            "pvc",
+            "flotilla-agent-state",
+            "-n",
+            "flotilla-system",
+            "-o",
+            "jsonpath={.spec.storageClassName}",
+        ]),
+        None,
+    );
+    assert_eq!(class, "flotilla-test-class");
     assert!(agent_can(
         &cluster,
         &["create", "configmaps", "-n", "default"]
@@ -706,6 +721,18 @@ fn the_printed_manifest_and_helm_install_work_as_printed_and_cluster_rm_cleans_u
         None,
     );
     assert!(!secret.is_empty());
+    // The namespace the printed command made enforces the restricted profile.
+    let enforced = run(
+        kubectl(&cluster).args([
+            "get",
+            "namespace",
+            "flotilla-system",
+            "-o",
+            "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}",
+        ]),
+        None,
+    );
+    assert_eq!(enforced, "restricted");
     assert!(agent_can(
         &cluster,
         &["create", "configmaps", "-n", &team_a]

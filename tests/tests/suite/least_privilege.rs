@@ -35,6 +35,7 @@ fn install_rbac(cluster: &LocalCluster, namespaces: &[String]) {
         token: "unused",
         image: cluster::DEFAULT_AGENT_IMAGE,
         namespaces,
+        storage_class: None,
     };
     let documents: Vec<Value> = serde_saphyr::from_multiple(&cluster::manifest(&join)).unwrap();
     let items: Vec<Value> = documents

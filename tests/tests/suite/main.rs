@@ -7,6 +7,7 @@
 //! they run one at a time: as separate binaries they never met a test of another
 //! area, and now they never meet each other.
 
+mod charts;
 mod cluster_faults;
 mod clusters;
 mod fault_suite;
@@ -15,4 +16,5 @@ mod identity_secret;
 mod install;
 mod least_privilege;
 mod link;
+mod rollouts;
 mod support;

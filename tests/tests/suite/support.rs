@@ -2,6 +2,10 @@
 //! lossy UDP relay (`lossy`), the hub's in-process link fixture (`link`), and a
 //! turn for the tests that must run alone.
 
+/// The hub's chart repository and OCI registry fixtures, shared with the hub's
+/// tests like `link`.
+#[path = "../../../hub/tests/suite/support/charts.rs"]
+pub mod charts;
 pub mod lossy;
 pub mod processes;
 

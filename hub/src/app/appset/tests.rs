@@ -140,3 +140,48 @@ fn a_generated_application_is_validated_like_any_other() {
     let e = s.generate(&Input).unwrap_err().to_string();
     assert!(e.contains("targetRevison"), "{e}");
 }
+
+#[test]
+fn a_rolling_sync_strategy_is_read_as_argo_cd_writes_it() {
+    let s = set(&format!(
+        "{HEADER}  generators: [{{list: {{elements: [{{env: a}}]}}}}]\n  strategy:\n    type: RollingSync\n    rollingSync:\n      steps:\n        - matchExpressions: [{{key: envLabel, operator: In, values: [env-dev]}}]\n        - matchExpressions: [{{key: envLabel, operator: In, values: [env-prod]}}]\n          maxUpdate: 10%\n        - matchExpressions: []\n          maxUpdate: 0\n  template:\n    metadata: {{name: 'x-{{{{env}}}}'}}\n    spec:\n      source: {{repoURL: /r, path: p}}\n      destination: {{name: east}}\n"
+    ));
+    let steps = s.spec.strategy.as_ref().unwrap().rolling_steps().unwrap();
+    assert_eq!(steps.len(), 3);
+    let dev = BTreeMap::from([("envLabel".to_owned(), "env-dev".to_owned())]);
+    assert!(steps[0].matches(&dev) && !steps[1].matches(&dev));
+    assert_eq!(steps[1].max_update.as_ref().unwrap().of(35).unwrap(), 3);
+    assert_eq!(steps[1].max_update.as_ref().unwrap().of(4).unwrap(), 1);
+    assert_eq!(steps[2].max_update.as_ref().unwrap().of(4).unwrap(), 0);
+}
+
+#[test]
+fn a_strategy_flotilla_cannot_honour_is_refused_with_its_path() {
+    for (strategy, path) in [
+        ("{type: Canary}", "spec.strategy.type"),
+        (
+            "{type: RollingSync, rollingSync: {steps: []}}",
+            "spec.strategy.rollingSync.steps",
+        ),
+        (
+            "{type: RollingSync, rollingSync: {steps: [{maxUpdate: 'ten'}]}}",
+            "spec.strategy.rollingSync.steps[0].maxUpdate",
+        ),
+        (
+            "{type: RollingSync, rollingSync: {steps: [{matchExpressions: [{key: a, operator: Gt}]}]}}",
+            "spec.strategy.rollingSync.steps[0].matchExpressions[0].operator",
+        ),
+        (
+            "{type: RollingSync, deletionOrder: Reverse, rollingSync: {steps: [{}]}}",
+            "spec.strategy.deletionOrder",
+        ),
+    ] {
+        let e = parse_manifests(
+            &format!("{HEADER}  generators: [{{list: {{elements: []}}}}]\n  strategy: {strategy}\n  template: {{}}\n"),
+            "set.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(path), "{path}: {e}");
+    }
+}

@@ -32,9 +32,13 @@ pub fn built_in_default() -> AppProject {
 
 impl AppProject {
     /// Checks `app` and the objects it rendered against this project.
+    /// Every source's repository must be allowed, a `ref` source's too: its
+    /// files reach the render.
     pub fn permits(&self, app: &Application, objects: &[Object]) -> Result<(), Violation> {
-        self.permits_from(app, &app.source().repo_url, objects)
-            .map(|_| ())
+        for source in app.sources() {
+            self.permits_from(app, &source.repo_url, objects)?;
+        }
+        Ok(())
     }
 
     /// Checks that the project allows fetching from `repo` (`spec.sourceRepos`),
@@ -53,6 +57,11 @@ impl AppProject {
         app: &Application,
         bundle: &Bundle,
     ) -> Result<common::ProjectRules, Violation> {
+        for source in app.sources() {
+            if source.repo_url != bundle.source.repo {
+                self.permits_from(app, &source.repo_url, &[])?;
+            }
+        }
         self.permits_from(app, &bundle.source.repo, &bundle.objects)
     }
 

@@ -43,7 +43,8 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
     type Error = TraceError;
 
     leaf! {
-        deserialize_any => visit_unit(),
+        // A number fits `serde_json::Value` and the usual untagged int-or-string enums.
+        deserialize_any => visit_u64(0),
         deserialize_bool => visit_bool(false),
         deserialize_i8 => visit_i64(0),
         deserialize_i16 => visit_i64(0),
@@ -251,13 +252,15 @@ fn table() -> Vec<(String, String)> {
     table_rows(text)
 }
 
-/// Whether a row covers `path`: the same path, or a `prefix.*` row above it.
+/// Whether a row covers `path`: the same path, or a `prefix.*` row above it
+/// (`a.*` covers `a`, `a.b` and `a[].b`).
 fn covered(rows: &[(String, String)], path: &str) -> bool {
     rows.iter().any(|(row, _)| {
         row == path
-            || row
-                .strip_suffix(".*")
-                .is_some_and(|prefix| path.starts_with(&format!("{prefix}.")) || path == prefix)
+            || row.strip_suffix(".*").is_some_and(|prefix| {
+                path.strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
     })
 }
 

@@ -4,9 +4,10 @@
 //! from them as containers beside a local cluster.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
+
+mod pod;
 
 /// The user the images run as.
 const IMAGE_USER: u32 = 65532;
@@ -19,17 +20,6 @@ fn podman() -> Command {
     let mut command = Command::new("podman");
     command.env("CONTAINERS_CONF", repo().join("deploy/containers.conf"));
     command
-}
-
-/// Containers this test started, removed by name when it ends, pass or fail.
-struct Containers(Vec<String>);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = output(podman().args(["rm", "--force", "--time", "0", name]), None);
-        }
-    }
 }
 
 struct Build {
@@ -209,10 +199,33 @@ fn images_build_reproducibly_and_run_the_hub_and_an_agent() {
     hub_and_agent_containers();
 }
 
-const PASSWORD: &str = "install-test-admin-password";
+/// Reads `what: VALUE` from `container`'s log, waiting for the hub to print it.
+fn logged(container: &str, what: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let log = logs(container);
+        if let Some(value) = log
+            .lines()
+            .find_map(|line| line.split_once(what).map(|(_, v)| v.trim().to_owned()))
+        {
+            return value;
+        }
+        assert!(
+            container_running(container) && start.elapsed() < Duration::from_secs(60),
+            "the hub never printed {what:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
 
-/// The hub and an agent as containers; the agent with what a pod of the printed
-/// manifest gets.
+/// The README's install, step by step, with the images: the hub installed with
+/// `helm install` and its pod run from the hub image; `flotilla login` pinning the
+/// CA fingerprint the hub printed; `flotilla cluster add` applied as printed and its
+/// agent pod run from the agent image. An app syncs and reports Healthy. The agent's
+/// pod is deleted and made anew: nothing is applied again and no hook runs again.
+/// Then `helm upgrade` to a new chart version: the StatefulSet's new pod, on the
+/// same claim, keeps the CA, the signing key and every cluster, and the agent comes
+/// back on its certificate without registering again.
 fn hub_and_agent_containers() {
     let _turn = AGENT_INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = cluster();
@@ -223,210 +236,164 @@ fn hub_and_agent_containers() {
     );
     let dir = tempfile::tempdir().unwrap();
     let id = unique("it");
-    let mut containers = Containers(Vec::new());
+    let kubelet = pod::Kubelet::new(&cluster);
 
     // A fleet repository with one app: a ConfigMap and a PreSync hook that is
     // deleted and made anew each time it runs, so a second run shows as a new uid.
     let namespace = unique("install-app");
     let fleet = dir.path().join("fleet");
     std::fs::create_dir_all(fleet.join("app")).unwrap();
-    std::fs::write(
-        fleet.join("app/objects.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\ndata:\n  greeting: hello\n\
-         ---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-hook\n  annotations:\n    \
-         argocd.argoproj.io/hook: PreSync\n    argocd.argoproj.io/hook-delete-policy: BeforeHookCreation\n\
-         data:\n  ran: \"yes\"\n",
-    )
-    .unwrap();
+    let write_app = |greeting: &str| {
+        std::fs::write(
+            fleet.join("app/objects.yaml"),
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\ndata:\n  greeting: {greeting}\n\
+                 ---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-hook\n  annotations:\n    \
+                 argocd.argoproj.io/hook: PreSync\n    argocd.argoproj.io/hook-delete-policy: BeforeHookCreation\n\
+                 data:\n  ran: \"yes\"\n"
+            ),
+        )
+        .unwrap();
+    };
     let git = |args: &[&str]| {
         run(
             Command::new("git")
                 .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+                // Owned by the hub's user once the hub serves it.
+                .args(["-c", "safe.directory=*"])
                 .args(args)
                 .current_dir(&fleet),
             None,
         )
     };
+    write_app("hello");
     git(&["init", "-q", "-b", "main"]);
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "an app"]);
     // git serves a repository only to its owner.
     chown_tree(&fleet);
+    // What the hub would reach over the network, bound into its container.
+    let fleet_mount = [pod::ExtraMount {
+        host: &fleet,
+        container: "/srv/fleet",
+    }];
 
-    // The hub: read-only root, no capabilities, its data on a volume.
-    let data = dir.path().join("hub");
-    std::fs::create_dir(&data).unwrap();
-    chown(&data);
-    let (api, quic) = (free_port(), free_port());
-    let start_hub = |name: &str| {
-        run(
-            podman()
-                .args([
-                    "run",
-                    "--detach",
-                    "--name",
-                    name,
-                    "--network",
-                    "host",
-                    "--read-only",
-                ])
-                .args([
-                    "--tmpfs",
-                    "/tmp",
-                    "--cap-drop",
-                    "ALL",
-                    "--security-opt",
-                    "no-new-privileges",
-                ])
-                .arg("--volume")
-                .arg(format!("{}:/var/lib/flotilla", data.display()))
-                .arg("--volume")
-                .arg(format!("{}:/srv/fleet:ro", fleet.display()))
-                // From podman's own environment: the password stays off the command line.
-                .args(["--env", "FLOTILLA_ADMIN_PASSWORD"])
-                .env("FLOTILLA_ADMIN_PASSWORD", PASSWORD)
-                .arg(hub_image())
-                .args(["hub", "--data-dir", "/var/lib/flotilla", "--plain-http"])
-                .args(["--listen", &format!("127.0.0.1:{api}")])
-                .args(["--agent-listen", &format!("127.0.0.1:{quic}")])
-                .args(["--keep-alive-secs", "1", "--idle-timeout-secs", "30"]),
-            None,
-        );
+    // README: a namespace that enforces the restricted profile, then `helm install`.
+    let hub_namespace = unique("flotilla");
+    run(
+        kubectl(&cluster).args(["create", "namespace", &hub_namespace]),
+        None,
+    );
+    let _hub_scratch = Scratch {
+        cluster: cluster.clone(),
+        name: hub_namespace.clone(),
     };
-    // The hub container of the moment, for the failure reports below.
-    let current_hub = std::cell::RefCell::new(format!("flotilla-{id}-hub"));
+    run(
+        kubectl(&cluster).args([
+            "label",
+            "namespace",
+            &hub_namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ]),
+        None,
+    );
+    // The host network is shared, so the hub listens on free loopback ports.
+    let (api, quic) = (free_port(), free_port());
+    let values = dir.path().join("hub-values.json");
+    std::fs::write(
+        &values,
+        json!({
+            "agentAddress": format!("127.0.0.1:{quic}"),
+            "extraEnv": [
+                {"name": "FLOTILLA_LISTEN", "value": format!("127.0.0.1:{api}")},
+                {"name": "FLOTILLA_AGENT_LISTEN", "value": format!("127.0.0.1:{quic}")},
+                {"name": "FLOTILLA_KEEP_ALIVE_SECS", "value": "1"},
+                {"name": "FLOTILLA_IDLE_TIMEOUT_SECS", "value": "30"},
+            ],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let helm_hub = |verb: &str, chart_dir: &Path| {
+        run(
+            helm(&cluster)
+                .args([verb, "flotilla", "--namespace", &hub_namespace, "--values"])
+                .arg(&values)
+                .arg(chart_dir),
+            None,
+        )
+    };
+    kubelet.provision(&hub_namespace, "data-flotilla-0");
+    helm_hub("install", &chart("flotilla"));
+    let hub_selector = "app.kubernetes.io/name=flotilla,app.kubernetes.io/instance=flotilla";
+    let hub_pod = kubelet.wait_for_pod(&hub_namespace, hub_selector, None);
+    let current_hub = std::cell::RefCell::new(kubelet.start(
+        &hub_pod,
+        &format!("flotilla-{id}-hub"),
+        &fleet_mount,
+    ));
     let hub = current_hub.borrow().clone();
-    containers.0.push(hub.clone());
-    start_hub(&hub);
 
-    // The CLI, as a user runs it against that hub.
-    let server = format!("http://127.0.0.1:{api}");
+    // README: the first admin password and the CA fingerprint, from the hub's log.
+    let password = logged(&hub, "admin password (shown once):");
+    let fingerprint = logged(
+        &hub,
+        "hub CA fingerprint (for flotilla login --ca-fingerprint):",
+    );
+    let server = format!("https://127.0.0.1:{api}");
     let cli_home = dir.path().join("cli");
     let cli = |args: &[&str]| {
         let mut command = Command::new(binary("flotilla"));
         command
             .args(args)
             .env("XDG_CONFIG_HOME", &cli_home)
-            .env("FLOTILLA_PASSWORD", PASSWORD)
+            .env("FLOTILLA_PASSWORD", &password)
             .env_remove("FLOTILLA_DATA_DIR");
         command
     };
-    let login = |hub: &str| {
-        let start = Instant::now();
-        while !output(
-            &mut cli(&["login", "--server", &server, "--username", "admin"]),
-            None,
-        )
-        .status
-        .success()
-        {
-            assert!(
-                container_running(hub),
-                "the hub container exited:\n{}",
-                logs(hub)
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the hub never answered:\n{}",
-                logs(hub)
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    };
-    login(&hub);
+    let start = Instant::now();
+    while !output(
+        &mut cli(&[
+            "login",
+            "--server",
+            &server,
+            "--username",
+            "admin",
+            "--ca-fingerprint",
+            &fingerprint,
+        ]),
+        None,
+    )
+    .status
+    .success()
+    {
+        assert!(
+            container_running(&hub) && start.elapsed() < Duration::from_secs(60),
+            "the hub never answered:\n{}",
+            logs(&hub)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // README: `flotilla cluster add NAME`, applied as printed; its pod runs.
     let name = format!("install-{}", std::process::id());
     let manifest = run(&mut cli(&["cluster", "add", &name]), None);
     apply(&cluster, &manifest);
-
-    // What the manifest's pod would get: its env, args and image, the cluster's
-    // address, and a token of the manifest's own ServiceAccount.
     let objects = documents(&manifest);
     let secret = objects.iter().find(|d| d["kind"] == "Secret").unwrap();
-    let container = &objects.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]
-        ["spec"]["containers"][0];
-    assert_eq!(container["image"], agent_image());
-    let env_file = dir.path().join("agent.env");
-    let mut env = String::new();
-    for (key, value) in secret["stringData"].as_object().unwrap() {
-        let value = value.as_str().unwrap();
-        assert!(!value.contains('\n'), "{key}");
-        env.push_str(&format!("{key}={value}\n"));
-    }
-    std::fs::write(&env_file, env).unwrap();
-    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let account = dir.path().join("serviceaccount");
-    std::fs::create_dir(&account).unwrap();
-    let token = run(
-        kubectl(&cluster).args([
-            "create",
-            "token",
-            "flotilla-agent",
-            "-n",
-            "flotilla-system",
-            "--duration",
-            "1h",
-        ]),
-        None,
+    assert_eq!(
+        secret["stringData"]["FLOTILLA_CA_FINGERPRINT"],
+        fingerprint.as_str()
     );
-    std::fs::write(account.join("token"), token.trim()).unwrap();
-    std::fs::copy(cluster.dir().join("pki/ca.crt"), account.join("ca.crt")).unwrap();
-    std::fs::write(account.join("namespace"), "flotilla-system").unwrap();
-    chown_tree(&account);
-    let apiserver = run(
-        kubectl(&cluster).args([
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ]),
-        None,
+    let agent_selector = "app.kubernetes.io/name=flotilla-agent";
+    let agent_pod = kubelet.wait_for_pod("flotilla-system", agent_selector, None);
+    assert_eq!(
+        agent_pod["spec"]["containers"][0]["image"],
+        agent_image(),
+        "the printed manifest names the image build-images tags"
     );
-    let (host, port) = apiserver
-        .trim()
-        .strip_prefix("https://")
-        .unwrap()
-        .rsplit_once(':')
-        .unwrap();
-    let state = dir.path().join("agent");
-    std::fs::create_dir(&state).unwrap();
-    chown(&state);
-    let agent = format!("flotilla-{id}-agent");
-    containers.0.push(agent.clone());
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    run(
-        podman()
-            .args([
-                "run",
-                "--detach",
-                "--name",
-                &agent,
-                "--network",
-                "host",
-                "--read-only",
-            ])
-            .args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"])
-            .args(["--user", &format!("{IMAGE_USER}:{IMAGE_USER}")])
-            .arg("--volume")
-            .arg(format!("{}:/var/lib/flotilla-agent", state.display()))
-            .arg("--volume")
-            .arg(format!(
-                "{}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
-                account.display()
-            ))
-            .args(["--env", &format!("KUBERNETES_SERVICE_HOST={host}")])
-            .args(["--env", &format!("KUBERNETES_SERVICE_PORT={port}")])
-            .arg("--env-file")
-            .arg(&env_file)
-            .arg(agent_image())
-            .args(&args),
-        None,
-    );
+    let agent =
+        std::cell::RefCell::new(kubelet.start(&agent_pod, &format!("flotilla-{id}-agent"), &[]));
     let cluster_view = || -> Value {
         let list: Value =
             serde_json::from_str(&run(&mut cli(&["cluster", "list", "-o", "json"]), None)).unwrap();
@@ -445,6 +412,7 @@ fn hub_and_agent_containers() {
             if ready(&view) {
                 return view;
             }
+            let agent = agent.borrow();
             assert!(
                 container_running(&agent),
                 "the agent container exited:\n{}",
@@ -462,6 +430,23 @@ fn hub_and_agent_containers() {
     wait("the agent registered and connected", &|c| {
         c["link"]["state"] == "Connected"
     });
+    let identity = || -> Value {
+        let secret: Value = serde_json::from_str(&run(
+            kubectl(&cluster).args([
+                "get",
+                "secret",
+                "flotilla-agent-identity",
+                "-n",
+                "flotilla-system",
+                "-o",
+                "json",
+            ]),
+            None,
+        ))
+        .unwrap();
+        secret["metadata"].clone()
+    };
+    let registered = identity();
 
     // An app for the cluster, synced automatically.
     let scratch = create_namespace(&cluster, &namespace);
@@ -481,7 +466,14 @@ fn hub_and_agent_containers() {
         None,
     );
     let app_key = format!("default/{app}");
-    let healthy = || {
+    let object = |name: &str| -> Value {
+        serde_json::from_str(&run(
+            kubectl(&cluster).args(["get", "configmap", name, "-n", &namespace, "-o", "json"]),
+            None,
+        ))
+        .unwrap()
+    };
+    let healthy = |greeting: &str| {
         let start = Instant::now();
         loop {
             let list: Value =
@@ -493,40 +485,49 @@ fn hub_and_agent_containers() {
                 .find(|a| a["name"] == app.as_str())
                 .map(|a| a["status"].clone())
                 .unwrap_or(Value::Null);
-            if status["sync"] == "Synced" && status["health"] == "Healthy" {
+            // Synced to the commit that says `greeting`, not only to an older one.
+            if status["sync"] == "Synced"
+                && status["health"] == "Healthy"
+                && object("app-config")["data"]["greeting"] == greeting
+            {
                 return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),
                 "the app never became Synced and Healthy: {status:#}\nhub:\n{}\nagent:\n{}",
                 logs(&current_hub.borrow()),
-                logs(&agent)
+                logs(&agent.borrow())
             );
             std::thread::sleep(Duration::from_millis(500));
         }
     };
-    healthy();
+    healthy("hello");
     let before = wait("the bundle acknowledged", &|c| {
         c["link"]["acks"][&app_key]["outcome"] == "Applied"
     });
-    let object = |name: &str| -> Value {
-        serde_json::from_str(&run(
-            kubectl(&cluster).args(["get", "configmap", name, "-n", &namespace, "-o", "json"]),
-            None,
-        ))
-        .unwrap()
-    };
     let (config, hook) = (object("app-config"), object("app-hook"));
-    assert_eq!(config["data"]["greeting"], "hello");
 
-    // The agent container restarts: same state volume, identity from its Secret.
-    run(podman().args(["stop", "--time", "10", &agent]), None);
-    let stopped_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    run(podman().args(["start", &agent]), None);
-    wait("the agent back after its restart", &|c| {
+    // The agent's pod restarts: deleted, and its Deployment makes a new one on the
+    // same claim, with its identity from its Secret.
+    kubelet.stop(&agent.borrow());
+    run(
+        kubectl(&cluster).args([
+            "delete",
+            "pod",
+            agent_pod["metadata"]["name"].as_str().unwrap(),
+            "-n",
+            "flotilla-system",
+        ]),
+        None,
+    );
+    let stopped_ms = now_ms();
+    let agent_pod = kubelet.wait_for_pod(
+        "flotilla-system",
+        agent_selector,
+        Some(&agent_pod["metadata"]["uid"]),
+    );
+    agent.replace(kubelet.start(&agent_pod, &format!("flotilla-{id}-agent-2"), &[]));
+    wait("the agent back after its pod was replaced", &|c| {
         c["link"]["state"] == "Connected"
             && c["link"]["lastSeenMs"]
                 .as_u64()
@@ -543,37 +544,73 @@ fn hub_and_agent_containers() {
         after["link"]["bundlesSentSinceStart"], before["link"]["bundlesSentSinceStart"],
         "the hub sent a bundle again"
     );
-    let (config_after, hook_after) = (object("app-config"), object("app-hook"));
     assert_eq!(
-        hook_after["metadata"]["uid"], hook["metadata"]["uid"],
+        object("app-hook")["metadata"]["uid"],
+        hook["metadata"]["uid"],
         "the hook ran again"
     );
     assert_eq!(
-        config_after["metadata"]["resourceVersion"], config["metadata"]["resourceVersion"],
+        object("app-config")["metadata"]["resourceVersion"],
+        config["metadata"]["resourceVersion"],
         "the app's object was written again"
     );
-    healthy();
+    healthy("hello");
 
-    // An upgrade of the hub, as the StatefulSet does it: a new container on the same
-    // data. The agent comes back on its certificate, with no new registration (its
-    // token is spent), and nothing is sent again.
-    let fingerprint = secret["stringData"]["FLOTILLA_CA_FINGERPRINT"].clone();
-    run(podman().args(["rm", "--force", "--time", "10", &hub]), None);
-    let replaced_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    // `helm upgrade` to the next chart version, whose image is the next tag (the
+    // same build, tagged so). The StatefulSet replaces its pod; the new one runs on
+    // the same claim.
+    let next_image = "localhost/flotilla:99.0.0";
+    run(podman().args(["tag", &hub_image(), next_image]), None);
+    let _untag = Untag(next_image);
+    let next = tempfile::tempdir().unwrap();
+    let chart_dir = next.path().join("flotilla");
+    copy_tree(&chart("flotilla"), &chart_dir);
+    let meta = std::fs::read_to_string(chart_dir.join("Chart.yaml"))
         .unwrap()
-        .as_millis() as u64;
-    let hub = format!("flotilla-{id}-hub-2");
+        .replace(&format!("version: {VERSION}"), "version: 99.0.0")
+        .replace(
+            &format!("appVersion: \"{VERSION}\""),
+            "appVersion: \"99.0.0\"",
+        );
+    std::fs::write(chart_dir.join("Chart.yaml"), meta).unwrap();
+    let upgrade_started = Instant::now();
+    helm_hub("upgrade", &chart_dir);
+    let new_hub_pod = kubelet.wait_for_pod(
+        &hub_namespace,
+        hub_selector,
+        Some(&hub_pod["metadata"]["uid"]),
+    );
+    assert_eq!(new_hub_pod["spec"]["containers"][0]["image"], next_image);
+    let rolled = upgrade_started.elapsed();
+    kubelet.stop(&hub);
+    let replaced_ms = now_ms();
+    let new_hub_started = Instant::now();
+    let hub = kubelet.start(&new_hub_pod, &format!("flotilla-{id}-hub-2"), &fleet_mount);
     current_hub.replace(hub.clone());
-    containers.0.push(hub.clone());
-    start_hub(&hub);
-    login(&hub);
-    let back = wait("the agent back on the new hub", &|c| {
+    // The saved session still trusts the hub: its CA is the one pinned at login.
+    let start = Instant::now();
+    while !output(&mut cli(&["cluster", "list"]), None)
+        .status
+        .success()
+    {
+        assert!(
+            container_running(&hub) && start.elapsed() < Duration::from_secs(60),
+            "the upgraded hub never answered with the pinned CA:\n{}",
+            logs(&hub)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let back = wait("the agent back on the upgraded hub", &|c| {
         c["link"]["state"] == "Connected"
             && c["link"]["lastSeenMs"]
                 .as_u64()
                 .is_some_and(|t| t > replaced_ms)
     });
+    eprintln!(
+        "helm upgrade: the StatefulSet's new pod in {rolled:?}; the agent connected \
+         {:?} after the new hub container started",
+        new_hub_started.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(5));
     let back_later = cluster_view();
     assert_eq!(
@@ -581,26 +618,50 @@ fn hub_and_agent_containers() {
         before["link"]["acks"][&app_key]
     );
     assert_eq!(back_later["link"]["bundlesSentSinceStart"], 0, "{back:#}");
-    let other = documents(&run(
-        &mut cli(&["cluster", "add", &format!("{name}-2")]),
-        None,
-    ));
-    let other = other.iter().find(|d| d["kind"] == "Secret").unwrap();
+    // No new registration: the identity Secret is the one the first pod wrote.
+    let now = identity();
+    assert_eq!(now["uid"], registered["uid"]);
     assert_eq!(
-        other["stringData"]["FLOTILLA_CA_FINGERPRINT"], fingerprint,
-        "the hub's CA changed"
+        now["resourceVersion"], registered["resourceVersion"],
+        "the agent registered again"
     );
     assert_eq!(
         object("app-hook")["metadata"]["uid"],
         hook["metadata"]["uid"]
     );
-    healthy();
+    // The signing key is the same: the agent, which trusts only the key it got at
+    // registration, applies the next commit.
+    write_app("after-upgrade");
+    git(&["commit", "-q", "-am", "after the upgrade"]);
+    chown_tree(&fleet);
+    run(&mut cli(&["app", "refresh", &app]), None);
+    healthy("after-upgrade");
 
-    drop(containers);
+    drop(kubelet);
+    run(
+        helm(&cluster).args(["uninstall", "flotilla", "--namespace", &hub_namespace]),
+        None,
+    );
     drop(scratch);
     super::run_cleanup(
         &cluster,
         &flotilla_hub::cluster::uninstall_commands(),
         false,
     );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// An image tag this test added, removed when it ends.
+struct Untag(&'static str);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = output(podman().args(["untag", self.0]), None);
+    }
 }

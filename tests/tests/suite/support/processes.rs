@@ -197,9 +197,17 @@ pub struct Hub {
     token: Option<String>,
     starts: u32,
     process: Slot,
+    /// More environment for the hub process (`FLOTILLA_REPO_CA_FILE`, say).
+    env: Vec<(String, String)>,
 }
 
 impl Hub {
+    /// Runs the hub with `key=value` in its environment from its next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// A hub, not yet started, on `ip` (an address of `netns` when given).
     pub fn new(dir: &Path, ip: &str, netns: Option<&str>) -> Hub {
         let logs = dir.join("logs");
@@ -222,6 +230,7 @@ impl Hub {
             token: None,
             starts: 0,
             process: Slot::default(),
+            env: Vec::new(),
         }
     }
 
@@ -247,8 +256,15 @@ impl Hub {
     /// Registers `cluster` on the data folder (the hub need not run) and returns
     /// the agent's join command line.
     pub fn add_cluster(&self, cluster: &str) -> String {
+        self.add_cluster_labelled(cluster, &[])
+    }
+
+    /// As [`Hub::add_cluster`], with labels (`key=value`).
+    pub fn add_cluster_labelled(&self, cluster: &str, labels: &[&str]) -> String {
         let join = run(Command::new(binary("flotilla"))
-            .args(["cluster", "add", cluster, "--data-dir"])
+            .args(["cluster", "add", cluster])
+            .args(labels.iter().flat_map(|l| ["--label", l]))
+            .arg("--data-dir")
             .arg(&self.data)
             .args(["--hub-address", &format!("{}:{}", self.ip, self.quic)])
             .arg("--print-command"));
@@ -275,7 +291,8 @@ impl Hub {
             .args(["--listen", &format!("{}:{}", self.ip, self.api)])
             .args(["--agent-listen", &format!("{}:{}", self.ip, self.quic)])
             .args(["--keep-alive-secs", "1", "--idle-timeout-secs", "10"])
-            .env("FLOTILLA_ADMIN_PASSWORD", PASSWORD);
+            .env("FLOTILLA_ADMIN_PASSWORD", PASSWORD)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.netns.is_some() {
             command.args(["--tls-san", &self.ip]);
         } else {
