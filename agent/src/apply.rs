@@ -263,6 +263,8 @@ pub struct SyncRequest {
     /// Only these objects (and no hooks, as in Argo CD's selective sync); empty
     /// for all of them.
     pub resources: Vec<ResourceRef>,
+    /// A user confirmed pruning: objects marked `Prune=confirm` are pruned too.
+    pub confirm: bool,
 }
 
 /// The result of applying one object.
@@ -348,6 +350,16 @@ fn has_option(bundle: &Bundle, object: Option<&Object>, option: &str) -> bool {
             .sync_options
             .iter()
             .any(|s| s.trim() == option)
+}
+
+/// The value of sync option `key` for `object`: the object's own option wins over
+/// the app's, as in Argo CD.
+fn object_option<'a>(bundle: &'a Bundle, object: &'a Object, key: &str) -> Option<&'a str> {
+    object
+        .sync_options
+        .iter()
+        .find_map(|s| s.trim().strip_prefix(key)?.strip_prefix('='))
+        .or_else(|| option_value(bundle, key))
 }
 
 fn option_value<'a>(bundle: &'a Bundle, key: &str) -> Option<&'a str> {

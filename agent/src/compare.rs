@@ -6,10 +6,16 @@
 //! A leaf: [`crate::apply`], [`crate::drift`] and the diff and dry run in
 //! [`crate::apply`] all compare through here, and it imports neither.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use flotilla_common::bundle::{Bundle, IgnoreDifference};
+use flotilla_common::jq;
 use flotilla_common::message::DriftEntry;
 use flotilla_common::model::ResourceRef;
 use serde_json::Value;
+use tracing::warn;
 
 #[cfg(test)]
 mod tests;
@@ -35,7 +41,7 @@ pub fn contains(desired: &Value, live: &Value) -> bool {
 }
 
 /// One step of a field path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Segment {
     /// An object key.
     Key(String),
@@ -195,8 +201,10 @@ pub fn differences(
     live: &Value,
     ours: &str,
 ) -> Vec<DriftEntry> {
+    let ignored = ignored_paths(&bundle.ignore_differences, resource, &[dry_run, live]);
     compare(dry_run, live)
         .into_iter()
+        .filter(|(path, _, _)| !ignored.iter().any(|prefix| path.starts_with(prefix)))
         .map(|(path, desired, actual)| DriftEntry {
             resource: resource.clone(),
             field_manager: manager_of(live, &path).filter(|m| m != ours),
@@ -204,67 +212,193 @@ pub fn differences(
             old: desired.map(|v| v.to_string()),
             new: actual.map(|v| v.to_string()),
         })
-        .filter(|e| !ignored(&bundle.ignore_differences, resource, e))
+        .filter(|e| !ignored_manager(&bundle.ignore_differences, resource, e))
         .collect()
 }
 
-/// `object` without the fields the app's `ignoreDifferences` names by JSON
-/// pointer or plain jq path, so a diff does not show them.
+/// `object` without the fields the app's `ignoreDifferences` covers (JSON
+/// pointers, and what its jq path expressions select), so a diff does not show
+/// them.
 pub fn without_ignored(bundle: &Bundle, resource: &ResourceRef, mut object: Value) -> Value {
-    for rule in bundle
-        .ignore_differences
-        .iter()
-        .filter(|rule| rule_applies(rule, resource))
-    {
-        let pointers = rule
-            .json_pointers
-            .iter()
-            .map(|p| {
-                p.trim_start_matches('/')
-                    .split('/')
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .chain(rule.jq_path_expressions.iter().map(|p| {
-                p.trim_start_matches('.')
-                    .split('.')
-                    .map(str::to_owned)
-                    .collect::<Vec<String>>()
-            }));
-        for path in pointers {
-            remove_path(&mut object, &path);
-        }
+    let mut paths = ignored_paths(&bundle.ignore_differences, resource, &[&object]);
+    // Later list positions first, so removing one does not shift the next.
+    paths.sort();
+    for path in paths.iter().rev() {
+        remove_path(&mut object, path);
     }
     object
 }
 
-fn remove_path(object: &mut Value, path: &[String]) {
+/// `desired` with every field the app's `ignoreDifferences` covers taken from
+/// `live` (or left out when `live` lacks it), for `RespectIgnoreDifferences=true`:
+/// a sync then leaves those fields as they are, such as the replicas an
+/// autoscaler set.
+pub fn respecting_ignored(
+    bundle: &Bundle,
+    resource: &ResourceRef,
+    mut desired: Value,
+    live: &Value,
+) -> Value {
+    let mut paths = ignored_paths(&bundle.ignore_differences, resource, &[&desired, live]);
+    paths.sort();
+    paths.dedup();
+    for path in paths.iter().rev() {
+        match lookup(live, path) {
+            Some(value) => set_path(&mut desired, path, value.clone()),
+            None => remove_path(&mut desired, path),
+        }
+    }
+    desired
+}
+
+/// Every path the rules that apply to `resource` cover in any of `objects`.
+fn ignored_paths(
+    rules: &[IgnoreDifference],
+    resource: &ResourceRef,
+    objects: &[&Value],
+) -> Vec<Vec<Segment>> {
+    let mut out = Vec::new();
+    for rule in rules.iter().filter(|rule| rule_applies(rule, resource)) {
+        for object in objects {
+            for pointer in &rule.json_pointers {
+                out.push(pointer_path(object, pointer));
+            }
+            for expr in &rule.jq_path_expressions {
+                // The hub compiled every expression when it loaded the app.
+                let found = compiled(expr).and_then(|e| e.paths(object));
+                match found {
+                    Ok(paths) => out.extend(paths.into_iter().map(|p| {
+                        p.into_iter()
+                            .map(|step| match step {
+                                jq::Step::Key(k) => Segment::Key(k),
+                                jq::Step::Index(i) => Segment::Index(i),
+                            })
+                            .collect()
+                    })),
+                    Err(e) => warn!(error = %e, "an ignoreDifferences jq expression failed"),
+                }
+            }
+        }
+    }
+    out
+}
+
+thread_local! {
+    /// Compiled jq expressions: compiling one costs about 2 ms, and drift is
+    /// compared often, for every object a rule applies to.
+    static COMPILED: RefCell<HashMap<String, Rc<jq::PathExpr>>> = RefCell::new(HashMap::new());
+}
+
+/// `expr` compiled, from this thread's cache when it was compiled before.
+fn compiled(expr: &str) -> jq::Result<Rc<jq::PathExpr>> {
+    if let Some(hit) = COMPILED.with(|c| c.borrow().get(expr).cloned()) {
+        return Ok(hit);
+    }
+    let compiled = Rc::new(jq::PathExpr::compile(expr)?);
+    COMPILED.with(|c| {
+        let mut cache = c.borrow_mut();
+        // Expressions come from apps; a bound keeps a churn of them from growing it.
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(expr.to_owned(), compiled.clone());
+    });
+    Ok(compiled)
+}
+
+/// A JSON pointer as a path through `object`: a number is a list position where
+/// the object holds a list there, and a key otherwise.
+fn pointer_path(object: &Value, pointer: &str) -> Vec<Segment> {
+    let mut node = Some(object);
+    let mut path = Vec::new();
+    for raw in pointer.trim_start_matches('/').split('/') {
+        // JSON pointer escapes: ~1 is '/', ~0 is '~'.
+        let key = raw.replace("~1", "/").replace("~0", "~");
+        let segment = match (node, key.parse::<usize>()) {
+            (Some(Value::Array(_)), Ok(i)) => Segment::Index(i),
+            _ => Segment::Key(key),
+        };
+        node = node.and_then(|n| step(n, &segment));
+        path.push(segment);
+    }
+    path
+}
+
+fn step<'v>(node: &'v Value, segment: &Segment) -> Option<&'v Value> {
+    match (node, segment) {
+        (Value::Object(map), Segment::Key(k)) => map.get(k),
+        (Value::Array(items), Segment::Index(i)) => items.get(*i),
+        _ => None,
+    }
+}
+
+fn lookup<'v>(object: &'v Value, path: &[Segment]) -> Option<&'v Value> {
+    path.iter().try_fold(object, step)
+}
+
+fn remove_path(object: &mut Value, path: &[Segment]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
     let mut node = object;
-    for key in parents {
-        // JSON pointer escapes: ~1 is '/', ~0 is '~'.
-        let key = key.replace("~1", "/").replace("~0", "~");
-        node = match node {
-            Value::Object(map) => match map.get_mut(&key) {
+    for segment in parents {
+        node = match (node, segment) {
+            (Value::Object(map), Segment::Key(k)) => match map.get_mut(k) {
                 Some(next) => next,
                 None => return,
             },
-            Value::Array(items) => match key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+            (Value::Array(items), Segment::Index(i)) => match items.get_mut(*i) {
                 Some(next) => next,
                 None => return,
             },
             _ => return,
         };
     }
-    if let Value::Object(map) = node {
-        map.remove(&last.replace("~1", "/").replace("~0", "~"));
+    match (node, last) {
+        (Value::Object(map), Segment::Key(k)) => {
+            map.remove(k);
+        }
+        (Value::Array(items), Segment::Index(i)) if *i < items.len() => {
+            items.remove(*i);
+        }
+        _ => {}
+    }
+}
+
+/// Sets the value at `path`, making missing objects on the way; a list position
+/// that is not there is left alone.
+fn set_path(object: &mut Value, path: &[Segment], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = object;
+    for segment in parents {
+        node = match (node, segment) {
+            (Value::Object(map), Segment::Key(k)) => map
+                .entry(k.clone())
+                .or_insert_with(|| Value::Object(Default::default())),
+            (Value::Array(items), Segment::Index(i)) => match items.get_mut(*i) {
+                Some(next) => next,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    match (node, last) {
+        (Value::Object(map), Segment::Key(k)) => {
+            map.insert(k.clone(), value);
+        }
+        (Value::Array(items), Segment::Index(i)) => {
+            if let Some(slot) = items.get_mut(*i) {
+                *slot = value;
+            }
+        }
+        _ => {}
     }
 }
 
 fn rule_applies(rule: &IgnoreDifference, resource: &ResourceRef) -> bool {
-    rule.group == resource.gvk.group
+    (rule.group == resource.gvk.group || rule.group == "*")
         && (rule.kind == resource.gvk.kind || rule.kind == "*")
         && rule.name.as_ref().is_none_or(|n| *n == resource.name)
         && rule
@@ -273,27 +407,12 @@ fn rule_applies(rule: &IgnoreDifference, resource: &ResourceRef) -> bool {
             .is_none_or(|n| Some(n) == resource.namespace.as_ref())
 }
 
-/// Whether an app's `ignoreDifferences` covers this entry: JSON pointers and
-/// jq paths that are plain field paths match the field and everything under it;
-/// managedFieldsManagers match the entry's manager.
-fn ignored(rules: &[IgnoreDifference], resource: &ResourceRef, entry: &DriftEntry) -> bool {
+/// Whether an app's `ignoreDifferences` covers this entry by its field manager
+/// (`managedFieldsManagers`).
+fn ignored_manager(rules: &[IgnoreDifference], resource: &ResourceRef, entry: &DriftEntry) -> bool {
     rules.iter().any(|rule| {
-        if !rule_applies(rule, resource) {
-            return false;
-        }
-        let under = |prefix: &str| {
-            entry.path == prefix
-                || entry.path.starts_with(&format!("{prefix}."))
-                || entry.path.starts_with(&format!("{prefix}["))
-        };
-        rule.json_pointers
-            .iter()
-            .any(|p| under(&p.trim_start_matches('/').replace('/', ".")))
-            || rule
-                .jq_path_expressions
-                .iter()
-                .any(|p| under(p.trim_start_matches('.')))
-            || entry
+        rule_applies(rule, resource)
+            && entry
                 .field_manager
                 .as_ref()
                 .is_some_and(|m| rule.managed_fields_managers.contains(m))

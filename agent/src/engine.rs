@@ -331,7 +331,24 @@ impl Inner {
                     },
                 }
             } else {
-                let report = self.applier.sync(&bundle).await;
+                let mut report = self.applier.sync(&bundle).await;
+                // syncPolicy.retry: the same bundle again after each backoff.
+                // A newer bundle waits for the retries to end, as a new revision
+                // waits for a retrying operation in Argo CD.
+                let waits = bundle.policy.retry.iter().flat_map(|r| r.waits());
+                for (attempt, wait) in waits.enumerate() {
+                    if report.succeeded() {
+                        break;
+                    }
+                    warn!(
+                        attempt = attempt + 1,
+                        wait_secs = wait.as_secs(),
+                        failure = %report.summary(),
+                        "sync failed; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    report = self.applier.sync(&bundle).await;
+                }
                 let outcome = if report.succeeded() {
                     BundleOutcome::Applied
                 } else {
@@ -463,6 +480,7 @@ impl Inner {
             prune: options.prune,
             dry_run: options.dry_run,
             resources: options.resources,
+            confirm: options.confirm,
         };
         if !request.dry_run {
             // No self-heal while the sync runs; the monitor starts afresh after.
@@ -470,6 +488,7 @@ impl Inner {
         }
         info!(
             prune = request.prune,
+            confirm = request.confirm,
             dry_run = request.dry_run,
             resources = request.resources.len(),
             "sync commanded"

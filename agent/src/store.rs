@@ -82,6 +82,19 @@ pub struct Owned {
     pub prune: bool,
     /// `Delete=false`: kept when the app is deleted.
     pub delete: bool,
+    /// `Prune=confirm`: pruned only when a user confirms it.
+    #[serde(default)]
+    pub prune_confirm: bool,
+    /// `Delete=confirm`: deleted with the app only when a user confirms it.
+    #[serde(default)]
+    pub delete_confirm: bool,
+    /// `PruneLast=true` on the object: pruned after the PostSync hooks.
+    #[serde(default)]
+    pub prune_last: bool,
+    /// `argocd.argoproj.io/compare-options: IgnoreExtraneous`: once it has left
+    /// the bundle and is kept, it does not make the app OutOfSync.
+    #[serde(default)]
+    pub ignore_extraneous: bool,
 }
 
 /// The agent's database.

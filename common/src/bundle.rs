@@ -112,6 +112,64 @@ pub struct SyncPolicy {
     pub automated: Option<Automated>,
     /// App-wide sync options, such as `CreateNamespace=true`.
     pub sync_options: Vec<String>,
+    /// `Some` when this bundle deletes the app (a cascading delete): every object
+    /// goes, except those marked `Delete=false`, and those marked `Delete=confirm`
+    /// unless the deletion was confirmed.
+    pub deletion: Option<Deletion>,
+    /// How a failed automated sync is retried (`syncPolicy.retry`); `None` tries
+    /// once.
+    pub retry: Option<Retry>,
+    /// Labels and annotations for the destination namespace that
+    /// `CreateNamespace=true` makes (`syncPolicy.managedNamespaceMetadata`).
+    pub managed_namespace_metadata: Option<NamespaceMetadata>,
+}
+
+/// Labels and annotations Flotilla keeps on a namespace it manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceMetadata {
+    /// Labels to set.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Annotations to set.
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// Argo CD's `syncPolicy.retry`: up to `limit` more attempts after a failed sync,
+/// waiting `backoff_secs`, then that times `factor` each time, at most
+/// `max_backoff_secs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// How many times a failed sync is tried again.
+    pub limit: u32,
+    /// The first wait, in seconds.
+    pub backoff_secs: u64,
+    /// What each wait is multiplied by for the next.
+    pub factor: u64,
+    /// The longest wait, in seconds.
+    pub max_backoff_secs: u64,
+}
+
+impl Retry {
+    /// The waits before each retry, in order.
+    pub fn waits(&self) -> impl Iterator<Item = std::time::Duration> + '_ {
+        let mut next = self.backoff_secs.min(self.max_backoff_secs);
+        (0..self.limit).map(move |_| {
+            let wait = next;
+            next = next
+                .saturating_mul(self.factor.max(1))
+                .min(self.max_backoff_secs);
+            std::time::Duration::from_secs(wait)
+        })
+    }
+}
+
+/// How an app is being deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    /// A user confirmed the deletion, so `Delete=confirm` objects are deleted too.
+    pub confirmed: bool,
+    /// Delete in the background (`resources-finalizer.argocd.argoproj.io/background`)
+    /// rather than in the foreground, Argo CD's default.
+    pub background: bool,
 }
 
 /// One `ignoreDifferences` entry of an Argo CD Application.
@@ -146,6 +204,17 @@ pub enum HookPhase {
     SyncFail,
     /// Never applied; Argo CD's `Skip`.
     Skip,
+    /// Only when the app is deleted, before its objects go.
+    PreDelete,
+    /// Only when the app is deleted, after its objects are gone.
+    PostDelete,
+}
+
+impl HookPhase {
+    /// Whether the hook runs only when its app is deleted.
+    pub fn on_delete(self) -> bool {
+        matches!(self, Self::PreDelete | Self::PostDelete)
+    }
 }
 
 /// When a hook is deleted (`argocd.argoproj.io/hook-delete-policy`).

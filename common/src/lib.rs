@@ -42,6 +42,7 @@ pub mod error;
 #[cfg(test)]
 mod fixture;
 pub mod frame;
+pub mod jq;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod message;

@@ -415,6 +415,8 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Only these resources; empty for all of them.
     pub resources: Vec<ResourceRef>,
+    /// The user confirmed pruning: objects marked `Prune=confirm` are pruned too.
+    pub confirm: bool,
 }
 
 /// What the hub asks for.

@@ -321,7 +321,17 @@ fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
                 .ok()
                 .flatten()
                 .map(|(g, _)| g);
-            json!({ "cluster": c.name, "generation": generation })
+            let windows = match state.store.project(&app.spec.project) {
+                Ok(Some(project)) => Some(crate::refresh::sync_window_verdict(
+                    app,
+                    &project,
+                    &c,
+                    std::time::SystemTime::now(),
+                )),
+                _ => None,
+            }
+            .filter(|v| !v.windows.is_empty());
+            json!({ "cluster": c.name, "generation": generation, "syncWindows": windows })
         })
         .collect();
     json!({
@@ -336,6 +346,7 @@ fn app_summary(state: &ApiState, record: &AppRecord) -> Value {
         "renderError": record.render_error,
         "clusters": clusters,
         "status": ops::derived_state(state, record),
+        "info": app.spec.info,
     })
 }
 
@@ -464,8 +475,36 @@ async fn delete_app(
                 "this hub cannot delete an app's resources; delete with cascade=false",
             );
         };
+        let confirmed = options.confirm.unwrap_or(false);
+        if !confirmed {
+            match crate::refresh::awaiting_delete_confirmation(&state.store, &record) {
+                Ok(waiting) if !waiting.is_empty() => {
+                    let names: Vec<String> = waiting
+                        .iter()
+                        .map(|(cluster, r)| {
+                            let what = crate::render::objects::describe(
+                                &r.gvk,
+                                r.namespace.as_deref(),
+                                &r.name,
+                            );
+                            format!("{what} on {cluster}")
+                        })
+                        .collect();
+                    return error(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "deleting {object} waits for confirmation: Delete=confirm is set on {}; \
+                             delete again with confirm=true (flotilla app delete --confirm)",
+                            names.join(", ")
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return failed(&e),
+            }
+        }
         if let Err(e) = refresher
-            .prune_everywhere(&record, std::time::SystemTime::now())
+            .prune_everywhere(&record, std::time::SystemTime::now(), confirmed)
             .await
         {
             return error(
@@ -479,7 +518,9 @@ async fn delete_app(
             if let Err(e) = state.store.remove_history(&project, &name).await {
                 tracing::warn!(error = %e, "failed to forget the history of a deleted app");
             }
-            let detail = if cascade {
+            let detail = if cascade && options.confirm == Some(true) {
+                "cascade, confirmed: its resources are deleted"
+            } else if cascade {
                 "cascade: its resources are deleted"
             } else {
                 "resources kept"
@@ -501,6 +542,8 @@ async fn delete_app(
 #[serde(deny_unknown_fields)]
 struct DeleteOptions {
     cascade: Option<bool>,
+    /// Confirms the deletion of objects marked `Delete=confirm`.
+    confirm: Option<bool>,
 }
 
 async fn list_repos(State(state): State<ApiState>, headers: HeaderMap) -> Reply {

@@ -27,6 +27,44 @@ mod tests;
 pub const API_VERSION: &str = "argoproj.io/v1alpha1";
 /// The finalizer that makes deleting an Application delete what it deployed.
 pub const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
+/// The finalizer Argo CD's controller adds while PostDelete hooks run; accepted
+/// in exported manifests, since Flotilla runs those hooks on every cascade.
+pub const POST_DELETE_FINALIZER: &str = "post-delete-finalizer.argocd.argoproj.io";
+/// The Application annotation that pauses reconciliation.
+pub const SKIP_RECONCILE: &str = "argocd.argoproj.io/skip-reconcile";
+
+/// The `argocd.argoproj.io/*` annotations an Application may carry: what Flotilla
+/// does with each, or why it refuses it. Any other annotation under that prefix
+/// is refused, so none is silently ignored.
+pub const APPLICATION_ANNOTATIONS: &[(&str, Result<&str, &str>)] = &[
+    (
+        SKIP_RECONCILE,
+        Ok("\"true\" pauses the app: nothing is rendered or issued for it"),
+    ),
+    (
+        "argocd.argoproj.io/sync-wave",
+        Ok(
+            "not applicable: a parent's child Applications are adopted by the hub, not \
+            applied in the parent's sync, so there are no waves to order them by",
+        ),
+    ),
+    (
+        "argocd.argoproj.io/manifest-generate-paths",
+        Ok("not needed: Flotilla works out which apps a commit affects from their sources"),
+    ),
+    (
+        "argocd.argoproj.io/refresh",
+        Err(
+            "Flotilla refreshes on every poll and push webhook; run `flotilla app sync` or \
+             `flotilla app diff` instead of annotating",
+        ),
+    ),
+    (
+        "argocd.argoproj.io/deletion-approved",
+        Err("confirm with `flotilla app confirm` or `flotilla app delete --confirm`"),
+    ),
+];
+
 /// `destination.server` of the cluster Argo CD itself runs in.
 pub const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 /// The cluster name that [`IN_CLUSTER_SERVER`] stands for.
@@ -508,6 +546,21 @@ const SYNC_OPTIONS: &[(&str, &[&str])] = &[
     ("SkipDryRunOnMissingResource", &["true", "false"]),
     ("Prune", &["true", "false", "confirm"]),
     ("Delete", &["true", "false", "confirm"]),
+    ("Force", &["true", "false"]),
+];
+
+/// Sync options Argo CD defines that Flotilla refuses, and why.
+const REFUSED_SYNC_OPTIONS: &[(&str, &str)] = &[
+    (
+        "ServerSideApply=false",
+        "Flotilla always applies server-side (field manager flotilla); client-side apply is \
+         not implemented, so remove the option",
+    ),
+    (
+        "Force=true",
+        "deleting and re-creating an object the apiserver will not patch is not implemented; \
+         remove the option (Replace=true replaces the object in place)",
+    ),
 ];
 
 /// Checks `Name=value` sync options against the ones Argo CD defines.
@@ -523,6 +576,11 @@ pub fn check_sync_option(option: &str) -> Result<(), String> {
             "sync option {name} takes one of {}, not {value:?}",
             values.join(", ")
         )),
+        Some(_) if let Some((_, why)) = REFUSED_SYNC_OPTIONS.iter().find(|(o, _)| *o == option) => {
+            Err(format!(
+                "sync option {option} is not supported by Flotilla: {why}"
+            ))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -576,12 +634,32 @@ impl Application {
             .expect("invariant: a validated Application has a source")
     }
 
-    /// True when the app deletes what it deployed once it is itself deleted.
+    /// True when the app deletes what it deployed once it is itself deleted: the
+    /// resources finalizer, or its `/foreground` or `/background` variant.
     pub fn cascades(&self) -> bool {
+        self.metadata.finalizers.iter().any(|f| {
+            f.strip_prefix(RESOURCES_FINALIZER).is_some_and(|rest| {
+                rest.is_empty() || rest == "/foreground" || rest == "/background"
+            })
+        })
+    }
+
+    /// True when the cascade deletes in the background
+    /// (`resources-finalizer.argocd.argoproj.io/background`).
+    pub fn cascades_in_background(&self) -> bool {
         self.metadata
             .finalizers
             .iter()
-            .any(|f| f == RESOURCES_FINALIZER)
+            .any(|f| *f == format!("{RESOURCES_FINALIZER}/background"))
+    }
+
+    /// `argocd.argoproj.io/skip-reconcile: "true"`: the hub leaves the app as it
+    /// is, rendering nothing and issuing nothing, as Argo CD's controller does.
+    pub fn skips_reconcile(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(SKIP_RECONCILE)
+            .is_some_and(|v| v == "true")
     }
 
     /// The automated policy, if automation is on.
@@ -591,6 +669,24 @@ impl Application {
             .as_ref()
             .and_then(|p| p.automated.as_ref())
             .filter(|a| a.enabled != Some(false))
+    }
+
+    /// `syncPolicy.retry` as the agent runs it, with Argo CD's defaults: 5 s, a
+    /// factor of 2, at most 3 min. `None` when the app does not retry.
+    pub fn retry(&self) -> Option<flotilla_common::bundle::Retry> {
+        let retry = self.spec.sync_policy.as_ref()?.retry.as_ref()?;
+        let backoff = retry.backoff.clone().unwrap_or_default();
+        let secs = |text: Option<&str>, default: u64| {
+            text.and_then(retry_duration_secs).unwrap_or(default)
+        };
+        Some(flotilla_common::bundle::Retry {
+            // An unset limit is Argo CD's 0: no retries.
+            limit: u32::try_from(retry.limit.unwrap_or(0)).unwrap_or(0),
+            backoff_secs: secs(backoff.duration.as_deref(), 5),
+            factor: u64::try_from(backoff.factor.unwrap_or(2)).unwrap_or(1),
+            max_backoff_secs: secs(backoff.max_duration.as_deref(), 180),
+        })
+        .filter(|r| r.limit > 0)
     }
 
     /// True when the sync options hold `Name=true` (options are case-sensitive, as in Argo CD).
@@ -637,6 +733,46 @@ impl Application {
                     self.spec.project
                 ),
             ));
+        }
+        for (key, value) in &self.metadata.annotations {
+            if !key.starts_with("argocd.argoproj.io/") {
+                continue;
+            }
+            match APPLICATION_ANNOTATIONS.iter().find(|(k, _)| k == key) {
+                Some((_, Ok(_)))
+                    if key != SKIP_RECONCILE || value == "true" || value == "false" => {}
+                Some((_, Ok(_))) => {
+                    return Err(invalid(
+                        &format!("metadata.annotations[{key}]"),
+                        format!("must be \"true\" or \"false\", not {value:?}"),
+                    ));
+                }
+                Some((_, Err(why))) => {
+                    return Err(unsupported(&format!("metadata.annotations[{key}]"), why));
+                }
+                None => {
+                    return Err(unsupported(
+                        &format!("metadata.annotations[{key}]"),
+                        "an Argo CD annotation Flotilla does not know on an Application",
+                    ));
+                }
+            }
+        }
+        for (i, finalizer) in self.metadata.finalizers.iter().enumerate() {
+            let known = finalizer
+                .strip_prefix(RESOURCES_FINALIZER)
+                .is_some_and(|rest| {
+                    rest.is_empty() || rest == "/foreground" || rest == "/background"
+                })
+                || finalizer.starts_with(POST_DELETE_FINALIZER);
+            if !known {
+                return Err(unsupported(
+                    &format!("metadata.finalizers[{i}]"),
+                    "Flotilla knows resources-finalizer.argocd.argoproj.io (and its /foreground \
+                     and /background variants) and Argo CD's post-delete finalizers; an \
+                     Application is not a Kubernetes object here, so no other finalizer runs",
+                ));
+            }
         }
         if self.operation.is_some() {
             return Err(unsupported(
@@ -732,12 +868,72 @@ impl Application {
                     .map_err(|m| invalid(&format!("spec.syncPolicy.syncOptions[{i}]"), m))?;
             }
         }
+        if self
+            .spec
+            .sync_policy
+            .as_ref()
+            .is_some_and(|p| p.managed_namespace_metadata.is_some())
+            && self.sync_option("CreateNamespace") != Some("true")
+        {
+            return Err(invalid(
+                "spec.syncPolicy.managedNamespaceMetadata",
+                "applies to the namespace CreateNamespace=true makes; add that sync option"
+                    .to_owned(),
+            ));
+        }
+        if let Some(retry) = self
+            .spec
+            .sync_policy
+            .as_ref()
+            .and_then(|p| p.retry.as_ref())
+        {
+            if retry.limit.is_some_and(|l| l < 0) {
+                return Err(unsupported(
+                    "spec.syncPolicy.retry.limit",
+                    "unlimited retries (a negative limit) would hold the app's newer revisions back \
+                     forever; set a limit",
+                ));
+            }
+            if retry.refresh {
+                return Err(unsupported(
+                    "spec.syncPolicy.retry.refresh",
+                    "a retry syncs the bundle that failed; a newer revision is synced once the \
+                     retries end",
+                ));
+            }
+            let backoff = retry.backoff.clone().unwrap_or_default();
+            for (field, text) in [
+                ("duration", &backoff.duration),
+                ("maxDuration", &backoff.max_duration),
+            ] {
+                if let Some(text) = text.as_deref().filter(|t| retry_duration_secs(t).is_none()) {
+                    return Err(invalid(
+                        &format!("spec.syncPolicy.retry.backoff.{field}"),
+                        format!("{text:?} is not a duration such as 5s, 2m or 1h (or seconds)"),
+                    ));
+                }
+            }
+            if backoff.factor.is_some_and(|f| f < 1) {
+                return Err(invalid(
+                    "spec.syncPolicy.retry.backoff.factor",
+                    "must be at least 1".to_owned(),
+                ));
+            }
+        }
         for (i, ignore) in self.spec.ignore_differences.iter().enumerate() {
             if let Some(p) = ignore.json_pointers.iter().find(|p| !p.starts_with('/')) {
                 return Err(invalid(
                     &format!("spec.ignoreDifferences[{i}].jsonPointers"),
                     format!("{p:?} is not a JSON pointer (it must start with '/')"),
                 ));
+            }
+            for (j, expr) in ignore.jq_path_expressions.iter().enumerate() {
+                if let Err(e) = flotilla_common::jq::PathExpr::compile(expr) {
+                    return Err(invalid(
+                        &format!("spec.ignoreDifferences[{i}].jqPathExpressions[{j}]"),
+                        e.to_string(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -942,6 +1138,16 @@ impl Source {
             SourceKind::Detect
         }
     }
+}
+
+/// A retry backoff: a Go-style duration (`5s`, `2m`), or bare seconds, as Argo CD
+/// reads it.
+fn retry_duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(secs);
+    }
+    project::windows::parse_duration(text).and_then(|d| u64::try_from(d.as_secs()).ok())
 }
 
 pub(crate) use flotilla_common::model::is_dns_subdomain;

@@ -43,6 +43,13 @@ pub enum Error {
     /// No registered cluster matches the app's destination.
     #[error("application {0}: no registered cluster matches its destination")]
     NoDestination(AppRef),
+    /// The project's sync windows do not allow a manual sync now.
+    #[error("application {app}: a manual sync on cluster {cluster} is not allowed now: {reason}")]
+    SyncWindowClosed {
+        app: AppRef,
+        cluster: String,
+        reason: String,
+    },
     /// A sync of the app is still running on the cluster; one operation at a time,
     /// as Argo CD allows.
     #[error(

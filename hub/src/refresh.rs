@@ -23,7 +23,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::app::adoption::{self, Refusal};
 use crate::app::appset::{ClusterParams, GeneratorInput, RepoFiles};
-use crate::app::project::{self, Violation};
+use crate::app::project::{self, Violation, windows};
 use crate::app::{API_VERSION, AppProject, Application, ApplicationSet, RESOURCES_FINALIZER};
 use crate::chart::{self, ChartCache, Pulled};
 use crate::metrics::Metrics;
@@ -123,6 +123,9 @@ pub enum Outcome {
     Deleted {
         pruned: bool,
     },
+    /// `argocd.argoproj.io/skip-reconcile: "true"`: neither rendered nor
+    /// re-issued; its clusters keep what they have.
+    SkippedReconcile,
 }
 
 /// What a render does with the Argo CD objects it finds.
@@ -372,6 +375,10 @@ impl Refresher {
                     };
                     done.insert((record.project(), record.name()));
                     let name = format!("{}/{}", record.project(), record.name());
+                    if record.application.skips_reconcile() {
+                        outcomes.push((name, Outcome::SkippedReconcile));
+                        continue;
+                    }
                     let span = info_span!("app", app = %name);
                     let outcome = if record.application.needs_resolved_sources() {
                         self.refresh_resolved(record, Children::Adopt, now)
@@ -395,6 +402,13 @@ impl Refresher {
             }
             for (project, name) in &done {
                 self.redate_expiring(project, name, now).await?;
+                let skipped = self
+                    .store
+                    .app(project, name)?
+                    .is_some_and(|r| r.application.skips_reconcile());
+                if !skipped {
+                    self.apply_sync_windows(project, name, now).await?;
+                }
             }
             Ok(outcomes)
         }
@@ -490,6 +504,75 @@ impl Refresher {
         // is kept.
         batch.commit().await?;
         redated
+    }
+
+    /// Re-issues each of the app's latest bundles whose automation no longer
+    /// matches its project's sync windows at `now`: a deny window that opened (or
+    /// every allow window closed) turns automated sync and selfHeal off on the
+    /// agent, and the window's end turns them on again. Called on every refresh,
+    /// so a window takes effect within one poll interval, as in Argo CD, where
+    /// windows are checked at each reconciliation.
+    pub async fn apply_sync_windows(
+        &self,
+        project: &str,
+        name: &str,
+        now: SystemTime,
+    ) -> Result<()> {
+        let _app = self.lock_app(project, name).await;
+        let Some(record) = self.store.app(project, name)? else {
+            return Ok(());
+        };
+        let Ok(app_project) = self.project_of(&record.application)? else {
+            return Ok(());
+        };
+        let app = AppRef::new(project, name);
+        let mut batch = self.issuer.batch();
+        let result = async {
+            for cluster in self.store.clusters()? {
+                if !cluster.is_destination(&record.application.spec.destination) {
+                    continue;
+                }
+                let wanted = windowed_policy(&record.application, &app_project, &cluster, now);
+                let issued = batch.issue(&app, &cluster.name, |generation, latest| {
+                    let Some(previous) = latest.and_then(|l| l.bundle.clone()) else {
+                        return Ok(None);
+                    };
+                    if previous.policy.deletion.is_some()
+                        || previous.policy.automated == wanted.automated
+                    {
+                        return Ok(None);
+                    }
+                    let mut next = Bundle {
+                        generation,
+                        created_at: Timestamp::from_system_time(now),
+                        not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
+                        policy: bundle::SyncPolicy {
+                            automated: wanted.automated.clone(),
+                            ..previous.policy.clone()
+                        },
+                        ..previous
+                    };
+                    recheck_bundle(&self.store, &record.application, &mut next)?;
+                    Ok(Some(next))
+                });
+                match issued {
+                    Ok(Some(generation)) => {
+                        info!(
+                            cluster = %cluster.name, app = %app, generation,
+                            automated = wanted.automated.is_some(),
+                            "a sync window changed the app's automation"
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(bundles::Error::Draft(Error::Refused { .. })) => {}
+                    Err(e) => return Err(issue_error(e)),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        batch.commit().await?;
+        result
     }
 
     /// Renders one app at `revision` instead of its targetRevision, and stores the
@@ -1011,7 +1094,7 @@ impl Refresher {
                         generation,
                         created_at: Timestamp::from_system_time(now),
                         not_after: Timestamp::from_system_time(now).saturating_add(self.bundle_ttl),
-                        policy: sync_policy(app),
+                        policy: windowed_policy(app, app_project, cluster, now),
                         ignore_differences: ignore_differences(app),
                         project: app_project.rules(&app.spec.destination),
                         objects: objects.clone(),
@@ -1162,7 +1245,9 @@ impl Refresher {
             }
             let pruned = gone.application.cascades();
             if pruned {
-                self.prune_everywhere(&gone, now).await?;
+                // Nobody confirms a deletion that came from Git: Delete=confirm
+                // objects stay in place rather than go unconfirmed.
+                self.prune_everywhere(&gone, now, false).await?;
             }
             self.store.remove_app(&gone.project(), &gone.name()).await?;
             self.event(
@@ -1184,8 +1269,15 @@ impl Refresher {
     }
 
     /// Stores an empty, prune-everything bundle for every cluster the app was on, so
-    /// its agents delete what it deployed (Argo CD's cascade delete).
-    pub async fn prune_everywhere(&self, record: &AppRecord, now: SystemTime) -> Result<()> {
+    /// its agents delete what it deployed (Argo CD's cascade delete). Objects
+    /// marked `Delete=false` stay, and so do `Delete=confirm` ones unless the
+    /// deletion is `confirmed`.
+    pub async fn prune_everywhere(
+        &self,
+        record: &AppRecord,
+        now: SystemTime,
+        confirmed: bool,
+    ) -> Result<()> {
         let app = AppRef::new(record.project(), record.name());
         let mut batch = self.issuer.batch();
         let mut issued = Ok(());
@@ -1206,8 +1298,21 @@ impl Refresher {
                                 allow_empty: true,
                             }),
                             sync_options: previous.policy.sync_options.clone(),
+                            deletion: Some(bundle::Deletion {
+                                confirmed,
+                                background: record.application.cascades_in_background(),
+                            }),
+                            retry: None,
+                            managed_namespace_metadata: None,
                         },
-                        objects: Vec::new(),
+                        // Only the hooks that run on deletion: PreDelete before the
+                        // objects go, PostDelete after.
+                        objects: previous
+                            .objects
+                            .iter()
+                            .filter(|o| o.hook.as_ref().is_some_and(|h| h.phase.on_delete()))
+                            .cloned()
+                            .collect(),
                         ..previous
                     }))
                 })
@@ -1460,6 +1565,76 @@ fn split_argo_objects(objects: &[Object]) -> Result<(Vec<Object>, Vec<ArgoObject
     Ok((rest, argo))
 }
 
+/// The objects of `record`'s newest bundles that carry `Delete=confirm` (on the
+/// object, or for the whole app): a cascading delete must be confirmed before
+/// they go.
+pub fn awaiting_delete_confirmation(
+    store: &Store,
+    record: &AppRecord,
+) -> store::Result<Vec<(String, flotilla_common::model::ResourceRef)>> {
+    let mut found = Vec::new();
+    for cluster in store.clusters()? {
+        let Some((_, bytes)) =
+            store.latest_bundle(&record.project(), &record.name(), &cluster.name)?
+        else {
+            continue;
+        };
+        let Some(bundle) = bundle::Envelope::decode(&bytes)
+            .ok()
+            .and_then(|e| Bundle::decode(&e.payload).ok())
+        else {
+            continue;
+        };
+        let app_wide = bundle
+            .policy
+            .sync_options
+            .iter()
+            .any(|o| o.trim() == "Delete=confirm");
+        for object in bundle.objects.iter().filter(|o| o.hook.is_none()) {
+            let own = object
+                .sync_options
+                .iter()
+                .find_map(|o| o.trim().strip_prefix("Delete="));
+            if own == Some("confirm") || (own.is_none() && app_wide) {
+                found.push((cluster.name.clone(), object.resource()));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether syncs of `app` may run on `cluster` at `now`, by its project's sync
+/// windows.
+pub fn sync_window_verdict(
+    app: &Application,
+    app_project: &AppProject,
+    cluster: &ClusterRecord,
+    now: SystemTime,
+) -> windows::Verdict {
+    let target = windows::Target {
+        app: app.name(),
+        namespace: app.spec.destination.namespace.as_deref().unwrap_or(""),
+        cluster: &cluster.name,
+        server: cluster.server.as_deref(),
+    };
+    windows::verdict(&app_project.spec.sync_windows, &target, now)
+}
+
+/// The app's sync policy on `cluster` at `now`: automation is off while its
+/// project's sync windows block automated syncs there.
+fn windowed_policy(
+    app: &Application,
+    app_project: &AppProject,
+    cluster: &ClusterRecord,
+    now: SystemTime,
+) -> bundle::SyncPolicy {
+    let mut policy = sync_policy(app);
+    if !sync_window_verdict(app, app_project, cluster, now).automated {
+        policy.automated = None;
+    }
+    policy
+}
+
 fn sync_policy(app: &Application) -> bundle::SyncPolicy {
     let policy = app.spec.sync_policy.clone().unwrap_or_default();
     bundle::SyncPolicy {
@@ -1469,6 +1644,14 @@ fn sync_policy(app: &Application) -> bundle::SyncPolicy {
             allow_empty: a.allow_empty,
         }),
         sync_options: policy.sync_options,
+        deletion: None,
+        retry: app.retry(),
+        managed_namespace_metadata: policy.managed_namespace_metadata.map(|m| {
+            bundle::NamespaceMetadata {
+                labels: m.labels,
+                annotations: m.annotations,
+            }
+        }),
     }
 }
 

@@ -25,6 +25,7 @@ use crate::source::{self, CommitId, Limits, Repo, RepoFile};
 use crate::store::Store;
 
 mod argument;
+pub mod build_env;
 pub mod directory;
 pub mod helm;
 pub mod kustomize;
@@ -32,6 +33,7 @@ pub mod objects;
 mod tool;
 
 pub use argument::redact_urls;
+use build_env::BuildEnv;
 pub use objects::sort_for_apply;
 pub use tool::{DEFAULT_TIMEOUT, Tools};
 
@@ -300,10 +302,13 @@ impl Renderer {
                 }
                 Input::Chart(pulled) => {
                     let own = scratch_dir()?;
+                    let revision = input.input.revision();
+                    let source = &BuildEnv::new(app, input.source, &revision, target.facts)
+                        .apply(app, input.source);
                     let out = helm::template(
                         &self.tools,
                         app,
-                        input.source,
+                        source,
                         helm::Chart::Archive {
                             path: &pulled.archive,
                         },
@@ -356,6 +361,8 @@ impl Renderer {
                 name: source.chart.as_deref().unwrap_or_default(),
                 version: &source.target_revision,
             };
+            let source = &BuildEnv::new(app, source, &source.target_revision, target.facts)
+                .apply(app, source);
             let out = helm::template(
                 &self.tools,
                 app,
@@ -414,6 +421,8 @@ impl Renderer {
                         root: &root,
                         dir: &app_dir,
                     };
+                    let source = &BuildEnv::new(app, source, commit.as_str(), target.facts)
+                        .apply(app, source);
                     helm::template(
                         &self.tools,
                         app,

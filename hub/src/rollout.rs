@@ -609,6 +609,14 @@ impl Rollouts {
                                     allow_empty: true,
                                 }),
                                 sync_options: latest.policy.sync_options.clone(),
+                                // Undoing a placement is a prune, not an app
+                                // deletion: Prune=false objects stay.
+                                deletion: None,
+                                retry: None,
+                                managed_namespace_metadata: latest
+                                    .policy
+                                    .managed_namespace_metadata
+                                    .clone(),
                             },
                             objects: Vec::new(),
                             ..latest

@@ -12,6 +12,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::Value;
 
 use super::live::LiveCache;
+use super::prune::held_back;
 use super::{
     APP_LABEL, Action, Applier, Error, FIELD_MANAGER, ObjectResult, Outcome, Result, SyncReport,
     SyncRequest, Task, app_label, describe, rejected, sync_order, to_value,
@@ -208,15 +209,12 @@ impl Applier {
         match self.leaving(bundle, request) {
             Ok((_, leaving)) => {
                 for o in leaving {
-                    if prune && o.prune {
-                        report.pruned.push(o.resource);
-                    } else {
-                        let why = if o.prune {
-                            "requires pruning; prune is off"
-                        } else {
-                            "Prune=false"
-                        };
-                        report.kept.push((o.resource, why.into()));
+                    match held_back(&o, bundle, request) {
+                        Some(why) => report.kept.push((o.resource, why)),
+                        None if prune => report.pruned.push(o.resource),
+                        None => report
+                            .kept
+                            .push((o.resource, "requires pruning; prune is off".into())),
                     }
                 }
             }

@@ -118,7 +118,14 @@ impl Applier {
                 }
             }
             ours = true;
-            if policies.contains(&HookDeletePolicy::BeforeHookCreation) {
+            // A hook named from its generateName stands for a new object on
+            // every run, as the apiserver would name one: never reused.
+            let generated = task
+                .object
+                .manifest_json()
+                .ok()
+                .is_some_and(|m| m.pointer("/metadata/generateName").is_some());
+            if generated || policies.contains(&HookDeletePolicy::BeforeHookCreation) {
                 self.delete_and_wait(&api, &task.resource, PropagationPolicy::Foreground)
                     .await?;
             }

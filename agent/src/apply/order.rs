@@ -16,6 +16,8 @@ fn phase_rank(object: &Object) -> u8 {
         Some(HookPhase::PostSync) => 2,
         Some(HookPhase::SyncFail) => 3,
         Some(HookPhase::Skip) => 4,
+        Some(HookPhase::PreDelete) => 5,
+        Some(HookPhase::PostDelete) => 6,
     }
 }
 

@@ -17,25 +17,59 @@ use super::{
 };
 use crate::store::Owned;
 
+/// What a user must do before a `Prune=confirm` object is pruned.
+pub const WAITING_FOR_PRUNE_CONFIRMATION: &str =
+    "Prune=confirm: waiting for confirmation (flotilla app confirm, or app sync --confirm)";
+/// What a user must do before a `Delete=confirm` object is deleted with its app.
+pub const WAITING_FOR_DELETE_CONFIRMATION: &str =
+    "Delete=confirm: kept; deleting it needs a confirmed delete (flotilla app delete --confirm)";
+
+/// Why an owned object that left the bundle must stay, if it must: its own
+/// `Prune`/`Delete` options, and whether a user confirmed.
+pub(super) fn held_back(o: &Owned, bundle: &Bundle, request: &SyncRequest) -> Option<String> {
+    let why = match &bundle.policy.deletion {
+        Some(_) if !o.delete => "Delete=false",
+        Some(deletion) if o.delete_confirm && !deletion.confirmed => {
+            WAITING_FOR_DELETE_CONFIRMATION
+        }
+        Some(_) => return None,
+        None if !o.prune => "Prune=false",
+        None if o.prune_confirm && !request.confirm => WAITING_FOR_PRUNE_CONFIRMATION,
+        None => return None,
+    };
+    Some(why.to_owned())
+}
+
 impl Applier {
     /// Deletes objects that left the bundle: only those in the app's inventory
-    /// that still carry this app's label, never `Prune=false` ones, and never
-    /// everything at once without allowEmpty.
+    /// that still carry this app's label, never `Prune=false` ones nor unconfirmed
+    /// `Prune=confirm` ones, and never everything at once without allowEmpty. A
+    /// deletion bundle (the app is deleted with cascade) keeps `Delete=false`
+    /// objects and, unless confirmed, `Delete=confirm` ones.
+    ///
+    /// Runs twice per sync: before PostSync for most objects, and after it
+    /// (`last`) for those marked `PruneLast=true`, on the object or for the app.
     pub(super) async fn prune(
         &self,
         bundle: &Bundle,
         request: &SyncRequest,
         report: &mut SyncReport,
+        last: bool,
     ) -> Result<(), Outcome> {
         let fail = |e: Error| Outcome::Failed {
             resource: None,
             message: e.to_string(),
         };
         let automated = bundle.policy.automated.clone().unwrap_or_default();
-        let (stay, leaving) = self.leaving(bundle, request).map_err(fail)?;
+        let (mut stay, leaving) = self.leaving(bundle, request).map_err(fail)?;
+        let app_last = super::has_option(bundle, None, "PruneLast=true");
+        let (leaving, later): (Vec<Owned>, Vec<Owned>) = leaving
+            .into_iter()
+            .partition(|o| (app_last || o.prune_last) == last);
         if leaving.is_empty() {
             return Ok(());
         }
+        stay.extend(later);
         let desired_empty = !bundle.objects.iter().any(|o| o.hook.is_none());
         if !automated.prune && !request.prune {
             for o in &leaving {
@@ -56,16 +90,22 @@ impl Applier {
                 count: leaving.len(),
             }));
         }
-        let propagation = match option_value(bundle, "PrunePropagationPolicy") {
-            Some("background") => PropagationPolicy::Background,
-            Some("orphan") => PropagationPolicy::Orphan,
-            _ => PropagationPolicy::Foreground,
+        let propagation = match (
+            &bundle.policy.deletion,
+            option_value(bundle, "PrunePropagationPolicy"),
+        ) {
+            // Deleting the app: foreground, unless its finalizer says background.
+            (Some(deletion), _) if deletion.background => PropagationPolicy::Background,
+            (Some(_), _) => PropagationPolicy::Foreground,
+            (None, Some("background")) => PropagationPolicy::Background,
+            (None, Some("orphan")) => PropagationPolicy::Orphan,
+            (None, _) => PropagationPolicy::Foreground,
         };
         let label = app_label(&bundle.app);
         let mut remaining = stay;
         for o in leaving {
-            if !o.prune {
-                report.kept.push((o.resource.clone(), "Prune=false".into()));
+            if let Some(why) = held_back(&o, bundle, request) {
+                report.kept.push((o.resource.clone(), why));
                 remaining.push(o);
                 continue;
             }
@@ -128,10 +168,20 @@ impl Applier {
             .into_iter()
             .filter(|owned| !desired(&owned.resource))
             .map(|owned| ResourceStatus {
+                message: Some(if owned.prune_confirm {
+                    format!("requires pruning; {WAITING_FOR_PRUNE_CONFIRMATION}")
+                } else if owned.ignore_extraneous {
+                    "requires pruning; IgnoreExtraneous: not counted against the app".to_owned()
+                } else {
+                    "requires pruning".to_owned()
+                }),
+                sync: if owned.ignore_extraneous && !owned.prune_confirm {
+                    SyncStatus::Synced
+                } else {
+                    SyncStatus::OutOfSync
+                },
                 resource: owned.resource,
-                sync: SyncStatus::OutOfSync,
                 health: Health::Healthy,
-                message: Some("requires pruning".to_owned()),
             })
             .collect())
     }

@@ -21,9 +21,9 @@ use super::live::LiveCache;
 use super::{
     APP_LABEL, Action, Applier, Error, FIELD_MANAGER, HASH_ANNOTATION, HookOutcome, HookResult,
     ObjectResult, Outcome, Result, SyncReport, SyncRequest, Task, WaveTiming, app_label, describe,
-    desired_hash, has_option, order, rejected, sync_order, to_value,
+    desired_hash, has_option, object_option, order, rejected, sync_order, to_value,
 };
-use crate::compare::contains;
+use crate::compare::{self, contains};
 use crate::health::{self, Assessment};
 use crate::store::Owned;
 
@@ -100,9 +100,16 @@ impl Applier {
             warn!("{warning}");
             report.warnings.push(warning);
         }
+        // A deletion bundle runs its PreDelete and PostDelete hooks around the
+        // prune; any other bundle never runs them.
+        let deleting = bundle.policy.deletion.is_some();
         let tasks: Vec<Task<'_>> = sync_order(&bundle.objects)
             .into_iter()
-            .filter(|o| !matches!(o.hook.as_ref().map(|h| h.phase), Some(HookPhase::Skip)))
+            .filter(|o| match o.hook.as_ref().map(|h| h.phase) {
+                Some(HookPhase::Skip) => false,
+                Some(phase) if phase.on_delete() => deleting,
+                _ => !deleting,
+            })
             // A selective sync applies only the chosen objects and runs no hooks.
             .filter(|o| {
                 request.resources.is_empty()
@@ -115,12 +122,15 @@ impl Applier {
             })
             .collect();
         let phase_of = |t: &Task<'_>| t.object.hook.as_ref().map(|h| h.phase);
-        let (pre, rest): (Vec<_>, Vec<_>) = tasks
-            .into_iter()
-            .partition(|t| phase_of(t) == Some(HookPhase::PreSync));
-        let (post, rest): (Vec<_>, Vec<_>) = rest
-            .into_iter()
-            .partition(|t| phase_of(t) == Some(HookPhase::PostSync));
+        let (before, after) = if deleting {
+            (HookPhase::PreDelete, HookPhase::PostDelete)
+        } else {
+            (HookPhase::PreSync, HookPhase::PostSync)
+        };
+        let (pre, rest): (Vec<_>, Vec<_>) =
+            tasks.into_iter().partition(|t| phase_of(t) == Some(before));
+        let (post, rest): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|t| phase_of(t) == Some(after));
         let (fail, sync): (Vec<_>, Vec<_>) = rest
             .into_iter()
             .partition(|t| phase_of(t) == Some(HookPhase::SyncFail));
@@ -143,16 +153,12 @@ impl Applier {
         let result = self.run_sync_phase(bundle, &sync, &mut report).await;
         let result = match result {
             Ok(()) => {
-                let prune_last = has_option(bundle, None, "PruneLast=true");
-                let mut result = Ok(());
-                if !prune_last {
-                    result = self.prune(bundle, request, &mut report).await;
-                }
+                let mut result = self.prune(bundle, request, &mut report, false).await;
                 if result.is_ok() {
                     result = self.run_phase(bundle, &post, &mut report).await;
                 }
-                if result.is_ok() && prune_last {
-                    result = self.prune(bundle, request, &mut report).await;
+                if result.is_ok() {
+                    result = self.prune(bundle, request, &mut report, true).await;
                 }
                 result
             }
@@ -197,8 +203,16 @@ impl Applier {
         let namespaces: BTreeSet<&str> = tasks
             .filter_map(|t| t.resource.namespace.as_deref())
             .collect();
+        // managedNamespaceMetadata is for the app's destination namespace, as
+        // in Argo CD.
+        let destination = bundle.project.destination.namespace.as_deref();
         for ns in namespaces {
-            if let Err(e) = self.ensure_namespace(ns).await {
+            let metadata = bundle
+                .policy
+                .managed_namespace_metadata
+                .as_ref()
+                .filter(|_| Some(ns) == destination);
+            if let Err(e) = self.ensure_namespace(ns, metadata).await {
                 return Err(Outcome::Failed {
                     resource: None,
                     message: e.to_string(),
@@ -217,23 +231,37 @@ impl Applier {
     ) -> Result<(), Outcome> {
         // Remember new objects before creating them, so a crash mid-sync cannot
         // leave an object Flotilla created but no longer knows it owns.
-        let owned = |t: &Task<'_>| Owned {
-            resource: t.resource.clone(),
-            prune: !has_option(bundle, Some(t.object), "Prune=false"),
-            delete: !has_option(bundle, Some(t.object), "Delete=false"),
+        let owned = |t: &Task<'_>| {
+            let prune = object_option(bundle, t.object, "Prune");
+            let delete = object_option(bundle, t.object, "Delete");
+            Owned {
+                resource: t.resource.clone(),
+                prune_last: object_option(bundle, t.object, "PruneLast") == Some("true"),
+                ignore_extraneous: ignores_extraneous(t.object),
+                prune: prune != Some("false"),
+                delete: delete != Some("false"),
+                prune_confirm: prune == Some("confirm"),
+                delete_confirm: delete == Some("confirm"),
+            }
         };
         let result = async {
             let mut inventory = self.store.inventory(&bundle.app)?;
-            let known: BTreeSet<ResourceRef> =
-                inventory.iter().map(|o| o.resource.clone()).collect();
-            let before = inventory.len();
-            inventory.extend(
-                tasks
-                    .iter()
-                    .filter(|t| t.object.hook.is_none() && !known.contains(&t.resource))
-                    .map(owned),
-            );
-            if inventory.len() != before {
+            let before = inventory.clone();
+            // An object's Prune and Delete options are those of the bundle now,
+            // not of the bundle that first created it: a `Delete=false` added
+            // later must protect it all the same.
+            let mut desired: BTreeMap<ResourceRef, Owned> = tasks
+                .iter()
+                .filter(|t| t.object.hook.is_none())
+                .map(|t| (t.resource.clone(), owned(t)))
+                .collect();
+            for known in &mut inventory {
+                if let Some(now) = desired.remove(&known.resource) {
+                    *known = now;
+                }
+            }
+            inventory.extend(tasks.iter().filter_map(|t| desired.remove(&t.resource)));
+            if inventory != before {
                 self.store.set_inventory(&bundle.app, &inventory).await?;
             }
             Ok::<_, Error>(())
@@ -433,6 +461,12 @@ impl Applier {
             }
         }
         let manifest = self.manifest(bundle, task)?;
+        let manifest = match current {
+            Some(current) if respects_ignored(bundle, task) => {
+                compare::respecting_ignored(bundle, &task.resource, manifest, current)
+            }
+            _ => manifest,
+        };
         if let Some(current) = current {
             let same_hash = current
                 .pointer("/metadata/annotations")
@@ -466,7 +500,16 @@ impl Applier {
             .await?;
         // Refreshes the promise: a later bundle's objects of this kind may wait.
         self.promise_kinds([task.object]);
-        let action = if current.is_some() {
+        // An object that exists without Flotilla's label (one Argo CD or a
+        // person made) is not in the live cache: it was taken over in place,
+        // which its other field managers show.
+        let adopted = applied
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() != Some(FIELD_MANAGER));
+        let action = if current.is_some() || adopted {
             Action::Configured
         } else {
             Action::Created
@@ -520,7 +563,18 @@ impl Applier {
             };
             let applied = async {
                 let api = self.api(&task.resource).await?;
-                let manifest = self.manifest(bundle, task)?;
+                let mut manifest = self.manifest(bundle, task)?;
+                if respects_ignored(bundle, task) {
+                    let live = api
+                        .get_opt(&task.resource.name)
+                        .await
+                        .map_err(rejected(&task.resource, "read"))?;
+                    if let Some(live) = live {
+                        let live = to_value(&live, &task.resource.gvk);
+                        manifest =
+                            compare::respecting_ignored(bundle, &task.resource, manifest, &live);
+                    }
+                }
                 self.server_side_apply(&api, bundle, task, &manifest).await
             }
             .await;
@@ -566,24 +620,37 @@ impl Applier {
         }
     }
 
-    async fn ensure_namespace(&self, name: &str) -> Result<()> {
+    /// Creates namespace `name` if it is missing, and keeps `metadata`'s labels
+    /// and annotations on it (server-side apply, so a label dropped from the
+    /// metadata is dropped from the namespace, and others' labels stay).
+    async fn ensure_namespace(
+        &self,
+        name: &str,
+        metadata: Option<&flotilla_common::bundle::NamespaceMetadata>,
+    ) -> Result<()> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let resource = ResourceRef {
             gvk: Gvk::new("", "v1", "Namespace"),
             namespace: None,
             name: name.to_owned(),
         };
-        if api
+        let mut namespace = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        });
+        if let Some(metadata) = metadata {
+            namespace["metadata"]["labels"] = serde_json::json!(metadata.labels);
+            namespace["metadata"]["annotations"] = serde_json::json!(metadata.annotations);
+        }
+        if let Some(live) = api
             .get_opt(name)
             .await
             .map_err(rejected(&resource, "get"))?
-            .is_some()
         {
-            return Ok(());
+            let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+            if metadata.is_none() || contains(&namespace["metadata"], &live["metadata"]) {
+                return Ok(());
+            }
         }
-        let namespace = serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        });
         self.writes.fetch_add(1, Ordering::Relaxed);
         api.patch(
             name,
@@ -660,4 +727,20 @@ pub(super) fn group_by_wave<'t, 'a>(tasks: &'t [Task<'a>]) -> Vec<&'t [Task<'a>]
     tasks
         .chunk_by(|a, b| order::effective_wave(a.object) == order::effective_wave(b.object))
         .collect()
+}
+
+/// `RespectIgnoreDifferences=true`: a sync leaves the fields the app's
+/// `ignoreDifferences` covers as they are live.
+fn respects_ignored(bundle: &Bundle, task: &Task<'_>) -> bool {
+    has_option(bundle, Some(task.object), "RespectIgnoreDifferences=true")
+}
+
+/// Whether the object carries `argocd.argoproj.io/compare-options:
+/// IgnoreExtraneous`.
+fn ignores_extraneous(object: &flotilla_common::bundle::Object) -> bool {
+    object.manifest_json().ok().is_some_and(|m| {
+        m.pointer("/metadata/annotations/argocd.argoproj.io~1compare-options")
+            .and_then(Value::as_str)
+            .is_some_and(|o| o.split(',').any(|o| o.trim() == "IgnoreExtraneous"))
+    })
 }

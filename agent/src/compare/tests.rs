@@ -54,8 +54,6 @@ fn manager_is_the_one_owning_the_field() {
 
 #[test]
 fn ignored_paths_are_removed_by_pointer_and_by_jq_path() {
-    use flotilla_common::bundle::{Bundle, IgnoreDifference};
-    use flotilla_common::model::{AppRef, Gvk, ResourceRef, Timestamp};
     let bundle = Bundle {
         app: AppRef::new("default", "a"),
         cluster: "east".into(),
@@ -99,5 +97,86 @@ fn ignored_paths_are_removed_by_pointer_and_by_jq_path() {
     assert_eq!(
         without_ignored(&bundle, &config_map, object.clone()),
         object
+    );
+}
+
+use flotilla_common::bundle::{Bundle, IgnoreDifference};
+use flotilla_common::model::{AppRef, Gvk, ResourceRef, Timestamp};
+
+fn bundle_ignoring(rule: IgnoreDifference) -> Bundle {
+    Bundle {
+        app: AppRef::new("default", "a"),
+        cluster: "east".into(),
+        source: Default::default(),
+        generation: 1,
+        created_at: Timestamp(0),
+        not_after: Timestamp(1),
+        policy: Default::default(),
+        ignore_differences: vec![rule],
+        project: flotilla_common::project::ProjectRules::allow_all("default", "east"),
+        objects: Vec::new(),
+    }
+}
+
+#[test]
+fn jq_path_expressions_select_fields_as_jq_does_and_group_star_matches_any_group() {
+    let bundle = bundle_ignoring(IgnoreDifference {
+        group: "*".into(),
+        kind: "Deployment".into(),
+        jq_path_expressions: vec![
+            r#".spec.template.spec.containers[] | select(.name == "sidecar") | .image"#.into(),
+        ],
+        ..IgnoreDifference::default()
+    });
+    let deployment = ResourceRef {
+        gvk: Gvk::new("apps", "v1", "Deployment"),
+        namespace: Some("shop".into()),
+        name: "web".into(),
+    };
+    let containers = |app: &str, sidecar: &str| {
+        serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": app},
+            {"name": "sidecar", "image": sidecar}
+        ]}}}})
+    };
+    // The injected sidecar's image is ignored; the app's is not.
+    let drift = super::differences(
+        &bundle,
+        &deployment,
+        &containers("app:1", "proxy:1"),
+        &containers("app:1", "proxy:9"),
+        "flotilla",
+    );
+    assert!(drift.is_empty(), "{drift:?}");
+    let drift = super::differences(
+        &bundle,
+        &deployment,
+        &containers("app:1", "proxy:1"),
+        &containers("app:2", "proxy:1"),
+        "flotilla",
+    );
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(drift[0].path.contains("[0]"), "{drift:?}");
+}
+
+#[test]
+fn respecting_ignored_fields_takes_them_from_the_live_object() {
+    let bundle = bundle_ignoring(IgnoreDifference {
+        group: "apps".into(),
+        kind: "Deployment".into(),
+        json_pointers: vec!["/spec/replicas".into(), "/spec/paused".into()],
+        ..IgnoreDifference::default()
+    });
+    let deployment = ResourceRef {
+        gvk: Gvk::new("apps", "v1", "Deployment"),
+        namespace: Some("shop".into()),
+        name: "web".into(),
+    };
+    let desired =
+        serde_json::json!({"spec": {"replicas": 2, "paused": true, "minReadySeconds": 5}});
+    let live = serde_json::json!({"spec": {"replicas": 7, "minReadySeconds": 1}});
+    assert_eq!(
+        super::respecting_ignored(&bundle, &deployment, desired, &live),
+        serde_json::json!({"spec": {"replicas": 7, "minReadySeconds": 5}})
     );
 }

@@ -21,6 +21,10 @@ async fn an_older_agents_second_database_is_moved_into_the_one_database() {
         },
         prune: true,
         delete: false,
+        prune_confirm: false,
+        delete_confirm: false,
+        prune_last: false,
+        ignore_extraneous: false,
     }];
     let applied = Applied {
         app: app.clone(),
@@ -69,6 +73,10 @@ async fn the_inventory_and_the_journal_share_one_database() {
         },
         prune: true,
         delete: true,
+        prune_confirm: false,
+        delete_confirm: false,
+        prune_last: false,
+        ignore_extraneous: false,
     };
     {
         let db = open_database(state.path()).unwrap();

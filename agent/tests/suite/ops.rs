@@ -657,3 +657,65 @@ async fn a_deployment_turning_degraded_is_reported_without_an_operation() {
     assert!(quiet.is_err(), "an unchanged app sent {quiet:?}");
     support::delete_namespace(&client, &ns).await;
 }
+
+/// `syncPolicy.retry`: an automated sync that fails because its namespace does
+/// not exist yet is tried again after the backoff, and succeeds once the
+/// namespace appears; without retry it fails once and stays failed.
+#[tokio::test]
+async fn a_failed_automated_sync_is_retried_with_backoff() {
+    let cluster = cluster_for("retry");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("retry");
+    let automated = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+
+    let once = bundle(
+        &format!("{ns}-once"),
+        1,
+        vec![config_map(&ns, "settings")],
+        automated.clone(),
+    );
+    let report = engine(&client).take(once).await;
+    assert!(
+        matches!(report.outcome, BundleOutcome::Failed { .. }),
+        "{:?}",
+        report.outcome
+    );
+
+    let mut retried = bundle(
+        &format!("{ns}-retried"),
+        1,
+        vec![config_map(&ns, "settings")],
+        automated,
+    );
+    retried.policy.retry = Some(flotilla_common::bundle::Retry {
+        limit: 4,
+        backoff_secs: 1,
+        factor: 2,
+        max_backoff_secs: 2,
+    });
+    let engine = engine(&client);
+    let started = std::time::Instant::now();
+    let creator = {
+        let client = client.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            support::create_namespace(&client, &ns).await;
+        })
+    };
+    let report = engine.take(retried).await;
+    creator.await.unwrap();
+    assert!(
+        matches!(report.outcome, BundleOutcome::Applied),
+        "{:?}",
+        report.outcome
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1), "no backoff");
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(maps.get_opt("settings").await.unwrap().is_some());
+    support::delete_namespace(&client, &ns).await;
+}

@@ -83,6 +83,9 @@ pub fn bundle(
         policy: SyncPolicy {
             automated,
             sync_options: Vec::new(),
+            deletion: None,
+            retry: None,
+            managed_namespace_metadata: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", "test"),
@@ -108,6 +111,8 @@ pub fn object(manifest: Value) -> Object {
             "Sync" => HookPhase::Sync,
             "PostSync" => HookPhase::PostSync,
             "SyncFail" => HookPhase::SyncFail,
+            "PreDelete" => HookPhase::PreDelete,
+            "PostDelete" => HookPhase::PostDelete,
             _ => HookPhase::Skip,
         };
         let delete_policy = annotation("argocd.argoproj.io/hook-delete-policy")

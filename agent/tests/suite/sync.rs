@@ -979,3 +979,574 @@ async fn deleting_an_app_keeps_delete_false_objects() {
     assert!(maps.get_opt("keep").await.unwrap().is_some());
     support::delete_namespace(&client, &ns).await;
 }
+
+/// `Prune=confirm`: an automated prune leaves the object in place and says it
+/// waits for confirmation; a sync with the user's confirmation prunes it.
+#[tokio::test]
+async fn prune_confirm_waits_for_a_confirmed_sync() {
+    let cluster = cluster_for("prune-confirm");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("pconfirm");
+    support::create_namespace(&client, &ns).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let mut guarded = config_map(&ns, "guarded");
+    guarded.sync_options = vec!["Prune=confirm".into()];
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![config_map(&ns, "stays"), config_map(&ns, "goes"), guarded],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+
+    let second = bundle(&app, 2, vec![config_map(&ns, "stays")], policy.clone());
+    let report = applier.sync(&second).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["goes"]);
+    let (kept, why) = report.kept.first().unwrap();
+    assert_eq!(kept.name, "guarded");
+    assert!(why.contains("waiting for confirmation"), "{why}");
+    assert!(maps.get_opt("guarded").await.unwrap().is_some());
+    // The app's state says what waits, and why.
+    let waiting = applier
+        .requiring_pruning(&second.app, |r| r.name == "stays")
+        .unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let message = waiting[0].message.as_deref().unwrap();
+    assert!(
+        message.contains("Prune=confirm: waiting for confirmation"),
+        "{message}"
+    );
+
+    // Syncing again without confirmation still keeps it.
+    let report = applier.sync(&second).await;
+    assert!(report.pruned.is_empty(), "{:?}", report.pruned);
+    assert!(maps.get_opt("guarded").await.unwrap().is_some());
+
+    let confirmed = apply::SyncRequest {
+        confirm: true,
+        ..Default::default()
+    };
+    let report = applier.sync_with(&second, &confirmed).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["guarded"]);
+    assert!(support::gone_or_going(&maps, "guarded").await);
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// A cascading delete (the hub's deletion bundle) keeps `Delete=false` objects,
+/// even when the option was added after the object was created, and keeps
+/// `Delete=confirm` objects until the deletion is confirmed.
+#[tokio::test]
+async fn a_cascading_delete_keeps_delete_false_and_waits_for_delete_confirm() {
+    let cluster = cluster_for("delete-options");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("delopts");
+    support::create_namespace(&client, &ns).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    // Created without options first.
+    let first = bundle(
+        &app,
+        1,
+        vec![
+            config_map(&ns, "goes"),
+            config_map(&ns, "keep"),
+            config_map(&ns, "ask"),
+        ],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+    let mut keep = config_map(&ns, "keep");
+    keep.sync_options = vec!["Delete=false".into()];
+    let mut ask = config_map(&ns, "ask");
+    ask.sync_options = vec!["Delete=confirm".into()];
+    let second = bundle(
+        &app,
+        2,
+        vec![config_map(&ns, "goes"), keep, ask],
+        policy.clone(),
+    );
+    assert!(applier.sync(&second).await.succeeded());
+
+    let deletion = |generation, confirmed| {
+        let mut b = bundle(
+            &app,
+            generation,
+            vec![],
+            Some(Automated {
+                prune: true,
+                self_heal: false,
+                allow_empty: true,
+            }),
+        );
+        b.policy.deletion = Some(flotilla_common::bundle::Deletion {
+            confirmed,
+            background: false,
+        });
+        b
+    };
+    let report = applier.sync(&deletion(3, false)).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["goes"]);
+    let kept: Vec<(&str, &str)> = report
+        .kept
+        .iter()
+        .map(|(r, why)| (r.name.as_str(), why.as_str()))
+        .collect();
+    assert!(kept.contains(&("keep", "Delete=false")), "{kept:?}");
+    assert!(
+        kept.iter()
+            .any(|(name, why)| *name == "ask" && why.contains("Delete=confirm")),
+        "{kept:?}"
+    );
+    assert!(support::gone_or_going(&maps, "goes").await);
+    assert!(maps.get_opt("keep").await.unwrap().is_some());
+    assert!(maps.get_opt("ask").await.unwrap().is_some());
+
+    // Confirmed: the Delete=confirm object goes; Delete=false still stays.
+    let report = applier.sync(&deletion(4, true)).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["ask"]);
+    assert!(support::gone_or_going(&maps, "ask").await);
+    assert!(maps.get_opt("keep").await.unwrap().is_some());
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// `RespectIgnoreDifferences=true` with `ignoreDifferences` on a Deployment's
+/// replicas (an autoscaler's field): a later sync keeps the replicas another
+/// manager set; without the option the sync puts them back.
+#[tokio::test]
+async fn respect_ignore_differences_keeps_the_live_replicas_on_sync() {
+    let cluster = cluster_for("respect-ignore");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("respect");
+    support::create_namespace(&client, &ns).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let applier = applier(&client);
+    let scale_to = |name: &'static str, replicas: i64| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .patch(
+                    name,
+                    &kube::api::PatchParams::apply("hpa-like").force(),
+                    &kube::api::Patch::Apply(json!({
+                        "apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": name}, "spec": {"replicas": replicas}
+                    })),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let replicas = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move { deployments.get(name).await.unwrap().spec.unwrap().replicas }
+    };
+    for (name, respect) in [("respected", true), ("overwritten", false)] {
+        let app = format!("{ns}-{name}");
+        let make = |generation, image: &str| {
+            let mut d = deployment(&ns, name, 2);
+            let mut manifest = d.manifest_json().unwrap();
+            manifest["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+            d = support::object(manifest);
+            let mut b = bundle(&app, generation, vec![d], None);
+            b.ignore_differences = vec![flotilla_common::bundle::IgnoreDifference {
+                group: "apps".into(),
+                kind: "Deployment".into(),
+                json_pointers: vec!["/spec/replicas".into()],
+                ..Default::default()
+            }];
+            if respect {
+                b.policy.sync_options = vec!["RespectIgnoreDifferences=true".into()];
+            }
+            b
+        };
+        assert!(applier.sync(&make(1, "nginx:1.25")).await.succeeded());
+        scale_to(name, 5).await;
+        let report = applier.sync(&make(2, "nginx:1.26")).await;
+        assert!(report.succeeded(), "{:?}", report.outcome);
+        let expected = if respect { 5 } else { 2 };
+        assert_eq!(replicas(name).await, Some(expected), "{name}");
+    }
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// A hook the hub named from its `generateName` runs as a new object on every
+/// sync, even when its delete policy keeps the last one (`HookFailed`).
+#[tokio::test]
+async fn a_generate_name_hook_is_created_afresh_on_every_sync() {
+    let cluster = cluster_for("generate-name");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("genname");
+    support::create_namespace(&client, &ns).await;
+    let hook = || {
+        let mut manifest = support::job(&ns, "before-1a2b3", "PreSync", Some("HookFailed"), false)
+            .manifest_json()
+            .unwrap();
+        manifest["metadata"]["generateName"] = json!("before-");
+        support::object(manifest)
+    };
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let mut uids = Vec::new();
+    for generation in 1..=2 {
+        let b = bundle(
+            &app,
+            generation,
+            vec![hook(), config_map(&ns, "settings")],
+            None,
+        );
+        let report = applier.sync(&b).await;
+        assert!(report.succeeded(), "{:?}", report.outcome);
+        assert!(
+            matches!(report.hooks[0].outcome, HookOutcome::Succeeded),
+            "{:?}",
+            report.hooks
+        );
+        let live = jobs.get("before-1a2b3").await.unwrap();
+        uids.push(live.metadata.uid.unwrap());
+    }
+    assert_ne!(
+        uids[0], uids[1],
+        "the second sync reused the first run's Job"
+    );
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// `PruneLast=true` on one object: the others that left the bundle are pruned
+/// before the PostSync hooks, that one after them.
+#[tokio::test]
+async fn an_object_marked_prune_last_is_pruned_after_the_others() {
+    let cluster = cluster_for("prune-last");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("prunelast");
+    support::create_namespace(&client, &ns).await;
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let mut last = config_map(&ns, "a-last");
+    last.sync_options = vec!["PruneLast=true".into()];
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![last, config_map(&ns, "b-early"), config_map(&ns, "stays")],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+    let second = bundle(
+        &app,
+        2,
+        vec![
+            config_map(&ns, "stays"),
+            support::job(&ns, "after", "PostSync", Some("HookSucceeded"), false),
+        ],
+        policy,
+    );
+    let report = applier.sync(&second).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["b-early", "a-last"]);
+    // Pruned one pass after the other: alphabetically a-last would come first.
+    assert!(report.hooks.iter().any(|h| h.resource.name == "after"));
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// PreDelete and PostDelete hooks never run on a sync; when the app is deleted
+/// (the hub's deletion bundle carries them) PreDelete runs before the objects are
+/// deleted and PostDelete after.
+#[tokio::test]
+async fn delete_hooks_run_only_when_the_app_is_deleted() {
+    let cluster = cluster_for("delete-hooks");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("delhooks");
+    support::create_namespace(&client, &ns).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let pre = support::job(&ns, "pre-delete", "PreDelete", None, false);
+    let post = support::job(&ns, "post-delete", "PostDelete", None, false);
+    let first = bundle(
+        &app,
+        1,
+        vec![config_map(&ns, "settings"), pre.clone(), post.clone()],
+        policy,
+    );
+    let report = applier.sync(&first).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    assert!(report.hooks.is_empty(), "{:?}", report.hooks);
+    assert!(jobs.get_opt("pre-delete").await.unwrap().is_none());
+
+    let mut deletion = bundle(
+        &app,
+        2,
+        vec![pre, post],
+        Some(Automated {
+            prune: true,
+            self_heal: false,
+            allow_empty: true,
+        }),
+    );
+    deletion.policy.deletion = Some(flotilla_common::bundle::Deletion {
+        confirmed: false,
+        background: false,
+    });
+    let report = applier.sync(&deletion).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let ran: Vec<(&str, HookPhase)> = report
+        .hooks
+        .iter()
+        .map(|h| (h.resource.name.as_str(), h.phase))
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("pre-delete", HookPhase::PreDelete),
+            ("post-delete", HookPhase::PostDelete)
+        ]
+    );
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["settings"]);
+    let operation = report.operation(None);
+    assert!(
+        operation
+            .resources
+            .iter()
+            .any(|r| r.resource.name == "post-delete"),
+        "{:?}",
+        operation.resources
+    );
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// `managedNamespaceMetadata` with `CreateNamespace=true`: the destination
+/// namespace is made with the labels and annotations, and a pre-existing one
+/// gets them added without losing its own.
+#[tokio::test]
+async fn managed_namespace_metadata_labels_the_destination_namespace() {
+    let cluster = cluster_for("ns-metadata");
+    let client = cluster.client().await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let applier = applier(&client);
+    for existing in [false, true] {
+        let ns = unique("nsmeta");
+        if existing {
+            namespaces
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(
+                        json!({"metadata": {"name": ns, "labels": {"own": "yes"}}}),
+                    )
+                    .unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        let mut b = bundle(
+            &format!("{ns}-app"),
+            1,
+            vec![config_map(&ns, "settings")],
+            None,
+        );
+        b.project.destination.namespace = Some(ns.clone());
+        b.policy.sync_options = vec!["CreateNamespace=true".into()];
+        b.policy.managed_namespace_metadata = Some(flotilla_common::bundle::NamespaceMetadata {
+            labels: [("team".to_owned(), "web".to_owned())].into(),
+            annotations: [("owner".to_owned(), "alice".to_owned())].into(),
+        });
+        let report = applier.sync(&b).await;
+        assert!(report.succeeded(), "{:?}", report.outcome);
+        let live = namespaces.get(&ns).await.unwrap();
+        let labels = live.metadata.labels.unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("web"));
+        if existing {
+            assert_eq!(labels.get("own").map(String::as_str), Some("yes"));
+        }
+        assert_eq!(
+            live.metadata
+                .annotations
+                .unwrap()
+                .get("owner")
+                .map(String::as_str),
+            Some("alice")
+        );
+        support::delete_namespace(&client, &ns).await;
+    }
+}
+
+/// `compare-options: IgnoreExtraneous` with `Prune=false`: once the object
+/// leaves Git it is kept, and it does not make the app OutOfSync.
+#[tokio::test]
+async fn an_ignore_extraneous_object_kept_after_leaving_git_does_not_count() {
+    let cluster = cluster_for("ignore-extraneous");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("extraneous");
+    support::create_namespace(&client, &ns).await;
+    let kept = |name: &str, extraneous: bool| {
+        let mut annotations = json!({"argocd.argoproj.io/sync-options": "Prune=false"});
+        if extraneous {
+            annotations["argocd.argoproj.io/compare-options"] = json!("IgnoreExtraneous");
+        }
+        support::object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+            "data": {"k": "v"}}))
+    };
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-app");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![
+            kept("quiet", true),
+            kept("loud", false),
+            config_map(&ns, "stays"),
+        ],
+        policy.clone(),
+    );
+    assert!(applier.sync(&first).await.succeeded());
+    let second = bundle(&app, 2, vec![config_map(&ns, "stays")], policy);
+    assert!(applier.sync(&second).await.succeeded());
+    let statuses = applier
+        .requiring_pruning(&second.app, |r| r.name == "stays")
+        .unwrap();
+    let sync_of = |name: &str| {
+        statuses
+            .iter()
+            .find(|s| s.resource.name == name)
+            .map(|s| s.sync)
+            .unwrap()
+    };
+    assert_eq!(sync_of("quiet"), flotilla_common::model::SyncStatus::Synced);
+    assert_eq!(
+        sync_of("loud"),
+        flotilla_common::model::SyncStatus::OutOfSync
+    );
+    support::delete_namespace(&client, &ns).await;
+}
+
+/// Moving an app from Argo CD: objects Argo CD created (its instance label and
+/// tracking-id annotation, its field manager, a client-side apply record) are
+/// taken over in place on the first sync, never deleted and re-created, and from
+/// then on they are this app's to prune.
+#[tokio::test]
+async fn objects_argo_cd_managed_are_adopted_in_place() {
+    let cluster = cluster_for("adopt-argo");
+    let client = cluster.client().await.unwrap();
+    let ns = unique("adopt");
+    support::create_namespace(&client, &ns).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    // As Argo CD leaves them: applied under its own field manager.
+    for (kind, manifest) in [
+        (
+            "ConfigMap",
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "settings", "namespace": ns,
+                    "labels": {"app.kubernetes.io/instance": "web"},
+                    "annotations": {"argocd.argoproj.io/tracking-id": "web:/ConfigMap:shop/settings"}},
+                "data": {"name": "settings"}}),
+        ),
+        (
+            "Deployment",
+            deployment(&ns, "web", 2).manifest_json().unwrap(),
+        ),
+    ] {
+        let api: Api<kube::api::DynamicObject> = match kind {
+            "ConfigMap" => Api::namespaced_with(
+                client.clone(),
+                &ns,
+                &kube::api::ApiResource::erase::<ConfigMap>(&()),
+            ),
+            _ => Api::namespaced_with(
+                client.clone(),
+                &ns,
+                &kube::api::ApiResource::erase::<Deployment>(&()),
+            ),
+        };
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply("argocd-controller"),
+            &kube::api::Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap();
+    }
+    let uid_before = maps.get("settings").await.unwrap().metadata.uid;
+    let deployment_uid = deployments.get("web").await.unwrap().metadata.uid;
+
+    let policy = Some(Automated {
+        prune: true,
+        self_heal: false,
+        allow_empty: false,
+    });
+    let app = format!("{ns}-web");
+    let applier = applier(&client);
+    let first = bundle(
+        &app,
+        1,
+        vec![config_map(&ns, "settings"), deployment(&ns, "web", 2)],
+        policy.clone(),
+    );
+    let report = applier.sync(&first).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    assert_eq!(
+        report.resource("settings").unwrap().action,
+        Action::Configured
+    );
+    assert!(report.pruned.is_empty());
+    let live = maps.get("settings").await.unwrap();
+    assert_eq!(
+        live.metadata.uid, uid_before,
+        "re-created instead of adopted"
+    );
+    assert_eq!(
+        live.metadata.labels.as_ref().unwrap()[apply::APP_LABEL],
+        apply::app_label(&first.app)
+    );
+    assert_eq!(
+        deployments.get("web").await.unwrap().metadata.uid,
+        deployment_uid
+    );
+
+    // Adopted objects are the app's own: one that leaves Git is pruned.
+    let second = bundle(&app, 2, vec![deployment(&ns, "web", 2)], policy);
+    let report = applier.sync(&second).await;
+    assert!(report.succeeded(), "{:?}", report.outcome);
+    let pruned: Vec<&str> = report.pruned.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pruned, ["settings"]);
+    support::delete_namespace(&client, &ns).await;
+}

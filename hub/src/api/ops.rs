@@ -84,7 +84,10 @@ fn refused(e: operation::Error) -> Reply {
     let status = match &e {
         E::AppNotFound(_) | E::HistoryEntryNotFound { .. } => StatusCode::NOT_FOUND,
         E::NoLink | E::NoRenderer => StatusCode::SERVICE_UNAVAILABLE,
-        E::NoDestination(_) | E::Busy { .. } | E::RollbackRefused { .. } => StatusCode::CONFLICT,
+        E::NoDestination(_)
+        | E::Busy { .. }
+        | E::RollbackRefused { .. }
+        | E::SyncWindowClosed { .. } => StatusCode::CONFLICT,
         E::DryRunWithRevision { .. }
         | E::RevisionUnderAutomation { .. }
         | E::RevisionUnsupported(_)
@@ -138,8 +141,9 @@ async fn sync(
     let app = AppRef::new(project, name);
     let plan = try_operation!(operations.plan_sync(&app, &request).await);
     let detail = format!(
-        "prune={} dryRun={} revision={} resources=[{}]",
+        "prune={} confirm={} dryRun={} revision={} resources=[{}]",
         request.prune,
+        request.confirm,
         request.dry_run,
         request.revision.as_deref().unwrap_or("-"),
         request.resources.join(",")
@@ -202,6 +206,7 @@ async fn rollback(
         prune: request.prune,
         dry_run: false,
         resources: Vec::new(),
+        confirm: false,
     };
     let result = operations
         .sync_cluster(&app, &rollback.cluster, options, &who.user)

@@ -17,6 +17,30 @@ pub(super) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
         .route("/api/v1/projects", get(list).post(create))
         .route("/api/v1/projects/{name}", get(show))
+        .route("/api/v1/projects/{name}/windows", get(windows))
+}
+
+/// `GET /api/v1/projects/{name}/windows`: the project's sync windows and whether
+/// each is open now, as `argocd proj windows list` shows them.
+async fn windows(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Reply {
+    if let Err(reply) = state.allow(&headers, "projects", "get", &name) {
+        return reply;
+    }
+    let project = match state.store.project(&name) {
+        Ok(Some(project)) => project,
+        Ok(None) if name == "default" => built_in_default(),
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("project {name:?} not found")),
+        Err(e) => return failed(&e),
+    };
+    let items = crate::app::project::windows::states(
+        &project.spec.sync_windows,
+        std::time::SystemTime::now(),
+    );
+    ok(json!({ "project": name, "items": items }))
 }
 
 fn stored(state: &ApiState) -> Vec<AppProject> {

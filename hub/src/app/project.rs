@@ -10,6 +10,7 @@ use super::{Error, Metadata, Result, ServerOwned, typed};
 pub use rules::{Violation, built_in_default};
 
 mod rules;
+pub mod windows;
 
 /// An Argo CD `AppProject`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -198,6 +199,19 @@ impl AppProject {
                 "the agent applies with its own service account",
             ));
         }
+        if self.spec.orphaned_resources.is_some() {
+            return Err(error(
+                "spec.orphanedResources",
+                "orphaned resource monitoring is not implemented; the agent watches only what \
+                 its apps own",
+            ));
+        }
+        if self.spec.permit_only_project_scoped_clusters {
+            return Err(error(
+                "spec.permitOnlyProjectScopedClusters",
+                "project-scoped clusters are not implemented: every cluster is the admin's",
+            ));
+        }
         if self.spec.roles.iter().any(|r| r.jwt_tokens.is_some()) {
             return Err(error(
                 "spec.roles[].jwtTokens",
@@ -205,13 +219,13 @@ impl AppProject {
             ));
         }
         for (i, window) in self.spec.sync_windows.iter().enumerate() {
-            if window.kind != "allow" && window.kind != "deny" {
+            if let Err((field, e)) = windows::check(window) {
                 return Err(Error::Invalid {
                     origin: origin.to_owned(),
                     kind: "AppProject",
                     name: self.metadata.name.clone(),
-                    path: format!("spec.syncWindows[{i}].kind"),
-                    message: format!("must be allow or deny, not {:?}", window.kind),
+                    path: format!("spec.syncWindows[{i}].{field}"),
+                    message: e.to_string(),
                 });
             }
         }

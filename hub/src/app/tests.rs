@@ -1,3 +1,5 @@
+mod compatibility;
+
 use super::*;
 
 const GUESTBOOK: &str = r#"
@@ -318,6 +320,214 @@ fn a_document_of_another_kind_is_refused() {
         e.contains("\"ConfigMap\"") && e.contains("not an Argo CD"),
         "{e}"
     );
+}
+
+fn with_retry(retry: &str) -> String {
+    GUESTBOOK.replace(
+        "    syncOptions:\n      - CreateNamespace=true",
+        &format!("    retry: {retry}\n    syncOptions:\n      - CreateNamespace=true"),
+    )
+}
+
+#[test]
+fn retry_reads_argo_cds_limit_and_backoff_with_its_defaults() {
+    let app = Application::from_yaml(
+        &with_retry("{limit: 5, backoff: {duration: 10s, factor: 3, maxDuration: 2m}}"),
+        "app.yaml",
+    )
+    .unwrap();
+    let retry = app.retry().unwrap();
+    assert_eq!(
+        (
+            retry.limit,
+            retry.backoff_secs,
+            retry.factor,
+            retry.max_backoff_secs
+        ),
+        (5, 10, 3, 120)
+    );
+    let waits: Vec<u64> = retry.waits().map(|w| w.as_secs()).collect();
+    assert_eq!(waits, [10, 30, 90, 120, 120]);
+    let defaults = Application::from_yaml(&with_retry("{limit: 2}"), "app.yaml").unwrap();
+    let retry = defaults.retry().unwrap();
+    assert_eq!(
+        (retry.backoff_secs, retry.factor, retry.max_backoff_secs),
+        (5, 2, 180)
+    );
+    // Bare seconds, as Argo CD takes them.
+    let bare = Application::from_yaml(
+        &with_retry("{limit: 1, backoff: {duration: '7'}}"),
+        "app.yaml",
+    )
+    .unwrap();
+    assert_eq!(bare.retry().unwrap().backoff_secs, 7);
+    // No limit is Argo CD's 0: no retry.
+    let none = Application::from_yaml(&with_retry("{}"), "app.yaml").unwrap();
+    assert!(none.retry().is_none());
+}
+
+#[test]
+fn retry_fields_flotilla_cannot_honour_are_refused_by_name() {
+    let e = err(&with_retry("{limit: -1}"));
+    assert!(e.contains("spec.syncPolicy.retry.limit"), "{e}");
+    let e = err(&with_retry("{limit: 2, refresh: true}"));
+    assert!(e.contains("spec.syncPolicy.retry.refresh"), "{e}");
+    let e = err(&with_retry("{limit: 2, backoff: {duration: soon}}"));
+    assert!(
+        e.contains("spec.syncPolicy.retry.backoff.duration") && e.contains("soon"),
+        "{e}"
+    );
+    let e = err(&with_retry("{limit: 2, backoff: {factor: 0}}"));
+    assert!(e.contains("spec.syncPolicy.retry.backoff.factor"), "{e}");
+}
+
+#[test]
+fn jq_path_expressions_are_compiled_at_load_and_a_bad_one_is_named() {
+    let app = GUESTBOOK.replace(
+        "  ignoreDifferences:\n",
+        "  ignoreDifferences:\n    - kind: Pod\n      jqPathExpressions: ['.spec.containers[] | select(.name == \"istio-proxy\")']\n",
+    );
+    Application::from_yaml(&app, "app.yaml").unwrap();
+    let bad = GUESTBOOK.replace(
+        "  ignoreDifferences:\n",
+        "  ignoreDifferences:\n    - kind: Pod\n      jqPathExpressions: ['.spec | select(']\n",
+    );
+    let e = err(&bad);
+    assert!(
+        e.contains("spec.ignoreDifferences[0].jqPathExpressions[0]") && e.contains("not valid jq"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sync_options_flotilla_cannot_honour_are_refused_with_the_reason() {
+    let e = err(&GUESTBOOK.replace("ServerSideApply=true", "ServerSideApply=false"));
+    assert!(
+        e.contains("ServerSideApply=false is not supported") && e.contains("server-side"),
+        "{e}"
+    );
+    let e = err(&GUESTBOOK.replace("ServerSideApply=true", "Force=true"));
+    assert!(e.contains("Force=true is not supported"), "{e}");
+    assert!(check_sync_option("Force=false").is_ok());
+}
+
+#[test]
+fn the_resources_finalizer_variants_cascade_and_other_finalizers_are_refused() {
+    for (finalizer, background) in [
+        ("resources-finalizer.argocd.argoproj.io", false),
+        ("resources-finalizer.argocd.argoproj.io/foreground", false),
+        ("resources-finalizer.argocd.argoproj.io/background", true),
+    ] {
+        let app = Application::from_yaml(
+            &GUESTBOOK.replace("resources-finalizer.argocd.argoproj.io", finalizer),
+            "app.yaml",
+        )
+        .unwrap();
+        assert!(app.cascades(), "{finalizer}");
+        assert_eq!(app.cascades_in_background(), background, "{finalizer}");
+    }
+    // Argo CD's controller adds this one; an exported manifest still loads.
+    Application::from_yaml(
+        &GUESTBOOK.replace(
+            "resources-finalizer.argocd.argoproj.io",
+            "post-delete-finalizer.argocd.argoproj.io",
+        ),
+        "app.yaml",
+    )
+    .unwrap();
+    let e = err(&GUESTBOOK.replace(
+        "resources-finalizer.argocd.argoproj.io",
+        "example.com/keep-forever",
+    ));
+    assert!(e.contains("metadata.finalizers[0]"), "{e}");
+    let e = err(&GUESTBOOK.replace(
+        "resources-finalizer.argocd.argoproj.io",
+        "resources-finalizer.argocd.argoproj.io/sideways",
+    ));
+    assert!(e.contains("metadata.finalizers[0]"), "{e}");
+}
+
+#[test]
+fn managed_namespace_metadata_needs_create_namespace() {
+    let with_metadata = GUESTBOOK.replace(
+        "    syncOptions:\n",
+        "    managedNamespaceMetadata:\n      labels: {team: web}\n    syncOptions:\n",
+    );
+    Application::from_yaml(&with_metadata, "app.yaml").unwrap();
+    let e = err(&with_metadata.replace("      - CreateNamespace=true\n", ""));
+    assert!(
+        e.contains("spec.syncPolicy.managedNamespaceMetadata")
+            && e.contains("CreateNamespace=true"),
+        "{e}"
+    );
+}
+
+fn with_annotation(key: &str, value: &str) -> String {
+    GUESTBOOK.replace(
+        "  namespace: argocd\n",
+        &format!("  namespace: argocd\n  annotations:\n    {key}: {value:?}\n"),
+    )
+}
+
+#[test]
+fn argo_cd_annotations_on_an_application_are_known_or_refused_by_name() {
+    let app = Application::from_yaml(
+        &with_annotation("argocd.argoproj.io/skip-reconcile", "true"),
+        "app.yaml",
+    )
+    .unwrap();
+    assert!(app.skips_reconcile());
+    let app = Application::from_yaml(
+        &with_annotation("argocd.argoproj.io/skip-reconcile", "false"),
+        "app.yaml",
+    )
+    .unwrap();
+    assert!(!app.skips_reconcile());
+    Application::from_yaml(
+        &with_annotation("argocd.argoproj.io/sync-wave", "-1"),
+        "app.yaml",
+    )
+    .unwrap();
+    for key in [
+        "argocd.argoproj.io/refresh",
+        "argocd.argoproj.io/deletion-approved",
+        "argocd.argoproj.io/something-new",
+    ] {
+        let e = err(&with_annotation(key, "hard"));
+        assert!(e.contains(&format!("metadata.annotations[{key}]")), "{e}");
+    }
+    let e = err(&with_annotation("argocd.argoproj.io/skip-reconcile", "yes"));
+    assert!(e.contains("skip-reconcile"), "{e}");
+    // Other prefixes are the user's own.
+    Application::from_yaml(&with_annotation("example.com/owner", "web"), "app.yaml").unwrap();
+}
+
+fn project_with(spec: &str) -> String {
+    match parse_manifests(
+        &format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: web}}\nspec:\n  sourceRepos: ['*']\n{spec}"
+        ),
+        "project.yaml",
+    ) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn project_fields_flotilla_does_not_implement_are_refused_by_name() {
+    let e = project_with("  orphanedResources: {warn: true}\n");
+    assert!(e.contains("spec.orphanedResources"), "{e}");
+    let e = project_with("  permitOnlyProjectScopedClusters: true\n");
+    assert!(e.contains("spec.permitOnlyProjectScopedClusters"), "{e}");
+    assert_eq!(
+        project_with("  permitOnlyProjectScopedClusters: false\n"),
+        ""
+    );
+    let e = project_with(
+        "  syncWindows: [{kind: deny, schedule: '0 25 * * *', duration: 1h, applications: ['*']}]\n",
+    );
+    assert!(e.contains("spec.syncWindows[0].schedule"), "{e}");
 }
 
 const MULTI: &str = r#"

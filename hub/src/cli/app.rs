@@ -1,5 +1,5 @@
-//! `flotilla app list|get|sync|history|rollback|diff|wait`: the app operations of
-//! the CLI, as `argocd app …` offers them, through the hub's API.
+//! `flotilla app list|get|sync|confirm|history|rollback|diff|wait|create|delete`: the app
+//! operations of the CLI, as `argocd app …` offers them, through the hub's API.
 //!
 //! Exit codes, as argocd's: 0 when all went well, 1 when the operation failed (a
 //! failed sync, a wait that ran out of time), 20 when `diff` found differences.
@@ -34,6 +34,11 @@ pub enum AppCommand {
     },
     /// Sync an application now and wait for the result (exit 1 when it failed).
     Sync(SyncArgs),
+    /// Confirm the pruning of objects marked `Prune=confirm`, as Argo CD's
+    /// "Confirm Pruning" does: syncs now with the confirmation (the app's own
+    /// prune policy still decides whether anything is pruned; add --prune to
+    /// `app sync --confirm` for a manual app).
+    Confirm { app: String },
     /// List an application's past syncs.
     History {
         app: String,
@@ -170,6 +175,10 @@ pub struct DeleteArgs {
     /// `--cascade=false` the objects stay in the clusters, unmanaged.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub cascade: bool,
+    /// Confirm the deletion of objects marked `Delete=confirm`; without it a
+    /// cascading delete of such an app is refused and names them.
+    #[arg(long)]
+    pub confirm: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,6 +199,9 @@ pub struct SyncArgs {
     /// group for the core group: `:ConfigMap:settings`); repeatable.
     #[arg(long = "resource")]
     resources: Vec<String>,
+    /// Confirm pruning: objects marked `Prune=confirm` are pruned too.
+    #[arg(long)]
+    confirm: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -396,6 +408,51 @@ pub async fn get(client: &Client, app: &str) -> anyhow::Result<()> {
             "Manual"
         }
     );
+    for info in summary["info"].as_array().into_iter().flatten() {
+        println!(
+            "{:<12} {}",
+            format!("{}:", text(&info["name"])),
+            text(&info["value"])
+        );
+    }
+    for cluster in summary["clusters"].as_array().into_iter().flatten() {
+        let verdict = &cluster["syncWindows"];
+        if verdict.is_null() {
+            continue;
+        }
+        let open: Vec<String> = verdict["windows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["active"].as_bool() == Some(true))
+            .map(|w| {
+                format!(
+                    "{} {:?} for {} until {}",
+                    text(&w["kind"]),
+                    text(&w["schedule"]),
+                    text(&w["duration"]),
+                    text(&w["closesAt"])
+                )
+            })
+            .collect();
+        println!(
+            "Sync window: [{}] {}{}",
+            text(&cluster["cluster"]),
+            match (verdict["automated"].as_bool(), verdict["manual"].as_bool()) {
+                (Some(true), _) => "syncs allowed".to_owned(),
+                (_, Some(true)) => "automated syncs blocked, manual syncs allowed".to_owned(),
+                _ => "syncs blocked".to_owned(),
+            },
+            if open.is_empty() {
+                verdict["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            } else {
+                format!(" (active: {})", open.join("; "))
+            }
+        );
+    }
     println!("Sync:        {}", text(&status["sync"]));
     println!("Health:      {}", text(&status["health"]));
     println!("Operation:   {}", describe_operation(&status["operation"]));
@@ -514,6 +571,7 @@ pub async fn sync(client: &Client, args: SyncArgs) -> anyhow::Result<()> {
         "dryRun": args.dry_run,
         "revision": args.revision,
         "resources": args.resources,
+        "confirm": args.confirm,
     });
     let reply = client
         .post(&format!("{}/sync", app_path(&args.app)), body.to_string())
@@ -777,6 +835,20 @@ pub async fn run(command: AppCommand, connection: &Connection) -> anyhow::Result
             }
         },
         AppCommand::Sync(args) => sync(&client, args).await?,
+        AppCommand::Confirm { app } => {
+            sync(
+                &client,
+                SyncArgs {
+                    app,
+                    prune: false,
+                    dry_run: false,
+                    revision: None,
+                    resources: Vec::new(),
+                    confirm: true,
+                },
+            )
+            .await?;
+        }
         AppCommand::History { app, output } => match output.output {
             Format::Table | Format::Wide => history(&client, &app).await?,
             format => {
@@ -803,7 +875,12 @@ pub async fn run(command: AppCommand, connection: &Connection) -> anyhow::Result
         }
         AppCommand::Delete(args) => {
             client
-                .delete(&format!("{}?cascade={}", app_path(&args.app), args.cascade))
+                .delete(&format!(
+                    "{}?cascade={}&confirm={}",
+                    app_path(&args.app),
+                    args.cascade,
+                    args.confirm
+                ))
                 .await?;
             if args.cascade {
                 println!(

@@ -1,4 +1,5 @@
-//! `flotilla proj create|list|get` and `flotilla proj role create-token|list-tokens|delete-token`.
+//! `flotilla proj create|list|get`, `flotilla proj windows list` and `flotilla proj role
+//! create-token|list-tokens|delete-token`.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,20 @@ pub enum ProjCommand {
     /// A project role's API tokens.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// A project's sync windows.
+    #[command(subcommand)]
+    Windows(WindowsCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum WindowsCommand {
+    /// List the project's sync windows and whether each is open now.
+    List {
+        /// The project.
+        project: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +155,56 @@ fn table(items: &[Value], wide: bool) -> Table {
     table
 }
 
+fn windows_table(items: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "ID",
+        "STATUS",
+        "KIND",
+        "SCHEDULE",
+        "DURATION",
+        "TIMEZONE",
+        "APPLICATIONS",
+        "NAMESPACES",
+        "CLUSTERS",
+        "MANUALSYNC",
+        "UNTIL",
+    ]);
+    let list = |v: &Value| {
+        let parts: Vec<String> = v.as_array().into_iter().flatten().map(cell).collect();
+        if parts.is_empty() {
+            "-".to_owned()
+        } else {
+            parts.join(",")
+        }
+    };
+    for (i, w) in items.iter().enumerate() {
+        let active = w["active"].as_bool() == Some(true);
+        table.row(vec![
+            i.to_string(),
+            if active { "Active" } else { "Inactive" }.to_owned(),
+            cell(&w["kind"]),
+            cell(&w["schedule"]),
+            cell(&w["duration"]),
+            cell(&w["timeZone"]),
+            list(&w["applications"]),
+            list(&w["namespaces"]),
+            list(&w["clusters"]),
+            if w["manualSync"].as_bool() == Some(true) {
+                "Enabled"
+            } else {
+                "Disabled"
+            }
+            .to_owned(),
+            if active {
+                format!("closes {}", cell(&w["closesAt"]))
+            } else {
+                format!("opens {}", cell(&w["nextOpensAt"]))
+            },
+        ]);
+    }
+    table
+}
+
 pub async fn run(command: ProjCommand, connection: &Connection) -> anyhow::Result<()> {
     let client = connection.client()?;
     match command {
@@ -168,6 +233,14 @@ pub async fn run(command: ProjCommand, connection: &Connection) -> anyhow::Resul
             let project = client.get(&format!("/api/v1/projects/{name}")).await?;
             print(output.output, &project, |_| {
                 table(std::slice::from_ref(&project["summary"]), true)
+            })?;
+        }
+        ProjCommand::Windows(WindowsCommand::List { project, output }) => {
+            let list = client
+                .get(&format!("/api/v1/projects/{project}/windows"))
+                .await?;
+            print(output.output, &list, |_| {
+                windows_table(list["items"].as_array().map_or(&[][..], Vec::as_slice))
             })?;
         }
         ProjCommand::Role(RoleCommand::CreateToken {

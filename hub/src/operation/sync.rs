@@ -14,7 +14,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use super::{Error, Operations, Result};
 use crate::clock::epoch_ms;
 use crate::refresh::{self, Outcome};
-use crate::store::{OperationRecord, Phase, ResourceOutcome};
+use crate::store::{AppRecord, OperationRecord, Phase, ResourceOutcome};
 
 /// How long a sync waits for the agent to hold the bundle it is about to sync.
 const ACK_WAIT: Duration = Duration::from_secs(15);
@@ -36,6 +36,9 @@ pub struct SyncRequest {
     /// --resource` takes them.
     #[serde(default)]
     pub resources: Vec<String>,
+    /// Confirms pruning: objects marked `Prune=confirm` are pruned too.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// A sync that passed its checks: what to send to each cluster, and the
@@ -130,6 +133,39 @@ fn resolve_resource(spec: &str, bundle: &Bundle) -> Result<ResourceRef> {
 }
 
 impl Operations {
+    /// Refuses a manual sync that the app's project's sync windows block on one
+    /// of `clusters` at `now` (a deny window without `manualSync`, or only closed
+    /// allow windows none of which sets it).
+    pub fn refuse_outside_sync_windows(
+        &self,
+        record: &AppRecord,
+        clusters: &[String],
+        now: SystemTime,
+    ) -> Result<()> {
+        let app = &record.application;
+        let project = match self.store.project(&app.spec.project)? {
+            Some(project) => project,
+            None => crate::app::project::built_in_default(),
+        };
+        if project.spec.sync_windows.is_empty() {
+            return Ok(());
+        }
+        for cluster in self.store.clusters()? {
+            if !clusters.contains(&cluster.name) {
+                continue;
+            }
+            let verdict = refresh::sync_window_verdict(app, &project, &cluster, now);
+            if !verdict.manual {
+                return Err(Error::SyncWindowClosed {
+                    app: AppRef::new(record.project(), record.name()),
+                    cluster: cluster.name,
+                    reason: verdict.reason.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a sync of `app` and plans it: no destination cluster is busy, a
     /// revision is rendered as the next generation first (refused under
     /// automated sync, as Argo CD refuses it), and every resource named is in
@@ -150,6 +186,9 @@ impl Operations {
         let clusters = self.destinations(&record)?;
         for cluster in &clusters {
             self.refuse_if_busy(app, cluster)?;
+        }
+        if !request.dry_run {
+            self.refuse_outside_sync_windows(&record, &clusters, SystemTime::now())?;
         }
         if let Some(revision) = &request.revision {
             if record.application.automated().is_some() {
@@ -184,6 +223,7 @@ impl Operations {
                     prune: request.prune,
                     dry_run: request.dry_run,
                     resources,
+                    confirm: request.confirm,
                 },
             ));
         }

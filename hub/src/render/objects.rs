@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use flotilla_common::bundle::{Hook, HookDeletePolicy, HookPhase, Object};
 use flotilla_common::model::{ClusterFacts, Gvk, kind_rank};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::{Error, Result};
 use crate::app::check_sync_option;
@@ -14,6 +15,7 @@ pub const SYNC_WAVE: &str = "argocd.argoproj.io/sync-wave";
 pub const HOOK: &str = "argocd.argoproj.io/hook";
 pub const HOOK_DELETE_POLICY: &str = "argocd.argoproj.io/hook-delete-policy";
 pub const SYNC_OPTIONS: &str = "argocd.argoproj.io/sync-options";
+pub const COMPARE_OPTIONS: &str = "argocd.argoproj.io/compare-options";
 const HELM_HOOK: &str = "helm.sh/hook";
 const HELM_HOOK_WEIGHT: &str = "helm.sh/hook-weight";
 const HELM_HOOK_DELETE_POLICY: &str = "helm.sh/hook-delete-policy";
@@ -56,6 +58,7 @@ pub fn to_objects(
     let mut seen = BTreeSet::new();
     let mut objects = Vec::with_capacity(manifests.len());
     for mut manifest in manifests {
+        name_generated_hook(&mut manifest)?;
         let (gvk, name) = identity(&manifest)?;
         let namespaced = is_namespaced(&gvk, facts, &crd_scopes);
         let namespace = if namespaced {
@@ -95,19 +98,78 @@ pub fn to_objects(
         object.wave = wave(&annotation, object.hook.is_some(), &described)?;
         if let Some(options) = annotation(SYNC_OPTIONS) {
             for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-                if option != "Force=true" {
-                    check_sync_option(option).map_err(|message| Error::Annotation {
-                        object: described.clone(),
-                        annotation: SYNC_OPTIONS,
-                        message,
-                    })?;
-                }
+                check_sync_option(option).map_err(|message| Error::Annotation {
+                    object: described.clone(),
+                    annotation: SYNC_OPTIONS,
+                    message,
+                })?;
                 object.sync_options.push(option.to_owned());
+            }
+        }
+        if let Some(options) = annotation(COMPARE_OPTIONS) {
+            for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                check_compare_option(option).map_err(|message| Error::Annotation {
+                    object: described.clone(),
+                    annotation: COMPARE_OPTIONS,
+                    message,
+                })?;
             }
         }
         objects.push(object);
     }
     Ok(objects)
+}
+
+/// A hook with `metadata.generateName` and no name (Argo CD's own examples use
+/// them) gets a name now: the prefix and a digest of the manifest, so the same
+/// hook always has the same name and a bundle can address it. The agent creates
+/// such a hook afresh on every run, as the apiserver would name a new one each
+/// time. Only hooks may leave the name to the server: anything else must be
+/// named to be tracked, pruned and compared, as in Argo CD.
+fn name_generated_hook(manifest: &mut Value) -> Result<()> {
+    let meta = manifest.get("metadata");
+    let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
+    if text("name").is_some_and(|n| !n.is_empty()) {
+        return Ok(());
+    }
+    let Some(prefix) = text("generateName").filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let is_hook = meta
+        .and_then(|m| m.get("annotations"))
+        .is_some_and(|a| a.get(HOOK).is_some() || a.get(HELM_HOOK).is_some());
+    if !is_hook {
+        return Err(Error::NotAnObject {
+            what: format!(
+                "metadata.generateName {prefix:?} without a name: only hooks \
+                 (argocd.argoproj.io/hook or helm.sh/hook) may leave the name to the server"
+            ),
+        });
+    }
+    let digest = Sha256::digest(flotilla_common::bundle::canonical_json(manifest));
+    let suffix: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("{prefix}{}", &suffix[..5]);
+    if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("name".to_owned(), Value::String(name));
+    }
+    Ok(())
+}
+
+/// The compare options Flotilla honours: `IgnoreExtraneous` (an object that
+/// left Git and is kept does not make the app OutOfSync) and
+/// `ServerSideDiff=true`, which is how Flotilla always compares.
+fn check_compare_option(option: &str) -> std::result::Result<(), String> {
+    match option {
+        "IgnoreExtraneous" | "ServerSideDiff=true" => Ok(()),
+        "ServerSideDiff=false" => Err(
+            "ServerSideDiff=false is not supported: Flotilla always compares against a \
+             server-side apply dry run"
+                .to_owned(),
+        ),
+        other => Err(format!(
+            "unknown compare option {other:?} (IgnoreExtraneous or ServerSideDiff=true)"
+        )),
+    }
 }
 
 fn identity(manifest: &Value) -> Result<(Gvk, String)> {
@@ -214,10 +276,15 @@ fn hook<'a>(annotation: &impl Fn(&str) -> Option<&'a str>, object: &str) -> Resu
             "PostSync" => HookPhase::PostSync,
             "SyncFail" => HookPhase::SyncFail,
             "Skip" => HookPhase::Skip,
+            "PreDelete" => HookPhase::PreDelete,
+            "PostDelete" => HookPhase::PostDelete,
             other => {
                 return Err(bad(
                     HOOK,
-                    format!("unknown phase {other:?} (PreSync, Sync, PostSync, SyncFail or Skip)"),
+                    format!(
+                        "unknown phase {other:?} (PreSync, Sync, PostSync, SyncFail, Skip, \
+                         PreDelete or PostDelete)"
+                    ),
                 ));
             }
         };
@@ -238,14 +305,25 @@ fn hook<'a>(annotation: &impl Fn(&str) -> Option<&'a str>, object: &str) -> Resu
         return Ok(None);
     };
     let mut phase = None;
+    let mut on_delete = None;
     for h in value.split(',').map(str::trim) {
         let mapped = match h {
             "pre-install" | "pre-upgrade" => HookPhase::PreSync,
             "post-install" | "post-upgrade" => HookPhase::PostSync,
+            // Argo CD runs the delete hooks when the app is deleted.
+            "pre-delete" => {
+                on_delete = Some(HookPhase::PreDelete);
+                continue;
+            }
+            "post-delete" => {
+                on_delete = Some(HookPhase::PostDelete);
+                continue;
+            }
             "crd-install" => continue,
-            // Argo CD ignores test and delete/rollback hooks: they never run on sync.
-            "test" | "test-success" | "test-failure" | "pre-delete" | "post-delete"
-            | "pre-rollback" | "post-rollback" => HookPhase::Skip,
+            // Argo CD ignores test and rollback hooks: they never run on sync.
+            "test" | "test-success" | "test-failure" | "pre-rollback" | "post-rollback" => {
+                HookPhase::Skip
+            }
             other => return Err(bad(HELM_HOOK, format!("unknown Helm hook {other:?}"))),
         };
         phase = Some(match (phase, mapped) {
@@ -253,6 +331,19 @@ fn hook<'a>(annotation: &impl Fn(&str) -> Option<&'a str>, object: &str) -> Resu
             (_, p) => p,
         });
     }
+    let phase = match (phase, on_delete) {
+        (Some(HookPhase::Skip) | None, Some(delete)) => Some(delete),
+        (Some(sync), Some(_)) => {
+            return Err(bad(
+                HELM_HOOK,
+                format!(
+                    "{value:?} runs on sync ({sync:?}) and on delete; Flotilla runs a hook in one \
+                     phase, so split it into one object per phase"
+                ),
+            ));
+        }
+        (phase, None) => phase,
+    };
     let Some(phase) = phase else {
         return Ok(None);
     };
@@ -312,6 +403,8 @@ fn apply_key(o: &Object) -> (u8, i32, usize, &str, &Option<String>, &str) {
         Some(HookPhase::PostSync) => 2,
         Some(HookPhase::SyncFail) => 3,
         Some(HookPhase::Skip) => 4,
+        Some(HookPhase::PreDelete) => 5,
+        Some(HookPhase::PostDelete) => 6,
     };
     let kind = kind_rank(&o.gvk.kind);
     (phase, o.wave, kind, &o.gvk.kind, &o.namespace, &o.name)

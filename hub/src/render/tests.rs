@@ -153,3 +153,123 @@ fn the_clusters_facts_decide_scope_before_any_rendered_crd() {
     let objects = objects::to_objects(manifests, Some("shop"), None).unwrap();
     assert_eq!(namespace_of(&objects, "Widget").as_deref(), Some("shop"));
 }
+
+fn hook_job(generate_name: &str, name: Option<&str>, hook: Option<&str>) -> serde_json::Value {
+    let mut job = serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"generateName": generate_name},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "run", "image": "busybox"}]}}}
+    });
+    if let Some(name) = name {
+        job["metadata"]["name"] = serde_json::json!(name);
+    }
+    if let Some(hook) = hook {
+        job["metadata"]["annotations"] = serde_json::json!({ "argocd.argoproj.io/hook": hook });
+    }
+    job
+}
+
+#[test]
+fn a_hook_with_generate_name_gets_a_stable_name_from_its_prefix() {
+    let render = || {
+        objects::to_objects(
+            vec![hook_job("before-", None, Some("PreSync"))],
+            Some("shop"),
+            None,
+        )
+        .unwrap()
+    };
+    let first = render();
+    let name = &first[0].name;
+    assert!(
+        name.starts_with("before-") && name.len() == "before-".len() + 5,
+        "{name}"
+    );
+    assert_eq!(render()[0].name, *name, "the same hook, the same name");
+    let manifest = first[0].manifest_json().unwrap();
+    assert_eq!(manifest["metadata"]["name"], name.as_str());
+    assert_eq!(
+        first[0].hook.as_ref().unwrap().phase,
+        flotilla_common::bundle::HookPhase::PreSync
+    );
+    // A name, when given, wins.
+    let named = objects::to_objects(
+        vec![hook_job("before-", Some("migrate"), Some("PreSync"))],
+        Some("shop"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(named[0].name, "migrate");
+}
+
+#[test]
+fn generate_name_on_an_object_that_is_not_a_hook_is_refused() {
+    let e = objects::to_objects(vec![hook_job("web-", None, None)], Some("shop"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("generateName") && e.contains("only hooks"),
+        "{e}"
+    );
+}
+
+fn annotated_job(annotations: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "cleanup", "annotations": annotations},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "run", "image": "busybox"}]}}}
+    })
+}
+
+#[test]
+fn delete_hooks_map_as_argo_cd_maps_them() {
+    use flotilla_common::bundle::HookPhase;
+    let phase = |annotations| {
+        objects::to_objects(vec![annotated_job(annotations)], Some("shop"), None)
+            .map(|o| o[0].hook.as_ref().map(|h| h.phase))
+    };
+    assert_eq!(
+        phase(serde_json::json!({"argocd.argoproj.io/hook": "PreDelete"})).unwrap(),
+        Some(HookPhase::PreDelete)
+    );
+    assert_eq!(
+        phase(serde_json::json!({"argocd.argoproj.io/hook": "PostDelete"})).unwrap(),
+        Some(HookPhase::PostDelete)
+    );
+    assert_eq!(
+        phase(serde_json::json!({"helm.sh/hook": "pre-delete"})).unwrap(),
+        Some(HookPhase::PreDelete)
+    );
+    assert_eq!(
+        phase(serde_json::json!({"helm.sh/hook": "post-delete"})).unwrap(),
+        Some(HookPhase::PostDelete)
+    );
+    let e = phase(serde_json::json!({"helm.sh/hook": "post-install,post-delete"}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one phase"), "{e}");
+}
+
+#[test]
+fn compare_options_are_checked_when_rendered() {
+    let with = |options: &str| {
+        objects::to_objects(
+            vec![annotated_job(
+                serde_json::json!({"argocd.argoproj.io/compare-options": options}),
+            )],
+            Some("shop"),
+            None,
+        )
+    };
+    with("IgnoreExtraneous").unwrap();
+    with("IgnoreExtraneous, ServerSideDiff=true").unwrap();
+    let e = with("ServerSideDiff=false").unwrap_err().to_string();
+    assert!(
+        e.contains("compare-options") && e.contains("ServerSideDiff=false"),
+        "{e}"
+    );
+    let e = with("IncludeMutationWebhook=true").unwrap_err().to_string();
+    assert!(e.contains("unknown compare option"), "{e}");
+}

@@ -200,6 +200,9 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
     bundle.policy = SyncPolicy {
         automated: None,
         sync_options: vec!["CreateNamespace=true".to_owned()],
+        deletion: None,
+        retry: None,
+        managed_namespace_metadata: None,
     };
     bundle.objects = vec![config_map(&ns, "one"), config_map(&ns, "two")];
     let envelope = hub
@@ -338,6 +341,9 @@ async fn sync_diff_and_refused_commands_run_over_the_link_and_report_their_opera
     slow.policy = SyncPolicy {
         automated: Some(Default::default()),
         sync_options: Vec::new(),
+        deletion: None,
+        retry: None,
+        managed_namespace_metadata: None,
     };
     slow.objects = vec![Object::new(
         Gvk::new("apps", "v1", "Deployment"),

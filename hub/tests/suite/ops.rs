@@ -1249,3 +1249,166 @@ async fn a_bundle_the_agent_refuses_unread_shows_on_its_app_with_the_reason() {
     );
     fleet.stop(&[&cm]).await;
 }
+
+/// Argo CD's confirmation options end to end: a `Prune=confirm` object that left
+/// Git stays and the app says it waits for confirmation until `app confirm`; a
+/// cascading `app delete` of an app holding a `Delete=confirm` object is refused,
+/// naming it, until `--confirm`; and a `Delete=false` object outlives the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_and_delete_confirmation_wait_for_the_user() {
+    let fleet = Fleet::start().await;
+    let name = unique("ops-confirm");
+    let [plain, guarded, asked, kept] =
+        ["plain", "guarded", "asked", "kept"].map(|n| format!("{name}-{n}"));
+    let repo = WorkRepo::new();
+    let map = |cm: &str, options: Option<&str>| {
+        let annotations = options
+            .map(|o| format!(", annotations: {{argocd.argoproj.io/sync-options: {o}}}"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {cm}, namespace: default{annotations}}}\ndata: {{value: one}}\n"
+        )
+    };
+    repo.write("app/plain.yaml", &map(&plain, None));
+    repo.write("app/guarded.yaml", &map(&guarded, Some("Prune=confirm")));
+    repo.write("app/asked.yaml", &map(&asked, Some("Delete=confirm")));
+    repo.write("app/kept.yaml", &map(&kept, Some("Delete=false")));
+    repo.commit("four maps");
+    fleet.create_app(&repo, &name, true).await;
+    fleet
+        .wait_status(&name, "Synced", |s| s["sync"] == "Synced")
+        .await;
+
+    repo.remove("app/guarded.yaml");
+    let commit = repo.commit("guarded leaves Git");
+    assert_eq!(fleet.push_webhook(&repo).await, 202);
+    let waits = |s: &Value| {
+        s["clusters"][0]["revision"] == commit.as_str()
+            && s["clusters"][0]["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| {
+                    r["name"] == guarded.as_str()
+                        && r["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("waiting for confirmation"))
+                })
+    };
+    fleet
+        .wait_status(&name, "the prune to wait for confirmation", waits)
+        .await;
+    assert!(fleet.config_map(&guarded).await.is_some());
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    let shown = fleet.cli("admin", &["app", "get", &name]);
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("Prune=confirm: waiting for confirmation"),
+        "{shown}"
+    );
+
+    let confirmed = fleet.cli("admin", &["app", "confirm", &name]);
+    assert!(confirmed.status.success(), "{}", text(&confirmed.stderr));
+    until("the confirmed prune", Duration::from_secs(30), || async {
+        fleet.config_map(&guarded).await.is_none()
+    })
+    .await;
+
+    let refused = fleet.cli("admin", &["app", "delete", &name]);
+    assert!(!refused.status.success());
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("Delete=confirm") && message.contains(&asked),
+        "{message}"
+    );
+    assert!(fleet.store.app("default", &name).unwrap().is_some());
+    assert!(fleet.config_map(&plain).await.is_some());
+
+    let deleted = fleet.cli("admin", &["app", "delete", &name, "--confirm"]);
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    until("the confirmed cascade", Duration::from_secs(30), || async {
+        fleet.config_map(&plain).await.is_none() && fleet.config_map(&asked).await.is_none()
+    })
+    .await;
+    assert!(
+        fleet.config_map(&kept).await.is_some(),
+        "a Delete=false object was deleted with its app"
+    );
+    fleet.stop(&[&kept]).await;
+}
+
+/// An open deny window in the app's project: the automated app is not applied
+/// (it shows OutOfSync), a manual sync is refused naming the window, and
+/// `app get` and `proj windows list` show the window as active. The window is
+/// open at every minute for an hour, so the test does not depend on the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_deny_window_blocks_automated_and_manual_syncs() {
+    let fleet = Fleet::start().await;
+    let project = unique("frozen");
+    let name = unique("ops-window");
+    let cm = format!("{name}-settings");
+    let repo = repo_with_config_map(&cm, "one");
+    let (status, body) = fleet
+        .post_text(
+            "/api/v1/projects",
+            &format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {{name: {project}}}\nspec:\n  sourceRepos: ['*']\n  destinations: [{{name: '*', namespace: '*'}}]\n  syncWindows:\n    - {{kind: deny, schedule: '* * * * *', duration: 1h, applications: ['*']}}\n"
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = fleet
+        .create_manifest(&format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  project: {project}\n  source: {{repoURL: 'file://{}', path: app, targetRevision: main}}\n  destination: {{name: {}, namespace: default}}\n  syncPolicy: {{automated: {{prune: true, selfHeal: true}}}}\n  info: [{{name: Runbook, value: 'https://runbooks.example/web'}}]\n",
+            repo.path().display(),
+            fleet.cluster
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let path = format!("/api/v1/applications/{project}/{name}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, app) = fleet
+            .call("GET", &path, Some(&fleet.admin), Value::Null)
+            .await;
+        if app["status"]["sync"] == "OutOfSync" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{app}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fleet.config_map(&cm).await.is_none(),
+        "an automated app synced inside a deny window"
+    );
+
+    fleet.cli_login("admin", ADMIN_PASSWORD);
+    let app = format!("{project}/{name}");
+    let refused = fleet.cli("admin", &["app", "sync", &app]);
+    assert!(!refused.status.success());
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("not allowed now") && message.contains("deny window"),
+        "{message}"
+    );
+    assert!(fleet.config_map(&cm).await.is_none());
+
+    let shown = fleet.cli("admin", &["app", "get", &app]);
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("Sync window:") && shown.contains("syncs blocked"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Runbook:") && shown.contains("https://runbooks.example/web"),
+        "spec.info is shown: {shown}"
+    );
+    let windows = fleet.cli("admin", &["proj", "windows", "list", &project]);
+    assert!(windows.status.success(), "{}", text(&windows.stderr));
+    let windows = text(&windows.stdout);
+    assert!(
+        windows.contains("Active") && windows.contains("deny") && windows.contains("* * * * *"),
+        "{windows}"
+    );
+    fleet.stop(&[&cm]).await;
+}

@@ -1115,3 +1115,129 @@ async fn a_repository_that_cannot_be_fetched_shows_why_on_its_apps_and_keeps_the
     assert_eq!(record.render_error, None);
     assert_eq!(hub.bundle("a").unwrap().generation, 1);
 }
+
+/// A deny window in the app's project turns automation off in the bundles the
+/// hub issues while it is open, and on again once it closes; the time comes from
+/// the caller, so the test picks it.
+#[tokio::test]
+async fn a_deny_sync_window_turns_automation_off_while_it_is_open() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.admin_project(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata: {name: default}\nspec:\n  sourceRepos: ['*']\n  destinations: [{name: '*', namespace: '*'}]\n  syncWindows:\n    - {kind: deny, schedule: '0 22 * * *', duration: 1h, applications: ['a']}\n",
+    )
+    .await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+    let day = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                / 86_400
+                * 86_400,
+        );
+    let inside = day + Duration::from_secs(22 * 3600 + 1800);
+    let after = day + Duration::from_secs(23 * 3600 + 1800);
+
+    hub.refresher.refresh_repo(&hub.url, inside).await.unwrap();
+    let blocked = hub.bundle("a").unwrap();
+    assert_eq!(
+        blocked.policy.automated, None,
+        "automated inside a deny window"
+    );
+
+    hub.refresher
+        .apply_sync_windows("default", "a", after)
+        .await
+        .unwrap();
+    let open = hub.bundle("a").unwrap();
+    assert_eq!(open.generation, blocked.generation + 1);
+    assert!(open.policy.automated.as_ref().unwrap().prune);
+    assert_eq!(open.objects, blocked.objects);
+
+    // Nothing changes while the verdict stays the same.
+    hub.refresher
+        .apply_sync_windows("default", "a", after + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(hub.bundle("a").unwrap().generation, open.generation);
+
+    // The next evening the window opens again.
+    let next_evening = inside + Duration::from_secs(86_400);
+    hub.refresher
+        .refresh_repo(&hub.url, next_evening)
+        .await
+        .unwrap();
+    let again = hub.bundle("a").unwrap();
+    assert_eq!(again.generation, open.generation + 1);
+    assert_eq!(again.policy.automated, None);
+}
+
+/// Deleting an app whose finalizer is the `/background` variant sends a deletion
+/// bundle that deletes in the background; the plain finalizer, in the foreground.
+#[tokio::test]
+async fn the_background_finalizer_makes_the_cascade_delete_in_the_background() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"))
+        .write("apps/b/cm.yaml", &configmap("b", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application(
+        "a",
+        &repo,
+        "apps/a",
+        "  finalizers: [resources-finalizer.argocd.argoproj.io/background]\n",
+    ))
+    .await;
+    hub.declare(&application(
+        "b",
+        &repo,
+        "apps/b",
+        "  finalizers: [resources-finalizer.argocd.argoproj.io]\n",
+    ))
+    .await;
+    hub.refresh().await;
+    for (app, background) in [("a", true), ("b", false)] {
+        let record = hub.store.app("default", app).unwrap().unwrap();
+        hub.refresher
+            .prune_everywhere(&record, SystemTime::now(), false)
+            .await
+            .unwrap();
+        let deletion = hub.bundle(app).unwrap().policy.deletion.unwrap();
+        assert_eq!(deletion.background, background, "{app}");
+        assert!(!deletion.confirmed);
+    }
+}
+
+/// `argocd.argoproj.io/skip-reconcile: "true"`: a new commit renders nothing and
+/// issues nothing for the app; its last bundle stays.
+#[tokio::test]
+async fn an_app_that_skips_reconcile_is_not_rendered_or_reissued() {
+    let repo = WorkRepo::new();
+    repo.write("apps/a/cm.yaml", &configmap("a", "1"));
+    repo.commit("first");
+    let hub = hub(&repo).await;
+    hub.declare(&application("a", &repo, "apps/a", "")).await;
+    hub.refresh().await;
+    let before = hub.bundle("a").unwrap();
+    hub.declare(&application(
+        "a",
+        &repo,
+        "apps/a",
+        "  annotations: {argocd.argoproj.io/skip-reconcile: 'true'}\n",
+    ))
+    .await;
+    repo.write("apps/a/cm.yaml", &configmap("a", "2"));
+    repo.commit("second");
+    let outcomes = hub.refresh().await;
+    assert!(
+        matches!(outcome(&outcomes, "a"), Outcome::SkippedReconcile),
+        "{outcomes:?}"
+    );
+    let after = hub.bundle("a").unwrap();
+    assert_eq!(after.generation, before.generation);
+    assert_eq!(value(&after), "1");
+}

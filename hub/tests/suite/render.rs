@@ -1154,3 +1154,34 @@ async fn a_render_kept_in_the_store_is_served_after_a_restart_without_rendering_
             .all(|o| o.namespace.as_deref() == Some("shop-2"))
     );
 }
+
+/// Argo CD's build environment in Helm parameters and value files: the app's
+/// name, the commit and the cluster's version reach the chart as data, through
+/// the real helm.
+#[tokio::test]
+async fn build_environment_variables_reach_helm_parameters_and_value_files() {
+    let f = fixture();
+    let app = application(
+        "    repoURL: /unused\n    path: charts/web\n    helm:\n      valueFiles: [values-$ARGOCD_APP_NAME.yaml]\n      parameters:\n        - {name: image, value: 'registry.example/$ARGOCD_APP_NAME'}\n        - {name: tag, value: '${ARGOCD_APP_REVISION_SHORT}-$KUBE_VERSION'}",
+        "shop",
+    );
+    f.work.write("charts/web/values-web.yaml", "replicas: 4\n");
+    let objects = f.render(&app, Some(&facts())).await;
+    // The fixture's commit predates values-web.yaml: expanded, the file is
+    // looked up and reported missing by its expanded name.
+    let e = objects.unwrap_err().to_string();
+    assert!(e.contains("values-web.yaml"), "{e}");
+
+    let app = application(
+        "    repoURL: /unused\n    path: charts/web\n    helm:\n      valueFiles: [values-prod.yaml]\n      parameters:\n        - {name: image, value: 'registry.example/$ARGOCD_APP_NAME'}\n        - {name: tag, value: '${ARGOCD_APP_REVISION_SHORT}-$KUBE_VERSION'}",
+        "shop",
+    );
+    let objects = f.render(&app, Some(&facts())).await.unwrap();
+    let deployment = objects.iter().find(|o| o.gvk.kind == "Deployment").unwrap();
+    let d = deployment.manifest_json().unwrap();
+    let short: String = f.commit.to_string().chars().take(7).collect();
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("registry.example/web:{short}-v1.35.4").as_str()
+    );
+}

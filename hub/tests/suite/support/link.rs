@@ -143,6 +143,9 @@ pub fn bundle(
         policy: SyncPolicy {
             automated: Some(Automated::default()),
             sync_options: Vec::new(),
+            deletion: None,
+            retry: None,
+            managed_namespace_metadata: None,
         },
         ignore_differences: Vec::new(),
         project: ProjectRules::allow_all("default", cluster),
