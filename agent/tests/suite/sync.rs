@@ -549,11 +549,13 @@ async fn custom_resources_wait_for_discovery_to_serve_the_kind_of_a_crd_just_app
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             report
         };
-        // Anything still running after half a second is waiting for the kind: the
-        // rest of the sync is a CRD and one custom resource. Before the fix it had
-        // long failed by then.
+        // Anything still running after a second and a half is waiting for the
+        // kind: the rest of the sync is a CRD and one custom resource. Before the
+        // fix it had long failed by then. The margin over the 400 ms the wait must
+        // last is for a loaded machine, where applying the CRD before the wait
+        // begins took over 100 ms and a 500 ms delay made the wait look short.
         let serve = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
             let ended_early = done.load(std::sync::atomic::Ordering::SeqCst);
             if !ended_early {
                 serve_widgets(&crds, &group).await;
