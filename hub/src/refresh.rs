@@ -286,6 +286,38 @@ impl Refresher {
     }
 
     /// Where render durations and errors are counted.
+    /// Makes every app-of-apps parent render again at its next refresh, even at
+    /// the commit it rendered last: what its ApplicationSets generate depends on
+    /// the registered clusters, not only on the commit, so a cluster that
+    /// registers must reach the sets' clusters generators. A parent is an app
+    /// that another app names as its origin, or that holds a rollout. (A parent
+    /// whose every set generated nothing so far is not known as one; it catches
+    /// up at its next commit.)
+    pub async fn render_parents_again(&self) -> Result<usize> {
+        let mut parents: BTreeSet<(String, String)> = BTreeSet::new();
+        for app in self.store.apps()? {
+            if let AppOrigin::Parent { project, name } = &app.origin {
+                parents.insert((project.clone(), name.clone()));
+            }
+        }
+        for rollout in self.store.rollouts()? {
+            if let Some((project, name)) = rollout.parent.split_once('/') {
+                parents.insert((project.to_owned(), name.to_owned()));
+            }
+        }
+        let mut count = 0;
+        for (project, name) in parents {
+            if let Some(mut record) = self.store.app(&project, &name)?
+                && record.rendered_commit.is_some()
+            {
+                record.rendered_commit = None;
+                self.store.put_app(&record).await?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }

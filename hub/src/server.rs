@@ -376,6 +376,7 @@ async fn poll_loop(
             .min()
             .copied()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let mut cluster_registered = false;
         tokio::select! {
             _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(200)).into()) => {}
             // A webhook: due at once, so the next round refreshes it.
@@ -386,6 +387,7 @@ async fn poll_loop(
             // destination was not registered yet) render now, not at the next poll.
             Some(cluster) = registered(&mut registrations) => {
                 info!(%cluster, "a cluster registered; refreshing every repository");
+                cluster_registered = true;
                 next_due.clear();
             }
             // A refresh finished: what came due meanwhile can start.
@@ -400,6 +402,11 @@ async fn poll_loop(
                 in_flight.remove(&id);
             }
             _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        // Its ApplicationSets' clusters generators must see it: their parents
+        // render again, even at the commit they rendered last.
+        if cluster_registered && let Err(e) = refresher.render_parents_again().await {
+            warn!(error = %e, "could not mark app-of-apps parents to render again");
         }
     }
 }
