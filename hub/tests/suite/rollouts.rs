@@ -369,3 +369,53 @@ async fn an_app_that_fails_within_the_budget_goes_back_alone_and_the_rollout_goe
         "not rolled back twice"
     );
 }
+
+/// A cluster that registers after an app of apps rendered reaches its sets'
+/// clusters generators without a new commit: the hub marks parents to render
+/// again on a registration (the quickstart once waited for ever on this).
+#[tokio::test]
+async fn a_cluster_registered_after_the_parent_rendered_gets_its_generated_apps() {
+    let repo = WorkRepo::new();
+    let url = repo.path().display().to_string();
+    repo.write(
+        "sets/web.yaml",
+        &format!(
+            "apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata: {{name: web}}
+spec:
+  generators: [{{clusters: {{}}}}]
+  template:
+    metadata: {{name: 'web-{{{{name}}}}'}}
+    spec:
+      source: {{repoURL: '{url}', targetRevision: main, path: shop}}
+      destination: {{name: '{{{{name}}}}', namespace: web}}
+"
+        ),
+    )
+    .write("shop/cm.yaml", &configmap("1"));
+    repo.commit("v1");
+    let hub = Hub::new(&repo).await;
+    hub.refresh().await;
+    assert!(hub.store.app("default", "web-east").unwrap().is_some());
+
+    hub.store
+        .put_cluster(&ClusterRecord {
+            name: "west".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    hub.refresh().await;
+    assert!(
+        hub.store.app("default", "web-west").unwrap().is_none(),
+        "the same commit alone does not render the parent again"
+    );
+    let marked = hub.refresher.render_parents_again().await.unwrap();
+    assert_eq!(marked, 1, "the root is the one parent");
+    hub.refresh().await;
+    assert!(
+        hub.store.app("default", "web-west").unwrap().is_some(),
+        "the new cluster's app was generated"
+    );
+}
