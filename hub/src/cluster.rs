@@ -617,17 +617,9 @@ pub fn is_host_port(address: &str) -> bool {
         })
 }
 
-/// A storage class name: a DNS subdomain (lowercase letters, digits, '-' and '.',
-/// at most 253 characters, starting and ending alphanumeric).
+/// A storage class name: a DNS subdomain, as Kubernetes names the class.
 pub fn is_storage_class(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
+    flotilla_common::model::is_dns_subdomain(name)
 }
 
 /// An image name as the manifest writes it before `:VERSION`: a registry host
