@@ -474,7 +474,7 @@ impl Store {
             .cloned();
         let template = repos
             .iter()
-            .filter(|r| r.template && wanted.starts_with(comparable_url(&r.url)))
+            .filter(|r| r.template && url_covers(comparable_url(&r.url), wanted))
             .max_by_key(|r| comparable_url(&r.url).len());
         Ok(match (own, template) {
             (Some(mut own), Some(template)) => {
@@ -617,6 +617,14 @@ fn repo_key(repo: &RepoRecord) -> Key {
 
 /// A repository URL as credentials are matched against it: without `oci://`
 /// (Argo CD's OCI Secrets often leave it out) and without a trailing `/`.
+/// Whether a credential template for `prefix` covers `url`: the same URL, or one
+/// below it at a `/`. A plain string prefix would hand the template's credentials
+/// to `https://charts.example.evil.com` for a template of `https://charts.example`.
+fn url_covers(prefix: &str, url: &str) -> bool {
+    url.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn comparable_url(url: &str) -> &str {
     url.trim()
         .strip_prefix("oci://")

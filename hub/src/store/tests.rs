@@ -660,3 +660,40 @@ fn the_render_cache_starts_over_when_full_and_counts_what_it_already_held() {
     );
     assert_eq!(store.cached_render::<u8>(&[4; 32]).unwrap(), Some(4));
 }
+
+#[tokio::test]
+async fn a_credential_template_covers_urls_below_it_not_hosts_that_start_like_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut template = RepoRecord::new(RepoSpec::with_credentials(
+        "https://charts.example",
+        Credentials::Https {
+            username: "ci".to_owned(),
+            token: "s3cret-token".to_owned(),
+        },
+    ));
+    template.template = true;
+    store.put_repo(&template).await.unwrap();
+    let covered = store
+        .repo_access("https://charts.example/stable")
+        .unwrap()
+        .expect("a URL below the template's");
+    assert_eq!(covered.credentials, template.credentials);
+    assert!(
+        store
+            .repo_access("https://charts.example")
+            .unwrap()
+            .is_some(),
+        "the template's own URL"
+    );
+    for elsewhere in [
+        "https://charts.example.evil.com/stable",
+        "https://charts.example-evil.com",
+        "https://charts.examplex/stable",
+    ] {
+        assert!(
+            store.repo_access(elsewhere).unwrap().is_none(),
+            "{elsewhere} got the template's credentials"
+        );
+    }
+}
