@@ -309,11 +309,11 @@ impl ChartCache {
         }
     }
 
-    /// The archive of `resolved`: from the cache when its digest is known and
-    /// there, else fetched, checked against the digest, and kept.
+    /// The archive of `resolved`: from the cache when this repository's archive
+    /// of that digest is there, else fetched, checked against the digest, and kept.
     pub async fn pull(&self, repo: &ChartRepo, resolved: &Resolved) -> Result<Pulled> {
         if let Some(digest) = &resolved.digest {
-            let path = self.path_of(digest);
+            let path = self.path_of(repo, digest);
             if path.is_file() {
                 self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(Pulled {
@@ -342,7 +342,7 @@ impl ChartCache {
                 got: digest,
             });
         }
-        let path = self.path_of(&digest);
+        let path = self.path_of(repo, &digest);
         write_atomically(&self.root, &path, &bytes)?;
         Ok(Pulled {
             chart: resolved.chart.clone(),
@@ -352,9 +352,14 @@ impl ChartCache {
         })
     }
 
-    fn path_of(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.root.join(format!("{hex}.tgz"))
+    /// Where the archive of `digest` from `repo` is kept. The repository is part
+    /// of the name: a digest alone would let one repository's index name another
+    /// tenant's private chart by its digest and be served it from the cache.
+    fn path_of(&self, repo: &ChartRepo, digest: &str) -> PathBuf {
+        let hex_digest = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let origin = hex(&Sha256::digest(repo.url.as_bytes()));
+        self.root
+            .join(format!("{}-{hex_digest}.tgz", &origin[..16]))
     }
 
     /// A client for `repo`: the system's and the extra roots, the repository's

@@ -57,15 +57,21 @@ impl<'a> Session<'a> {
         } else {
             format!("{path}/{chart}")
         };
+        // Each component starts and ends with a letter or digit, as the OCI
+        // distribution spec has it: so never `.` or `..`, which would walk the
+        // request (and its Authorization header) out of `/v2/NAME/`.
         let valid_name = name.split('/').all(|part| {
-            !part.is_empty()
+            let alphanumeric =
+                |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            alphanumeric(part.as_bytes().first())
+                && alphanumeric(part.as_bytes().last())
                 && part
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         });
         if !valid_name {
             return Err(invalid(&format!(
-                "{name:?} is not an OCI repository name (lowercase letters, digits, '.', '_', '-', '/')"
+                "{name:?} is not an OCI repository name (lowercase letters, digits, '.', '_', '-', '/'; each part starting and ending with a letter or digit)"
             )));
         }
         Ok(Self {
@@ -103,7 +109,12 @@ impl<'a> Session<'a> {
                 .await
                 .map_err(|e| self.fetch_error(what, transport(&e)))?;
             let status = response.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+            // Only the registry's own challenge is answered: one from a host a
+            // redirect led to would get the repository's credentials.
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                && attempt == 0
+                && super::same_origin(response.url(), &self.base)
+            {
                 let challenge = response
                     .headers()
                     .get(WWW_AUTHENTICATE)
@@ -414,5 +425,11 @@ mod tests {
         assert!(!e.to_string().contains("pw"), "{e}");
         let e = Session::new(&client, &repo, "Web").err().expect("refused");
         assert!(e.to_string().contains("charts/Web"), "{e}");
+        for walk in ["..", "../admin", "web/..", ".", "-web", "web_"] {
+            assert!(
+                Session::new(&client, &repo, walk).is_err(),
+                "{walk} is not a repository name"
+            );
+        }
     }
 }
