@@ -285,7 +285,6 @@ impl Refresher {
         self
     }
 
-    /// Where render durations and errors are counted.
     /// Makes every app-of-apps parent render again at its next refresh, even at
     /// the commit it rendered last: what its ApplicationSets generate depends on
     /// the registered clusters, not only on the commit, so a cluster that
@@ -318,6 +317,7 @@ impl Refresher {
         Ok(count)
     }
 
+    /// Where render durations and errors are counted.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }

@@ -338,8 +338,9 @@ impl Rollouts {
     /// The newest revision held for any app of the rollout.
     fn held_revision(&self, rollout: &RolloutRecord) -> Result<Option<String>> {
         let mut newest: Option<(Timestamp, String)> = None;
+        let clusters = self.store.clusters()?;
         for member in &rollout.members {
-            for cluster in self.store.clusters()? {
+            for cluster in &clusters {
                 let Some(bytes) =
                     self.store
                         .held_bundle(&member.project, &member.name, &cluster.name)?
@@ -393,6 +394,7 @@ impl Rollouts {
         };
         let mut apps = Vec::new();
         let mut from = None;
+        let registered = self.store.clusters()?;
         for member in &rollout.members {
             let Some(record) = self.store.app(&member.project, &member.name)? else {
                 continue;
@@ -404,7 +406,7 @@ impl Rollouts {
                 .position(|s| s.matches(&member.labels))
                 .unwrap_or(rollout.steps.len());
             let mut clusters = Vec::new();
-            for cluster in self.store.clusters()? {
+            for cluster in &registered {
                 if !cluster.is_destination(&record.application.spec.destination) {
                     continue;
                 }

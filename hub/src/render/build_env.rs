@@ -55,7 +55,12 @@ impl BuildEnv {
                     "ARGOCD_APP_SOURCE_PATH",
                     source.path.clone().unwrap_or_default(),
                 ),
-                ("ARGOCD_APP_SOURCE_REPO_URL", source.repo_url.clone()),
+                // A password in the URL would reach helm's argv and the rendered
+                // objects: it is redacted, as in every message.
+                (
+                    "ARGOCD_APP_SOURCE_REPO_URL",
+                    super::argument::redact_urls(&source.repo_url),
+                ),
                 (
                     "ARGOCD_APP_SOURCE_TARGET_REVISION",
                     source.target_revision.clone(),
@@ -175,5 +180,12 @@ mod tests {
             "charts/web@${ARGOCD_APP_SOURCE_TARGET_REVISION"
         );
         assert_eq!(env.expand("a $ b"), "a $ b");
+        let mut with_token = app.source().clone();
+        with_token.repo_url = "https://ci:s3cret@git.example/fleet.git".to_owned();
+        let env = BuildEnv::new(&app, &with_token, "0123456789abcdef", Some(&facts));
+        assert_eq!(
+            env.expand("$ARGOCD_APP_SOURCE_REPO_URL"),
+            "https://ci:<redacted>@git.example/fleet.git"
+        );
     }
 }

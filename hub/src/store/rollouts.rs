@@ -201,19 +201,6 @@ impl Store {
         Ok(())
     }
 
-    /// Holds an encoded, unsigned bundle of `project/app` for `cluster` until its
-    /// step starts, flushed; it replaces what was held.
-    pub async fn put_held_bundle(
-        &self,
-        project: &str,
-        app: &str,
-        cluster: &str,
-        bundle: &[u8],
-    ) -> Result<()> {
-        self.put("held_bundles", &held_key(project, app, cluster), &bundle)
-            .await
-    }
-
     /// The bundle held for `project/app` on `cluster`.
     pub fn held_bundle(&self, project: &str, app: &str, cluster: &str) -> Result<Option<Vec<u8>>> {
         self.get("held_bundles", &held_key(project, app, cluster))
@@ -232,7 +219,7 @@ impl Store {
 }
 
 impl Store {
-    /// As [`Store::put_held_bundle`], not yet flushed: a refresh holds a bundle
+    /// A bundle held back until its app's step starts, not yet flushed: a refresh holds a bundle
     /// per cluster and flushes them together ([`Store::flush_held_bundles`]).
     pub fn write_held_bundle(
         &self,
