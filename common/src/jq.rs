@@ -44,6 +44,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 type Filter = jaq_core::compile::Filter<Native<JustLut<Val>>>;
 
+/// The most paths one expression may select in one object.
+pub const MAX_PATHS: usize = 10_000;
+
 /// A compiled `path(EXPR)`.
 pub struct PathExpr {
     text: String,
@@ -96,7 +99,8 @@ impl PathExpr {
         &self.text
     }
 
-    /// The paths of the fields of `value` the expression selects.
+    /// The paths of the fields of `value` the expression selects (at most
+    /// [`MAX_PATHS`]).
     pub fn paths(&self, value: &serde_json::Value) -> Result<Vec<Vec<Step>>> {
         let failed = |message: String| Error::Failed {
             expr: self.text.clone(),
@@ -107,6 +111,11 @@ impl PathExpr {
         let ctx = Ctx::<JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut out = Vec::new();
         for result in self.filter.id.run((ctx, input)).map(unwrap_valr) {
+            // An expression from an Application must not grow without end
+            // (`path(repeat(.))`): no object has this many fields to ignore.
+            if out.len() >= MAX_PATHS {
+                return Err(failed(format!("selects more than {MAX_PATHS} paths")));
+            }
             let path = result.map_err(|e| failed(e.to_string()))?;
             out.push(steps(&path).ok_or_else(|| failed(format!("{path} is not a path")))?);
         }
@@ -161,6 +170,13 @@ mod tests {
             plain.paths(&json!({"spec": {}})).unwrap(),
             [vec![Step::Key("spec".into()), Step::Key("replicas".into())]]
         );
+    }
+
+    #[test]
+    fn an_expression_that_selects_without_end_is_stopped() {
+        let expr = PathExpr::compile("repeat(.)").unwrap();
+        let e = expr.paths(&json!({"a": 1})).unwrap_err().to_string();
+        assert!(e.contains("repeat(.)") && e.contains("10000"), "{e}");
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub const APPLICATION_ANNOTATIONS: &[(&str, Result<&str, &str>)] = &[
 
 /// `destination.server` of the cluster Argo CD itself runs in.
 pub const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
+/// The most retries `syncPolicy.retry.limit` may ask for (see the agent's engine:
+/// retries run in line with the cluster's other apps).
+pub const MAX_RETRY_LIMIT: i64 = 100;
 /// The cluster name that [`IN_CLUSTER_SERVER`] stands for.
 pub const IN_CLUSTER_NAME: &str = "in-cluster";
 
@@ -887,6 +890,13 @@ impl Application {
             .as_ref()
             .and_then(|p| p.retry.as_ref())
         {
+            if retry.limit.is_some_and(|l| l > MAX_RETRY_LIMIT) {
+                return Err(unsupported(
+                    "spec.syncPolicy.retry.limit",
+                    "more than 100 retries: the agent retries in line with its cluster's other \
+                     apps, so a longer series would hold them all back",
+                ));
+            }
             if retry.limit.is_some_and(|l| l < 0) {
                 return Err(unsupported(
                     "spec.syncPolicy.retry.limit",

@@ -370,6 +370,9 @@ fn retry_reads_argo_cds_limit_and_backoff_with_its_defaults() {
 fn retry_fields_flotilla_cannot_honour_are_refused_by_name() {
     let e = err(&with_retry("{limit: -1}"));
     assert!(e.contains("spec.syncPolicy.retry.limit"), "{e}");
+    let e = err(&with_retry("{limit: 101}"));
+    assert!(e.contains("spec.syncPolicy.retry.limit"), "{e}");
+    Application::from_yaml(&with_retry("{limit: 100}"), "app.yaml").unwrap();
     let e = err(&with_retry("{limit: 2, refresh: true}"));
     assert!(e.contains("spec.syncPolicy.retry.refresh"), "{e}");
     let e = err(&with_retry("{limit: 2, backoff: {duration: soon}}"));
